@@ -1,0 +1,6 @@
+//! `krill`: submit scripts to a Krill worker pool and get their results.
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    broker::cli::main().await
+}

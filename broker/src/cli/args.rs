@@ -1,0 +1,198 @@
+//! The CLI's flags and subcommands (every flag that configures also reads an env var).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::DEFAULT_AMQP_URL;
+use crate::protocol::SandboxKind;
+use crate::topology::DEFAULT_POOL;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "krill",
+    version,
+    about = "Submit scripts to a Krill worker pool and get their results"
+)]
+pub struct Cli {
+    /// RabbitMQ URL.
+    #[arg(long, env = "KRILL_AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true)]
+    pub amqp_url: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a script and (by default) wait for its result.
+    Submit(Box<SubmitArgs>),
+    /// Wait for the result of a submitted task.
+    Wait(WaitArgs),
+    /// Show a running task's live output.
+    Logs(LogsArgs),
+    /// Cancel a task, running or queued.
+    Cancel { id: String },
+    /// Stop a worker (or all) from claiming tasks; running tasks finish.
+    Drain {
+        worker: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Let a drained worker (or all) claim tasks again.
+    Resume {
+        worker: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The script (everything after `--`).
+    #[arg(last = true)]
+    pub script: Vec<String>,
+    /// Read the script from FILE (`-` for stdin).
+    #[arg(short = 'f', long = "file", conflicts_with = "script")]
+    pub file: Option<PathBuf>,
+    /// Pool to submit to.
+    #[arg(long, env = "KRILL_POOL", default_value = DEFAULT_POOL)]
+    pub pool: String,
+    /// Task id (default: a new UUID v7).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Environment variable for the script (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Secret for the script, masked in all output: `K=V`, or `K` to take the value
+    /// from this shell's environment (keeps it out of the process list).
+    #[arg(long = "secret", value_name = "K[=V]")]
+    pub secret: Vec<String>,
+    /// Wall-clock deadline, like `90s` or `10m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Sandbox kind (default: the pool's).
+    #[arg(long)]
+    pub sandbox: Option<SandboxKind>,
+    /// Container image (container sandbox).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Memory limit, like `256m` or `1g`.
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// CPU limit in cores, like `0.5`.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Process/thread limit.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Cap on captured stdout and stderr, each, like `10m`.
+    #[arg(long, value_parser = parse_size)]
+    pub output_bytes: Option<u64>,
+    /// Size of the writable work dir and /tmp, like `64m`.
+    #[arg(long, value_parser = parse_size)]
+    pub disk: Option<u64>,
+    /// Ask for network access (granted only if the pool allows it).
+    #[arg(long)]
+    pub network: bool,
+    /// Interpreter and its arguments, space-separated (default `sh -e`).
+    #[arg(long)]
+    pub interpreter: Option<String>,
+    /// Let the task run again if its worker is lost mid-run.
+    #[arg(long)]
+    pub retry_on_worker_loss: bool,
+    /// Print only the task id and return at once.
+    #[arg(long, conflicts_with_all = ["json", "follow"])]
+    pub no_wait: bool,
+    /// Stream the output live while the task runs.
+    #[arg(long)]
+    pub follow: bool,
+    /// Print the whole result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Show sensitive output values instead of `***`.
+    #[arg(long)]
+    pub show_sensitive: bool,
+    /// Give up waiting after this long (the task keeps its place).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub show_sensitive: bool,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub id: String,
+    /// Keep following until the task ends (the only mode: logs are live, not stored).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// Parses a size like `256m`, `1g`, `512k`, `1048576`, `64MiB` into bytes (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size `{s}`"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in `{s}` (use k, m or g)")),
+    };
+    let v = n * mult as f64;
+    if !(v >= 1.0 && v < u64::MAX as f64) {
+        return Err(format!("invalid size `{s}`"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("0.5k"), Ok(512));
+        assert!(parse_size("12q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from([
+            "krill",
+            "submit",
+            "--timeout",
+            "90s",
+            "--env",
+            "A=1",
+            "--",
+            "echo hi",
+        ]);
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit")
+        };
+        assert_eq!(args.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(args.script, vec!["echo hi"]);
+    }
+}

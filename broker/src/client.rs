@@ -1,0 +1,413 @@
+//! The submitting side: submit tasks, wait for results, follow logs, send control commands.
+//!
+//! Results are read from the per-task reply queue `krill.reply.<id>` (durable, expiring),
+//! so `wait` works from any process, after the submitter crashed and across broker
+//! restarts. Results may be delivered more than once in a crash window; `wait`
+//! returns the first terminal result for the id and deletes the queue, so later
+//! copies are dropped by the broker.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use serde::Serialize;
+
+use crate::protocol::{Control, LogChunk, Task, TaskResult};
+use crate::topology::{self, CONTENT_TYPE};
+
+/// The broker URL used when none is given (also `KRILL_AMQP_URL`).
+pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+/// How long `wait` keeps trying to reconnect to a broker that went away.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+/// What went wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach RabbitMQ at {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("invalid task: {0}")]
+    Invalid(#[from] crate::protocol::TaskError),
+    #[error("invalid pool name `{0}` (1-64 characters of a-z 0-9 - _)")]
+    Pool(String),
+    #[error("no queue for pool `{0}`: no worker has declared it yet (start a worker with KRILL_POOL={0})")]
+    Unroutable(String),
+    #[error("the broker refused the message (queue full or out of resources)")]
+    Nacked,
+    #[error("no result for task {0} within {1:?}")]
+    Timeout(String, Duration),
+    #[error("serializing: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A connection to the broker for submitters.
+#[derive(Debug)]
+pub struct Client {
+    url: String,
+    conn: Connection,
+    channel: Channel,
+}
+
+/// The AMQP properties of a task message.
+pub fn task_properties(task: &Task) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from(CONTENT_TYPE))
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(task.id.as_str()))
+        .with_correlation_id(ShortString::from(task.id.as_str()))
+        .with_reply_to(ShortString::from(topology::reply_queue(&task.id)))
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+        .with_type(ShortString::from("krill.task.v1"))
+}
+
+async fn open(url: &str) -> Result<(Connection, Channel), ClientError> {
+    let props = ConnectionProperties::default().with_connection_name("krill".into());
+    let conn = Connection::connect(url, props)
+        .await
+        .map_err(|source| ClientError::Connect {
+            url: redact_url(url),
+            source,
+        })?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    topology::declare_common(&channel).await?;
+    Ok((conn, channel))
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:**REDACTED**{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Client {
+    /// Connects and declares the common exchanges.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let (conn, channel) = open(url).await?;
+        Ok(Client {
+            url: url.to_string(),
+            conn,
+            channel,
+        })
+    }
+
+    /// The channel (publisher confirms on), for callers that need more.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Validates and publishes a task to `pool` (persistent, mandatory, confirmed).
+    /// Declares the task's reply queue first so its result cannot be lost.
+    pub async fn submit(&self, pool: &str, task: &Task) -> Result<(), ClientError> {
+        if !topology::valid_pool(pool) {
+            return Err(ClientError::Pool(pool.to_string()));
+        }
+        task.validate()?;
+        topology::declare_reply_queue(&self.channel, &task.id).await?;
+        let body = serde_json::to_vec(task)?;
+        publish_confirmed(
+            &self.channel,
+            topology::TASKS_EXCHANGE,
+            pool,
+            &body,
+            task_properties(task),
+            true,
+        )
+        .await
+        .map_err(|e| match e {
+            ClientError::Unroutable(_) => ClientError::Unroutable(pool.to_string()),
+            e => e,
+        })
+    }
+
+    /// Waits for the first result of task `id` on its reply queue, reconnecting
+    /// (for up to [`RECONNECT_FOR`]) if the broker goes away meanwhile.
+    pub async fn wait(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<TaskResult, ClientError> {
+        let fut = self.wait_inner(id);
+        match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| ClientError::Timeout(id.to_string(), t))?,
+            None => fut.await,
+        }
+    }
+
+    async fn wait_inner(&self, id: &str) -> Result<TaskResult, ClientError> {
+        let mut fresh: Option<(Connection, Channel)> = None;
+        let mut backoff = Duration::from_millis(200);
+        let mut down_since: Option<tokio::time::Instant> = None;
+        loop {
+            let channel = match &fresh {
+                Some((_, ch)) => ch.clone(),
+                None => self.channel.clone(),
+            };
+            match wait_on(&channel, id).await {
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) | Err(_) => {
+                    // The consumer ended or the connection broke: reconnect and resume.
+                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                    loop {
+                        if since.elapsed() > RECONNECT_FOR {
+                            return Err(ClientError::Connect {
+                                url: redact_url(&self.url),
+                                source: lapin::Error::from(
+                                    lapin::ErrorKind::InvalidConnectionState(
+                                        lapin::ConnectionState::Closed,
+                                    ),
+                                ),
+                            });
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if let Ok(pair) = open(&self.url).await {
+                            fresh = Some(pair);
+                            down_since = None;
+                            backoff = Duration::from_millis(200);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Binds a transient queue to the task's live log chunks. Call before `submit`
+    /// to see the output from the first byte.
+    pub async fn follow(&self, id: &str) -> Result<LogFollower, ClientError> {
+        let channel = self.conn.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                q.name().clone(),
+                ShortString::from(topology::LOGS_EXCHANGE),
+                ShortString::from(id),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                q.name().clone(),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(LogFollower {
+            _channel: channel,
+            consumer,
+            next_seq: 0,
+        })
+    }
+
+    /// Asks every worker to cancel task `id` (running or still queued).
+    pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
+        self.control(
+            &topology::control_key("cancel", id),
+            &Control::Cancel {
+                task_id: id.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Asks one worker (or all) to stop claiming tasks.
+    pub async fn drain(&self, worker: Option<&str>) -> Result<(), ClientError> {
+        self.control(
+            &topology::control_key("drain", worker.unwrap_or("all")),
+            &Control::Drain {
+                worker: worker.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Asks one worker (or all) to claim tasks again.
+    pub async fn resume(&self, worker: Option<&str>) -> Result<(), ClientError> {
+        self.control(
+            &topology::control_key("resume", worker.unwrap_or("all")),
+            &Control::Resume {
+                worker: worker.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    async fn control(&self, key: &str, msg: &Control) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(msg)?;
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from(CONTENT_TYPE))
+            .with_delivery_mode(2);
+        match publish_confirmed(
+            &self.channel,
+            topology::CONTROL_EXCHANGE,
+            key,
+            &body,
+            props,
+            false,
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+/// Publishes with confirms; with `mandatory`, an unroutable message is an error.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+    mandatory: bool,
+) -> Result<(), ClientError> {
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(key),
+            BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            props,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(ClientError::Unroutable(key.to_string())),
+        Confirmation::Nack(_) => Err(ClientError::Nacked),
+    }
+}
+
+/// Consumes the reply queue until a result for `id` arrives. `Ok(None)`: the consumer ended.
+async fn wait_on(channel: &Channel, id: &str) -> Result<Option<TaskResult>, lapin::Error> {
+    topology::declare_reply_queue(channel, id).await?;
+    let queue = topology::reply_queue(id);
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        let parsed = serde_json::from_slice::<TaskResult>(&delivery.data);
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        match parsed {
+            Ok(result) if result.id == id => {
+                // First terminal result wins; later copies hit a deleted queue.
+                let _ = channel
+                    .queue_delete(
+                        ShortString::from(queue.as_str()),
+                        QueueDeleteOptions::default(),
+                    )
+                    .await;
+                return Ok(Some(result));
+            }
+            Ok(other) => {
+                tracing::warn!(expected = id, got = %other.id, "ignoring result for another task")
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring unparsable message on reply queue"),
+        }
+    }
+    Ok(None)
+}
+
+/// Live log chunks of one task, in order.
+#[derive(Debug)]
+pub struct LogFollower {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+    next_seq: u64,
+}
+
+impl LogFollower {
+    /// The next chunk; `None` once the consumer ends. A chunk with `eof` is the last.
+    /// Gaps in `seq` (a chunk the broker could not deliver) are reported as a chunk
+    /// whose data says how many were missed.
+    pub async fn next(&mut self) -> Option<LogChunk> {
+        loop {
+            let delivery = self.consumer.next().await?.ok()?;
+            let Ok(chunk) = serde_json::from_slice::<LogChunk>(&delivery.data) else {
+                continue;
+            };
+            if chunk.seq < self.next_seq {
+                continue;
+            }
+            self.next_seq = chunk.seq + 1;
+            return Some(chunk);
+        }
+    }
+}
+
+/// Serializes a control or event message (helper for other tools).
+pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://krill:s3cret@rabbit:5672/%2f"),
+            "amqp://krill:**REDACTED**@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! # Krill broker: the queue contract and everything that talks to RabbitMQ
+//!
+//! ## Layout
+//! - [`protocol`]: the wire messages (plain serde data, no I/O).
+//! - [`topology`]: every exchange, queue and argument name, and `declare()`.
+//! - [`client`]: submit, wait for results, follow logs, cancel, drain, status.
+//! - `bin/krill.rs`: the CLI, thin over [`client`].
+
+pub mod cli;
+pub mod client;
+pub mod protocol;
+pub mod topology;

@@ -1,0 +1,105 @@
+//! Observational messages: task events, worker heartbeats and live log chunks.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{SandboxKind, Status};
+
+/// A task's life-cycle step, published on `krill.events` as `task.<pool>.<state>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// A worker claimed it and is setting up the sandbox.
+    Started,
+    /// Its result has been published.
+    Finished,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Started => "started",
+            TaskState::Finished => "finished",
+        }
+    }
+}
+
+/// A task event. Carries no output and no secrets: only who, what and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEvent {
+    pub version: u32,
+    pub task_id: String,
+    pub pool: String,
+    pub state: TaskState,
+    pub worker: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Masked, for `finished` events whose result has an `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+}
+
+/// A task a worker is running, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunningTask {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub sandbox: SandboxKind,
+}
+
+/// A worker's heartbeat, published every few seconds on `krill.events` as `worker.<id>.heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub version: u32,
+    pub worker: String,
+    pub host: String,
+    pub pool: String,
+    /// The worker's software version.
+    pub krill_version: String,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub draining: bool,
+    /// Tasks running right now (not every task the worker ever ran).
+    pub running: Vec<RunningTask>,
+    pub uptime_secs: u64,
+    /// Seconds between heartbeats; a worker silent for 3 of them is taken as lost.
+    pub interval_secs: u64,
+    /// Set on the last heartbeat of a worker that is exiting.
+    #[serde(default)]
+    pub stopping: bool,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A batch of a running task's (masked) output, published on `krill.logs` with the
+/// task id as routing key. Transient: only followers bound at the time receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    pub version: u32,
+    pub task_id: String,
+    /// 0, 1, 2, … per task, over both streams; a gap means a chunk was missed.
+    pub seq: u64,
+    pub stream: Stream,
+    /// Masked text; invalid UTF-8 replaced by U+FFFD.
+    pub data: String,
+    /// When the first and last byte of this chunk were read.
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    /// Set on the last chunk of the task (its `data` may be empty).
+    #[serde(default)]
+    pub eof: bool,
+}

@@ -1,0 +1,26 @@
+//! The wire messages of the queue contract (v1): plain serde data, no I/O.
+//!
+//! Every message is JSON. A [`Task`] goes to the pool's queue, a [`TaskResult`]
+//! comes back on the queue named in the task's `reply_to` property, and the
+//! observational messages ([`TaskEvent`], [`Heartbeat`], [`LogChunk`]) and
+//! [`Control`] commands travel on their topic exchanges (see `crate::topology`).
+//! The JSON Schema of each lives in `broker/schema/`, generated from these types.
+
+mod control;
+mod events;
+mod result;
+mod task;
+
+pub use control::Control;
+pub use events::{Heartbeat, LogChunk, RunningTask, Stream, TaskEvent, TaskState};
+pub use result::{Enforcement, OutputVar, Status, TaskResult, Timings, Usage};
+pub use task::{
+    valid_env_name, valid_id, Limits, SandboxKind, Secret, Task, TaskError, DEFAULT_INTERPRETER,
+    MAX_ID_LEN,
+};
+
+/// The protocol version this crate speaks; messages with another version are rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest task message a worker accepts, in bytes (script, env and secrets included).
+pub const MAX_TASK_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,345 @@
+//! The task message: what to run, where, with which limits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::PROTOCOL_VERSION;
+
+/// The interpreter used when a task names none: the script is passed as a file
+/// (`sh -e /path/to/script`), so a failing command stops it, as in CI runners.
+pub const DEFAULT_INTERPRETER: [&str; 2] = ["sh", "-e"];
+
+/// Longest task id accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Which kind of sandbox runs the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxKind {
+    /// A dropped-privilege process on the worker's host, in its own namespaces.
+    Process,
+    /// A single-use container from an allow-listed image.
+    Container,
+}
+
+impl SandboxKind {
+    /// The name used on the wire, in flags and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Process => "process",
+            SandboxKind::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for SandboxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SandboxKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "process" => Ok(SandboxKind::Process),
+            "container" => Ok(SandboxKind::Container),
+            other => Err(format!(
+                "unknown sandbox `{other}` (expected `process` or `container`)"
+            )),
+        }
+    }
+}
+
+/// A secret value: serialized as itself on the wire, but `Debug` and `Display`
+/// print `**REDACTED**` so it cannot leak through a log line by accident.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The value itself; call only where it is handed to the sandbox or the masker.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
+/// Resource limits a task asks for. Every field is optional: what is not set
+/// takes the pool's default, and what is set may not exceed the pool's maximum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline in seconds, from the moment the script starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Memory limit in bytes (swap included where the sandbox can say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in cores (0.5 = half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Bytes of stdout and of stderr kept in the result, each; past it the rest is discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// Size of the writable work dir and /tmp, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// Whether the task may use the network (granted only if the pool allows it).
+    #[serde(default)]
+    pub network: bool,
+}
+
+/// A task: the script and everything needed to run it.
+///
+/// Only `version`, `id` and `script` are required. The result is sent to the
+/// queue named in the AMQP `reply_to` property of the message that carried it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// Protocol version; must be 1.
+    pub version: u32,
+    /// Unique id chosen by the submitter (a UUID v7 from the CLI): 1-128 characters of
+    /// `A-Z a-z 0-9 . _ : -`. Also the message's `message_id` and `correlation_id`.
+    pub id: String,
+    /// The script's text, handed to the interpreter as a file.
+    pub script: String,
+    /// Program and arguments the script file is appended to; default `["sh", "-e"]`.
+    #[serde(default = "default_interpreter")]
+    pub interpreter: Vec<String>,
+    /// Sandbox kind; default: the pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxKind>,
+    /// Container image (container sandbox only); default: the pool's first allowed image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment variables for the script.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secret environment variables: given to the script, masked in every output.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Whether the task may run again when the worker running it is lost.
+    /// When false (the default) such a task ends as `worker_lost` instead.
+    #[serde(default)]
+    pub retry_on_worker_loss: bool,
+    /// When the submitter queued it (for the queue-wait figure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<DateTime<Utc>>,
+}
+
+fn default_interpreter() -> Vec<String> {
+    DEFAULT_INTERPRETER.iter().map(|s| s.to_string()).collect()
+}
+
+/// What is wrong with a task that parsed but cannot be accepted as it is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    #[error("unsupported protocol version {0} (this worker speaks {PROTOCOL_VERSION})")]
+    Version(u32),
+    #[error("task id must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 . _ : -")]
+    Id,
+    #[error("script is empty")]
+    EmptyScript,
+    #[error("interpreter is empty")]
+    EmptyInterpreter,
+    #[error("interpreter arguments must not contain NUL bytes")]
+    InterpreterNul,
+    #[error("invalid environment variable name `{0}`")]
+    EnvName(String),
+    #[error("environment variable `{0}` is reserved by krill")]
+    ReservedEnv(String),
+    #[error("value of `{0}` contains a NUL byte")]
+    NulValue(String),
+    #[error("`{0}` is given both as env and as a secret")]
+    DuplicateName(String),
+    #[error("limit `{0}` must be greater than zero")]
+    ZeroLimit(&'static str),
+    #[error("image is only meaningful for the container sandbox")]
+    ImageWithoutContainer,
+}
+
+/// Whether `name` is a valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphabetic() || b == b'_' => {}
+        _ => return false,
+    }
+    name.len() <= 256 && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether `id` is a valid task id.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+impl Task {
+    /// A task with every optional field at its default.
+    pub fn new(id: impl Into<String>, script: impl Into<String>) -> Self {
+        Task {
+            version: PROTOCOL_VERSION,
+            id: id.into(),
+            script: script.into(),
+            interpreter: default_interpreter(),
+            sandbox: None,
+            image: None,
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            limits: Limits::default(),
+            retry_on_worker_loss: false,
+            submitted_at: None,
+        }
+    }
+
+    /// Checks what the types cannot: version, id, names, empty script, zero limits.
+    /// Pool policy (maxima, images) is checked by the worker.
+    pub fn validate(&self) -> Result<(), TaskError> {
+        if self.version != PROTOCOL_VERSION {
+            return Err(TaskError::Version(self.version));
+        }
+        if !valid_id(&self.id) {
+            return Err(TaskError::Id);
+        }
+        if self.script.trim().is_empty() {
+            return Err(TaskError::EmptyScript);
+        }
+        if self.interpreter.is_empty() || self.interpreter[0].is_empty() {
+            return Err(TaskError::EmptyInterpreter);
+        }
+        if self.interpreter.iter().any(|a| a.contains('\0')) {
+            return Err(TaskError::InterpreterNul);
+        }
+        for (name, value) in self
+            .env
+            .iter()
+            .map(|(k, v)| (k, v.as_str()))
+            .chain(self.secrets.iter().map(|(k, v)| (k, v.expose())))
+        {
+            if !valid_env_name(name) {
+                return Err(TaskError::EnvName(name.clone()));
+            }
+            if name.starts_with("KRILL_") {
+                return Err(TaskError::ReservedEnv(name.clone()));
+            }
+            if value.contains('\0') {
+                return Err(TaskError::NulValue(name.clone()));
+            }
+        }
+        if let Some(name) = self.env.keys().find(|k| self.secrets.contains_key(*k)) {
+            return Err(TaskError::DuplicateName(name.clone()));
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("timeout_secs", l.timeout_secs),
+            ("memory_bytes", l.memory_bytes),
+            ("pids", l.pids),
+            ("output_bytes", l.output_bytes),
+            ("disk_bytes", l.disk_bytes),
+        ] {
+            if v == Some(0) {
+                return Err(TaskError::ZeroLimit(name));
+            }
+        }
+        if matches!(l.cpus, Some(c) if !(c > 0.0 && c.is_finite())) {
+            return Err(TaskError::ZeroLimit("cpus"));
+        }
+        if self.image.is_some() && self.sandbox == Some(SandboxKind::Process) {
+            return Err(TaskError::ImageWithoutContainer);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_task_parses_with_defaults() {
+        let t: Task = serde_json::from_str(
+            r#"{"version": 1, "id": "0192f4c8-7d1e-7c3a-9a51-5f0e1b2c3d4e", "script": "echo hello"}"#,
+        )
+        .expect("parses");
+        assert_eq!(t.interpreter, vec!["sh", "-e"]);
+        assert!(!t.retry_on_worker_loss);
+        assert!(!t.limits.network);
+        t.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<Task>(
+            r#"{"version": 1, "id": "a", "script": "x", "colour": 1}"#,
+        )
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = serde_json::from_str::<Task>(
+            r#"{"version": 1, "id": "a", "script": "x", "limits": {"ram": 1}}"#,
+        )
+        .expect_err("unknown limit");
+        assert!(err.to_string().contains("ram"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let mut t = Task::new("a", "true");
+        t.secrets
+            .insert("TOKEN".into(), Secret("hunter2-very-secret".into()));
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("**REDACTED**"));
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut t = Task::new("ok-id", "  ");
+        assert_eq!(t.validate(), Err(TaskError::EmptyScript));
+        t.script = "true".into();
+        t.id = "has space".into();
+        assert_eq!(t.validate(), Err(TaskError::Id));
+        t.id = "x".into();
+        t.env.insert("1BAD".into(), "v".into());
+        assert_eq!(t.validate(), Err(TaskError::EnvName("1BAD".into())));
+        t.env.clear();
+        t.env.insert("KRILL_OUTPUT".into(), "/etc/passwd".into());
+        assert_eq!(
+            t.validate(),
+            Err(TaskError::ReservedEnv("KRILL_OUTPUT".into()))
+        );
+        t.env.clear();
+        t.limits.timeout_secs = Some(0);
+        assert_eq!(t.validate(), Err(TaskError::ZeroLimit("timeout_secs")));
+        t.limits.timeout_secs = None;
+        t.limits.cpus = Some(f64::NAN);
+        assert_eq!(t.validate(), Err(TaskError::ZeroLimit("cpus")));
+        t.limits.cpus = None;
+        t.version = 2;
+        assert_eq!(t.validate(), Err(TaskError::Version(2)));
+    }
+}

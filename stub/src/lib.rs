@@ -1,0 +1,1 @@
+//! The frame codec between the worker and krill-stub.

@@ -1,0 +1,326 @@
+//! Helpers shared by the end-to-end tests: a real RabbitMQ, real worker processes,
+//! unique pools per test so tests run in parallel without seeing each other.
+//!
+//! When RabbitMQ (or Docker, for container tests) is not reachable, helpers panic
+//! with a message saying how to start it: a test never passes silently without it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use broker::client::{Client, DEFAULT_AMQP_URL};
+use broker::protocol::{Task, TaskResult};
+use broker::topology;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+
+/// The broker tests use (`KRILL_AMQP_URL`, default local).
+pub fn amqp_url() -> String {
+    std::env::var("KRILL_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_string())
+}
+
+/// A client, or a panic that says how to start RabbitMQ.
+pub async fn client() -> Client {
+    match Client::connect(&amqp_url()).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "RabbitMQ is not reachable ({e}). Start it with `scripts/test` (which installs and \
+             starts it) or `service rabbitmq-server start`."
+        ),
+    }
+}
+
+/// A fresh pool name for one test.
+pub fn unique_pool(prefix: &str) -> String {
+    format!(
+        "t-{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// A fresh task id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Directory holding the workspace's built binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KRILL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // tests run from target/<profile>/deps/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .expect("target dir")
+}
+
+/// Path of a workspace binary, or a panic that says how to build it.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A `krill-worker` process serving one pool; SIGKILLed and its pool deleted on drop.
+#[derive(Debug)]
+pub struct WorkerProc {
+    pub id: String,
+    pub pool: String,
+    pub child: Option<Child>,
+    pub work_dir: PathBuf,
+    pub log: PathBuf,
+    delete_pool_on_drop: bool,
+}
+
+/// Builder for a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    pub pool: String,
+    pub id: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerBuilder {
+    pub fn new(pool: &str) -> Self {
+        WorkerBuilder {
+            pool: pool.to_string(),
+            id: format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = id.to_string();
+        self
+    }
+
+    /// Starts the worker and waits until it consumes its pool queue.
+    pub async fn start(self) -> WorkerProc {
+        let work_dir = std::env::temp_dir().join(format!("krill-test-{}", self.id));
+        let log = std::env::temp_dir().join(format!("krill-test-{}.log", self.id));
+        let mut w = WorkerProc {
+            id: self.id.clone(),
+            pool: self.pool.clone(),
+            child: None,
+            work_dir,
+            log,
+            delete_pool_on_drop: true,
+        };
+        w.spawn(&self);
+        w.wait_consuming().await;
+        w
+    }
+}
+
+impl WorkerProc {
+    fn spawn(&mut self, b: &WorkerBuilder) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("worker log file");
+        let mut cmd = Command::new(bin("krill-worker"));
+        cmd.env("KRILL_AMQP_URL", amqp_url())
+            .env("KRILL_POOL", &self.pool)
+            .env("KRILL_WORKER_ID", &self.id)
+            .env("KRILL_WORK_DIR", &self.work_dir)
+            .env("KRILL_HEARTBEAT_INTERVAL", "1s")
+            .env("KRILL_STUB_PATH", bin_dir().join("krill-stub-static"))
+            .env("RUST_LOG", "info,lapin=warn")
+            .envs(b.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(&b.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawning krill-worker"));
+    }
+
+    /// The worker's own log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the pool queue has a consumer (the worker is claiming).
+    pub async fn wait_consuming(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "krill-worker exited early ({status}); log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if consumers(&topology::pool_queue(&self.pool))
+                .await
+                .unwrap_or(0)
+                > 0
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker never started consuming; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a signal to the worker process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) with a pid we spawned and still own.
+            unsafe {
+                libc_kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// Waits for the process to exit (up to `timeout`) and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return status.code();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Kills the process with SIGKILL (like a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same worker again (same id and work dir) after a kill.
+    pub async fn restart(&mut self, b: &WorkerBuilder) {
+        self.kill();
+        self.spawn(b);
+        self.wait_consuming().await;
+    }
+
+    /// Keep the pool queue when this handle drops (for tests that hand it over).
+    pub fn keep_pool(&mut self) {
+        self.delete_pool_on_drop = false;
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+        if self.delete_pool_on_drop {
+            let pool = self.pool.clone();
+            // Best effort; a fresh runtime because Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(delete_queue(&topology::pool_queue(&pool)));
+                }
+            })
+            .join();
+        }
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// Number of consumers of `queue` (None when it does not exist).
+pub async fn consumers(queue: &str) -> Option<u32> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    let q = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok();
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    q.map(|q| q.consumer_count())
+}
+
+/// Number of ready messages in `queue`.
+pub async fn depth(queue: &str) -> Option<u32> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    let q = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok();
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    q.map(|q| q.message_count())
+}
+
+/// Deletes a queue (best effort).
+pub async fn delete_queue(queue: &str) {
+    if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+/// Submits a task and waits (up to 60 s) for its result.
+pub async fn run_task(client: &Client, pool: &str, task: &Task) -> TaskResult {
+    client.submit(pool, task).await.expect("submit");
+    client
+        .wait(&task.id, Some(Duration::from_secs(60)))
+        .await
+        .expect("result within 60 s")
+}
+
+/// A task with a fresh id.
+pub fn task(script: &str) -> Task {
+    Task::new(new_id(), script)
+}

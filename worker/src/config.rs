@@ -1,0 +1,323 @@
+//! The worker's configuration (every flag is also a `KRILL_*` env var) and the pool
+//! policy derived from it: defaults and maxima for every limit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use broker::client::DEFAULT_AMQP_URL;
+use broker::protocol::{Limits, SandboxKind};
+use broker::topology::DEFAULT_POOL;
+use clap::{Parser, ValueEnum};
+
+use crate::sandbox::Effective;
+
+/// Default number of tasks run at once.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default deadline of a task that names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest deadline a task may ask for. RabbitMQ's `consumer_timeout`
+/// (deploy/rabbitmq/rabbitmq.conf) must stay above it.
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// Default memory limit of a task: 512 MiB.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Default largest memory limit a task may ask for: 4 GiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 4 << 30;
+/// Default CPU limit of a task, in cores.
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Default process limit of a task.
+pub const DEFAULT_PIDS: u64 = 256;
+/// Default largest process limit a task may ask for.
+pub const DEFAULT_MAX_PIDS: u64 = 4096;
+/// Default cap on captured stdout and on stderr, each: 10 MiB.
+pub const DEFAULT_OUTPUT_BYTES: u64 = 10 << 20;
+/// Default largest output cap a task may ask for: 64 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
+/// Default size of a task's writable work dir and /tmp: 256 MiB.
+pub const DEFAULT_DISK: u64 = 256 << 20;
+/// Default largest work dir a task may ask for: 4 GiB.
+pub const DEFAULT_MAX_DISK: u64 = 4 << 30;
+/// Cap on each output-variable file: 1 MiB.
+pub const OUTPUT_FILE_BYTES: u64 = 1 << 20;
+/// Default images a container task may use (the first is the default).
+pub const DEFAULT_IMAGES: &str = "krill/base:1,krill/python:1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `krill-worker`: claims tasks from a pool queue and runs each in a single-use sandbox.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "krill-worker", version)]
+pub struct Config {
+    /// RabbitMQ URL.
+    #[arg(long, env = "KRILL_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: String,
+    /// Pool (queue) to serve.
+    #[arg(long, env = "KRILL_POOL", default_value = DEFAULT_POOL)]
+    pub pool: String,
+    /// Tasks run at once (slots).
+    #[arg(long, env = "KRILL_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: u32,
+    /// Sandbox kinds this worker runs, comma-separated; the first is the default
+    /// for tasks that name none.
+    #[arg(
+        long,
+        env = "KRILL_SANDBOX",
+        value_delimiter = ',',
+        default_value = "process"
+    )]
+    pub sandbox: Vec<SandboxKind>,
+    /// Deadline of tasks that name none.
+    #[arg(long, env = "KRILL_DEFAULT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub default_timeout: Duration,
+    /// Longest deadline accepted; tasks asking more are rejected.
+    #[arg(long, env = "KRILL_MAX_TIMEOUT", value_parser = humantime::parse_duration, default_value = "6h")]
+    pub max_timeout: Duration,
+    /// User the process sandbox runs scripts as (name or uid).
+    #[arg(long, env = "KRILL_SANDBOX_USER", default_value = "nobody")]
+    pub sandbox_user: String,
+    /// Where the process sandbox makes each task's private work dir.
+    #[arg(long, env = "KRILL_WORK_DIR", default_value = "/var/lib/krill/work")]
+    pub work_dir: PathBuf,
+    /// Images container tasks may use, comma-separated; the first is the default.
+    #[arg(long = "image", env = "KRILL_IMAGES", value_delimiter = ',', default_value = DEFAULT_IMAGES)]
+    pub images: Vec<String>,
+    /// Pull a missing allow-listed image instead of failing the task.
+    #[arg(long, env = "KRILL_ALLOW_PULL")]
+    pub allow_pull: bool,
+    /// Let tasks that ask for network have it.
+    #[arg(long, env = "KRILL_ALLOW_NETWORK")]
+    pub allow_network: bool,
+    /// Path of the static krill-stub binary mounted into containers (default: next to this binary).
+    #[arg(long, env = "KRILL_STUB_PATH")]
+    pub stub_path: Option<PathBuf>,
+    /// Default memory limit per task (bytes, or like 512m).
+    #[arg(long, env = "KRILL_DEFAULT_MEMORY", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MEMORY)]
+    pub default_memory: u64,
+    /// Largest memory limit a task may ask for.
+    #[arg(long, env = "KRILL_MAX_MEMORY", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MAX_MEMORY)]
+    pub max_memory: u64,
+    /// Default CPU limit per task, in cores.
+    #[arg(long, env = "KRILL_DEFAULT_CPUS", default_value_t = DEFAULT_CPUS)]
+    pub default_cpus: f64,
+    /// Default process limit per task.
+    #[arg(long, env = "KRILL_DEFAULT_PIDS", default_value_t = DEFAULT_PIDS)]
+    pub default_pids: u64,
+    /// Largest process limit a task may ask for.
+    #[arg(long, env = "KRILL_MAX_PIDS", default_value_t = DEFAULT_MAX_PIDS)]
+    pub max_pids: u64,
+    /// Default cap on captured stdout and stderr, each.
+    #[arg(long, env = "KRILL_OUTPUT_BYTES", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_OUTPUT_BYTES)]
+    pub output_bytes: u64,
+    /// Largest output cap a task may ask for.
+    #[arg(long, env = "KRILL_MAX_OUTPUT_BYTES", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: u64,
+    /// Default size of a task's writable work dir and /tmp.
+    #[arg(long, env = "KRILL_DISK", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_DISK)]
+    pub disk: u64,
+    /// Largest work dir a task may ask for.
+    #[arg(long, env = "KRILL_MAX_DISK", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MAX_DISK)]
+    pub max_disk: u64,
+    /// This worker's id (default: host name and a random suffix).
+    #[arg(long, env = "KRILL_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "KRILL_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub heartbeat_interval: Duration,
+    /// On SIGTERM or drain-and-exit: how long running tasks may take to finish before
+    /// they are cancelled.
+    #[arg(long, env = "KRILL_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub shutdown_grace: Duration,
+    /// Address for /metrics, /healthz and /readyz (off when not set).
+    #[arg(long, env = "KRILL_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log format of the worker's own logs.
+    #[arg(long, env = "KRILL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Run the process sandbox even where cgroups cannot be used (limits not enforced;
+    /// results say `limits: degraded`).
+    #[arg(long, env = "KRILL_ALLOW_DEGRADED_LIMITS")]
+    pub allow_degraded_limits: bool,
+}
+
+/// What the pool allows: defaults for what a task does not set, maxima for what it does.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub kinds: Vec<SandboxKind>,
+    pub defaults: Effective,
+    pub max: Effective,
+    pub images: Vec<String>,
+    pub allow_network: bool,
+    /// Default cap on captured stdout and on stderr, each.
+    pub output_bytes: u64,
+    /// Largest output cap a task may ask for.
+    pub max_output_bytes: u64,
+}
+
+impl Config {
+    /// Checks the configuration as a whole; the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if !broker::topology::valid_pool(&self.pool) {
+            return Err(format!(
+                "invalid pool name `{}` (1-64 characters of a-z 0-9 - _)",
+                self.pool
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            return Err("--concurrency must be 1..=1024".into());
+        }
+        if self.sandbox.is_empty() {
+            return Err("--sandbox names no sandbox kind".into());
+        }
+        if self.default_timeout > self.max_timeout {
+            return Err("--default-timeout is above --max-timeout".into());
+        }
+        if self.sandbox.contains(&SandboxKind::Container) && self.images.is_empty() {
+            return Err("the container sandbox needs at least one --image".into());
+        }
+        Ok(())
+    }
+
+    /// The pool policy this configuration sets.
+    pub fn policy(&self) -> Policy {
+        let max_cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        Policy {
+            kinds: self.sandbox.clone(),
+            defaults: Effective {
+                timeout: self.default_timeout,
+                memory_bytes: self.default_memory.min(self.max_memory),
+                cpus: self.default_cpus.min(max_cpus),
+                pids: self.default_pids.min(self.max_pids),
+                disk_bytes: self.disk.min(self.max_disk),
+                output_file_bytes: OUTPUT_FILE_BYTES,
+                network: false,
+            },
+            max: Effective {
+                timeout: self.max_timeout,
+                memory_bytes: self.max_memory,
+                cpus: max_cpus,
+                pids: self.max_pids,
+                disk_bytes: self.max_disk,
+                output_file_bytes: OUTPUT_FILE_BYTES,
+                network: self.allow_network,
+            },
+            images: self.images.clone(),
+            allow_network: self.allow_network,
+            output_bytes: self.output_bytes.min(self.max_output_bytes),
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+}
+
+impl Policy {
+    /// The cap on captured stdout and on stderr for a task, or why it is refused.
+    pub fn output_cap(&self, limits: &Limits) -> Result<u64, String> {
+        bounded(
+            "output_bytes",
+            limits.output_bytes,
+            self.output_bytes,
+            self.max_output_bytes,
+        )
+    }
+
+    /// The limits a task runs under, or why it cannot run on this pool.
+    pub fn effective(&self, limits: &Limits) -> Result<Effective, String> {
+        let d = &self.defaults;
+        let m = &self.max;
+        let timeout = match limits.timeout_secs {
+            Some(s) if Duration::from_secs(s) > m.timeout => {
+                return Err(format!(
+                    "timeout of {s}s is above this pool's maximum of {}s",
+                    m.timeout.as_secs()
+                ))
+            }
+            Some(s) => Duration::from_secs(s),
+            None => d.timeout,
+        };
+        let memory_bytes = bounded(
+            "memory_bytes",
+            limits.memory_bytes,
+            d.memory_bytes,
+            m.memory_bytes,
+        )?;
+        let pids = bounded("pids", limits.pids, d.pids, m.pids)?;
+        let disk_bytes = bounded("disk_bytes", limits.disk_bytes, d.disk_bytes, m.disk_bytes)?;
+        let cpus = match limits.cpus {
+            Some(c) if c > m.cpus => {
+                return Err(format!(
+                    "cpus {c} is above this pool's maximum of {}",
+                    m.cpus
+                ))
+            }
+            Some(c) => c,
+            None => d.cpus,
+        };
+        if limits.network && !self.allow_network {
+            return Err("network access was asked for but this pool does not allow it".into());
+        }
+        Ok(Effective {
+            timeout,
+            memory_bytes,
+            cpus,
+            pids,
+            disk_bytes,
+            output_file_bytes: d.output_file_bytes,
+            network: limits.network,
+        })
+    }
+}
+
+fn bounded(name: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64, String> {
+    match asked {
+        Some(v) if v > max => Err(format!("{name} {v} is above this pool's maximum of {max}")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["krill-worker"];
+        all.extend_from_slice(args);
+        Config::parse_from(all)
+    }
+
+    #[test]
+    fn defaults_and_maxima() {
+        let p = config(&["--max-timeout", "1h"]).policy();
+        let e = p.effective(&Limits::default()).expect("defaults fit");
+        assert_eq!(e.timeout, DEFAULT_TIMEOUT.min(Duration::from_secs(3600)));
+        let too_long = Limits {
+            timeout_secs: Some(7200),
+            ..Limits::default()
+        };
+        let err = p.effective(&too_long).expect_err("over the maximum");
+        assert!(err.contains("maximum of 3600s"), "{err}");
+        let net = Limits {
+            network: true,
+            ..Limits::default()
+        };
+        assert!(p.effective(&net).is_err());
+        let p = config(&["--allow-network"]).policy();
+        assert!(p.effective(&net).expect("allowed").network);
+    }
+
+    #[test]
+    fn config_checks() {
+        assert!(config(&["--pool", "Bad Pool"]).validate().is_err());
+        assert!(config(&["--concurrency", "0"]).validate().is_err());
+        assert!(config(&[]).validate().is_ok());
+        assert_eq!(
+            config(&["--sandbox", "container,process"]).sandbox,
+            vec![SandboxKind::Container, SandboxKind::Process]
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Decoding a delivery into a task, or into the reason it cannot be one (pure).
+
+use broker::protocol::{Task, MAX_TASK_BYTES, PROTOCOL_VERSION};
+use broker::topology::{CONTENT_TYPE, DELIVERY_COUNT_HEADER};
+use lapin::types::AMQPValue;
+use lapin::BasicProperties;
+
+/// What a delivery turned out to be.
+#[derive(Debug)]
+pub enum Intake {
+    /// A well-formed task with somewhere to answer.
+    Task {
+        task: Box<Task>,
+        reply_to: String,
+        /// 1 for the first delivery, more after redeliveries.
+        attempt: u32,
+        /// The broker delivered it before (to this or another worker).
+        redelivered: bool,
+    },
+    /// Not a task this worker can take. Answered `rejected` where `id` and
+    /// `reply_to` are known, and dead-lettered with `reason` either way.
+    Bad {
+        reason: String,
+        id: Option<String>,
+        reply_to: Option<String>,
+    },
+}
+
+/// Classifies a delivery. Never panics, whatever the bytes.
+pub fn decode(props: &BasicProperties, data: &[u8], redelivered: bool) -> Intake {
+    let reply_to = props
+        .reply_to()
+        .as_ref()
+        .map(|r| r.as_str().to_string())
+        .filter(|r| !r.is_empty());
+    let bad = |reason: String, id: Option<String>| Intake::Bad {
+        reason,
+        id,
+        reply_to: reply_to.clone(),
+    };
+    let fallback_id = props
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_string())
+        .filter(|m| broker::protocol::valid_id(m));
+    if data.len() > MAX_TASK_BYTES {
+        return bad(
+            format!(
+                "message is {} bytes, above the limit of {MAX_TASK_BYTES} bytes",
+                data.len()
+            ),
+            fallback_id,
+        );
+    }
+    if let Some(ct) = props.content_type() {
+        let ct = ct.as_str();
+        if !ct.is_empty() && !ct.starts_with(CONTENT_TYPE) {
+            return bad(
+                format!("content type `{ct}` is not supported (send `{CONTENT_TYPE}`)"),
+                fallback_id,
+            );
+        }
+    }
+    let task: Task = match serde_json::from_slice(data) {
+        Ok(t) => t,
+        Err(e) => {
+            // Answer if the id can still be found.
+            let id = serde_json::from_slice::<serde_json::Value>(data)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+                .filter(|i| broker::protocol::valid_id(i))
+                .or(fallback_id);
+            return bad(format!("invalid task message: {e}"), id);
+        }
+    };
+    if task.version != PROTOCOL_VERSION {
+        let id = Some(task.id.clone()).filter(|i| broker::protocol::valid_id(i));
+        return bad(
+            format!(
+                "unsupported protocol version {} (this worker speaks {PROTOCOL_VERSION})",
+                task.version
+            ),
+            id,
+        );
+    }
+    if !broker::protocol::valid_id(&task.id) {
+        return bad(
+            "task id must be 1-128 characters of A-Z a-z 0-9 . _ : -".into(),
+            fallback_id,
+        );
+    }
+    let Some(reply_to) = reply_to.clone() else {
+        return bad(
+            "no reply_to property: there is nowhere to send the result".into(),
+            Some(task.id),
+        );
+    };
+    let count = delivery_count(props);
+    Intake::Task {
+        task: Box::new(task),
+        reply_to,
+        attempt: count.saturating_add(1),
+        redelivered: redelivered || count > 0,
+    }
+}
+
+/// How many times RabbitMQ delivered the message before (quorum queues say so).
+pub fn delivery_count(props: &BasicProperties) -> u32 {
+    let Some(headers) = props.headers() else {
+        return 0;
+    };
+    match headers.inner().get(DELIVERY_COUNT_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::ShortString;
+
+    fn props() -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_reply_to(ShortString::from("krill.reply.t1"))
+    }
+
+    fn reason(i: Intake) -> (String, Option<String>) {
+        match i {
+            Intake::Bad { reason, id, .. } => (reason, id),
+            Intake::Task { .. } => panic!("expected a bad message"),
+        }
+    }
+
+    #[test]
+    fn good_task() {
+        let i = decode(
+            &props(),
+            br#"{"version":1,"id":"t1","script":"true"}"#,
+            false,
+        );
+        match i {
+            Intake::Task {
+                task,
+                reply_to,
+                attempt,
+                redelivered,
+            } => {
+                assert_eq!(task.id, "t1");
+                assert_eq!(reply_to, "krill.reply.t1");
+                assert_eq!(attempt, 1);
+                assert!(!redelivered);
+            }
+            Intake::Bad { reason, .. } => panic!("{reason}"),
+        }
+    }
+
+    #[test]
+    fn bad_messages_say_why_and_keep_the_id_when_they_can() {
+        let (r, id) = reason(decode(&props(), b"{not json", false));
+        assert!(r.contains("invalid task message"), "{r}");
+        assert_eq!(id, None);
+        let (r, id) = reason(decode(
+            &props(),
+            br#"{"version":1,"id":"t1","script":"x","colour":2}"#,
+            false,
+        ));
+        assert!(r.contains("colour"), "{r}");
+        assert_eq!(id.as_deref(), Some("t1"));
+        let (r, _) = reason(decode(&props(), br#"{"version":1,"id":"t1"}"#, false));
+        assert!(r.contains("script"), "{r}");
+        let (r, id) = reason(decode(
+            &props(),
+            br#"{"version":7,"id":"t1","script":"x"}"#,
+            false,
+        ));
+        assert!(r.contains("version 7"), "{r}");
+        assert_eq!(id.as_deref(), Some("t1"));
+        let xml = props().with_content_type(ShortString::from("text/xml"));
+        let (r, _) = reason(decode(&xml, b"<task/>", false));
+        assert!(r.contains("text/xml"), "{r}");
+        let big = vec![b' '; MAX_TASK_BYTES + 1];
+        let (r, _) = reason(decode(&props(), &big, false));
+        assert!(r.contains("above the limit"), "{r}");
+        let no_reply = BasicProperties::default();
+        let (r, id) = reason(decode(
+            &no_reply,
+            br#"{"version":1,"id":"t1","script":"x"}"#,
+            false,
+        ));
+        assert!(r.contains("reply_to"), "{r}");
+        assert_eq!(id.as_deref(), Some("t1"));
+    }
+}

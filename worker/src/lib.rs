@@ -1,0 +1,23 @@
+//! # Krill worker: claims tasks from a pool queue and runs each in a single-use sandbox
+//!
+//! ## Layout
+//! - [`config`]: flags and env vars, pool policy.
+//! - [`daemon`]: the task tree, the root cancellation token, the shutdown order.
+//! - [`consumer`]: claims tasks (prefetch = free slots), acks after the result is confirmed.
+//! - [`runner`]: one task: validate, sandbox, stream and mask output, outputs, result.
+//! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
+//! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod config;
+pub mod consumer;
+pub mod daemon;
+pub mod intake;
+pub mod output;
+pub mod publisher;
+pub mod runner;
+pub mod sandbox;
+pub mod sandboxes;
+pub mod state;
+pub mod telemetry;
+pub mod worker;

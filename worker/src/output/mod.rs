@@ -1,0 +1,1 @@
+//! Output variables, masking and capture (placeholder, being written).

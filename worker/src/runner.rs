@@ -1,0 +1,440 @@
+//! One task, start to end: check it against the pool's policy, run it in its
+//! sandbox, mask and cap its output while streaming it as live log chunks, read
+//! its output variables, and build the result. Never panics on a task and never
+//! returns without a result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::protocol::{
+    LogChunk, OutputVar, SandboxKind, Status, Stream, Task, TaskResult, PROTOCOL_VERSION,
+};
+use broker::topology::{CONTENT_TYPE, LOGS_EXCHANGE};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Policy;
+use crate::output::{parse as parse_vars, AddMaskFilter, Capture, MaskSet, MaskStream};
+use crate::publisher::Publisher;
+use crate::sandbox::{Event, Exit, Outcome, SandboxError, Spec};
+use crate::sandboxes::Sandboxes;
+
+/// Live log chunks are published at least this often while output flows.
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// … or as soon as this many bytes are pending.
+pub const LOG_FLUSH_BYTES: usize = 64 * 1024;
+/// Events buffered between a sandbox and the runner (backpressure beyond it).
+const EVENT_BUFFER: usize = 64;
+
+/// What a runner needs from the worker.
+#[derive(Debug, Clone)]
+pub struct RunCtx {
+    pub worker_id: String,
+    pub policy: Arc<Policy>,
+    pub sandboxes: Sandboxes,
+    pub publisher: Publisher,
+}
+
+/// Why a task is being cancelled, as it will read in the result.
+pub type CancelReason = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Runs one task and returns its result (every path ends in a result).
+pub async fn run(
+    ctx: &RunCtx,
+    task: Task,
+    attempt: u32,
+    cancel: CancellationToken,
+    reason: CancelReason,
+) -> TaskResult {
+    let span = tracing::info_span!("task", task_id = %task.id, attempt);
+    async move {
+        let started_at = Utc::now();
+        let masks = MaskSet::new();
+        let mut result = TaskResult::new(task.id.clone(), Status::Rejected);
+        result.attempt = attempt;
+        result.worker = Some(ctx.worker_id.clone());
+        result.timings.queued_at = task.submitted_at;
+        result.timings.started_at = Some(started_at);
+        for (name, secret) in &task.secrets {
+            if masks.add(secret.expose()).is_err() {
+                result.warnings.push(format!(
+                    "secret `{name}` is shorter than {} bytes and is not masked",
+                    crate::output::MIN_MASK_LEN
+                ));
+            }
+        }
+        match prepare(ctx, &task) {
+            Err(reason) => {
+                tracing::info!(%reason, "task rejected");
+                result.error = Some(masks.mask_str(&reason));
+            }
+            Ok((kind, spec, output_cap)) => {
+                result.sandbox = Some(kind);
+                execute(
+                    ctx,
+                    kind,
+                    spec,
+                    output_cap,
+                    &masks,
+                    cancel,
+                    &reason,
+                    &mut result,
+                )
+                .await;
+            }
+        }
+        result.timings.finished_at = Some(Utc::now());
+        tracing::info!(status = %result.status, exit_code = ?result.exit_code, "task finished");
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks the task against the pool and builds the sandbox spec.
+fn prepare(ctx: &RunCtx, task: &Task) -> Result<(SandboxKind, Spec, u64), String> {
+    task.validate().map_err(|e| e.to_string())?;
+    let policy = &ctx.policy;
+    let kind = task.sandbox.unwrap_or(policy.kinds[0]);
+    if !policy.kinds.contains(&kind) {
+        return Err(format!(
+            "this pool does not run the {kind} sandbox (it runs: {})",
+            policy
+                .kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let limits = policy.effective(&task.limits)?;
+    let output_cap = policy.output_cap(&task.limits)?;
+    let image = match kind {
+        SandboxKind::Process => None,
+        SandboxKind::Container => {
+            let image = task
+                .image
+                .clone()
+                .unwrap_or_else(|| policy.images[0].clone());
+            if !policy.images.contains(&image) {
+                return Err(SandboxError::ImageNotAllowed(image).to_string());
+            }
+            Some(image)
+        }
+    };
+    let env = task
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(
+            task.secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        )
+        .collect();
+    Ok((
+        kind,
+        Spec {
+            task_id: task.id.clone(),
+            worker_id: ctx.worker_id.clone(),
+            script: task.script.clone(),
+            interpreter: task.interpreter.clone(),
+            env,
+            limits,
+            image,
+        },
+        output_cap,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    ctx: &RunCtx,
+    kind: SandboxKind,
+    spec: Spec,
+    output_cap: u64,
+    masks: &MaskSet,
+    cancel: CancellationToken,
+    reason: &CancelReason,
+    result: &mut TaskResult,
+) {
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let task_id = spec.task_id.clone();
+    let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel);
+    let pump = Pump::new(task_id, masks.clone(), output_cap, ctx.publisher.clone());
+    let (outcome, pumped) = tokio::join!(sandbox_run, pump.run(rx));
+    result.warnings.extend(pumped.warnings);
+    match outcome {
+        Err(e) => {
+            tracing::warn!(error = %masks.mask_str(&e.to_string()), "sandbox failed");
+            result.status = match e {
+                SandboxError::ImageNotAllowed(_) => Status::Rejected,
+                _ => Status::SandboxError,
+            };
+            result.error = Some(masks.mask_str(&e.to_string()));
+            finish_output(result, masks, pumped.stdout, pumped.stderr);
+        }
+        Ok(outcome) => {
+            apply_outcome(result, masks, outcome, reason);
+            finish_output(result, masks, pumped.stdout, pumped.stderr);
+        }
+    }
+}
+
+fn apply_outcome(
+    result: &mut TaskResult,
+    masks: &MaskSet,
+    outcome: Outcome,
+    reason: &CancelReason,
+) {
+    result.sandbox_id = Some(outcome.sandbox_id);
+    result.usage = outcome.usage;
+    result.limits = outcome.enforcement;
+    // Sensitive values first, so they are masked in everything built below.
+    let mut outputs = Vec::new();
+    match outcome.sensitive {
+        Ok(bytes) => {
+            let parsed = parse_vars(&bytes);
+            for (name, value) in parsed.vars {
+                if masks.add(&value).is_err() {
+                    result.warnings.push(format!(
+                        "sensitive output `{name}` is shorter than {} bytes and is not masked in logs",
+                        crate::output::MIN_MASK_LEN
+                    ));
+                }
+                outputs.push(OutputVar {
+                    name,
+                    value,
+                    sensitive: true,
+                });
+            }
+            result.output_errors.extend(
+                parsed
+                    .errors
+                    .into_iter()
+                    .map(|e| format!("KRILL_SENSITIVE_OUTPUT: {e}")),
+            );
+        }
+        Err(e) => result
+            .output_errors
+            .push(format!("KRILL_SENSITIVE_OUTPUT: {e}")),
+    }
+    match outcome.outputs {
+        Ok(bytes) => {
+            let parsed = parse_vars(&bytes);
+            let plain = parsed.vars.into_iter().map(|(name, value)| OutputVar {
+                name,
+                value: masks.mask_str(&value),
+                sensitive: false,
+            });
+            // Plain outputs first, in the order set; sensitive ones after.
+            let mut all: Vec<OutputVar> = plain.collect();
+            all.append(&mut outputs);
+            outputs = all;
+            result.output_errors.extend(
+                parsed
+                    .errors
+                    .into_iter()
+                    .map(|e| format!("KRILL_OUTPUT: {e}")),
+            );
+        }
+        Err(e) => result.output_errors.push(format!("KRILL_OUTPUT: {e}")),
+    }
+    result.outputs = outputs;
+    let (status, error) = match outcome.exit {
+        Exit::Code(0) => (Status::Succeeded, None),
+        Exit::Code(c) => {
+            result.exit_code = Some(c);
+            (Status::Failed, None)
+        }
+        Exit::Signal(s) => {
+            result.signal = Some(s);
+            (Status::Failed, Some(format!("killed by signal {s}")))
+        }
+        Exit::TimedOut => (Status::TimedOut, Some("killed at its deadline".to_string())),
+        Exit::Cancelled => {
+            let why = reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| "cancelled".to_string());
+            (Status::Cancelled, Some(why))
+        }
+        Exit::OomKilled => (
+            Status::OomKilled,
+            Some("killed by the memory limit".to_string()),
+        ),
+    };
+    result.status = status;
+    result.error = error.map(|e| masks.mask_str(&e));
+}
+
+/// Re-masks the captured text with every mask known at the end (a sensitive output
+/// set after a value was printed still hides it in the result).
+fn finish_output(result: &mut TaskResult, masks: &MaskSet, stdout: Capture, stderr: Capture) {
+    let truncated = stdout.truncated() || stderr.truncated();
+    let (out, lossy_out) = stdout.into_text();
+    let (err, lossy_err) = stderr.into_text();
+    result.stdout = masks.mask_str(&out);
+    result.stderr = masks.mask_str(&err);
+    result.truncated = truncated;
+    result.lossy = lossy_out || lossy_err;
+    result.output_errors = result
+        .output_errors
+        .iter()
+        .map(|e| masks.mask_str(e))
+        .collect();
+}
+
+/// What the pump collected.
+struct Pumped {
+    stdout: Capture,
+    stderr: Capture,
+    warnings: Vec<String>,
+}
+
+/// Takes raw sandbox events: filters `::add-mask::`, masks, captures, publishes live chunks.
+struct Pump {
+    task_id: String,
+    masks: MaskSet,
+    add_mask: AddMaskFilter,
+    out_mask: MaskStream,
+    err_mask: MaskStream,
+    stdout: Capture,
+    stderr: Capture,
+    warnings: Vec<String>,
+    publisher: Publisher,
+    seq: u64,
+    pending: Option<(Stream, Vec<u8>, DateTime<Utc>)>,
+    scratch: Vec<u8>,
+}
+
+impl Pump {
+    fn new(task_id: String, masks: MaskSet, cap: u64, publisher: Publisher) -> Self {
+        Pump {
+            task_id,
+            add_mask: AddMaskFilter::new(masks.clone()),
+            out_mask: masks.stream(),
+            err_mask: masks.stream(),
+            masks,
+            stdout: Capture::new(usize::try_from(cap).unwrap_or(usize::MAX)),
+            stderr: Capture::new(usize::try_from(cap).unwrap_or(usize::MAX)),
+            warnings: Vec::new(),
+            publisher,
+            seq: 0,
+            pending: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Pumped {
+        let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(Event::Output(stream, bytes)) => self.output(stream, &bytes).await,
+                    Some(Event::Sensitive(content)) => self.sensitive(&content),
+                    None => break,
+                },
+                _ = tick.tick() => self.flush(false).await,
+            }
+        }
+        // End of output: flush what each stage held back.
+        let mut rest = Vec::new();
+        for w in self.add_mask.finish(&mut rest) {
+            self.warnings.push(w.to_string());
+        }
+        let mut masked = self.out_mask.push(&rest);
+        masked.extend(self.out_mask.finish());
+        self.emit(Stream::Stdout, &masked).await;
+        let masked = self.err_mask.finish();
+        self.emit(Stream::Stderr, &masked).await;
+        self.flush(true).await;
+        Pumped {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            warnings: self.warnings,
+        }
+    }
+
+    fn sensitive(&mut self, content: &Bytes) {
+        for (name, value) in parse_vars(content).vars {
+            if self.masks.add(&value).is_err() {
+                let w = format!(
+                    "sensitive output `{name}` is shorter than {} bytes and is not masked in logs",
+                    crate::output::MIN_MASK_LEN
+                );
+                if !self.warnings.contains(&w) {
+                    self.warnings.push(w);
+                }
+            }
+        }
+    }
+
+    async fn output(&mut self, stream: Stream, bytes: &[u8]) {
+        let masked = match stream {
+            Stream::Stdout => {
+                self.scratch.clear();
+                for w in self.add_mask.push(bytes, &mut self.scratch) {
+                    self.warnings.push(w.to_string());
+                }
+                self.out_mask.push(&self.scratch)
+            }
+            Stream::Stderr => self.err_mask.push(bytes),
+        };
+        self.emit(stream, &masked).await;
+    }
+
+    async fn emit(&mut self, stream: Stream, masked: &[u8]) {
+        if masked.is_empty() {
+            return;
+        }
+        match stream {
+            Stream::Stdout => self.stdout.push(masked),
+            Stream::Stderr => self.stderr.push(masked),
+        }
+        if matches!(&self.pending, Some((s, _, _)) if *s != stream) {
+            self.flush(false).await;
+        }
+        let pending = self
+            .pending
+            .get_or_insert_with(|| (stream, Vec::new(), Utc::now()));
+        // Live logs are bounded like the result: past the cap nothing more is sent.
+        pending.1.extend_from_slice(masked);
+        if pending.1.len() >= LOG_FLUSH_BYTES {
+            self.flush(false).await;
+        }
+    }
+
+    async fn flush(&mut self, eof: bool) {
+        let (stream, data, first_at) = match self.pending.take() {
+            Some(p) => p,
+            None if eof => (Stream::Stdout, Vec::new(), Utc::now()),
+            None => return,
+        };
+        let chunk = LogChunk {
+            version: PROTOCOL_VERSION,
+            task_id: self.task_id.clone(),
+            seq: self.seq,
+            stream,
+            data: String::from_utf8_lossy(&data).into_owned(),
+            first_at,
+            last_at: Utc::now(),
+            eof,
+        };
+        self.seq += 1;
+        if let Ok(body) = serde_json::to_vec(&chunk) {
+            let props =
+                BasicProperties::default().with_content_type(ShortString::from(CONTENT_TYPE));
+            self.publisher
+                .fast(LOGS_EXCHANGE, &self.task_id, &body, props)
+                .await;
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Container sandbox (placeholder, being written).

@@ -1,0 +1,141 @@
+//! Sandboxes: the interface both kinds implement, and what they are given and give back.
+//!
+//! The runner decides everything about a task (effective limits, environment) and
+//! hands the sandbox a [`Spec`]. The sandbox runs the script, streams raw output as
+//! [`Event`]s (the runner masks, caps and publishes it), enforces the deadline and
+//! cancellation, and returns an [`Outcome`]. Limits are applied in exactly one
+//! function per kind. Whatever happens, the sandbox removes everything it created.
+
+pub mod container;
+pub mod process;
+
+use std::future::Future;
+use std::time::Duration;
+
+use broker::protocol::{Enforcement, SandboxKind, Stream, Usage};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a sandbox needs to run one task. Values in `env` may be secrets:
+/// never log them.
+#[derive(Clone)]
+pub struct Spec {
+    pub task_id: String,
+    pub worker_id: String,
+    pub script: String,
+    /// Program and arguments; the path of the script file is appended.
+    pub interpreter: Vec<String>,
+    /// The task's env and secrets, merged (no `KRILL_*` names; the sandbox adds those).
+    pub env: Vec<(String, String)>,
+    pub limits: Effective,
+    /// Container image (container sandbox only), already checked against the allow-list.
+    pub image: Option<String>,
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("task_id", &self.task_id)
+            .field("interpreter", &self.interpreter)
+            .field(
+                "env_names",
+                &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("limits", &self.limits)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The limits a task runs under: the task's, filled in and bounded by the pool's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    /// Size of the writable work dir and /tmp.
+    pub disk_bytes: u64,
+    /// Cap on each output-variable file.
+    pub output_file_bytes: u64,
+    pub network: bool,
+}
+
+/// Something the running script produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Raw bytes from stdout or stderr, in the order they were read.
+    Output(Stream, Bytes),
+    /// The whole current content of the `$KRILL_SENSITIVE_OUTPUT` file. Sent whenever
+    /// it changed, before any output read after the change, so its values are
+    /// masked before anything printed later leaves the worker.
+    Sensitive(Bytes),
+}
+
+/// How the script ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    TimedOut,
+    Cancelled,
+    OomKilled,
+}
+
+/// What a sandbox gives back once the script ended and everything is cleaned up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub exit: Exit,
+    /// Content of `$KRILL_OUTPUT`, or why it could not be read safely.
+    pub outputs: Result<Bytes, String>,
+    /// Content of `$KRILL_SENSITIVE_OUTPUT`, or why it could not be read safely.
+    pub sensitive: Result<Bytes, String>,
+    pub usage: Usage,
+    /// Container id, or the cgroup/process id.
+    pub sandbox_id: String,
+    pub enforcement: Enforcement,
+}
+
+/// What went wrong on the sandbox's side (never the script's own failure).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("image `{0}` is not allowed on this pool")]
+    ImageNotAllowed(String),
+    #[error("image `{0}` is not present on this worker and pulling is disabled")]
+    ImageMissing(String),
+    #[error("docker: {0}")]
+    Docker(String),
+    #[error("setting up the process sandbox: {0}")]
+    Setup(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A kind of sandbox.
+pub trait Sandbox: Send + Sync + 'static {
+    fn kind(&self) -> SandboxKind;
+
+    /// Runs one task to the end: enforces `spec.limits.timeout` (→ [`Exit::TimedOut`])
+    /// and `cancel` (→ [`Exit::Cancelled`]), killing every process of the task, and
+    /// removes everything it created before returning, on every path.
+    fn run(
+        &self,
+        spec: Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Outcome, SandboxError>> + Send;
+
+    /// Removes what a crashed worker left behind (containers, cgroups, work dirs);
+    /// returns how many were removed.
+    fn sweep(&self) -> impl Future<Output = Result<usize, SandboxError>> + Send;
+
+    /// Whether the sandbox's backend is usable right now (for `/readyz`).
+    fn ready(&self) -> impl Future<Output = bool> + Send;
+
+    /// Waits for clean-up work the sandbox moved off the critical path (container
+    /// removal after the result is known). Called once at worker shutdown.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}

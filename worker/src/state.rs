@@ -1,0 +1,153 @@
+//! What the worker knows about tasks: the running ones, recent cancellations and
+//! recent results (to answer a redelivery without running a task twice).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use broker::protocol::{RunningTask, SandboxKind, TaskResult};
+use chrono::{DateTime, Utc};
+use lapin::Acker;
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::CancelReason;
+
+/// How long a cancellation of a task not (yet) seen is remembered.
+pub const CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// How many cancellations are remembered at most.
+pub const CANCEL_MEMORY_MAX: usize = 100_000;
+/// How many recent results are kept to answer redeliveries.
+pub const RECENT_RESULTS: usize = 10_000;
+
+/// A task this worker is running.
+#[derive(Debug)]
+pub struct Running {
+    pub started_at: DateTime<Utc>,
+    pub sandbox: SandboxKind,
+    pub cancel: CancellationToken,
+    pub reason: CancelReason,
+    /// The delivery to ack when it ends (replaced if the broker redelivers it to us).
+    pub acker: Arc<Mutex<Acker>>,
+}
+
+/// Shared task state of one worker.
+#[derive(Debug, Default)]
+pub struct TaskState {
+    running: Mutex<HashMap<String, Running>>,
+    cancelled: Mutex<(HashMap<String, Instant>, VecDeque<String>)>,
+    recent: Mutex<(HashMap<String, (TaskResult, String)>, VecDeque<String>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TaskState {
+    pub fn start(&self, id: &str, running: Running) {
+        lock(&self.running).insert(id.to_string(), running);
+    }
+
+    pub fn finish(&self, id: &str) -> Option<Running> {
+        lock(&self.running).remove(id)
+    }
+
+    /// If `id` runs here, swap in the new delivery's acker and return true.
+    pub fn adopt(&self, id: &str, acker: Acker) -> bool {
+        match lock(&self.running).get(id) {
+            Some(r) => {
+                *lock(&r.acker) = acker;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn running(&self) -> Vec<RunningTask> {
+        let mut v: Vec<RunningTask> = lock(&self.running)
+            .iter()
+            .map(|(id, r)| RunningTask {
+                id: id.clone(),
+                started_at: r.started_at,
+                sandbox: r.sandbox,
+            })
+            .collect();
+        v.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        v
+    }
+
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Cancels every running task with `reason`.
+    pub fn cancel_all(&self, reason: &str) {
+        for r in lock(&self.running).values() {
+            set_reason(&r.reason, reason);
+            r.cancel.cancel();
+        }
+    }
+
+    /// Records a cancellation; stops the task if it runs here. Returns whether it ran here.
+    pub fn cancel(&self, id: &str, reason: &str) -> bool {
+        {
+            let mut c = lock(&self.cancelled);
+            let (set, order) = &mut *c;
+            if set.insert(id.to_string(), Instant::now()).is_none() {
+                order.push_back(id.to_string());
+            }
+            while order.len() > CANCEL_MEMORY_MAX
+                || order
+                    .front()
+                    .and_then(|f| set.get(f))
+                    .is_some_and(|t| t.elapsed() > CANCEL_MEMORY)
+            {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+        match lock(&self.running).get(id) {
+            Some(r) => {
+                set_reason(&r.reason, reason);
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_cancelled(&self, id: &str) -> bool {
+        lock(&self.cancelled)
+            .0
+            .get(id)
+            .is_some_and(|t| t.elapsed() <= CANCEL_MEMORY)
+    }
+
+    /// Remembers a published result (and where it went) for redeliveries.
+    pub fn remember(&self, result: &TaskResult, reply_to: &str) {
+        let mut r = lock(&self.recent);
+        let (map, order) = &mut *r;
+        if map
+            .insert(result.id.clone(), (result.clone(), reply_to.to_string()))
+            .is_none()
+        {
+            order.push_back(result.id.clone());
+        }
+        while order.len() > RECENT_RESULTS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    pub fn recent(&self, id: &str) -> Option<TaskResult> {
+        lock(&self.recent).0.get(id).map(|(r, _)| r.clone())
+    }
+}
+
+fn set_reason(reason: &CancelReason, text: &str) {
+    let mut r = lock(reason);
+    if r.is_none() {
+        *r = Some(text.to_string());
+    }
+}
