@@ -10,3 +10,4 @@ pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod topology;
+pub mod schema;

@@ -144,7 +144,7 @@ impl WorkerProc {
             .env("KRILL_WORKER_ID", &self.id)
             .env("KRILL_WORK_DIR", &self.work_dir)
             .env("KRILL_HEARTBEAT_INTERVAL", "1s")
-            .env("KRILL_STUB_PATH", bin_dir().join("krill-stub-static"))
+            .env("KRILL_STUB_PATH", stub_path())
             .env("RUST_LOG", "info,lapin=warn")
             .envs(b.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&b.args)
@@ -323,4 +323,14 @@ pub async fn run_task(client: &Client, pool: &str, task: &Task) -> TaskResult {
 /// A task with a fresh id.
 pub fn task(script: &str) -> Task {
     Task::new(new_id(), script)
+}
+
+/// The static krill-stub that `scripts/build-stub` builds (target/krill-stub).
+pub fn stub_path() -> PathBuf {
+    std::env::var("KRILL_STUB_PATH").map(PathBuf::from).unwrap_or_else(|_| {
+        bin_dir()
+            .parent()
+            .map(|t| t.join("krill-stub"))
+            .unwrap_or_else(|| PathBuf::from("target/krill-stub"))
+    })
 }
