@@ -4,6 +4,7 @@
 //! - [`protocol`]: the wire messages (plain serde data, no I/O).
 //! - [`topology`]: every exchange, queue and argument name, and `declare()`.
 //! - [`client`]: submit, wait for results, follow logs, cancel, drain, status.
+//! - [`status`]: what the pool is doing (heartbeat stream + queue depths), for `krill status`.
 //! - `bin/krill.rs`: the CLI, thin over [`client`].
 
 pub mod cli;
@@ -11,3 +12,5 @@ pub mod client;
 pub mod protocol;
 pub mod topology;
 pub mod schema;
+pub mod status;
+pub mod dead;

@@ -11,6 +11,9 @@
 //! | `krill.events` | topic exchange | `task.<pool>.<state>`, `worker.<id>.heartbeat` |
 //! | `krill.logs` | topic exchange | live log chunks, routing key = task id |
 //! | `krill.control` | topic exchange | `cancel.<task id>`, `drain.<worker>`, `resume.<worker>` |
+//! | `krill.heartbeats` | stream queue, bound to `krill.events` with `worker.*.heartbeat` | recent heartbeats, so `krill status` sees workers that went silent |
+//! | `krill.dead.notify` | quorum queue on `krill.dead` | workers answer tasks RabbitMQ dead-lettered (delivery limit) |
+//! | `krill.cancellations` | stream on `krill.control` (`cancel.#`) | every cancel of the last 24 h, replayed by each worker at start |
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -28,6 +31,15 @@ pub const EVENTS_EXCHANGE: &str = "krill.events";
 pub const LOGS_EXCHANGE: &str = "krill.logs";
 /// Topic exchange for control commands.
 pub const CONTROL_EXCHANGE: &str = "krill.control";
+/// Queue on `krill.dead` that workers consume to answer tasks RabbitMQ dead-lettered
+/// itself (delivery limit reached), so their submitters get a terminal result.
+pub const DEAD_NOTIFY_QUEUE: &str = "krill.dead.notify";
+/// Stream of cancellations (bound to `krill.control` with `cancel.#`), kept for
+/// [`CANCEL_RETENTION`]; a worker replays it at start, so a queued task cancelled
+/// while no worker (or another worker) was running is still never started.
+pub const CANCEL_STREAM: &str = "krill.cancellations";
+/// How long cancellations are kept in [`CANCEL_STREAM`] (RabbitMQ `x-max-age`).
+pub const CANCEL_RETENTION: &str = "1D";
 /// Prefix of pool queues.
 pub const POOL_QUEUE_PREFIX: &str = "krill.pool.";
 /// Prefix of per-task reply queues.
@@ -73,6 +85,18 @@ pub fn heartbeat_key(worker: &str) -> String {
 /// Binding key that matches every heartbeat.
 pub const ALL_HEARTBEATS: &str = "worker.*.heartbeat";
 
+/// Stream queue keeping recent heartbeats (bound to [`EVENTS_EXCHANGE`] with
+/// [`ALL_HEARTBEATS`]): `krill status` reads it from a few minutes back, so a worker
+/// whose heartbeat stopped is still seen, and shown as lost.
+pub const HEARTBEATS_STREAM: &str = "krill.heartbeats";
+/// How long the heartbeat stream keeps messages (RabbitMQ drops whole segments
+/// older than this).
+pub const HEARTBEATS_MAX_AGE: &str = "1h";
+/// Segment size of the heartbeat stream: small, so retention can drop old ones.
+pub const HEARTBEATS_SEGMENT_BYTES: i64 = 8 << 20;
+/// Upper bound on the heartbeat stream's size on disk.
+pub const HEARTBEATS_MAX_BYTES: i64 = 256 << 20;
+
 /// Routing key of a control command.
 pub fn control_key(action: &str, target: &str) -> String {
     format!("{action}.{target}")
@@ -108,6 +132,23 @@ pub fn pool_queue_arguments() -> FieldTable {
     args.insert(short("x-dead-letter-exchange"), long(DEAD_EXCHANGE));
     args.insert(short("x-overflow"), long("reject-publish"));
     args.insert(short("x-dead-letter-strategy"), long("at-least-once"));
+    args
+}
+
+/// The arguments of the heartbeat stream. Like the pool queue's, changing them makes
+/// `declare_heartbeats` fail with PRECONDITION_FAILED on a broker that has the old ones.
+pub fn heartbeats_stream_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), long("stream"));
+    args.insert(short("x-max-age"), long(HEARTBEATS_MAX_AGE));
+    args.insert(
+        short("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(HEARTBEATS_SEGMENT_BYTES),
+    );
+    args.insert(
+        short("x-max-length-bytes"),
+        AMQPValue::LongLongInt(HEARTBEATS_MAX_BYTES),
+    );
     args
 }
 
@@ -166,7 +207,45 @@ pub async fn declare_common(channel: &Channel) -> Result<(), lapin::Error> {
             none(),
         )
         .await?;
+    let mut notify_args = FieldTable::default();
+    notify_args.insert(short("x-queue-type"), long("quorum"));
+    channel
+        .queue_declare(short(DEAD_NOTIFY_QUEUE), QueueDeclareOptions::durable(), notify_args)
+        .await?;
+    channel
+        .queue_bind(
+            short(DEAD_NOTIFY_QUEUE),
+            short(DEAD_EXCHANGE),
+            short(""),
+            QueueBindOptions::default(),
+            none(),
+        )
+        .await?;
+    channel
+        .queue_declare(short(CANCEL_STREAM), QueueDeclareOptions::durable(), cancel_stream_arguments())
+        .await?;
+    channel
+        .queue_bind(
+            short(CANCEL_STREAM),
+            short(CONTROL_EXCHANGE),
+            short("cancel.#"),
+            QueueBindOptions::default(),
+            none(),
+        )
+        .await?;
     Ok(())
+}
+
+/// The arguments of the cancellation stream.
+pub fn cancel_stream_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), long("stream"));
+    args.insert(short("x-max-age"), long(CANCEL_RETENTION));
+    args.insert(
+        short("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(1 << 20),
+    );
+    args
 }
 
 /// Declares everything a pool needs: the common exchanges, the pool's quorum
@@ -186,6 +265,37 @@ pub async fn declare(channel: &Channel, pool: &str) -> Result<(), lapin::Error> 
             short(&queue),
             short(TASKS_EXCHANGE),
             short(pool),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares the heartbeat stream and binds it to the events exchange. Idempotent.
+/// A failure (no permission, or a broker without streams) closes `channel`: use a
+/// channel of its own.
+pub async fn declare_heartbeats(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            short(EVENTS_EXCHANGE),
+            ExchangeKind::Topic,
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            short(HEARTBEATS_STREAM),
+            QueueDeclareOptions::durable(),
+            heartbeats_stream_arguments(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            short(HEARTBEATS_STREAM),
+            short(EVENTS_EXCHANGE),
+            short(ALL_HEARTBEATS),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -334,3 +334,80 @@ pub fn stub_path() -> PathBuf {
             .unwrap_or_else(|| PathBuf::from("target/krill-stub"))
     })
 }
+
+/// A transient queue bound to `krill.events` (e.g. `task.<pool>.started`), for
+/// waiting on what workers report.
+#[derive(Debug)]
+pub struct Events {
+    _conn: Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Events {
+    /// Binds before anything happens, so nothing is missed.
+    pub async fn bind(binding: &str) -> Events {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions};
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ reachable");
+        let ch = conn.create_channel().await.expect("channel");
+        topology::declare_common(&ch).await.expect("declare");
+        let q = ch
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue");
+        ch.queue_bind(
+            q.name().clone(),
+            ShortString::from(topology::EVENTS_EXCHANGE),
+            ShortString::from(binding),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+        let consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        Events { _conn: conn, consumer }
+    }
+
+    /// The next event body as JSON, or a panic after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> serde_json::Value {
+        use futures_util::StreamExt;
+        let d = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .expect("an event in time")
+            .expect("consumer open")
+            .expect("delivery");
+        serde_json::from_slice(&d.data).expect("event json")
+    }
+
+    /// Waits for a `task_id`'s event (skipping others).
+    pub async fn wait_task(&mut self, task_id: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.next(left).await;
+            if v["task_id"] == task_id {
+                return v;
+            }
+        }
+    }
+}

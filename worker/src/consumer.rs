@@ -37,6 +37,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
             reply_to,
         } => {
             tracing::warn!(%reason, task_id = ?id, "malformed task message");
+            shared.run.metrics.finished(Status::Rejected, None);
             if let (Some(id), Some(reply_to)) = (&id, &reply_to) {
                 let mut result = TaskResult::rejected(id.clone(), reason.clone());
                 result.worker = Some(shared.id.clone());
@@ -70,6 +71,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                          because the task does not set retry_on_worker_loss"
                             .into(),
                     );
+                    shared.run.metrics.finished(result.status, None);
                     finish(&shared, &result, &reply_to, &Arc::new(Mutex::new(acker))).await;
                     return;
                 }
@@ -79,6 +81,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                 result.attempt = attempt;
                 result.worker = Some(shared.id.clone());
                 result.error = Some("cancelled before it started".into());
+                shared.run.metrics.finished(result.status, None);
                 finish(&shared, &result, &reply_to, &Arc::new(Mutex::new(acker))).await;
                 return;
             }
@@ -97,7 +100,16 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                 },
             );
             event(&shared, &id, State::Started, None, attempt).await;
+            let metrics = &shared.run.metrics;
+            if let Some(waited) = crate::metrics::queue_wait(task.submitted_at, *properties.timestamp()) {
+                metrics.queued(waited);
+            }
+            let ran = std::time::Instant::now();
             let result = runner::run(&shared.run, *task, attempt, cancel, reason).await;
+            metrics.ran(result.sandbox, ran.elapsed());
+            metrics.finished(result.status, result.sandbox);
+            // Remember before forgetting it runs: a redelivery in between must find one or the other.
+            shared.tasks.remember(&result, &reply_to);
             shared.tasks.finish(&id);
             finish(&shared, &result, &reply_to, &acker).await;
         }

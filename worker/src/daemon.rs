@@ -32,7 +32,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::Config;
 use crate::publisher::{Channels, Publisher};
@@ -47,6 +47,10 @@ use crate::worker::Shared;
 /// worker gives up on an unreachable broker (those tasks are redelivered).
 pub const PUBLISH_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a (re)connecting worker waits for the cancellation stream to catch up
+/// before it claims tasks.
+pub const CANCEL_CATCH_UP: Duration = Duration::from_secs(10);
+
 /// Runs the worker until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
@@ -56,7 +60,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     let sandboxes = build_sandboxes(&cfg, &id).await?;
-    sandboxes.sweep().await;
+    let metrics = Arc::new(crate::metrics::Metrics::new(&id, &cfg.pool));
+    metrics.swept(sandboxes.sweep().await);
     let (chan_tx, chan_rx) = watch::channel(None);
     let give_up = CancellationToken::new();
     let publisher = Publisher::new(chan_rx, give_up.clone());
@@ -69,6 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             policy: Arc::new(cfg.policy()),
             sandboxes: sandboxes.clone(),
             publisher,
+            metrics,
         },
         tasks: TaskState::default(),
         root: CancellationToken::new(),
@@ -81,10 +87,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(worker = %id, pool = %shared.pool, slots = shared.cfg.concurrency,
         sandboxes = ?shared.cfg.sandbox, "worker starting");
 
+    let http = match shared.cfg.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-addr {addr}"))?,
+        ),
+        None => None,
+    };
     let loops = TaskTracker::new();
     let handlers = TaskTracker::new();
     loops.spawn(connection_loop(shared.clone(), chan_tx, handlers.clone()));
     loops.spawn(heartbeat_loop(shared.clone()));
+    if let Some(listener) = http {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
+        loops.spawn(crate::http::serve(listener, shared.clone()));
+    }
+    if let Some(path) = shared.cfg.metrics_file.clone() {
+        let every = shared.cfg.metrics_file_interval;
+        loops.spawn(crate::metrics::file_loop(shared.clone(), path, every));
+    }
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -131,6 +153,7 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
             user: cfg.sandbox_user.clone(),
             work_root: cfg.work_dir.clone(),
             worker_id: id.to_string(),
+            allow_degraded_limits: cfg.allow_degraded_limits,
         })
         .context("process sandbox")?;
         s.process = Some(Arc::new(p));
@@ -202,6 +225,7 @@ async fn serve(
         .await?;
     let fast = conn.create_channel().await?;
     topology::declare(&consume, &shared.pool).await?;
+    declare_heartbeat_stream(&conn).await;
     let control = control_consumer(&consume, &shared.id).await?;
     consume
         .basic_qos(
@@ -211,7 +235,24 @@ async fn serve(
         .await?;
     let _ = chan_tx.send(Some(Channels { confirm, fast }));
     tracing::info!("connected to the broker");
+    shared.run.metrics.connected();
+    send_heartbeat(shared, false).await;
+    let conn = Arc::new(conn);
+    // Owned by this connection's life: aborted when serve() returns.
+    let (caught_up_tx, caught_up) = tokio::sync::oneshot::channel();
+    let _cancels = AbortOnDropHandle::new(tokio::spawn(side_loop(
+        "cancellation stream",
+        crate::side::cancellations(shared.clone(), conn.clone(), caught_up_tx),
+    )));
+    let _dead = AbortOnDropHandle::new(tokio::spawn(side_loop(
+        "dead-letter notifications",
+        crate::side::dead_notify(shared.clone(), conn.clone()),
+    )));
 
+    // Claim nothing before every cancel sent while this worker was away is known.
+    if tokio::time::timeout(CANCEL_CATCH_UP, caught_up).await.is_err() {
+        tracing::warn!("cancellation stream did not catch up in time; claiming anyway");
+    }
     let mut control = control;
     let mut draining = shared.draining.subscribe();
     let mut generation = 0u32;
@@ -250,7 +291,7 @@ async fn serve(
                 return Ok(());
             }
             _ = shared.shutdown.cancelled(), if !cancelling && consumer.is_some() => {}
-            _ = draining.changed() => {}
+            _ = draining.changed() => send_heartbeat(shared, false).await,
             d = next(&mut consumer) => match d {
                 Some(Ok(delivery)) => {
                     let Ok(permit) = shared.slots.clone().acquire_owned().await else { continue };
@@ -275,6 +316,15 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+async fn side_loop(
+    name: &'static str,
+    fut: impl std::future::Future<Output = Result<(), lapin::Error>>,
+) {
+    if let Err(e) = fut.await {
+        tracing::warn!(consumer = name, error = %e, "side consumer ended");
     }
 }
 
@@ -393,6 +443,22 @@ async fn send_heartbeat(shared: &Shared, stopping: bool) {
                 props,
             )
             .await;
+    }
+}
+
+/// Declares the heartbeat stream on a channel of its own: a broker that refuses it
+/// (permissions, no stream support) costs `krill status` its view of lost workers,
+/// not the worker its connection.
+async fn declare_heartbeat_stream(conn: &Connection) {
+    let res = async {
+        let ch = conn.create_channel().await?;
+        topology::declare_heartbeats(&ch).await?;
+        ch.close(200, ShortString::from("declared")).await
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::warn!(stream = topology::HEARTBEATS_STREAM, error = %e,
+            "cannot declare the heartbeat stream; `krill status` will not see lost workers");
     }
 }
 

@@ -8,11 +8,14 @@
 //! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
 //! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
 
 pub mod config;
 pub mod consumer;
 pub mod daemon;
+pub mod http;
 pub mod intake;
+pub mod metrics;
 pub mod output;
 pub mod publisher;
 pub mod runner;
@@ -21,3 +24,4 @@ pub mod sandboxes;
 pub mod state;
 pub mod telemetry;
 pub mod worker;
+pub mod side;

@@ -39,12 +39,37 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Inspect and replay dead-lettered tasks (`krill.dead`).
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Let a drained worker (or all) claim tasks again.
     Resume {
         worker: Option<String>,
         #[arg(long)]
         all: bool,
     },
+    /// Show workers (live, draining, lost), their running tasks and each pool's depth.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (one document; one line per refresh with --watch).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place every INTERVAL (default 2s) until Ctrl-C.
+    #[arg(long, short = 'w', value_name = "INTERVAL", num_args = 0..=1,
+          default_missing_value = "2s", value_parser = humantime::parse_duration)]
+    pub watch: Option<Duration>,
+    /// Also show this pool (repeatable), even when no worker serves it.
+    #[arg(long, env = "KRILL_POOL", value_delimiter = ',')]
+    pub pool: Vec<String>,
+    /// How far back to look for heartbeats (workers silent longer are forgotten).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub since: Duration,
+    /// Also list workers that stopped cleanly.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +141,21 @@ pub struct SubmitArgs {
     /// Give up waiting after this long (the task keeps its place).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters with the reason each was dead-lettered.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead task (or all) back on its pool's queue.
+    Replay {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -5,13 +5,14 @@
 
 mod args;
 mod print;
+mod status;
 mod submit;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{parse_size, Cli, Command};
+pub use args::{parse_size, Cli, Command, DeadCommand};
 
 use crate::client::Client;
 
@@ -36,6 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Submit(args) => submit::submit(&url, *args).await,
         Command::Wait(args) => submit::wait(&url, args).await,
         Command::Logs(args) => submit::logs(&url, args).await,
+        Command::Status(args) => status::status(&url, args).await,
         Command::Cancel { id } => {
             let client = Client::connect(&url).await?;
             client.cancel(&id).await?;
@@ -54,6 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             client.close().await;
             Ok(0)
         }
+        Command::Dead(cmd) => dead(&url, cmd).await,
         Command::Resume { worker, all } => {
             let client = Client::connect(&url).await?;
             let target = target(worker, all)?;
@@ -74,4 +77,44 @@ fn target(worker: Option<String>, all: bool) -> anyhow::Result<Option<String>> {
         (None, true) => Ok(None),
         _ => anyhow::bail!("name one worker, or pass --all"),
     }
+}
+
+async fn dead(url: &str, cmd: DeadCommand) -> anyhow::Result<u8> {
+    let client = Client::connect(url).await?;
+    match cmd {
+        DeadCommand::List { json } => {
+            let list = client.dead_list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("krill.dead is empty");
+            } else {
+                println!("{:<38} {:<16} {:<22} REASON", "TASK", "POOL", "BY");
+                for d in &list {
+                    println!(
+                        "{:<38} {:<16} {:<22} {}",
+                        d.id.as_deref().unwrap_or("-"),
+                        d.pool.as_deref().unwrap_or("-"),
+                        d.by,
+                        d.reason
+                    );
+                }
+            }
+        }
+        DeadCommand::Replay { id, all } => {
+            let id = target(id, all)?;
+            let (done, skipped) = client.dead_replay(id.as_deref()).await?;
+            for d in &done {
+                println!("replayed {d}");
+            }
+            for s in &skipped {
+                eprintln!("krill: not replayed: {s}");
+            }
+            if done.is_empty() && skipped.is_empty() {
+                anyhow::bail!("nothing to replay{}", id.map(|i| format!(" with id {i}")).unwrap_or_default());
+            }
+        }
+    }
+    client.close().await;
+    Ok(0)
 }

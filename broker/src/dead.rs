@@ -1,0 +1,168 @@
+//! The dead-letter queue: list what is in `krill.dead` with the reasons, and put
+//! tasks back on their pool's queue.
+//!
+//! Listing takes every message with `basic.get` and returns them (nack, requeue),
+//! so the queue is unchanged afterwards; a replay publishes a clean copy (no
+//! dead-letter headers) to `krill.tasks` with confirms and only then acks the dead one.
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use serde::Serialize;
+
+use crate::client::{publish_confirmed, Client, ClientError};
+use crate::topology::{DEAD_QUEUE, POOL_QUEUE_PREFIX, REASON_HEADER, TASKS_EXCHANGE};
+
+/// One dead letter, as `krill dead list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// The task id (`message_id`), when the message had one.
+    pub id: Option<String>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The pool it was sent to, when known.
+    pub pool: Option<String>,
+    /// Who dead-lettered it: a worker id, or `rabbitmq`.
+    pub by: String,
+    pub bytes: usize,
+}
+
+fn header_text(h: &FieldTable, key: &str) -> Option<String> {
+    match h.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn death_field(h: &FieldTable, key: &str) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = h.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    header_text(first, key)
+}
+
+/// Describes a dead message from its properties.
+pub fn describe(props: &BasicProperties, bytes: usize) -> DeadLetter {
+    let empty = FieldTable::default();
+    let h = props.headers().as_ref().unwrap_or(&empty);
+    let id = props.message_id().as_ref().map(|m| m.as_str().to_string());
+    let pool = header_text(h, "x-krill-pool").or_else(|| {
+        death_field(h, "queue").and_then(|q| q.strip_prefix(POOL_QUEUE_PREFIX).map(str::to_string))
+    });
+    match header_text(h, REASON_HEADER) {
+        Some(reason) => DeadLetter {
+            id,
+            reason,
+            pool,
+            by: header_text(h, crate::topology::WORKER_HEADER).unwrap_or_else(|| "worker".into()),
+            bytes,
+        },
+        None => {
+            let why = death_field(h, "reason").unwrap_or_else(|| "unknown".into());
+            let reason = match why.as_str() {
+                "delivery_limit" => {
+                    "delivery limit reached: the task kept losing its worker".to_string()
+                }
+                "rejected" => "rejected by a worker".to_string(),
+                "expired" => "message expired".to_string(),
+                "maxlen" => "queue length limit".to_string(),
+                other => other.to_string(),
+            };
+            DeadLetter {
+                id,
+                reason,
+                pool,
+                by: "rabbitmq".into(),
+                bytes,
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Every message in `krill.dead` (the queue is left as it was).
+    pub async fn dead_list(&self) -> Result<Vec<DeadLetter>, ClientError> {
+        let ch = self.channel();
+        let mut held = Vec::new();
+        let mut out = Vec::new();
+        while let Some(msg) = ch
+            .basic_get(
+                ShortString::from(DEAD_QUEUE),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        {
+            out.push(describe(&msg.delivery.properties, msg.delivery.data.len()));
+            held.push(msg.delivery.acker);
+        }
+        for acker in held {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// Puts dead tasks back on their pool's queue: the one with id `id`, or all
+    /// when `id` is None. Returns the ids replayed and the ones that could not be.
+    pub async fn dead_replay(
+        &self,
+        id: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<String>), ClientError> {
+        let ch = self.channel();
+        let mut held = Vec::new();
+        let mut done = Vec::new();
+        let mut skipped = Vec::new();
+        while let Some(msg) = ch
+            .basic_get(
+                ShortString::from(DEAD_QUEUE),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        {
+            let d = msg.delivery;
+            let info = describe(&d.properties, d.data.len());
+            let wanted = match id {
+                Some(want) => info.id.as_deref() == Some(want),
+                None => true,
+            };
+            if !wanted {
+                held.push(d.acker);
+                continue;
+            }
+            let label = info.id.clone().unwrap_or_else(|| "(no id)".into());
+            let Some(pool) = info.pool.clone() else {
+                skipped.push(format!("{label}: pool unknown"));
+                held.push(d.acker);
+                continue;
+            };
+            let props = d.properties.clone().with_headers(FieldTable::default());
+            match publish_confirmed(ch, TASKS_EXCHANGE, &pool, &d.data, props, true).await {
+                Ok(()) => {
+                    d.acker.ack(BasicAckOptions::default()).await?;
+                    done.push(label);
+                }
+                Err(e) => {
+                    skipped.push(format!("{label}: {e}"));
+                    held.push(d.acker);
+                }
+            }
+        }
+        for acker in held {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+        }
+        Ok((done, skipped))
+    }
+}
