@@ -134,6 +134,13 @@ pub struct Config {
     /// Address for /metrics, /healthz and /readyz (off when not set).
     #[arg(long, env = "KRILL_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Also append the metrics as one JSON line per --metrics-file-interval to this
+    /// file (for Telegraf, Vector and similar shippers).
+    #[arg(long, env = "KRILL_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// How often a line is appended to --metrics-file.
+    #[arg(long, env = "KRILL_METRICS_FILE_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub metrics_file_interval: Duration,
     /// Log format of the worker's own logs.
     #[arg(long, env = "KRILL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

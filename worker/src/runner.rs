@@ -38,6 +38,7 @@ pub struct RunCtx {
     pub policy: Arc<Policy>,
     pub sandboxes: Sandboxes,
     pub publisher: Publisher,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a task is being cancelled, as it will read in the result.
@@ -164,10 +165,11 @@ async fn execute(
     result: &mut TaskResult,
 ) {
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let (rx, timer) = crate::metrics::time_first_event(ctx.metrics.clone(), kind, rx);
     let task_id = spec.task_id.clone();
     let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel);
     let pump = Pump::new(task_id, masks.clone(), output_cap, ctx.publisher.clone());
-    let (outcome, pumped) = tokio::join!(sandbox_run, pump.run(rx));
+    let (outcome, pumped, ()) = tokio::join!(sandbox_run, pump.run(rx), timer);
     result.warnings.extend(pumped.warnings);
     match outcome {
         Err(e) => {

@@ -1,0 +1,274 @@
+//! `krill status`: workers, their running tasks and each pool's depth, as a table,
+//! as JSON (`--json`), or refreshed in place (`--watch`).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::args::StatusArgs;
+use crate::status::{HeartbeatReader, Report, WorkerState};
+
+/// Runs `krill status`; exit code 0.
+pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<u8> {
+    let mut reader = HeartbeatReader::open(url, args.since).await?;
+    reader.catch_up().await?;
+    let pools = args.pool.clone();
+    match args.watch {
+        None => {
+            let report = reader.report(&pools).await?;
+            print_once(&report, &args)?;
+            reader.close().await;
+            Ok(0)
+        }
+        Some(every) => {
+            let every = every.max(Duration::from_millis(200));
+            loop {
+                let report = reader.report(&pools).await?;
+                let mut out = String::new();
+                if args.json {
+                    out.push_str(&serde_json::to_string(&report)?);
+                    out.push('\n');
+                } else {
+                    // Home, draw, clear what is left of the previous frame.
+                    out.push_str("\x1b[H");
+                    out.push_str(&table(&report, args.all).replace('\n', "\x1b[K\n"));
+                    out.push_str("\x1b[J");
+                }
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(out.as_bytes())?;
+                stdout.flush()?;
+                drop(stdout);
+                tokio::select! {
+                    r = reader.read_for(every) => r?,
+                    _ = tokio::signal::ctrl_c() => {
+                        reader.close().await;
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn print_once(report: &Report, args: &StatusArgs) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, report)?;
+        writeln!(stdout)?;
+    } else {
+        stdout.write_all(table(report, args.all).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The human view: workers (with their running tasks), then pools.
+pub fn table(report: &Report, all: bool) -> String {
+    let now = report.generated_at;
+    let mut out = String::new();
+    let shown: Vec<_> = report
+        .workers
+        .iter()
+        .filter(|w| all || w.state != WorkerState::Stopped)
+        .collect();
+    let hidden = report.workers.len() - shown.len();
+    let mut rows = vec![[
+        "WORKER".to_string(),
+        "POOL".into(),
+        "STATE".into(),
+        "SLOTS FREE".into(),
+        "RUNNING".into(),
+        "LAST SEEN".into(),
+        "UPTIME".into(),
+        "HOST".into(),
+        "VERSION".into(),
+    ]];
+    for w in &shown {
+        rows.push([
+            w.id.clone(),
+            w.pool.clone(),
+            w.state.as_str().to_uppercase(),
+            if w.state.is_up() {
+                format!("{}/{}", w.slots_free, w.slots_total)
+            } else {
+                "-".into()
+            },
+            if w.state.is_up() {
+                w.running.len().to_string()
+            } else {
+                "-".into()
+            },
+            format!("{} ago", human(w.silent_secs)),
+            human(w.uptime_secs),
+            w.host.clone(),
+            w.krill_version.clone(),
+        ]);
+    }
+    let _ = writeln!(
+        out,
+        "Workers (heartbeats of the last {}):",
+        human(report.since_secs)
+    );
+    if shown.is_empty() {
+        let _ = writeln!(out, "  none seen");
+    } else {
+        let widths = widths(&rows);
+        for (i, row) in rows.iter().enumerate() {
+            let _ = writeln!(out, "  {}", line(row, &widths));
+            if i == 0 {
+                continue;
+            }
+            let w = shown[i - 1];
+            for t in &w.running {
+                let _ = writeln!(
+                    out,
+                    "    └ {}  {}  running {}",
+                    t.id,
+                    t.sandbox.as_str(),
+                    since(t.started_at, now)
+                );
+            }
+            if w.state == WorkerState::Lost && !w.last_running.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    └ was running {} task(s) when lost; they end as worker_lost unless they allow a retry",
+                    w.last_running.len()
+                );
+            }
+        }
+    }
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "  ({hidden} stopped worker(s) hidden; --all shows them)"
+        );
+    }
+    let _ = writeln!(out);
+    let mut rows = vec![[
+        "POOL".to_string(),
+        "READY".into(),
+        "UNACKED~".into(),
+        "CONSUMERS".into(),
+        "WORKERS".into(),
+        "SLOTS FREE".into(),
+        "RUNNING".into(),
+    ]];
+    for p in &report.pools {
+        let mut workers = format!("{} live", p.workers_live);
+        if p.workers_draining > 0 {
+            let _ = write!(workers, ", {} draining", p.workers_draining);
+        }
+        if p.workers_lost > 0 {
+            let _ = write!(workers, ", {} lost", p.workers_lost);
+        }
+        rows.push([
+            p.pool.clone(),
+            if p.exists {
+                p.ready.to_string()
+            } else {
+                "-".into()
+            },
+            p.unacked.to_string(),
+            p.consumers.to_string(),
+            workers,
+            format!("{}/{}", p.slots_free, p.slots_total),
+            p.running.to_string(),
+        ]);
+    }
+    let _ = writeln!(out, "Pools:");
+    if report.pools.is_empty() {
+        let _ = writeln!(out, "  none (name one with --pool)");
+    } else {
+        let widths = widths(&rows);
+        for (i, row) in rows.iter().enumerate() {
+            let _ = writeln!(out, "  {}", line(row, &widths));
+            if i > 0 {
+                if let Some(why) = &report.pools[i - 1].waiting {
+                    let _ = writeln!(out, "    ⚠ {why}");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn widths<const N: usize>(rows: &[[String; N]]) -> [usize; N] {
+    let mut w = [0; N];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            w[i] = w[i].max(cell.chars().count());
+        }
+    }
+    w
+}
+
+fn line<const N: usize>(row: &[String; N], widths: &[usize; N]) -> String {
+    let mut s = String::new();
+    for (i, cell) in row.iter().enumerate() {
+        if i + 1 == N {
+            s.push_str(cell);
+        } else {
+            let _ = write!(s, "{cell:<w$}  ", w = widths[i]);
+        }
+    }
+    s.trim_end().to_string()
+}
+
+fn since(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    human((now - t).num_seconds().max(0) as u64)
+}
+
+/// `42s`, `3m05s`, `2h10m`, `3d4h`.
+pub fn human(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Heartbeat, PROTOCOL_VERSION};
+    use crate::status::{pool_status, worker_status};
+
+    #[test]
+    fn durations() {
+        assert_eq!(human(5), "5s");
+        assert_eq!(human(185), "3m05s");
+        assert_eq!(human(7800), "2h10m");
+    }
+
+    #[test]
+    fn table_shows_workers_pools_and_why() {
+        let now = Utc::now();
+        let hb = Heartbeat {
+            version: PROTOCOL_VERSION,
+            worker: "w1".into(),
+            host: "h".into(),
+            pool: "p".into(),
+            krill_version: "0.1.0".into(),
+            slots_total: 2,
+            slots_free: 2,
+            draining: true,
+            running: Vec::new(),
+            uptime_secs: 10,
+            interval_secs: 5,
+            stopping: false,
+            sent_at: now,
+        };
+        let workers = vec![worker_status(&hb, now)];
+        let report = Report {
+            generated_at: now,
+            since_secs: 600,
+            pools: vec![pool_status("p", Some((1, 0)), &workers)],
+            workers,
+        };
+        let t = table(&report, false);
+        assert!(t.contains("DRAINING"), "{t}");
+        assert!(t.contains("is draining"), "{t}");
+    }
+}
