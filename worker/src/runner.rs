@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Policy;
-use crate::output::{parse as parse_vars, AddMaskFilter, Capture, MaskSet, MaskStream};
+use crate::output::{
+    parse as parse_vars, AddMaskFilter, Capture, MaskError, MaskSet, MaskStream, MAX_MASK_BYTES,
+    MAX_MASK_VALUES, MIN_MASK_LEN,
+};
 use crate::publisher::Publisher;
 use crate::sandbox::{Event, Exit, Outcome, SandboxError, Spec};
 use crate::sandboxes::Sandboxes;
@@ -61,15 +64,18 @@ pub async fn run(
         result.worker = Some(ctx.worker_id.clone());
         result.timings.queued_at = task.submitted_at;
         result.timings.started_at = Some(started_at);
+        let mut unmaskable = None;
         for (name, secret) in &task.secrets {
-            if masks.add(secret.expose()).is_err() {
-                result.warnings.push(format!(
-                    "secret `{name}` is shorter than {} bytes and is not masked",
-                    crate::output::MIN_MASK_LEN
-                ));
+            match masks.add(secret.expose()) {
+                Ok(()) => {}
+                Err(e @ MaskError::TooShort) => result.warnings.push(not_masked("secret", name, e)),
+                // A secret that cannot be masked must not run: fail closed.
+                Err(e @ MaskError::Full) => {
+                    unmaskable.get_or_insert_with(|| not_masked("secret", name, e));
+                }
             }
         }
-        match prepare(ctx, &task) {
+        match unmaskable.map_or_else(|| prepare(ctx, &task), Err) {
             Err(reason) => {
                 tracing::info!(%reason, "task rejected");
                 result.error = Some(masks.mask_str(&reason));
@@ -203,11 +209,11 @@ fn apply_outcome(
         Ok(bytes) => {
             let parsed = parse_vars(&bytes);
             for (name, value) in parsed.vars {
-                if masks.add(&value).is_err() {
-                    result.warnings.push(format!(
-                        "sensitive output `{name}` is shorter than {} bytes and is not masked in logs",
-                        crate::output::MIN_MASK_LEN
-                    ));
+                if let Err(e) = masks.add(&value) {
+                    let w = not_masked("sensitive output", &name, e);
+                    if !result.warnings.contains(&w) {
+                        result.warnings.push(w);
+                    }
                 }
                 outputs.push(OutputVar {
                     name,
@@ -276,6 +282,19 @@ fn apply_outcome(
     result.error = error.map(|e| masks.mask_str(&e));
 }
 
+/// The warning for a value that is not masked: names the variable, never the value.
+fn not_masked(what: &str, name: &str, e: MaskError) -> String {
+    match e {
+        MaskError::TooShort => {
+            format!("{what} `{name}` is shorter than {MIN_MASK_LEN} bytes and is not masked")
+        }
+        MaskError::Full => format!(
+            "{what} `{name}` is not masked: the task has too many values to mask \
+             (at most {MAX_MASK_VALUES} values, {MAX_MASK_BYTES} bytes)"
+        ),
+    }
+}
+
 /// Re-masks the captured text with every mask known at the end (a sensitive output
 /// set after a value was printed still hides it in the result).
 fn finish_output(result: &mut TaskResult, masks: &MaskSet, stdout: Capture, stderr: Capture) {
@@ -301,6 +320,12 @@ struct Pumped {
 }
 
 /// Takes raw sandbox events: filters `::add-mask::`, masks, captures, publishes live chunks.
+///
+/// Live chunks carry exactly the bytes the result keeps: once a stream reaches
+/// the output cap, nothing more of it is published, and one marker line saying
+/// so goes out on the stderr stream (so a follower's stdout stays the script's
+/// own). Memory stays flat: the capture is capped, the pending chunk is flushed
+/// at [`LOG_FLUSH_BYTES`], the maskers hold back less than the longest value.
 struct Pump {
     task_id: String,
     masks: MaskSet,
@@ -313,6 +338,11 @@ struct Pump {
     publisher: Publisher,
     seq: u64,
     pending: Option<(Stream, Vec<u8>, DateTime<Utc>)>,
+    /// Per stream (stdout, stderr): the start of a UTF-8 character cut by the
+    /// last live chunk, sent with the next one so no chunk splits a character.
+    carry: [Vec<u8>; 2],
+    /// End of output: flush everything, hold nothing back.
+    finishing: bool,
     scratch: Vec<u8>,
 }
 
@@ -330,6 +360,8 @@ impl Pump {
             publisher,
             seq: 0,
             pending: None,
+            carry: [Vec::new(), Vec::new()],
+            finishing: false,
             scratch: Vec::new(),
         }
     }
@@ -357,6 +389,13 @@ impl Pump {
         self.emit(Stream::Stdout, &masked).await;
         let masked = self.err_mask.finish();
         self.emit(Stream::Stderr, &masked).await;
+        self.finishing = true;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let carry = std::mem::take(&mut self.carry[slot(stream)]);
+            if !carry.is_empty() {
+                self.live(stream, &carry).await;
+            }
+        }
         self.flush(true).await;
         Pumped {
             stdout: self.stdout,
@@ -366,15 +405,20 @@ impl Pump {
     }
 
     fn sensitive(&mut self, content: &Bytes) {
+        let generation = self.masks.generation();
         for (name, value) in parse_vars(content).vars {
-            if self.masks.add(&value).is_err() {
-                let w = format!(
-                    "sensitive output `{name}` is shorter than {} bytes and is not masked in logs",
-                    crate::output::MIN_MASK_LEN
-                );
+            if let Err(e) = self.masks.add(&value) {
+                let w = not_masked("sensitive output", &name, e);
                 if !self.warnings.contains(&w) {
                     self.warnings.push(w);
                 }
+            }
+        }
+        // Output printed before the value was written but not published yet
+        // is masked too (what was already published cannot be).
+        if self.masks.generation() != generation {
+            if let Some((_, data, _)) = &mut self.pending {
+                *data = self.masks.mask_bytes(data);
             }
         }
     }
@@ -393,33 +437,70 @@ impl Pump {
         self.emit(stream, &masked).await;
     }
 
+    /// Captures masked bytes and publishes what the capture kept.
     async fn emit(&mut self, stream: Stream, masked: &[u8]) {
         if masked.is_empty() {
             return;
         }
-        match stream {
-            Stream::Stdout => self.stdout.push(masked),
-            Stream::Stderr => self.stderr.push(masked),
+        let capture = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        if capture.truncated() {
+            // Past the cap: dropped here and in the live stream alike.
+            capture.push(masked);
+            return;
+        }
+        let before = capture.len();
+        capture.push(masked);
+        let kept = capture.len().saturating_sub(before).min(masked.len());
+        let cut = capture.truncated();
+        // Live logs are bounded like the result: the bytes it keeps, then a marker.
+        self.live(stream, &masked[..kept]).await;
+        if cut {
+            let marker = format!(
+                "\nkrill: {} reached the output limit of {} bytes; the rest of it is discarded \
+                 (not shown live, not kept in the result)\n",
+                stream_name(stream),
+                self.stdout.cap()
+            );
+            self.live(Stream::Stderr, marker.as_bytes()).await;
+        }
+    }
+
+    /// Adds bytes to the pending live chunk, flushing it when the stream
+    /// changes or it is full.
+    async fn live(&mut self, stream: Stream, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
         }
         if matches!(&self.pending, Some((s, _, _)) if *s != stream) {
             self.flush(false).await;
         }
+        let carry = &mut self.carry[slot(stream)];
         let pending = self
             .pending
-            .get_or_insert_with(|| (stream, Vec::new(), Utc::now()));
-        // Live logs are bounded like the result: past the cap nothing more is sent.
-        pending.1.extend_from_slice(masked);
+            .get_or_insert_with(|| (stream, std::mem::take(carry), Utc::now()));
+        pending.1.extend_from_slice(bytes);
         if pending.1.len() >= LOG_FLUSH_BYTES {
             self.flush(false).await;
         }
     }
 
     async fn flush(&mut self, eof: bool) {
-        let (stream, data, first_at) = match self.pending.take() {
+        let (stream, mut data, first_at) = match self.pending.take() {
             Some(p) => p,
             None if eof => (Stream::Stdout, Vec::new(), Utc::now()),
             None => return,
         };
+        if !eof && !self.finishing {
+            // Keep a character cut at the end for the next chunk of this stream.
+            let cut = data.len() - incomplete_tail(&data);
+            self.carry[slot(stream)] = data.split_off(cut);
+            if data.is_empty() {
+                return;
+            }
+        }
         let chunk = LogChunk {
             version: PROTOCOL_VERSION,
             task_id: self.task_id.clone(),
@@ -438,5 +519,60 @@ impl Pump {
                 .fast(LOGS_EXCHANGE, &self.task_id, &body, props)
                 .await;
         }
+    }
+}
+
+fn slot(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
+/// How many bytes at the end of `data` are the valid start of a UTF-8
+/// character whose end is missing (0 to 3).
+fn incomplete_tail(data: &[u8]) -> usize {
+    let from = data.len().saturating_sub(3);
+    match (from..data.len()).rev().find(|&i| data[i] & 0xC0 != 0x80) {
+        Some(start) => match std::str::from_utf8(&data[start..]) {
+            Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => data.len() - start,
+            _ => 0,
+        },
+        None => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_tail_finds_a_cut_character() {
+        let euro = "€".as_bytes();
+        assert_eq!(incomplete_tail(b""), 0);
+        assert_eq!(incomplete_tail(b"abc"), 0);
+        assert_eq!(incomplete_tail("a€".as_bytes()), 0);
+        assert_eq!(incomplete_tail(&[b'a', euro[0]]), 1);
+        assert_eq!(incomplete_tail(&[b'a', euro[0], euro[1]]), 2);
+        assert_eq!(incomplete_tail(&"𝄞".as_bytes()[..3]), 3);
+        // Invalid bytes are not held back (they are lossy anyway).
+        assert_eq!(incomplete_tail(b"a\xff"), 0);
+        assert_eq!(incomplete_tail(b"\x80\x80\x80"), 0);
+    }
+
+    #[test]
+    fn warnings_name_the_variable_and_the_reason() {
+        let short = not_masked("secret", "PIN", MaskError::TooShort);
+        assert!(short.contains("`PIN`") && short.contains("shorter than 4 bytes"));
+        let full = not_masked("sensitive output", "TOKEN", MaskError::Full);
+        assert!(full.contains("`TOKEN`") && full.contains("too many values"));
+        assert!(!full.contains("shorter"));
     }
 }

@@ -58,6 +58,11 @@ impl Capture {
         self.truncated
     }
 
+    /// Most bytes kept.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// Bytes kept.
     pub fn len(&self) -> usize {
         self.buf.len()
