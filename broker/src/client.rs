@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde::Serialize;
 
-use crate::protocol::{Control, LogChunk, Task, TaskResult};
+use crate::protocol::{Control, LogChunk, Task, TaskEvent, TaskResult, TaskState};
 use crate::topology::{self, CONTENT_TYPE};
 
 /// The broker URL used when none is given (also `KRILL_AMQP_URL`).
@@ -199,6 +199,76 @@ impl Client {
     /// Binds a transient queue to the task's live log chunks. Call before `submit`
     /// to see the output from the first byte.
     pub async fn follow(&self, id: &str) -> Result<LogFollower, ClientError> {
+        let (channel, consumer) = self.subscribe(topology::LOGS_EXCHANGE, id).await?;
+        Ok(LogFollower {
+            _channel: channel,
+            consumer,
+            next_seq: 0,
+            missed: 0,
+        })
+    }
+
+    /// Binds a transient queue to the `finished` events of every pool, to learn
+    /// when task `id` ends without taking its result from its reply queue.
+    pub async fn watch_finished(&self, id: &str) -> Result<FinishWatch, ClientError> {
+        let key = topology::task_event_key("*", TaskState::Finished.as_str());
+        let (channel, consumer) = self.subscribe(topology::EVENTS_EXCHANGE, &key).await?;
+        Ok(FinishWatch {
+            _channel: channel,
+            consumer,
+            id: id.to_string(),
+        })
+    }
+
+    /// Looks at task `id`'s result without taking it: the result is read from the
+    /// reply queue and put back, so whoever waits for it still gets it.
+    pub async fn peek(&self, id: &str) -> Result<Peek, ClientError> {
+        // A channel of its own: a missing queue closes the channel it was asked on.
+        let channel = self.conn.create_channel().await?;
+        let queue = topology::reply_queue(id);
+        let found = channel
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if found.is_err() {
+            return Ok(Peek::Missing);
+        }
+        let got = channel
+            .basic_get(
+                ShortString::from(queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?;
+        let peek = match got {
+            None => Peek::Pending,
+            Some(msg) => {
+                let parsed = serde_json::from_slice::<TaskResult>(&msg.delivery.data);
+                msg.delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: true })
+                    .await?;
+                match parsed {
+                    Ok(result) if result.id == id => Peek::Done(Box::new(result)),
+                    _ => Peek::Pending,
+                }
+            }
+        };
+        let _ = channel.close(200, ShortString::from("bye")).await;
+        Ok(peek)
+    }
+
+    /// A transient, exclusive queue bound to `exchange` with `key`, and its consumer.
+    async fn subscribe(
+        &self,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(Channel, lapin::Consumer), ClientError> {
         let channel = self.conn.create_channel().await?;
         let q = channel
             .queue_declare(
@@ -214,8 +284,8 @@ impl Client {
         channel
             .queue_bind(
                 q.name().clone(),
-                ShortString::from(topology::LOGS_EXCHANGE),
-                ShortString::from(id),
+                ShortString::from(exchange),
+                ShortString::from(key),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -232,11 +302,7 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
-        Ok(LogFollower {
-            _channel: channel,
-            consumer,
-            next_seq: 0,
-        })
+        Ok((channel, consumer))
     }
 
     /// Asks every worker to cancel task `id` (running or still queued).
@@ -369,12 +435,14 @@ pub struct LogFollower {
     _channel: Channel,
     consumer: lapin::Consumer,
     next_seq: u64,
+    missed: u64,
 }
 
 impl LogFollower {
     /// The next chunk; `None` once the consumer ends. A chunk with `eof` is the last.
-    /// Gaps in `seq` (a chunk the broker could not deliver) are reported as a chunk
-    /// whose data says how many were missed.
+    /// Duplicates are dropped; gaps in `seq` (chunks published before this follower
+    /// was bound, or dropped while the worker had no connection) are counted in
+    /// [`LogFollower::missed`].
     pub async fn next(&mut self) -> Option<LogChunk> {
         loop {
             let delivery = self.consumer.next().await?.ok()?;
@@ -384,10 +452,50 @@ impl LogFollower {
             if chunk.seq < self.next_seq {
                 continue;
             }
+            self.missed += chunk.seq - self.next_seq;
             self.next_seq = chunk.seq + 1;
             return Some(chunk);
         }
     }
+
+    /// How many chunks were skipped so far (gaps in `seq`).
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+}
+
+/// The `finished` event of one task (see [`Client::watch_finished`]).
+#[derive(Debug)]
+pub struct FinishWatch {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+    id: String,
+}
+
+impl FinishWatch {
+    /// Waits for the task's `finished` event; `None` once the consumer ends.
+    pub async fn next(&mut self) -> Option<TaskEvent> {
+        loop {
+            let delivery = self.consumer.next().await?.ok()?;
+            match serde_json::from_slice::<TaskEvent>(&delivery.data) {
+                Ok(ev) if ev.task_id == self.id && ev.state == TaskState::Finished => {
+                    return Some(ev)
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// What [`Client::peek`] found.
+#[derive(Debug)]
+pub enum Peek {
+    /// No reply queue: no such task, or its result was already taken.
+    Missing,
+    /// The reply queue exists but holds no result yet (or someone is consuming it).
+    Pending,
+    /// The task's result (left in place).
+    Done(Box<TaskResult>),
 }
 
 /// Serializes a control or event message (helper for other tools).

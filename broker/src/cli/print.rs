@@ -27,6 +27,12 @@ pub fn human(result: &TaskResult, show_sensitive: bool, output_already_shown: bo
     if shown.truncated {
         let _ = writeln!(err, "krill: output truncated at the task's output limit");
     }
+    if shown.lossy {
+        let _ = writeln!(
+            err,
+            "krill: output was not valid UTF-8; invalid bytes are shown as U+FFFD"
+        );
+    }
     if !shown.outputs.is_empty() {
         let _ = writeln!(err, "--- outputs ---");
         for o in &shown.outputs {

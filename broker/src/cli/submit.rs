@@ -1,13 +1,17 @@
 //! `krill submit`, `krill wait` and `krill logs`.
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use super::args::{LogsArgs, SubmitArgs, WaitArgs};
 use super::print;
-use crate::client::{Client, LogFollower};
-use crate::protocol::{Secret, Stream, Task, TaskResult};
+use crate::client::{Client, LogFollower, Peek};
+use crate::protocol::{Secret, Status, Stream, Task, TaskResult};
+
+/// Once the task has ended, how long live chunks still in flight are waited for.
+pub const LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// Builds the task from the flags.
 pub fn build_task(args: &SubmitArgs) -> anyhow::Result<Task> {
@@ -82,12 +86,74 @@ pub async fn submit(url: &str, args: SubmitArgs) -> anyhow::Result<u8> {
         client.close().await;
         return Ok(0);
     }
-    if let Some(follower) = follower {
-        stream_logs(follower).await?;
-    }
-    let result = client.wait(&task.id, args.wait_timeout).await?;
+    let result = match follower {
+        Some(mut follower) => {
+            // Print chunks while waiting: the result, not the last chunk, ends it
+            // (a chunk can be lost; the result cannot).
+            let wait = client.wait(&task.id, args.wait_timeout);
+            let mut live = Live::default();
+            let result = follow_until(&mut follower, &mut live, wait).await?;
+            live.note_gaps(&follower, &task.id);
+            result
+        }
+        None => client.wait(&task.id, args.wait_timeout).await?,
+    };
     client.close().await;
     Ok(report(&result, args.json, args.show_sensitive, args.follow))
+}
+
+/// What a follower printed.
+#[derive(Debug, Default)]
+struct Live {
+    eof: bool,
+    ended: bool,
+}
+
+impl Live {
+    fn note_gaps(&self, follower: &LogFollower, id: &str) {
+        if follower.missed() > 0 || !self.eof {
+            eprintln!(
+                "krill: the live output of {id} is incomplete ({} chunk(s) missed{}); \
+                 the result holds the whole (capped) output: krill wait {id} --json",
+                follower.missed(),
+                if self.eof { "" } else { ", end not seen" }
+            );
+        }
+    }
+}
+
+/// Prints chunks until `end` completes, then those still in flight (until the
+/// last chunk, or [`LOG_DRAIN`]).
+async fn follow_until<T, F>(
+    follower: &mut LogFollower,
+    live: &mut Live,
+    end: F,
+) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<T, crate::client::ClientError>>,
+{
+    tokio::pin!(end);
+    let value = loop {
+        tokio::select! {
+            r = &mut end => break r?,
+            chunk = follower.next(), if !live.eof && !live.ended => match chunk {
+                Some(chunk) => print_chunk(&chunk, live)?,
+                None => live.ended = true,
+            },
+        }
+    };
+    let drain = tokio::time::sleep(LOG_DRAIN);
+    tokio::pin!(drain);
+    while !live.eof && !live.ended {
+        tokio::select! {
+            _ = &mut drain => break,
+            chunk = follower.next() => match chunk {
+                Some(chunk) => print_chunk(&chunk, live)?,
+                None => live.ended = true,
+            },
+        }
+    }
+    Ok(value)
 }
 
 pub async fn wait(url: &str, args: WaitArgs) -> anyhow::Result<u8> {
@@ -97,37 +163,80 @@ pub async fn wait(url: &str, args: WaitArgs) -> anyhow::Result<u8> {
     Ok(report(&result, args.json, args.show_sensitive, false))
 }
 
+/// `krill logs ID --follow`: the task's live output from now on, then its
+/// outputs and exit code when its result can be seen (without taking it).
 pub async fn logs(url: &str, args: LogsArgs) -> anyhow::Result<u8> {
+    let id = args.id.as_str();
     let client = Client::connect(url).await?;
-    let follower = client.follow(&args.id).await?;
-    eprintln!(
-        "krill: following {} (live output only; earlier output is in the result)",
-        args.id
-    );
-    stream_logs(follower).await?;
-    client.close().await;
-    Ok(0)
-}
-
-/// Prints chunks until the last one.
-async fn stream_logs(mut follower: LogFollower) -> anyhow::Result<()> {
-    while let Some(chunk) = follower.next().await {
-        match chunk.stream {
-            Stream::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(chunk.data.as_bytes())?;
-                out.flush()?;
-            }
-            Stream::Stderr => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(chunk.data.as_bytes())?;
-                err.flush()?;
-            }
+    // Bind first, then look: nothing that happens in between is missed.
+    let mut follower = client.follow(id).await?;
+    let mut finished = client.watch_finished(id).await?;
+    match client.peek(id).await? {
+        Peek::Missing => bail!(
+            "no task {id} waiting for its result: unknown, or finished and its result \
+             already taken (live output is not stored)"
+        ),
+        Peek::Done(result) => {
+            eprintln!("krill: task {id} has already finished; its output from the result:");
+            client.close().await;
+            return Ok(report(&result, false, false, false));
         }
-        if chunk.eof {
-            break;
+        Peek::Pending => {}
+    }
+    eprintln!("krill: following {id} (live output only; earlier output is in the result)");
+    let mut live = Live::default();
+    let event = follow_until(&mut follower, &mut live, async {
+        Ok(finished.next().await)
+    })
+    .await?;
+    // The result, if nobody has taken it yet; else what the event says.
+    let mut result = None;
+    for _ in 0..20 {
+        match client.peek(id).await? {
+            Peek::Done(r) => {
+                result = Some(*r);
+                break;
+            }
+            Peek::Missing => break,
+            Peek::Pending => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+    client.close().await;
+    if let Some(result) = result {
+        live.note_gaps(&follower, id);
+        return Ok(report(&result, false, false, true));
+    }
+    match event {
+        Some(ev) => {
+            let status = ev.status.unwrap_or(Status::Failed);
+            eprintln!(
+                "krill: task {id} {status}{}{} (its result went to another waiter)",
+                if ev.error.is_some() { ": " } else { "" },
+                ev.error.as_deref().unwrap_or("")
+            );
+            let mut r = TaskResult::new(id.to_string(), status);
+            r.exit_code = None;
+            Ok(r.exit_code_for_cli().clamp(0, 255) as u8)
+        }
+        None => bail!("lost the connection before task {id} ended"),
+    }
+}
+
+/// Prints one live chunk to stdout or stderr.
+fn print_chunk(chunk: &crate::protocol::LogChunk, live: &mut Live) -> anyhow::Result<()> {
+    match chunk.stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(chunk.data.as_bytes())?;
+            out.flush()?;
+        }
+        Stream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(chunk.data.as_bytes())?;
+            err.flush()?;
+        }
+    }
+    live.eof |= chunk.eof;
     Ok(())
 }
 
