@@ -3,6 +3,10 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    // The process sandbox re-executes this binary as its in-namespace helper.
+    if let Some(code) = worker::sandbox::process::init::run_if_requested() {
+        std::process::exit(code);
+    }
     let cfg = worker::config::Config::parse();
     worker::telemetry::init(cfg.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,405 @@
+//! The sandbox helper: `krill-worker` re-executed as `krill-sandbox-init`.
+//!
+//! The worker forks, joins the task's cgroup, unshares the mount, pid, ipc, uts
+//! (and net) namespaces, and execs `/proc/self/exe` with argv[0] = [`ARG0`]; the
+//! binary's `main` hands over to [`run_if_requested`] before anything else. From
+//! there, single-threaded (so allocation is fine until the last fork):
+//!
+//! ```text
+//! helper (root, host pid ns, new mount/ipc/uts/net ns; ignores TERM)
+//!  │  reads its InitConfig (JSON) from stdin, builds the filesystem view (fs.rs),
+//!  │  sets the host name, brings `lo` up, forks:
+//!  └─ init = PID 1 of the task's pid ns (root; parent-death signal SIGKILL)
+//!      │  mounts /proc, spawns the script, reaps every orphan; when the script
+//!      │  exits it SIGKILLs everything else in the namespace and reports how the
+//!      │  script ended on fd 3
+//!      └─ script (task uid/gid, no groups, no capabilities (bounding and
+//!         ambient too), no_new_privs, seccomp, rlimits, only fds 0-2, clean env)
+//! ```
+//!
+//! When the helper dies (the worker SIGKILLs it at a deadline, or the worker
+//! itself died: its parent-death signal), the init gets SIGKILL, and when a pid
+//! namespace's init dies the kernel kills every process in it: no `setsid`,
+//! double fork or trapped signal survives.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use serde::{Deserialize, Serialize};
+
+/// argv[0] of the helper.
+pub const ARG0: &str = "krill-sandbox-init";
+/// Set (to `1`) in the helper's environment, with [`ARG0`].
+pub const ENV_FLAG: &str = "KRILL_SANDBOX_INIT";
+/// The helper's status channel to the worker.
+pub const STATUS_FD: i32 = 3;
+/// Host name inside the sandbox.
+pub const HOSTNAME: &str = "krill";
+
+/// Everything the helper needs, sent on its stdin (never on disk or argv: the
+/// environment holds the task's secrets).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub work_root: PathBuf,
+    pub task_dir: PathBuf,
+    pub disk_bytes: u64,
+    pub nofile: u64,
+    /// Interpreter, its arguments and the script path.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// The helper is in a fresh net namespace (bring `lo` up).
+    pub net_ns: bool,
+}
+
+/// What the init reports on [`STATUS_FD`], one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Exit(i32),
+    Signal(i32),
+    Error(String),
+}
+
+impl Report {
+    pub fn line(&self) -> String {
+        match self {
+            Report::Exit(c) => format!("exit {c}\n"),
+            Report::Signal(s) => format!("signal {s}\n"),
+            Report::Error(e) => format!("error {}\n", e.replace('\n', " ")),
+        }
+    }
+
+    /// The last report in `text` (an error may precede nothing else).
+    pub fn parse(text: &str) -> Option<Report> {
+        text.lines().rev().find_map(|l| {
+            let (kind, rest) = l.split_once(' ')?;
+            match kind {
+                "exit" => rest.parse().ok().map(Report::Exit),
+                "signal" => rest.parse().ok().map(Report::Signal),
+                "error" => Some(Report::Error(rest.to_string())),
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Runs the helper when this process was started as one; returns its exit code.
+/// `None`: this is the normal worker.
+pub fn run_if_requested() -> Option<i32> {
+    if std::env::args_os().next()? != ARG0 || std::env::var_os(ENV_FLAG).is_none() {
+        return None;
+    }
+    Some(helper())
+}
+
+fn report(status: &mut File, r: &Report) {
+    let _ = status.write_all(r.line().as_bytes());
+}
+
+fn helper() -> i32 {
+    // SAFETY: the worker dup2'ed the write end of its status pipe to fd 3 just
+    // before exec; nothing else in this fresh process owns it.
+    let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
+    // Nothing inherited beyond stdio and the status pipe.
+    // SAFETY: close_range only closes descriptors; none above 3 is in use here.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, STATUS_FD as u32 + 1, u32::MAX, 0u32);
+    }
+    // The worker's TERM is for the script; the helper only dies by SIGKILL.
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: installing SIG_IGN runs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+    let cfg = match read_config() {
+        Ok(c) => c,
+        Err(e) => {
+            report(&mut status, &Report::Error(e));
+            return 1;
+        }
+    };
+    if let Err(e) = prepare_namespaces(&cfg) {
+        report(&mut status, &Report::Error(e));
+        return 1;
+    }
+    // The init learns the helper died before its parent-death signal was armed
+    // from this pipe's hang-up (its getppid() is 0: the parent is outside its pid ns).
+    let (alive_r, alive_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            report(&mut status, &Report::Error(format!("pipe: {e}")));
+            return 1;
+        }
+    };
+    // SAFETY: this process is single-threaded (a fresh exec that started no
+    // threads), so the child may do anything after fork.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(alive_w);
+            let code = init(&cfg, &mut status, alive_r);
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(status);
+            drop(alive_r);
+            let _keep = alive_w;
+            loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => return 0,
+                }
+            }
+        }
+        Err(e) => {
+            report(&mut status, &Report::Error(format!("fork: {e}")));
+            1
+        }
+    }
+}
+
+fn read_config() -> Result<InitConfig, String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading the sandbox config: {e}"))?;
+    serde_json::from_slice(&buf).map_err(|e| format!("parsing the sandbox config: {e}"))
+}
+
+fn prepare_namespaces(cfg: &InitConfig) -> Result<(), String> {
+    super::fs::build_view(cfg)?;
+    nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
+    if cfg.net_ns {
+        loopback_up()?;
+    }
+    Ok(())
+}
+
+/// A fresh net namespace has only `lo`, and it is down.
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: plain socket/ioctl/close calls on a zeroed `ifreq` whose name is
+    // set within its bounds; no pointers escape.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(format!("bringing lo up: {err}"));
+        }
+    }
+    Ok(())
+}
+
+/// PID 1 of the task's pid namespace; returns the exit code of the init.
+fn init(cfg: &InitConfig, status: &mut File, helper_alive: std::os::fd::OwnedFd) -> i32 {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) has no memory effects.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&helper_alive),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, no timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        return 1; // hung up (or failed): the helper is gone
+    }
+    drop(helper_alive);
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: restoring the default disposition runs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigDfl) };
+    }
+    let none: Option<&str> = None;
+    if let Err(e) = nix::mount::mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        none,
+    ) {
+        report(status, &Report::Error(format!("mounting /proc: {e}")));
+        return 1;
+    }
+    // The status pipe must not reach the script.
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe {
+        libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    let script = match spawn_script(cfg) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let _ = writeln!(
+                std::io::stderr(),
+                "krill: cannot run interpreter `{}`: {e}",
+                cfg.argv.first().map(String::as_str).unwrap_or("")
+            );
+            report(status, &Report::Exit(code));
+            return 0;
+        }
+    };
+    let mut outcome = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == script => {
+                outcome = Some(Report::Exit(code));
+                kill_all();
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == script => {
+                outcome = Some(Report::Signal(sig as i32));
+                kill_all();
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break, // ECHILD: nothing left
+        }
+    }
+    if let Some(r) = outcome {
+        report(status, &r);
+    }
+    0
+}
+
+/// From PID 1: SIGKILL to every other process of the namespace.
+fn kill_all() {
+    // SAFETY: kill(-1) from a pid namespace's init reaches only that namespace.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+    }
+}
+
+/// Starts the script with every privilege dropped. The `pre_exec` closure runs
+/// between fork and exec and is async-signal-safe: everything it needs is
+/// computed before.
+fn spawn_script(cfg: &InitConfig) -> std::io::Result<Pid> {
+    let (program, args) = cfg
+        .argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty interpreter"))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(&cfg.cwd)
+        .stdin(std::process::Stdio::null());
+    let uid = cfg.uid;
+    let gid = cfg.gid;
+    let limits = [
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NOFILE, cfg.nofile),
+        (libc::RLIMIT_FSIZE, cfg.disk_bytes),
+    ];
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    let filter = super::seccomp::program();
+    let oom_adj = CString::new("/proc/self/oom_score_adj").map_err(std::io::Error::other)?;
+    // SAFETY: the closure only calls async-signal-safe functions (setrlimit,
+    // open/write/close, prctl, setgroups, setgid, setuid) on data prepared before
+    // the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let err = std::io::Error::last_os_error;
+            for (res, v) in limits {
+                let lim = libc::rlimit {
+                    rlim_cur: v,
+                    rlim_max: v,
+                };
+                if libc::setrlimit(res, &lim) != 0 {
+                    return Err(err());
+                }
+            }
+            // Whatever the worker's OOM score was, the task starts neutral.
+            let fd = libc::open(oom_adj.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            // No capability can come back: empty bounding and ambient sets.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            for cap in 0..=last_cap {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            // Groups, then gid, then uid: after setuid the others cannot change.
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(err());
+            }
+            if libc::setuid(0) == 0 {
+                return Err(std::io::Error::other("privileges could be regained"));
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(err());
+            }
+            if let Some(prog) = &filter {
+                super::seccomp::install(prog)?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip() {
+        for r in [
+            Report::Exit(3),
+            Report::Exit(0),
+            Report::Signal(11),
+            Report::Error("mounting /proc: EPERM".into()),
+        ] {
+            assert_eq!(Report::parse(&r.line()), Some(r));
+        }
+        assert_eq!(Report::parse(""), None);
+        assert_eq!(
+            Report::Error("two\nlines".into()).line(),
+            "error two lines\n"
+        );
+    }
+}

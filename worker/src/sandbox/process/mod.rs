@@ -1,0 +1,622 @@
+//! Process sandbox: the script runs as an unprivileged user in fresh mount, pid,
+//! ipc, uts (and, unless it may use the network, net) namespaces, in a cgroup
+//! that limits its memory, processes and cpu, with the host read-only, a private
+//! tmpfs for its home, /tmp and /dev/shm, no capabilities, no_new_privs, a
+//! seccomp filter, a clean environment and stdin from /dev/null.
+//!
+//! ```text
+//! worker ──fork, join cgroup, unshare, exec /proc/self/exe──▶ helper ──fork──▶ init (pid 1) ──▶ script
+//! ```
+//!
+//! (see [`init`] for who does what, [`fs`] for the filesystem view, [`cgroup`]
+//! for limits and usage). A deadline or cancel sends SIGTERM to the helper's
+//! process group, and after [`KILL_GRACE`] SIGKILLs the helper, which takes the
+//! pid namespace down with it; the cgroup is then killed and removed too.
+//!
+//! Layout of one task on the host (everything removed when the task ends):
+//!
+//! ```text
+//! <work_root>/<worker>/            root 0711, locked by the live worker (flock)
+//!   <task>.<rand>/                 root 0711: the task cannot rename what is inside
+//!     krill/script                 root 0644: the script
+//!     krill/output                 task user 0600: $KRILL_OUTPUT
+//!     krill/sensitive_output       task user 0600: $KRILL_SENSITIVE_OUTPUT
+//!     home/                        mount point of the task's private $HOME
+//!     scratch/                     mount point of its tmpfs (inside its namespace only)
+//! ```
+
+pub mod cgroup;
+pub mod fs;
+pub mod init;
+mod pump;
+pub mod seccomp;
+
+use std::fs::{self as stdfs, File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::protocol::{Enforcement, SandboxKind, Usage};
+use nix::unistd::{Gid, Uid, User};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::cgroup::{Driver, TaskCgroup};
+use self::init::{InitConfig, Report};
+use super::{Event, Exit, Outcome, Sandbox, SandboxError, Spec};
+use crate::output::read_capped;
+
+/// Time between SIGTERM and SIGKILL when a task is stopped.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long output is still read after the script's namespace is gone.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+/// Open-file limit of a task.
+pub const NOFILE: u64 = 1024;
+/// PATH given to scripts.
+pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Host-wide directory of live workers' locks: a task cgroup whose worker holds
+/// no lock here belongs to a dead worker and is swept.
+pub const LOCK_DIR: &str = "/run/krill/workers";
+const OUTPUT_FILE: &str = "output";
+pub(crate) const SENSITIVE_FILE: &str = "sensitive_output";
+
+/// Process sandbox configuration.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// User name or uid scripts run as.
+    pub user: String,
+    /// Root of the per-task work dirs.
+    pub work_root: PathBuf,
+    /// This worker's id (its work dirs live under `<work_root>/<worker_id>`).
+    pub worker_id: String,
+    /// Run without cgroup limits where no cgroup can be used (results say
+    /// `limits: degraded`); otherwise refuse to start.
+    pub allow_degraded_limits: bool,
+}
+
+/// Runs scripts as an unprivileged user in namespaces and a cgroup on this host.
+#[derive(Debug)]
+pub struct ProcessSandbox {
+    uid: Uid,
+    gid: Gid,
+    root: PathBuf,
+    mine: PathBuf,
+    worker_id: String,
+    cgroups: Option<Arc<dyn Driver>>,
+    _lock: File,
+    _host_lock: File,
+}
+
+impl ProcessSandbox {
+    /// Checks that privileges can be dropped and limits applied, and prepares
+    /// this worker's work dir and cgroups.
+    pub fn new(cfg: &ProcessConfig) -> Result<Self, SandboxError> {
+        if !Uid::effective().is_root() {
+            return Err(SandboxError::Setup(
+                "the process sandbox must start as root to drop privileges to the task user \
+                 (run the worker as root, or use --sandbox container)"
+                    .into(),
+            ));
+        }
+        let (uid, gid) = resolve_user(&cfg.user)?;
+        if uid.is_root() {
+            return Err(SandboxError::Setup("the task user must not be root".into()));
+        }
+        let root = cfg.work_root.clone();
+        stdfs::create_dir_all(&root)?;
+        stdfs::set_permissions(&root, stdfs::Permissions::from_mode(0o711))?;
+        let mine = root.join(&cfg.worker_id);
+        stdfs::create_dir_all(&mine)?;
+        stdfs::set_permissions(&mine, stdfs::Permissions::from_mode(0o711))?;
+        let work_lock = lock(&root.join(format!("{}.lock", cfg.worker_id)))?;
+        stdfs::create_dir_all(LOCK_DIR)?;
+        let host_lock = lock(&PathBuf::from(LOCK_DIR).join(format!("{}.lock", cfg.worker_id)))?;
+        let cgroups = match cgroup::detect_host().and_then(|d| {
+            d.init(&cfg.worker_id)
+                .map_err(|e| format!("preparing cgroup {}: {e}", d.version()))?;
+            Ok(d)
+        }) {
+            Ok(d) => {
+                tracing::info!(cgroup = d.version(), "process sandbox limits by cgroup");
+                Some(d)
+            }
+            Err(why) if cfg.allow_degraded_limits => {
+                tracing::warn!(reason = %why,
+                    "process sandbox without cgroup limits (--allow-degraded-limits): results say `limits: degraded`");
+                None
+            }
+            Err(why) => {
+                return Err(SandboxError::Setup(format!(
+                    "{why}; refusing to run tasks without memory, pids and cpu limits \
+                     (use --allow-degraded-limits to run them anyway)"
+                )))
+            }
+        };
+        Ok(ProcessSandbox {
+            uid,
+            gid,
+            root,
+            mine,
+            worker_id: cfg.worker_id.clone(),
+            cgroups,
+            _lock: work_lock,
+            _host_lock: host_lock,
+        })
+    }
+
+    /// Creates the task's private directories and files.
+    fn prepare(&self, spec: &Spec) -> Result<TaskDir, SandboxError> {
+        let name = format!("{}.{}", spec.task_id, uuid::Uuid::new_v4().simple());
+        let dir = self.mine.join(&name);
+        let guard = TaskDir {
+            path: dir.clone(),
+            name,
+        };
+        stdfs::create_dir(&dir)?;
+        stdfs::set_permissions(&dir, stdfs::Permissions::from_mode(0o711))?;
+        let krill = dir.join("krill");
+        stdfs::create_dir(&krill)?;
+        stdfs::set_permissions(&krill, stdfs::Permissions::from_mode(0o755))?;
+        let script = krill.join("script");
+        stdfs::write(&script, spec.script.as_bytes())?;
+        stdfs::set_permissions(&script, stdfs::Permissions::from_mode(0o644))?;
+        for name in [OUTPUT_FILE, SENSITIVE_FILE] {
+            let path = krill.join(name);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            nix::unistd::chown(&path, Some(self.uid), Some(self.gid)).map_err(io)?;
+        }
+        for sub in ["home", "scratch"] {
+            stdfs::create_dir(dir.join(sub))?;
+            stdfs::set_permissions(dir.join(sub), stdfs::Permissions::from_mode(0o700))?;
+        }
+        Ok(guard)
+    }
+
+    /// What the helper is told: who the script runs as, where, with what.
+    fn init_config(&self, spec: &Spec, dir: &TaskDir) -> InitConfig {
+        let krill = dir.path.join("krill");
+        let home = dir.path.join("home");
+        let mut env = spec.env.clone();
+        env.extend([
+            ("PATH".to_string(), TASK_PATH.to_string()),
+            ("HOME".to_string(), home.display().to_string()),
+            ("TMPDIR".to_string(), "/tmp".to_string()),
+            (
+                "KRILL_OUTPUT".to_string(),
+                krill.join(OUTPUT_FILE).display().to_string(),
+            ),
+            (
+                "KRILL_SENSITIVE_OUTPUT".to_string(),
+                krill.join(SENSITIVE_FILE).display().to_string(),
+            ),
+            ("KRILL_TASK_ID".to_string(), spec.task_id.clone()),
+        ]);
+        let mut argv = spec.interpreter.clone();
+        argv.push(krill.join("script").display().to_string());
+        InitConfig {
+            uid: self.uid.as_raw(),
+            gid: self.gid.as_raw(),
+            work_root: self.root.clone(),
+            task_dir: dir.path.clone(),
+            disk_bytes: spec.limits.disk_bytes,
+            nofile: NOFILE,
+            argv,
+            env,
+            cwd: home,
+            net_ns: !spec.limits.network,
+        }
+    }
+
+    /// The one function that sets up the helper's process between fork and exec:
+    /// its own session, death with the worker, the task cgroup, the status pipe,
+    /// new namespaces. Every limit is then in place before any task code runs.
+    fn apply_limits(
+        cmd: &mut tokio::process::Command,
+        network: bool,
+        cgroup_procs: &[File],
+        status: &OwnedFd,
+    ) {
+        let mut fds = [-1i32; 8];
+        for (slot, f) in fds.iter_mut().zip(cgroup_procs) {
+            *slot = f.as_raw_fd();
+        }
+        let status = status.as_raw_fd();
+        let mut flags =
+            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if !network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (setsid, prctl, write, dup2, fcntl, unshare)
+        // on values captured by copy; it allocates nothing and takes no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                let err = std::io::Error::last_os_error;
+                if libc::setsid() < 0 {
+                    return Err(err());
+                }
+                // The worker's death kills the helper, whose death kills the task.
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(err());
+                }
+                // Join the task cgroup ("0" = the writing process) before any
+                // task code exists.
+                for fd in fds.iter().copied().filter(|fd| *fd >= 0) {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(err());
+                    }
+                }
+                if status == init::STATUS_FD {
+                    if libc::fcntl(status, libc::F_SETFD, 0) != 0 {
+                        return Err(err());
+                    }
+                } else if libc::dup2(status, init::STATUS_FD) < 0 {
+                    return Err(err());
+                }
+                if libc::unshare(flags) != 0 {
+                    return Err(err());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    async fn run_task(
+        &self,
+        spec: Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, SandboxError> {
+        let dir = self.prepare(&spec)?;
+        let sandbox_id = format!("{}/{}", self.worker_id, dir.name);
+        let cg = match &self.cgroups {
+            Some(d) => Some(
+                TaskCgroup::create(d.clone(), sandbox_id.clone(), &spec.limits)
+                    .map_err(|e| SandboxError::Setup(format!("creating the task cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+        let procs = match &cg {
+            Some(cg) => cg
+                .procs_files()
+                .iter()
+                .map(|p| OpenOptions::new().write(true).open(p))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io)?;
+        let cfg = self.init_config(&spec, &dir);
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg0(init::ARG0)
+            .env_clear()
+            .env(init::ENV_FLAG, "1")
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Self::apply_limits(&mut cmd, spec.limits.network, &procs, &status_w);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| SandboxError::Setup(format!("starting the sandbox helper: {e}")))?;
+        drop(status_w);
+        drop(procs);
+        let helper = child.id().map(|p| p as i32).unwrap_or(0);
+        let config = serde_json::to_vec(&cfg)
+            .map_err(|e| SandboxError::Setup(format!("encoding the sandbox config: {e}")))?;
+        drop(cfg);
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper that dies early reports why on the status pipe.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&config).await;
+            });
+        }
+        let watcher =
+            pump::SensitiveWatch::new(dir.path.join("krill"), spec.limits.output_file_bytes);
+        let reader = tokio::spawn(pump::pump(
+            child.stdout.take(),
+            child.stderr.take(),
+            events,
+            watcher,
+        ));
+        let deadline = tokio::time::Instant::now() + spec.limits.timeout;
+        let stopped = tokio::select! {
+            status = child.wait() => {
+                status?;
+                None
+            }
+            _ = tokio::time::sleep_until(deadline) => Some(Exit::TimedOut),
+            _ = cancel.cancelled() => Some(Exit::Cancelled),
+        };
+        if stopped.is_some() {
+            stop(&mut child, helper).await;
+        }
+        // Whatever is left of the task dies with its cgroup; then read what it used.
+        let (usage, oom_kills) = match cg {
+            Some(cg) => tokio::task::spawn_blocking(move || {
+                cg.kill();
+                let usage = cg.usage();
+                let ooms = cg.oom_kills();
+                drop(cg);
+                (usage, ooms)
+            })
+            .await
+            .unwrap_or_default(),
+            None => (Usage::default(), 0),
+        };
+        let mut reader = reader;
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
+        let report = read_status(status_r);
+        let exit = decide(stopped, report, oom_kills)?;
+        let krill = dir.path.join("krill");
+        let outputs = read_capped(&krill, OUTPUT_FILE, spec.limits.output_file_bytes)
+            .map(bytes::Bytes::from)
+            .map_err(|e| e.to_string());
+        let sensitive = read_capped(&krill, SENSITIVE_FILE, spec.limits.output_file_bytes)
+            .map(bytes::Bytes::from)
+            .map_err(|e| e.to_string());
+        drop(dir);
+        Ok(Outcome {
+            exit,
+            outputs,
+            sensitive,
+            usage,
+            sandbox_id,
+            enforcement: if self.cgroups.is_some() {
+                Enforcement::Enforced
+            } else {
+                Enforcement::Degraded
+            },
+        })
+    }
+
+    /// Whether the worker that owns `id` is alive (holds its host-wide lock).
+    fn worker_alive(&self, id: &str) -> bool {
+        if id == self.worker_id {
+            return true;
+        }
+        let path = PathBuf::from(LOCK_DIR).join(format!("{id}.lock"));
+        match File::open(&path) {
+            Ok(f) => {
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes task cgroups of dead workers, and this worker's own from an
+    /// earlier life under the same id (nothing runs yet when the sweep runs).
+    fn sweep_cgroups(&self) -> usize {
+        let Some(driver) = &self.cgroups else {
+            return 0;
+        };
+        let mut removed = 0;
+        for k in driver.krill_dirs() {
+            let Ok(workers) = stdfs::read_dir(&k) else {
+                continue;
+            };
+            for w in workers.flatten() {
+                let worker = w.file_name().to_string_lossy().into_owned();
+                let mine = worker == self.worker_id;
+                if !w.path().is_dir() || (!mine && self.worker_alive(&worker)) {
+                    continue;
+                }
+                for t in stdfs::read_dir(w.path()).into_iter().flatten().flatten() {
+                    if t.path().is_dir() {
+                        let name = format!("{worker}/{}", t.file_name().to_string_lossy());
+                        if cgroup::remove(driver.as_ref(), &name).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                }
+                if !mine {
+                    let _ = stdfs::remove_dir(w.path());
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// How the task ended, from what the worker did (`stopped`), what the init
+/// reported, and what the memory cgroup saw.
+fn decide(
+    stopped: Option<Exit>,
+    report: Option<Report>,
+    oom_kills: u64,
+) -> Result<Exit, SandboxError> {
+    if let Some(exit) = stopped {
+        return Ok(exit);
+    }
+    match report {
+        Some(Report::Exit(0)) => Ok(Exit::Code(0)),
+        Some(Report::Exit(_) | Report::Signal(_)) if oom_kills > 0 => Ok(Exit::OomKilled),
+        Some(Report::Exit(c)) => Ok(Exit::Code(c)),
+        Some(Report::Signal(s)) => Ok(Exit::Signal(s)),
+        Some(Report::Error(e)) => Err(SandboxError::Setup(e)),
+        // The helper or init itself was OOM-killed: the whole task went with it.
+        None if oom_kills > 0 => Ok(Exit::OomKilled),
+        None => Err(SandboxError::Setup(
+            "the sandbox init ended without reporting the script's exit".into(),
+        )),
+    }
+}
+
+/// Reads the init's report (the pipe's writers are gone once the helper exited).
+fn read_status(r: OwnedFd) -> Option<Report> {
+    let _ = nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut f = File::from(r);
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut (&mut f).take(64 * 1024), &mut text);
+    Report::parse(&text)
+}
+
+use std::io::Read as _;
+
+impl Sandbox for ProcessSandbox {
+    fn kind(&self) -> SandboxKind {
+        SandboxKind::Process
+    }
+
+    async fn run(
+        &self,
+        spec: Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, SandboxError> {
+        self.run_task(spec, events, cancel).await
+    }
+
+    async fn sweep(&self) -> Result<usize, SandboxError> {
+        let mut removed = self.sweep_cgroups();
+        // Work dirs of workers whose lock is free belong to dead workers; this
+        // worker's own leftovers come from an earlier life under the same id.
+        for entry in stdfs::read_dir(&self.root)? {
+            let entry = entry?;
+            let path = entry.path();
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            if path == self.mine {
+                for t in stdfs::read_dir(&path)?.flatten() {
+                    removed += 1;
+                    let _ = stdfs::remove_dir_all(t.path());
+                }
+                continue;
+            }
+            let lock_path = self
+                .root
+                .join(format!("{}.lock", entry.file_name().to_string_lossy()));
+            let free = match File::open(&lock_path) {
+                Ok(f) => {
+                    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+                }
+                Err(_) => true,
+            };
+            if free {
+                removed += stdfs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
+                let _ = stdfs::remove_dir_all(&path);
+                let _ = stdfs::remove_file(&lock_path);
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn ready(&self) -> bool {
+        self.mine.is_dir()
+    }
+}
+
+/// Takes an exclusive flock on `path`, held for the life of the returned file.
+fn lock(path: &std::path::Path) -> Result<File, SandboxError> {
+    let f = File::create(path)?;
+    nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(std::mem::forget)
+        .map_err(|(_, e)| {
+            SandboxError::Setup(format!(
+                "locking {} (is another worker running with this id?): {e}",
+                path.display()
+            ))
+        })?;
+    Ok(f)
+}
+
+/// Removes a task's directory when dropped, on every path.
+#[derive(Debug)]
+struct TaskDir {
+    path: PathBuf,
+    name: String,
+}
+
+impl Drop for TaskDir {
+    fn drop(&mut self) {
+        if let Err(e) = stdfs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.path.display(), error = %e, "failed to remove task dir");
+            }
+        }
+    }
+}
+
+/// TERM to the helper's process group (the script and whatever stayed in its
+/// group; the helper and the init ignore it), a grace, then SIGKILL to the
+/// helper, which takes the whole pid namespace with it.
+async fn stop(child: &mut Child, helper: i32) {
+    if helper > 1 {
+        // SAFETY: killpg has no memory-safety preconditions; `helper` is the
+        // group the helper created with setsid, never 0 or 1.
+        unsafe {
+            libc::killpg(helper, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+fn resolve_user(user: &str) -> Result<(Uid, Gid), SandboxError> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(match User::from_uid(Uid::from_raw(uid)).map_err(io)? {
+            Some(u) => (u.uid, u.gid),
+            None => (Uid::from_raw(uid), Gid::from_raw(uid)),
+        });
+    }
+    match User::from_name(user).map_err(io)? {
+        Some(u) => Ok((u.uid, u.gid)),
+        None => Err(SandboxError::Setup(format!("no such user `{user}`"))),
+    }
+}
+
+fn io(e: nix::Error) -> SandboxError {
+    SandboxError::Io(std::io::Error::from(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_decided_from_the_report_and_the_memory_cgroup() {
+        let d = |s, r, o| decide(s, r, o).ok();
+        assert_eq!(d(None, Some(Report::Exit(0)), 0), Some(Exit::Code(0)));
+        assert_eq!(d(None, Some(Report::Exit(3)), 0), Some(Exit::Code(3)));
+        assert_eq!(d(None, Some(Report::Signal(11)), 0), Some(Exit::Signal(11)));
+        assert_eq!(d(None, Some(Report::Signal(9)), 1), Some(Exit::OomKilled));
+        assert_eq!(d(None, Some(Report::Exit(137)), 2), Some(Exit::OomKilled));
+        assert_eq!(d(None, None, 1), Some(Exit::OomKilled));
+        assert_eq!(
+            d(Some(Exit::TimedOut), Some(Report::Signal(15)), 0),
+            Some(Exit::TimedOut)
+        );
+        assert!(decide(None, None, 0).is_err());
+        assert!(decide(None, Some(Report::Error("x".into())), 0).is_err());
+    }
+}
