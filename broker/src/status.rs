@@ -34,6 +34,8 @@ const STREAM_PREFETCH: u16 = 1000;
 const SETTLE: Duration = Duration::from_millis(400);
 /// … or this long when nothing at all has arrived.
 const FIRST_WAIT: Duration = Duration::from_millis(1500);
+/// Catching up never takes longer than this (a busy stream is never quiet).
+const CATCH_UP_MAX: Duration = Duration::from_secs(5);
 
 /// What went wrong gathering the status.
 #[derive(Debug, thiserror::Error)]
@@ -191,14 +193,25 @@ impl HeartbeatReader {
         })
     }
 
-    /// Reads until the stream has been quiet for a moment (caught up with it).
+    /// Reads the stream up to now: until it is quiet for a moment, or a heartbeat
+    /// sent after reading began arrives (the stream is ordered, so everything
+    /// before it has been read), or [`CATCH_UP_MAX`] has passed.
     pub async fn catch_up(&mut self) -> Result<(), StatusError> {
+        let began = Utc::now();
+        let give_up = tokio::time::Instant::now() + CATCH_UP_MAX;
         let mut wait = FIRST_WAIT;
-        while let Ok(next) = tokio::time::timeout(wait, self.consumer.next()).await {
-            self.take(next).await?;
+        loop {
+            let quiet = (tokio::time::Instant::now() + wait).min(give_up);
+            let Ok(next) = tokio::time::timeout_at(quiet, self.consumer.next()).await else {
+                return Ok(());
+            };
+            if let Some(sent_at) = self.take(next).await? {
+                if sent_at > began {
+                    return Ok(());
+                }
+            }
             wait = SETTLE;
         }
-        Ok(())
     }
 
     /// Reads whatever arrives for `period` (for `--watch`).
@@ -210,19 +223,24 @@ impl HeartbeatReader {
         Ok(())
     }
 
+    /// Records one delivery; returns when its heartbeat was sent.
     async fn take(
         &mut self,
         next: Option<Result<lapin::message::Delivery, lapin::Error>>,
-    ) -> Result<(), StatusError> {
+    ) -> Result<Option<DateTime<Utc>>, StatusError> {
         let delivery = match next {
             Some(d) => d.map_err(StatusError::Stream)?,
             None => return Err(StatusError::StreamEnded),
         };
         delivery.acker.ack(BasicAckOptions::default()).await?;
-        if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&delivery.data) {
-            self.observe(hb);
-        }
-        Ok(())
+        Ok(match serde_json::from_slice::<Heartbeat>(&delivery.data) {
+            Ok(hb) => {
+                let sent_at = hb.sent_at;
+                self.observe(hb);
+                Some(sent_at)
+            }
+            Err(_) => None,
+        })
     }
 
     /// Records a heartbeat if it is newer than what is known of its worker.
@@ -240,12 +258,13 @@ impl HeartbeatReader {
     pub async fn report(&self, pools: &[String]) -> Result<Report, StatusError> {
         let now = Utc::now();
         let horizon = now - chrono::Duration::from_std(self.since).unwrap_or_default();
-        let workers: Vec<WorkerStatus> = self
+        let mut workers: Vec<WorkerStatus> = self
             .latest
             .values()
             .filter(|hb| hb.sent_at >= horizon)
             .map(|hb| worker_status(hb, now))
             .collect();
+        workers.sort_by(|a, b| (a.state, &a.pool, &a.id).cmp(&(b.state, &b.pool, &b.id)));
         let names: BTreeSet<String> = workers
             .iter()
             .map(|w| w.pool.clone())
@@ -375,6 +394,10 @@ pub fn pool_status(pool: &str, depth: Option<(u64, u32)>, workers: &[WorkerStatu
 /// Why the ready tasks of a pool are not starting (None when none wait).
 fn why_waiting(p: &PoolStatus) -> Option<String> {
     if !p.exists {
+        if p.workers_live + p.workers_draining + p.workers_lost > 0 {
+            // Seen only through old heartbeats of a pool whose queue is gone.
+            return None;
+        }
         return Some(format!(
             "the queue {} does not exist: no worker has served pool `{}` (start one with KRILL_POOL={})",
             p.queue, p.pool, p.pool

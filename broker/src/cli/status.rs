@@ -154,7 +154,15 @@ pub fn table(report: &Report, all: bool) -> String {
         "SLOTS FREE".into(),
         "RUNNING".into(),
     ]];
-    for p in &report.pools {
+    // Pools known only from old heartbeats whose queue is gone are noise.
+    let pools: Vec<_> = report
+        .pools
+        .iter()
+        .filter(|p| {
+            all || p.exists || p.workers_live + p.workers_draining > 0 || p.waiting.is_some()
+        })
+        .collect();
+    for p in &pools {
         let mut workers = format!("{} live", p.workers_live);
         if p.workers_draining > 0 {
             let _ = write!(workers, ", {} draining", p.workers_draining);
@@ -177,14 +185,14 @@ pub fn table(report: &Report, all: bool) -> String {
         ]);
     }
     let _ = writeln!(out, "Pools:");
-    if report.pools.is_empty() {
+    if pools.is_empty() {
         let _ = writeln!(out, "  none (name one with --pool)");
     } else {
         let widths = widths(&rows);
         for (i, row) in rows.iter().enumerate() {
             let _ = writeln!(out, "  {}", line(row, &widths));
             if i > 0 {
-                if let Some(why) = &report.pools[i - 1].waiting {
+                if let Some(why) = &pools[i - 1].waiting {
                     let _ = writeln!(out, "    ⚠ {why}");
                 }
             }
