@@ -1,0 +1,695 @@
+//! Chaos: several workers, a few thousand short tasks (half may be retried after a
+//! worker loss, half may not), workers SIGKILLed at random and restarted, RabbitMQ
+//! restarted once mid-run. At the end it prints what became of every task and
+//! fails if one was lost, if a task that does not allow it ran twice, or if
+//! anything was left over (processes, work dirs, cgroups, containers).
+//!
+//! Slow (minutes) and it restarts the broker: `#[ignore]`d, run it with
+//! `scripts/chaos` (which builds first). Tunables, all optional:
+//!
+//! | env | default | |
+//! |---|---|---|
+//! | `KRILL_CHAOS_TASKS` | 2000 | tasks submitted |
+//! | `KRILL_CHAOS_WORKERS` | 3 | worker processes |
+//! | `KRILL_CHAOS_CONCURRENCY` | 4 | slots per worker |
+//! | `KRILL_CHAOS_KILL_EVERY_MS` | 3000 | mean time between two SIGKILLs (uniform in ½…1½ of it) |
+//! | `KRILL_CHAOS_BROKER_RESTART` | 1 | restart RabbitMQ once (0: never) |
+//! | `KRILL_CHAOS_CONTAINER_SHARE` | 0 | percentage of tasks run in containers (needs Docker and the images) |
+//! | `KRILL_CHAOS_DEADLINE_SECS` | 900 | the run stops chaos and reports after this long, whatever state it is in |
+//! | `KRILL_CHAOS_SEED` | time | seed of the random choices (printed, to replay a run) |
+//!
+//! How it counts, and the limits of it:
+//! - results: every message on every task's reply queue (`krill.reply.<id>`),
+//!   read with `basic.get` and kept until the end, so duplicates are seen (the real
+//!   client keeps the first and deletes the queue). A copy the broker redelivers to
+//!   this reader (an ack lost in the restart) is not counted twice.
+//! - runs: `task.<pool>.started` events, caught by a durable queue bound before
+//!   anything is submitted. A worker publishes events without confirms and drops
+//!   them while it has no connection, and a worker SIGKILLed just after starting a
+//!   script may never have sent its event: the run count is a lower bound. The
+//!   `attempt` of a result counts deliveries, not runs.
+
+mod rabbitmq;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::protocol::{SandboxKind, Status, Task, TaskResult};
+use broker::topology;
+use krill_tests::{amqp_url, client, unique_pool, WorkerBuilder, WorkerProc};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    tasks: usize,
+    workers: usize,
+    concurrency: u32,
+    kill_every: Duration,
+    broker_restart: bool,
+    container_share: u64,
+    deadline: Duration,
+    seed: u64,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Settings {
+            tasks: env_or("KRILL_CHAOS_TASKS", 2000),
+            workers: env_or("KRILL_CHAOS_WORKERS", 3),
+            concurrency: env_or("KRILL_CHAOS_CONCURRENCY", 4),
+            kill_every: Duration::from_millis(env_or("KRILL_CHAOS_KILL_EVERY_MS", 3000)),
+            broker_restart: env_or("KRILL_CHAOS_BROKER_RESTART", 1) != 0,
+            container_share: env_or("KRILL_CHAOS_CONTAINER_SHARE", 0),
+            deadline: Duration::from_secs(env_or("KRILL_CHAOS_DEADLINE_SECS", 900)),
+            seed: env_or("KRILL_CHAOS_SEED", now) | 1,
+        }
+    }
+}
+
+/// xorshift64*: enough randomness for choosing victims, and replayable.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The tasks: every other one may be retried after a worker loss; a quarter sleep.
+fn make_tasks(s: &Settings, rng: &mut Rng) -> Vec<Task> {
+    (0..s.tasks)
+        .map(|i| {
+            let script = match i % 4 {
+                0 => "true".to_string(),
+                1 => format!("echo chaos-{i}"),
+                2 => "sleep 0.2; echo slept".to_string(),
+                _ => format!("echo out-{i}; echo err-{i} >&2"),
+            };
+            let mut t = Task::new(krill_tests::new_id(), script);
+            t.retry_on_worker_loss = i % 2 == 0;
+            if rng.below(100) < s.container_share {
+                t.sandbox = Some(SandboxKind::Container);
+                t.image = Some("krill/base:1".into());
+            }
+            t
+        })
+        .collect()
+}
+
+async fn connect() -> Option<(Connection, Channel)> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    Some((conn, ch))
+}
+
+/// Every result seen on the reply queues, per task id (raw bodies, in order).
+#[derive(Debug, Default)]
+struct Results {
+    seen: HashMap<String, Vec<Vec<u8>>>,
+}
+
+impl Results {
+    /// Reads every message now on the reply queues of `ids`. Err: the connection
+    /// broke (the broker restarting); call again with a fresh one.
+    async fn read(&mut self, ch: &Channel, ids: &[String]) -> Result<(), lapin::Error> {
+        for id in ids {
+            let q = topology::reply_queue(id);
+            while let Some(m) = ch
+                .basic_get(
+                    ShortString::from(q.as_str()),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?
+            {
+                let d = m.delivery;
+                let copies = self.seen.entry(id.clone()).or_default();
+                // A redelivery of what this reader already took (its ack went down
+                // with the broker) is not a second result.
+                if !(d.redelivered && copies.contains(&d.data)) {
+                    copies.push(d.data.clone());
+                }
+                d.acker.ack(BasicAckOptions::default()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn answered(&self, id: &str) -> bool {
+        self.seen.get(id).is_some_and(|v| !v.is_empty())
+    }
+
+    fn first(&self, id: &str) -> Option<TaskResult> {
+        serde_json::from_slice(self.seen.get(id)?.first()?).ok()
+    }
+}
+
+/// Polls the reply queues of unanswered tasks until all are answered or `until`.
+async fn collect(results: &mut Results, ids: &[String], until: Instant, progress: &AtomicUsize) {
+    let mut link: Option<(Connection, Channel)> = None;
+    loop {
+        let pending: Vec<String> = ids
+            .iter()
+            .filter(|id| !results.answered(id))
+            .cloned()
+            .collect();
+        progress.store(ids.len() - pending.len(), Ordering::Relaxed);
+        if pending.is_empty() || Instant::now() > until {
+            return;
+        }
+        if link.is_none() {
+            link = connect().await;
+        }
+        if let Some((_, ch)) = &link {
+            if results.read(ch, &pending).await.is_err() {
+                link = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Messages (ready + unacked) in a queue, from `rabbitmqctl list_queues`.
+fn queue_messages(queue: &str) -> Option<u64> {
+    let out = rabbitmq::ctl(&["-q", "list_queues", "name", "messages"]);
+    out.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(queue)).then(|| f.next()?.parse().ok())?
+    })
+}
+
+/// The worker processes and how to start each again.
+struct Fleet {
+    procs: Vec<(WorkerBuilder, WorkerProc)>,
+    kills: usize,
+}
+
+/// Kills a random worker with SIGKILL and starts it again, every `kill_every` on
+/// average, until `stop`. Holds `quiet` while a worker is down, so the broker
+/// restart can wait for a whole fleet.
+async fn chaos_loop(
+    fleet: Arc<Mutex<Fleet>>,
+    quiet: Arc<Mutex<()>>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+    mut rng: Rng,
+) {
+    let ms = every.as_millis() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let wait = Duration::from_millis(ms / 2 + rng.below(ms.max(1)));
+        tokio::time::sleep(wait).await;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let _quiet = quiet.lock().await;
+        let mut fleet = fleet.lock().await;
+        let n = fleet.procs.len() as u64;
+        let i = rng.below(n) as usize;
+        let (b, w) = &mut fleet.procs[i];
+        w.kill();
+        // Down for a moment, like a crashed process before its supervisor restarts it.
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
+        w.restart(b).await;
+        fleet.kills += 1;
+    }
+}
+
+/// What was left behind by the chaos workers.
+#[derive(Debug, Default)]
+struct Leftovers {
+    processes: Vec<String>,
+    work_dirs: Vec<PathBuf>,
+    cgroups: Vec<PathBuf>,
+    containers: Option<usize>,
+}
+
+impl Leftovers {
+    fn total(&self) -> usize {
+        self.processes.len()
+            + self.work_dirs.len()
+            + self.cgroups.len()
+            + self.containers.unwrap_or(0)
+    }
+}
+
+/// Processes whose environment names a chaos worker or task, or whose cgroup is a
+/// chaos task's (scripts run as the sandbox user in their own pid namespace; from
+/// the host they are ordinary pids).
+fn leftover_processes(workers: &[String], tasks: &HashSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let me = std::process::id().to_string();
+    for e in dir.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let ours = environ.split(|b| *b == 0).any(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.strip_prefix("KRILL_WORKER_ID=")
+                .is_some_and(|w| workers.iter().any(|x| x == w))
+                || kv
+                    .strip_prefix("KRILL_TASK_ID=")
+                    .is_some_and(|t| tasks.contains(t))
+        });
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        let in_ours = workers
+            .iter()
+            .any(|w| cgroup.contains(&format!("/krill/{w}/")));
+        if ours || in_ours {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            found.push(format!("{pid} {}", cmd.trim()));
+        }
+    }
+    found
+}
+
+/// Task cgroups (`<hierarchy>/…/krill/<worker>/<task>`) of the chaos workers.
+fn leftover_cgroups(workers: &[String]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, workers: &[String], out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dir.file_name().is_some_and(|d| d == "krill") && workers.contains(&name) {
+                if let Ok(tasks) = std::fs::read_dir(&p) {
+                    out.extend(
+                        tasks
+                            .flatten()
+                            .filter(|t| t.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|t| t.path()),
+                    );
+                }
+                continue;
+            }
+            walk(&p, depth - 1, workers, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 6, workers, &mut out);
+    out
+}
+
+/// Task work dirs left under the chaos workers' `KRILL_WORK_DIR`s.
+fn leftover_work_dirs(fleet: &Fleet) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (_, w) in &fleet.procs {
+        let mine = w.work_dir.join(&w.id);
+        if let Ok(rd) = std::fs::read_dir(&mine) {
+            out.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    out
+}
+
+/// Containers labelled `krill.managed=true` by a chaos worker (None: no Docker).
+fn leftover_containers(workers: &[String]) -> Option<usize> {
+    let mut n = 0;
+    for w in workers {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                "label=krill.managed=true",
+                "--filter",
+                &format!("label=krill.worker={w}"),
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        n += String::from_utf8_lossy(&out.stdout).lines().count();
+    }
+    Some(n)
+}
+
+/// Reads every event of the run from the durable events queue.
+async fn read_events(queue: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Some((conn, ch)) = connect().await else {
+        return out;
+    };
+    while let Ok(Some(m)) = ch
+        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
+        .await
+    {
+        if let Ok(v) = serde_json::from_slice(&m.delivery.data) {
+            out.push(v);
+        }
+    }
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    out
+}
+
+/// Removes what the run put on the broker: reply queues, the events queue, the
+/// pool queue, and the run's dead letters.
+async fn clean_broker(pool: &str, events_queue: &str, ids: &[String]) {
+    let Some((conn, ch)) = connect().await else {
+        return;
+    };
+    for q in ids
+        .iter()
+        .map(|id| topology::reply_queue(id))
+        .chain([events_queue.to_string(), topology::pool_queue(pool)])
+    {
+        let _ = ch
+            .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
+            .await;
+    }
+    // Dead letters of this pool (delivery limit reached): take them out of
+    // krill.dead, put the others back.
+    let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut others = Vec::new();
+    while let Ok(Some(m)) = ch
+        .basic_get(
+            ShortString::from(topology::DEAD_QUEUE),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+    {
+        let d = m.delivery;
+        let ours = d
+            .properties
+            .message_id()
+            .as_ref()
+            .is_some_and(|id| ids.contains(id.as_str()));
+        if ours {
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        } else {
+            others.push(d.acker);
+        }
+    }
+    for a in others {
+        let _ = a
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+    }
+    let _ = conn.close(200, ShortString::from("bye")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow (minutes) and restarts the broker: run it with scripts/chaos"]
+async fn chaos() {
+    let s = Settings::from_env();
+    let mut rng = Rng(s.seed);
+    let _restore = rabbitmq::Restore::default();
+    rabbitmq::wait_accepting(Duration::from_secs(30)).await;
+    let t0 = Instant::now();
+    let hard_stop = t0 + s.deadline;
+    let pool = unique_pool("chaos");
+    eprintln!("chaos: {s:?} pool={pool}");
+
+    // Bound before anything is submitted, durable so it outlives the broker restart.
+    let events_queue = format!("krill.test.chaos-events.{pool}");
+    {
+        let (conn, ch) = connect().await.expect("RabbitMQ reachable");
+        topology::declare_common(&ch).await.expect("declare");
+        ch.queue_declare(
+            ShortString::from(events_queue.as_str()),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("events queue");
+        ch.queue_bind(
+            ShortString::from(events_queue.as_str()),
+            ShortString::from(topology::EVENTS_EXCHANGE),
+            ShortString::from(format!("task.{pool}.*")),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+        let _ = conn.close(200, ShortString::from("bye")).await;
+    }
+
+    let sandboxes = if s.container_share > 0 {
+        "process,container"
+    } else {
+        "process"
+    };
+    let mut procs = Vec::new();
+    for i in 0..s.workers {
+        let b = WorkerBuilder::new(&pool)
+            .id(&format!("chaos-{}-{i}", &pool[8..]))
+            .arg("--concurrency")
+            .arg(&s.concurrency.to_string())
+            .arg("--sandbox")
+            .arg(sandboxes)
+            .arg("--shutdown-grace")
+            .arg("10s")
+            .env("RUST_LOG", "warn,worker=info");
+        let mut w = b.clone().start().await;
+        w.keep_pool(); // deleted once, at the end
+        procs.push((b, w));
+    }
+    let worker_ids: Vec<String> = procs.iter().map(|(_, w)| w.id.clone()).collect();
+    let fleet = Arc::new(Mutex::new(Fleet { procs, kills: 0 }));
+    let quiet = Arc::new(Mutex::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos = tokio::spawn(chaos_loop(
+        fleet.clone(),
+        quiet.clone(),
+        stop.clone(),
+        s.kill_every,
+        Rng(rng.next() | 1),
+    ));
+
+    let tasks = make_tasks(&s, &mut rng);
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    let retryable: HashSet<String> = tasks
+        .iter()
+        .filter(|t| t.retry_on_worker_loss)
+        .map(|t| t.id.clone())
+        .collect();
+    let c = client().await;
+    for t in &tasks {
+        c.submit(&pool, t).await.expect("submit");
+    }
+    c.close().await;
+    eprintln!(
+        "chaos: {} tasks submitted in {:?}",
+        tasks.len(),
+        t0.elapsed()
+    );
+
+    // Results are collected in the background; the broker restart happens once a
+    // third are in (every task is confirmed on the broker by then, so no submit
+    // straddles the restart).
+    let progress = Arc::new(AtomicUsize::new(0));
+    let collector = {
+        let (ids, progress) = (ids.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut results = Results::default();
+            collect(&mut results, &ids, hard_stop, &progress).await;
+            results
+        })
+    };
+    let mut broker_restarted = None;
+    if s.broker_restart {
+        while progress.load(Ordering::Relaxed) < ids.len() / 3 && Instant::now() < hard_stop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _quiet = quiet.lock().await;
+        let at = t0.elapsed();
+        let done = progress.load(Ordering::Relaxed);
+        rabbitmq::stop().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        rabbitmq::start().await;
+        let back = t0.elapsed();
+        eprintln!("chaos: RabbitMQ restarted at {at:?} ({done} tasks answered), back at {back:?}");
+        broker_restarted = Some((at, back));
+    }
+    let mut last = 0;
+    while !collector.is_finished() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = progress.load(Ordering::Relaxed);
+        if now != last {
+            eprintln!("chaos: {now}/{} answered at {:?}", ids.len(), t0.elapsed());
+            last = now;
+        }
+    }
+    let mut results = collector.await.expect("collector");
+    let all_answered_at = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = chaos.await;
+
+    // Let the pool queue settle (redeliveries answered, acks in), then stop every
+    // worker the ordinary way so nothing more is published.
+    let queue = topology::pool_queue(&pool);
+    let settle = Instant::now() + Duration::from_secs(60);
+    let mut left_in_queue = None;
+    while Instant::now() < settle {
+        left_in_queue = tokio::task::block_in_place(|| queue_messages(&queue));
+        if left_in_queue == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut fleet = fleet.lock().await;
+    for (_, w) in &fleet.procs {
+        w.signal(15);
+    }
+    let mut exits = Vec::new();
+    for (_, w) in &mut fleet.procs {
+        exits.push(w.wait_exit(Duration::from_secs(60)).await);
+    }
+    // Late copies: read every reply queue once more.
+    if let Some((conn, ch)) = connect().await {
+        let _ = results.read(&ch, &ids).await;
+        let _ = conn.close(200, ShortString::from("bye")).await;
+    }
+    let events = read_events(&events_queue).await;
+
+    let task_ids: HashSet<String> = ids.iter().cloned().collect();
+    let leftovers = Leftovers {
+        processes: leftover_processes(&worker_ids, &task_ids),
+        work_dirs: leftover_work_dirs(&fleet),
+        cgroups: leftover_cgroups(&worker_ids),
+        containers: leftover_containers(&worker_ids),
+    };
+
+    // Count.
+    let mut starts: HashMap<&str, usize> = HashMap::new();
+    for e in &events {
+        if e["state"] == "started" {
+            if let Some(id) = e["task_id"].as_str() {
+                *starts.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let mut by_status: HashMap<&'static str, usize> = HashMap::new();
+    let (mut answered, mut lost, mut dups) = (0, Vec::new(), 0);
+    let (mut twice_retryable, mut twice_not) = (0, Vec::new());
+    let (mut attempt_gt1, mut worker_lost_but_ran) = (0, 0);
+    for id in &ids {
+        match results.first(id) {
+            Some(r) => {
+                answered += 1;
+                *by_status.entry(r.status.as_str()).or_default() += 1;
+                if r.attempt > 1 {
+                    attempt_gt1 += 1;
+                }
+                if r.status == Status::WorkerLost && starts.get(id.as_str()).copied() == Some(1) {
+                    worker_lost_but_ran += 1;
+                }
+            }
+            None => lost.push(id.clone()),
+        }
+        if results.seen.get(id).map_or(0, Vec::len) > 1 {
+            dups += 1;
+        }
+        if starts.get(id.as_str()).copied().unwrap_or(0) > 1 {
+            if retryable.contains(id) {
+                twice_retryable += 1;
+            } else {
+                twice_not.push(id.clone());
+            }
+        }
+    }
+    let never_started = ids
+        .iter()
+        .filter(|id| !starts.contains_key(id.as_str()))
+        .count();
+    let mut statuses: Vec<_> = by_status.into_iter().collect();
+    statuses.sort();
+
+    println!("\n=== chaos report (seed {}) ===", s.seed);
+    println!(
+        "workers: {} × concurrency {} ({sandboxes}); SIGKILLs: {}; RabbitMQ restarts: {}",
+        s.workers,
+        s.concurrency,
+        fleet.kills,
+        usize::from(broker_restarted.is_some())
+    );
+    if let Some((at, back)) = broker_restarted {
+        println!("RabbitMQ stopped at {at:.1?}, back at {back:.1?}");
+    }
+    println!(
+        "submitted: {} ({} retryable, {} not)",
+        ids.len(),
+        retryable.len(),
+        ids.len() - retryable.len()
+    );
+    println!("answered (≥1 terminal result): {answered}, all in by {all_answered_at:.1?}");
+    println!(
+        "exactly one terminal result: {}; more than one (duplicates, the client keeps the first): {dups}",
+        answered - dups
+    );
+    println!("first results by status: {statuses:?}");
+    println!(
+        "ran twice (≥2 started events): {} retryable (allowed), {} not retryable (must be 0)",
+        twice_retryable,
+        twice_not.len()
+    );
+    println!(
+        "results with attempt > 1 (redelivered): {attempt_gt1}; answered worker_lost after one start: {worker_lost_but_ran}; no started event seen: {never_started}"
+    );
+    println!("lost (no result): {} (must be 0)", lost.len());
+    println!(
+        "left over: {} processes, {} work dirs, {} task cgroups, {} containers (must be 0)",
+        leftovers.processes.len(),
+        leftovers.work_dirs.len(),
+        leftovers.cgroups.len(),
+        leftovers
+            .containers
+            .map_or("n/a (no docker)".to_string(), |n| n.to_string())
+    );
+    println!(
+        "pool queue after settling: {left_in_queue:?} messages; worker exit codes after SIGTERM: {exits:?}"
+    );
+    println!("total time: {:.1?}", t0.elapsed());
+    println!("===\n");
+
+    drop(fleet);
+    clean_broker(&pool, &events_queue, &ids).await;
+    assert!(lost.is_empty(), "lost tasks: {lost:?}");
+    assert!(
+        twice_not.is_empty(),
+        "tasks without retry_on_worker_loss ran twice: {twice_not:?}"
+    );
+    assert_eq!(leftovers.total(), 0, "left over: {leftovers:?}");
+}
