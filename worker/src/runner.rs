@@ -253,6 +253,21 @@ fn apply_outcome(
         }
         Err(e) => result.output_errors.push(format!("KRILL_OUTPUT: {e}")),
     }
+    // A name is shown everywhere (and never masked): one holding a secret is dropped.
+    outputs.retain(|o| {
+        let clean = masks.mask_str(&o.name) == o.name;
+        if !clean {
+            let file = if o.sensitive {
+                "KRILL_SENSITIVE_OUTPUT"
+            } else {
+                "KRILL_OUTPUT"
+            };
+            result.output_errors.push(format!(
+                "{file}: a variable name contains a masked value; the variable is dropped"
+            ));
+        }
+        clean
+    });
     result.outputs = outputs;
     let (status, error) = match outcome.exit {
         Exit::Code(0) => (Status::Succeeded, None),
