@@ -1,0 +1,762 @@
+//! The hostile-script suite: scripts that try to break out, starve the host, hide
+//! from the kill or leave something behind, run against both sandboxes.
+//!
+//! One table ([`cases`]); each row says what each sandbox must do with it. Where a
+//! sandbox cannot contain a case, the row says so in `weakness` and the check
+//! asserts the weak behaviour as observed (documented in README "Security model"),
+//! so a change either way is noticed. After every case: the expected status; the
+//! worker is alive; a trivial task submitted at the same time succeeded; no
+//! process, container, cgroup or work dir of the task is left.
+//!
+//! Cases run a few at a time on one worker per sandbox (the worker has slots for
+//! them and their trivial companions).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::protocol::{SandboxKind, Status, Task, TaskResult};
+use futures_util::stream::{self, StreamExt};
+use krill_tests::{client, task, unique_pool, WorkerBuilder, WorkerProc};
+
+/// Cases run at once on one worker (each with a trivial companion task).
+const PARALLEL: usize = 3;
+/// Generous bound for one case (hostile task, companion, leftover checks).
+const CASE_DEADLINE: Duration = Duration::from_secs(90);
+/// How long leftovers may take to disappear after the result (container removal
+/// is moved off the result's path).
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(30);
+const IMAGE: &str = "krill/base:1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sb {
+    Process,
+    Container,
+}
+
+type Check = fn(&TaskResult, Sb) -> Result<(), String>;
+
+struct Case {
+    name: &'static str,
+    script: String,
+    /// Adjusts the task (limits, env, interpreter).
+    tweak: fn(&mut Task),
+    /// Expected status on (process, container).
+    status: [&'static [Status]; 2],
+    check: Check,
+    /// A known, documented weakness of (process, container) for this case.
+    weakness: [Option<&'static str>; 2],
+    /// A second task run after the first (same sandbox) that must succeed:
+    /// persistence checks.
+    followup: Option<&'static str>,
+}
+
+fn ok(_: &TaskResult, _: Sb) -> Result<(), String> {
+    Ok(())
+}
+
+fn no_tweak(_: &mut Task) {}
+
+fn short(t: &mut Task) {
+    t.limits.timeout_secs = Some(3);
+}
+
+fn need(cond: bool, what: &str, r: &TaskResult) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: stdout={:?} stderr={:?}",
+            cut(&r.stdout),
+            cut(&r.stderr)
+        ))
+    }
+}
+
+fn cut(s: &str) -> &str {
+    let mut end = s.len().min(400);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+const FAILED: &[Status] = &[Status::Failed];
+const SUCCEEDED: &[Status] = &[Status::Succeeded];
+const TIMED_OUT: &[Status] = &[Status::TimedOut];
+const OOM: &[Status] = &[Status::OomKilled];
+
+/// An address of this host that is not loopback (where the broker also listens).
+fn host_ip() -> String {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("10.255.255.255:9")
+        .ok()
+        .and_then(|_| s.local_addr().ok())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+fn cases() -> Vec<Case> {
+    let ip = host_ip();
+    vec![
+        Case {
+            name: "fork bomb",
+            script: "b() { b | b & }; b; sleep 30".into(),
+            tweak: |t| {
+                t.limits.timeout_secs = Some(4);
+                t.limits.pids = Some(64);
+            },
+            status: [TIMED_OUT, TIMED_OUT],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "memory hog",
+            script: "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived".into(),
+            tweak: |t| {
+                t.limits.memory_bytes = Some(64 << 20);
+                t.limits.timeout_secs = Some(30);
+            },
+            status: [OOM, OOM],
+            check: |r, _| need(!r.stdout.contains("survived"), "survived the limit", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "busy loop past the timeout",
+            script: "while :; do :; done".into(),
+            tweak: |t| {
+                short(t);
+                t.limits.cpus = Some(0.5);
+            },
+            status: [TIMED_OUT, TIMED_OUT],
+            check: |r, sb| {
+                // cpu time is read back from the cgroup (process sandbox).
+                if sb == Sb::Process {
+                    need(r.usage.cpu_time_ms.unwrap_or(0) > 0, "no cpu time", r)?;
+                }
+                Ok(())
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "sleep past the timeout with TERM and INT trapped",
+            script: "trap '' TERM INT; echo started; sleep 1000; sleep 1000".into(),
+            tweak: short,
+            status: [TIMED_OUT, TIMED_OUT],
+            check: |r, _| need(r.stdout.contains("started"), "no output", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "kill -STOP $$",
+            script: "echo stopping; kill -STOP $$; echo resumed".into(),
+            tweak: short,
+            status: [TIMED_OUT, TIMED_OUT],
+            check: |r, _| need(!r.stdout.contains("resumed"), "resumed", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "background daemon outlives the script",
+            script: "nohup sleep 1000 >/dev/null 2>&1 & (sleep 1000 &) ; echo started".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "setsid escape",
+            script: "setsid sh -c 'trap \"\" TERM HUP; sleep 1000' </dev/null >/dev/null 2>&1 & echo ok"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "double fork with closed descriptors",
+            script: "( ( exec <&- >&- 2>&-; trap '' TERM HUP; sleep 1000 ) & ) ; echo done".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "endless stdout",
+            script: "yes krill".into(),
+            tweak: |t| {
+                short(t);
+                t.limits.output_bytes = Some(64 << 10);
+            },
+            status: [TIMED_OUT, TIMED_OUT],
+            check: |r, _| {
+                need(r.truncated, "not truncated", r)?;
+                need(r.stdout.len() < 200 << 10, "stdout over the cap", r)
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "endless stderr",
+            script: "yes krill >&2".into(),
+            tweak: |t| {
+                short(t);
+                t.limits.output_bytes = Some(64 << 10);
+            },
+            status: [TIMED_OUT, TIMED_OUT],
+            check: |r, _| {
+                need(r.truncated, "not truncated", r)?;
+                need(r.stderr.len() < 200 << 10, "stderr over the cap", r)
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "one giant line without a newline",
+            script: "head -c 8000000 /dev/zero | tr '\\0' x".into(),
+            tweak: |t| t.limits.output_bytes = Some(64 << 10),
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                need(r.truncated, "not truncated", r)?;
+                need(r.stdout.len() < 200 << 10, "stdout over the cap", r)
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "fill the work dir",
+            script: "cd \"$HOME\"; dd if=/dev/zero of=big bs=1048576 count=200".into(),
+            tweak: |t| t.limits.disk_bytes = Some(16 << 20),
+            status: [FAILED, FAILED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "fill /tmp",
+            script: "dd if=/dev/zero of=/tmp/big bs=1048576 count=200".into(),
+            tweak: |t| t.limits.disk_bytes = Some(16 << 20),
+            status: [FAILED, FAILED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "fill /dev/shm",
+            script: "dd if=/dev/zero of=/dev/shm/big bs=1048576 count=200".into(),
+            tweak: |t| t.limits.disk_bytes = Some(16 << 20),
+            status: [FAILED, FAILED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "write to the root filesystem",
+            script: "echo pwned > /etc/krill-hostile-pwned".into(),
+            tweak: no_tweak,
+            status: [FAILED, FAILED],
+            check: |r, _| {
+                need(
+                    !Path::new("/etc/krill-hostile-pwned").exists(),
+                    "the host's /etc was written",
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "read /etc/shadow",
+            script: "cat /etc/shadow".into(),
+            tweak: no_tweak,
+            status: [FAILED, FAILED],
+            check: |r, _| need(!r.stdout.contains("root:"), "shadow was read", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "read the worker's environment",
+            script: "for f in /proc/[0-9]*/environ; do cat \"$f\" 2>/dev/null | tr '\\0' '\\n'; done; env; true"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                need(
+                    !r.stdout.contains("KRILL_AMQP_URL") && !r.stdout.contains("amqp://"),
+                    "the worker's environment leaked",
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "read /proc/1/environ",
+            script: "tr '\\0' '\\n' < /proc/1/environ".into(),
+            tweak: no_tweak,
+            // Process sandbox: pid 1 is its root-owned init. Container: pid 1 is
+            // the stub, running as the task user: readable, but it holds only the
+            // task's own environment.
+            status: [FAILED, &[Status::Failed, Status::Succeeded]],
+            check: |r, _| need(!r.stdout.contains("KRILL_AMQP_URL"), "worker env leaked", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "reach the Docker socket",
+            script: "for s in /var/run/docker.sock /run/docker.sock; do if [ -S $s ]; then echo \"socket $s\"; fi; done; \
+                     ls /var/lib/docker 2>/dev/null | head -3; true"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                need(
+                    !r.stdout.contains("socket") && !r.stdout.contains("containers"),
+                    "docker reachable",
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "network when it is off: TCP to the broker's port",
+            script: format!(
+                "for h in 127.0.0.1 {ip}; do \
+                   if command -v curl >/dev/null; then rc=0; curl -s -m 3 telnet://$h:5672 </dev/null >/dev/null 2>&1 || rc=$?; \
+                     if [ $rc -eq 7 ]; then echo \"blocked $h\"; else echo \"open $h rc=$rc\"; fi; \
+                   elif nc -w 2 $h 5672 </dev/null >/dev/null 2>&1; then echo \"open $h\"; else echo \"blocked $h\"; fi; \
+                 done"
+            ),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(!r.stdout.contains("open"), "the broker was reachable", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "network when it is off: DNS",
+            script: "if command -v getent >/dev/null; then getent hosts example.com; else nslookup example.com; fi && echo RESOLVED"
+                .into(),
+            tweak: |t| t.limits.timeout_secs = Some(30),
+            status: [FAILED, FAILED],
+            check: |r, _| need(!r.stdout.contains("RESOLVED"), "resolved", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "kill -9 -1",
+            script: "kill -9 -1 || true; echo survived".into(),
+            tweak: no_tweak,
+            // The caller is spared by kill(-1); everything else it can reach is its own
+            // (in the process sandbox there is nothing else: kill fails with ESRCH).
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(r.stdout.contains("survived"), "the script died", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "see or ptrace another task's processes",
+            script: "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep '^KRILL_TASK_ID=' ; done | sort -u; \
+                     for p in /proc/[0-9]*; do head -c 1 $p/mem >/dev/null 2>&1 && echo \"mem $p\"; done; true"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                let ids: HashSet<&str> = r
+                    .stdout
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("KRILL_TASK_ID="))
+                    .collect();
+                need(
+                    ids.iter().all(|i| *i == r.id),
+                    "another task's process is visible",
+                    r,
+                )?;
+                need(!r.stdout.contains("mem /proc/1\n"), "init's memory readable", r)
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "setuid binaries",
+            script: "su -c 'id -u' root </dev/null 2>/dev/null && echo ROOT; \
+                     mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED; id -u"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                need(
+                    !r.stdout.contains("ROOT") && !r.stdout.contains("MOUNTED"),
+                    "privileges gained",
+                    r,
+                )?;
+                need(r.stdout.trim_end().lines().last() != Some("0"), "ran as root", r)
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "new user namespace (unshare)",
+            script: "unshare -U -r id -u && echo UNSHARED; true".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(!r.stdout.contains("UNSHARED"), "unshare worked", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "escape the cgroup",
+            script: "for d in /sys/fs/cgroup /sys/fs/cgroup/memory /sys/fs/cgroup/pids /sys/fs/cgroup/unified; do \
+                       echo $$ > $d/cgroup.procs 2>/dev/null && echo \"moved $d\"; done; true"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(!r.stdout.contains("moved"), "left its cgroup", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "non-UTF-8 and NUL output",
+            script: "printf 'a\\377\\376b\\000c\\n'".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(r.lossy && r.stdout.starts_with('a'), "not lossy", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "closes stdout early and keeps running",
+            script: "echo bye; exec >&- 2>&-; sleep 1000".into(),
+            tweak: short,
+            status: [TIMED_OUT, TIMED_OUT],
+            check: |r, _| need(r.stdout.contains("bye"), "lost output", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "reads stdin",
+            script: "cat; read x || echo eof".into(),
+            tweak: |t| t.limits.timeout_secs = Some(30),
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(r.stdout.contains("eof"), "stdin was not empty", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "exits by SIGSEGV",
+            script: "kill -SEGV $$".into(),
+            tweak: no_tweak,
+            status: [FAILED, FAILED],
+            check: |r, _| need(r.signal == Some(11), "not signal 11", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "exits by SIGABRT",
+            script: "kill -ABRT $$".into(),
+            tweak: no_tweak,
+            status: [FAILED, FAILED],
+            check: |r, _| need(r.signal == Some(6), "not signal 6", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "exit 256",
+            script: "exit 256".into(),
+            tweak: no_tweak,
+            // The kernel keeps the low 8 bits: 256 is 0.
+            status: [SUCCEEDED, SUCCEEDED],
+            check: ok,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "a 1 MB environment variable",
+            script: "echo ${#BIG}".into(),
+            tweak: |t| {
+                t.env.insert("BIG".into(), "x".repeat(1 << 20));
+            },
+            // execve refuses one string over 128 KiB (E2BIG): the interpreter
+            // cannot start, like on any Linux host.
+            status: [FAILED, &[Status::Failed, Status::SandboxError]],
+            check: |r, sb| {
+                if sb == Sb::Process {
+                    need(r.exit_code == Some(126), "not 126", r)?;
+                    need(r.stderr.contains("Argument list too long"), "no reason", r)?;
+                }
+                Ok(())
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "a missing interpreter",
+            script: "echo hi".into(),
+            tweak: |t| t.interpreter = vec!["krill-no-such-interpreter".into()],
+            status: [FAILED, &[Status::Failed, Status::SandboxError]],
+            check: |r, sb| {
+                if sb == Sb::Process {
+                    need(r.exit_code == Some(127), "not 127", r)?;
+                }
+                Ok(())
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "an empty script",
+            // The client refuses an empty script; one comment line is the
+            // smallest script that reaches a sandbox.
+            script: "# nothing".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(r.stdout.is_empty() && r.stderr.is_empty(), "output", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "persistence: files of one task are not visible to the next",
+            script: "for d in \"$HOME\" /tmp /dev/shm /var/tmp; do echo x > $d/krill-persist 2>/dev/null || true; done; true"
+                .into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: ok,
+            weakness: [None, None],
+            followup: Some(
+                "for d in \"$HOME\" /tmp /dev/shm /var/tmp; do if [ -e $d/krill-persist ]; then echo \"persisted in $d\"; exit 1; fi; done",
+            ),
+        },
+    ]
+}
+
+/// What a case left behind, or `None` when nothing.
+fn leftovers(id: &str, sb: Sb, work_dir: &Path) -> Option<String> {
+    let mut found = Vec::new();
+    let needle = format!("KRILL_TASK_ID={id}");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) || cg.contains(id) {
+            found.push(format!(
+                "process {}: {}",
+                e.file_name().to_string_lossy(),
+                stat
+            ));
+        }
+    }
+    for cg in cgroup_dirs() {
+        if cg.to_string_lossy().contains(id) {
+            found.push(format!("cgroup {}", cg.display()));
+        }
+    }
+    for w in std::fs::read_dir(work_dir).into_iter().flatten().flatten() {
+        for t in std::fs::read_dir(w.path()).into_iter().flatten().flatten() {
+            if t.file_name().to_string_lossy().contains(id) {
+                found.push(format!("work dir {}", t.path().display()));
+            }
+        }
+    }
+    if sb == Sb::Container {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=krill.task={id}")])
+            .output()
+            .expect("docker ps");
+        let ids = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !ids.is_empty() {
+            found.push(format!("containers {ids}"));
+        }
+    }
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
+/// Every task cgroup directory of krill on this host (v1 and v2 layouts).
+fn cgroup_dirs() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("krill"))
+        .collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup/krill"));
+    for k in roots {
+        for w in std::fs::read_dir(&k).into_iter().flatten().flatten() {
+            for t in std::fs::read_dir(w.path()).into_iter().flatten().flatten() {
+                if t.path().is_dir() {
+                    out.push(t.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn alive(w: &WorkerProc) -> bool {
+    let pid = w.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn prepare(mut t: Task, sb: Sb) -> Task {
+    if sb == Sb::Container {
+        t.sandbox = Some(SandboxKind::Container);
+        t.image = Some(IMAGE.into());
+    } else {
+        t.sandbox = Some(SandboxKind::Process);
+    }
+    t
+}
+
+/// Runs one case; returns what went wrong, if anything.
+async fn run_case(case: &Case, sb: Sb, pool: &str, worker: &WorkerProc) -> Result<(), String> {
+    let idx = if sb == Sb::Process { 0 } else { 1 };
+    let c = client().await;
+    let mut hostile = task(&case.script);
+    (case.tweak)(&mut hostile);
+    let hostile = prepare(hostile, sb);
+    let trivial = prepare(task("echo trivial"), sb);
+    c.submit(pool, &hostile)
+        .await
+        .map_err(|e| format!("submit: {e}"))?;
+    c.submit(pool, &trivial)
+        .await
+        .map_err(|e| format!("submit: {e}"))?;
+    let (r, t) = tokio::join!(
+        c.wait(&hostile.id, Some(CASE_DEADLINE)),
+        c.wait(&trivial.id, Some(CASE_DEADLINE))
+    );
+    let r = r.map_err(|e| format!("no result: {e}"))?;
+    let t = t.map_err(|e| format!("no result for the concurrent trivial task: {e}"))?;
+    if t.status != Status::Succeeded || t.stdout != "trivial\n" {
+        return Err(format!(
+            "the concurrent trivial task did not succeed: {t:?}"
+        ));
+    }
+    if !case.status[idx].contains(&r.status) {
+        return Err(format!(
+            "status {:?}, expected one of {:?}: error={:?} exit={:?} signal={:?} stdout={:?} stderr={:?}",
+            r.status,
+            case.status[idx],
+            r.error,
+            r.exit_code,
+            r.signal,
+            cut(&r.stdout),
+            cut(&r.stderr)
+        ));
+    }
+    (case.check)(&r, sb)?;
+    if let Some(script) = case.followup {
+        let next = prepare(task(script), sb);
+        c.submit(pool, &next)
+            .await
+            .map_err(|e| format!("submit: {e}"))?;
+        let n = c
+            .wait(&next.id, Some(CASE_DEADLINE))
+            .await
+            .map_err(|e| format!("no result for the follow-up: {e}"))?;
+        if n.status != Status::Succeeded {
+            return Err(format!(
+                "follow-up failed: {:?} {}",
+                n.status,
+                cut(&n.stdout)
+            ));
+        }
+    }
+    if !alive(worker) {
+        return Err(format!("the worker died; log:\n{}", worker.log_text()));
+    }
+    let until = Instant::now() + CLEANUP_DEADLINE;
+    loop {
+        match leftovers(&r.id, sb, &worker.work_dir) {
+            None => break,
+            Some(what) if Instant::now() > until => return Err(format!("left behind: {what}")),
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    Ok(())
+}
+
+async fn suite(sb: Sb) {
+    let pool = unique_pool(if sb == Sb::Process {
+        "hostile-p"
+    } else {
+        "hostile-c"
+    });
+    let mut b = WorkerBuilder::new(&pool)
+        .arg("--concurrency")
+        .arg(&(PARALLEL * 2).to_string())
+        .arg("--max-disk")
+        .arg("64m");
+    b = match sb {
+        Sb::Process => b.arg("--sandbox").arg("process"),
+        Sb::Container => b
+            .arg("--sandbox")
+            .arg("container")
+            .arg("--image")
+            .arg(IMAGE),
+    };
+    let worker = Arc::new(b.start().await);
+    let all = cases();
+    assert!(all.len() >= 30, "the suite has {} cases", all.len());
+    let started = Instant::now();
+    let results: Vec<(&'static str, Option<&'static str>, Result<(), String>)> =
+        stream::iter(all.iter())
+            .map(|case| {
+                let pool = pool.clone();
+                let worker = worker.clone();
+                async move {
+                    let idx = if sb == Sb::Process { 0 } else { 1 };
+                    let r = run_case(case, sb, &pool, &worker).await;
+                    (case.name, case.weakness[idx], r)
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+    let mut failures = Vec::new();
+    for (name, weakness, r) in &results {
+        match (r, weakness) {
+            (Ok(()), Some(w)) => {
+                eprintln!("{sb:?} | {name}: contained as documented (weakness: {w})")
+            }
+            (Ok(()), None) => eprintln!("{sb:?} | {name}: ok"),
+            (Err(e), _) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    eprintln!("{sb:?}: {} cases in {:?}", results.len(), started.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{sb:?} sandbox: {} of {} cases failed:\n{}",
+        failures.len(),
+        results.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_scripts_in_the_process_sandbox() {
+    suite(Sb::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_scripts_in_the_container_sandbox() {
+    suite(Sb::Container).await;
+}
