@@ -1,0 +1,289 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/*: install and start what Krill needs on a Debian
+# machine (root, no systemd required), idempotently.
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#   krill_ensure_rabbitmq   # broker up with deploy/rabbitmq config, AMQP answering
+#   krill_ensure_docker     # engine up, `docker info` answering
+#   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
+#
+# Safe to source from scripts running under `set -euo pipefail`; it does not
+# change the caller's shell options. Tunables (environment):
+#   KRILL_RABBITMQ_TIMEOUT  seconds to wait for the broker (default 120)
+#   KRILL_DOCKER_TIMEOUT    seconds to wait for dockerd (default 60)
+#   KRILL_DOCKERD_LOG       dockerd's log when we start it (/var/log/krill-dockerd.log)
+
+if [[ -n "${KRILL_LIB_SOURCED:-}" ]]; then
+  return 0
+fi
+KRILL_LIB_SOURCED=1
+
+# Repository root, from this file's own location (scripts/lib.sh).
+KRILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export KRILL_ROOT
+
+krill_log() {
+  printf '[krill] %s\n' "$*" >&2
+}
+
+krill_die() {
+  printf '[krill] error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Whether a Debian package is installed (not just known or half-configured).
+krill_pkg_installed() {
+  [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == installed ]]
+}
+
+# krill_apt_install PKG...: installs the packages that are missing, running
+# `apt-get update` once per shell first. Does nothing when all are installed.
+krill_apt_install() {
+  local pkg
+  local -a missing=()
+  for pkg in "$@"; do
+    krill_pkg_installed "$pkg" || missing+=("$pkg")
+  done
+  if ((${#missing[@]} == 0)); then
+    return 0
+  fi
+  if [[ "$(id -u)" != 0 ]]; then
+    krill_die "packages missing (${missing[*]}) and not root: run as root or install them with apt-get"
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    krill_die "packages missing (${missing[*]}) and apt-get not found: this script expects Debian"
+  local log=/var/log/krill-apt.log
+  if [[ -z "${KRILL_APT_UPDATED:-}" ]]; then
+    krill_log "apt-get update (missing: ${missing[*]}; log: $log)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      krill_die "apt-get update failed (see $log)"
+    fi
+    KRILL_APT_UPDATED=1
+  fi
+  krill_log "installing ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}" >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    krill_die "apt-get install ${missing[*]} failed (see $log)"
+  fi
+}
+
+# Whether something accepts TCP connections on HOST PORT (bash /dev/tcp).
+krill_port_open() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------- RabbitMQ --
+
+KRILL_RABBITMQ_ETC=/etc/rabbitmq
+
+krill__rabbitmq_running() {
+  rabbitmq-diagnostics -q ping >/dev/null 2>&1
+}
+
+krill__rabbitmq_logs() {
+  local f=/var/log/rabbitmq/startup_err node_log
+  node_log="/var/log/rabbitmq/rabbit@$(hostname -s).log"
+  if [[ -s "$f" ]]; then
+    printf '[krill] --- last lines of %s ---\n' "$f" >&2
+    tail -n 15 "$f" >&2 || true
+  fi
+  if [[ -s "$node_log" ]]; then
+    printf '[krill] --- last errors in %s ---\n' "$node_log" >&2
+    grep -E '\[(error|critical)\]' "$node_log" | tail -n 10 >&2 || true
+  fi
+}
+
+# Seconds left before DEADLINE (a $SECONDS value), at least 5.
+krill__left() {
+  local left=$(($1 - SECONDS))
+  echo $((left > 5 ? left : 5))
+}
+
+# krill__rabbitmq_start DEADLINE
+krill__rabbitmq_start() {
+  local pidfile=/var/run/rabbitmq/pid pid=""
+  if [[ -s "$pidfile" ]]; then
+    pid=$(<"$pidfile")
+    if [[ "$pid" =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == beam.smp ]]; then
+      krill_log "rabbitmq-server (pid $pid) is still booting; waiting for it"
+      return 0
+    fi
+    # Left by a broker that died or a start that was interrupted: the init
+    # script would wait up to 10 min for that pid.
+    rm -f "$pidfile"
+  fi
+  krill_log "starting rabbitmq-server"
+  if command -v service >/dev/null 2>&1; then
+    # In the background: the init script then waits for the node itself (up
+    # to 10 min) and was seen to hang after a failed boot although the node
+    # came up. krill_ensure_rabbitmq waits for the node on its own.
+    (timeout "$(krill__left "$1")" service rabbitmq-server start) </dev/null >/dev/null 2>&1 &
+    KRILL__RABBITMQ_STARTER=$!
+  else
+    krill__rabbitmq_detached
+  fi
+}
+
+krill__rabbitmq_detached() {
+  krill_log "starting rabbitmq-server -detached"
+  install -d -o rabbitmq -g rabbitmq /var/log/rabbitmq /var/lib/rabbitmq
+  rabbitmq-server -detached </dev/null >/dev/null 2>&1 || true
+}
+
+# krill__rabbitmq_stop DEADLINE
+krill__rabbitmq_stop() {
+  local deadline=$1
+  krill_log "stopping rabbitmq-server"
+  # `stop` works however the node was started (init script or -detached).
+  # Not `shutdown`: it waits for the OS process to disappear, which never
+  # happens when the broker's parent is a PID 1 that does not reap zombies.
+  timeout "$(krill__left "$deadline")" rabbitmqctl -q stop >/dev/null 2>&1 || true
+  while krill__rabbitmq_running || krill_port_open 127.0.0.1 5672; do
+    if ((SECONDS >= deadline)); then
+      krill__rabbitmq_logs
+      krill_die "rabbitmq-server did not stop within ${KRILL_RABBITMQ_TIMEOUT}s"
+    fi
+    sleep 1
+  done
+  rm -f /var/run/rabbitmq/pid
+}
+
+# krill__install_file SRC DST MODE: copies when different; returns 0 if it
+# changed DST, 1 if DST was already identical.
+krill__install_file() {
+  if cmp -s "$1" "$2"; then
+    return 1
+  fi
+  install -D -m "$3" -o rabbitmq -g rabbitmq "$1" "$2"
+  krill_log "installed $2"
+  return 0
+}
+
+# krill_ensure_rabbitmq: rabbitmq-server is installed, runs with the config
+# from deploy/rabbitmq (restarted if that config changed), and answers AMQP on
+# 127.0.0.1:5672 (and HTTP on 15672, management) before this returns.
+krill_ensure_rabbitmq() {
+  : "${KRILL_RABBITMQ_TIMEOUT:=120}"
+  local src="$KRILL_ROOT/deploy/rabbitmq" changed=0 deadline
+  KRILL__RABBITMQ_STARTER=""
+  [[ -f "$src/rabbitmq.conf" ]] || krill_die "missing $src/rabbitmq.conf"
+  krill_apt_install rabbitmq-server
+
+  if krill__install_file "$src/rabbitmq.conf" "$KRILL_RABBITMQ_ETC/rabbitmq.conf" 0644; then
+    changed=1
+  fi
+  if krill__install_file "$src/enabled_plugins" "$KRILL_RABBITMQ_ETC/enabled_plugins" 0644; then
+    changed=1
+  fi
+
+  deadline=$((SECONDS + KRILL_RABBITMQ_TIMEOUT))
+  if krill__rabbitmq_running; then
+    if ((changed)); then
+      krill_log "rabbitmq config changed: restarting the broker so it takes effect"
+      krill__rabbitmq_stop "$deadline"
+      krill__rabbitmq_start "$deadline"
+    fi
+  else
+    krill__rabbitmq_start "$deadline"
+  fi
+
+  # await_startup fails at once while the Erlang node is not up yet: retry.
+  until timeout "$(krill__left "$deadline")" rabbitmqctl -q await_startup >/dev/null 2>&1; do
+    # `service ... start` gave up and no node is running: try without it.
+    if [[ -n "${KRILL__RABBITMQ_STARTER:-}" ]] && ! kill -0 "$KRILL__RABBITMQ_STARTER" 2>/dev/null; then
+      if ! wait "$KRILL__RABBITMQ_STARTER" && ! krill__rabbitmq_running; then
+        krill_log "service rabbitmq-server start failed"
+        krill__rabbitmq_detached
+      fi
+      KRILL__RABBITMQ_STARTER=""
+    fi
+    if ((SECONDS >= deadline)); then
+      krill__rabbitmq_logs
+      krill_die "rabbitmq-server did not start within ${KRILL_RABBITMQ_TIMEOUT}s (see /var/log/rabbitmq; a config error shows as failed_to_prepare_configuration: check $KRILL_RABBITMQ_ETC/rabbitmq.conf)"
+    fi
+    sleep 1
+  done
+  until krill_port_open 127.0.0.1 5672; do
+    if ((SECONDS >= deadline)); then
+      krill__rabbitmq_logs
+      krill_die "rabbitmq is up but nothing answers on 127.0.0.1:5672 within ${KRILL_RABBITMQ_TIMEOUT}s"
+    fi
+    sleep 1
+  done
+  # A still-running `service ... start` is not the caller's job to wait for.
+  if [[ -n "${KRILL__RABBITMQ_STARTER:-}" ]]; then
+    disown "$KRILL__RABBITMQ_STARTER" 2>/dev/null || true
+  fi
+  krill_log "rabbitmq ready on amqp://127.0.0.1:5672"
+}
+
+# ------------------------------------------------------------------ Docker --
+
+krill__docker_up() {
+  timeout 20 docker info >/dev/null 2>&1
+}
+
+# krill_ensure_docker: docker.io is installed and `docker info` answers before
+# this returns; starts dockerd in the background (no systemd needed) if not.
+krill_ensure_docker() {
+  : "${KRILL_DOCKER_TIMEOUT:=60}"
+  : "${KRILL_DOCKERD_LOG:=/var/log/krill-dockerd.log}"
+  local deadline
+  if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+    krill_apt_install docker.io
+  fi
+  if krill__docker_up; then
+    return 0
+  fi
+  if [[ "$(id -u)" != 0 ]]; then
+    krill_die "docker engine not reachable and not root: start dockerd or add this user to the docker group"
+  fi
+  # Without systemd nobody may have mounted the cgroup hierarchies, and a
+  # kernel with AppArmor on needs apparmor_parser for docker-default.
+  if ! grep -q '^cgroup' /proc/mounts; then
+    krill_apt_install cgroupfs-mount
+    cgroupfs-mount || krill_die "could not mount cgroups (cgroupfs-mount failed)"
+  fi
+  if [[ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null || true)" == Y ]]; then
+    krill_apt_install apparmor
+  fi
+  if pidof dockerd >/dev/null 2>&1; then
+    krill_log "dockerd is running but not answering yet; waiting"
+  else
+    krill_log "starting dockerd (log: $KRILL_DOCKERD_LOG)"
+    # setsid + closed stdin: dockerd outlives this script and holds none of
+    # its descriptors (a caller piping our output must not wait for dockerd).
+    setsid dockerd >>"$KRILL_DOCKERD_LOG" 2>&1 </dev/null &
+  fi
+  deadline=$((SECONDS + KRILL_DOCKER_TIMEOUT))
+  until krill__docker_up; do
+    if ((SECONDS >= deadline)); then
+      if [[ -s "$KRILL_DOCKERD_LOG" ]]; then
+        printf '[krill] --- last lines of %s ---\n' "$KRILL_DOCKERD_LOG" >&2
+        tail -n 30 "$KRILL_DOCKERD_LOG" >&2 || true
+      fi
+      krill_die "docker engine did not answer within ${KRILL_DOCKER_TIMEOUT}s (see $KRILL_DOCKERD_LOG)"
+    fi
+    if ! pidof dockerd >/dev/null 2>&1; then
+      if [[ -s "$KRILL_DOCKERD_LOG" ]]; then
+        printf '[krill] --- last lines of %s ---\n' "$KRILL_DOCKERD_LOG" >&2
+        tail -n 30 "$KRILL_DOCKERD_LOG" >&2 || true
+      fi
+      krill_die "dockerd exited while starting (see $KRILL_DOCKERD_LOG)"
+    fi
+    sleep 1
+  done
+  krill_log "docker engine ready"
+}
+
+# ------------------------------------------------------------------ Images --
+
+# krill_ensure_images: the task images exist and match their build inputs.
+# scripts/images is idempotent and takes about a second when nothing changed.
+krill_ensure_images() {
+  "$KRILL_ROOT/scripts/images"
+}
