@@ -47,6 +47,9 @@ use crate::worker::Shared;
 /// worker gives up on an unreachable broker (those tasks are redelivered).
 pub const PUBLISH_GRACE: Duration = Duration::from_secs(30);
 
+/// A connection that lasted this long resets the reconnect backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 /// How long a (re)connecting worker waits for the cancellation stream to catch up
 /// before it claims tasks.
 pub const CANCEL_CATCH_UP: Duration = Duration::from_secs(10);
@@ -186,8 +189,14 @@ async fn connection_loop(
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
+        let began = Instant::now();
         let served = serve(&shared, &chan_tx, &handlers).await;
         let _ = chan_tx.send(None);
+        // After a connection that held, the next outage starts from a short retry
+        // again rather than from wherever the last outage left the backoff.
+        if began.elapsed() > STABLE_CONNECTION {
+            backoff = Duration::from_millis(200);
+        }
         match served {
             Ok(()) => return,
             Err(e) => {
