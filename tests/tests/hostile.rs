@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ const CASE_DEADLINE: Duration = Duration::from_secs(90);
 /// is moved off the result's path).
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(30);
 const IMAGE: &str = "krill/base:1";
+/// A world-readable file the suite puts on the host (not under /tmp, which is
+/// private to each task).
+const WORLD_READABLE: &str = "/var/tmp/krill-hostile-world-readable";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sb {
@@ -122,7 +126,15 @@ fn cases() -> Vec<Case> {
                 t.limits.timeout_secs = Some(30);
             },
             status: [OOM, OOM],
-            check: |r, _| need(!r.stdout.contains("survived"), "survived the limit", r),
+            check: |r, sb| {
+                need(!r.stdout.contains("survived"), "survived the limit", r)?;
+                if sb == Sb::Process {
+                    // Peak memory is read back from the cgroup: it reached the limit.
+                    let peak = r.usage.peak_memory_bytes.unwrap_or(0);
+                    need(peak > 32 << 20, &format!("peak memory {peak}"), r)?;
+                }
+                Ok(())
+            },
             weakness: [None, None],
             followup: None,
         },
@@ -357,10 +369,19 @@ fn cases() -> Vec<Case> {
             name: "kill -9 -1",
             script: "kill -9 -1 || true; echo survived".into(),
             tweak: no_tweak,
-            // The caller is spared by kill(-1); everything else it can reach is its own
-            // (in the process sandbox there is nothing else: kill fails with ESRCH).
-            status: [SUCCEEDED, SUCCEEDED],
-            check: |r, _| need(r.stdout.contains("survived"), "the script died", r),
+            // Process sandbox: dash's builtin kill is the caller, spared by kill(-1),
+            // and nothing else is in reach (ESRCH). Container: busybox's kill runs
+            // as a child, so the script itself dies; either way only the task's own
+            // processes are hit.
+            status: [SUCCEEDED, FAILED],
+            check: |r, sb| match sb {
+                Sb::Process => need(r.stdout.contains("survived"), "the script died", r),
+                Sb::Container => need(
+                    r.exit_code == Some(137) || r.signal == Some(9),
+                    "not killed by SIGKILL",
+                    r,
+                ),
+            },
             weakness: [None, None],
             followup: None,
         },
@@ -525,6 +546,44 @@ fn cases() -> Vec<Case> {
             followup: None,
         },
         Case {
+            name: "fill the output-variable file",
+            script: "yes 'k=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv' > \"$KRILL_OUTPUT\"".into(),
+            tweak: |t| {
+                t.limits.disk_bytes = Some(16 << 20);
+                t.limits.timeout_secs = Some(30);
+            },
+            // The file stops growing at the disk limit (SIGXFSZ / EFBIG), and the
+            // worker refuses to read it past its 1 MiB cap.
+            status: [FAILED, &[Status::Failed, Status::TimedOut]],
+            check: |r, _| {
+                need(
+                    r.outputs.is_empty() && !r.output_errors.is_empty(),
+                    "an oversized output file was parsed",
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "read a world-readable host file",
+            script: format!("cat {WORLD_READABLE}"),
+            tweak: no_tweak,
+            status: [SUCCEEDED, FAILED],
+            check: |r, sb| match sb {
+                Sb::Process => need(r.stdout.contains("visible"), "not visible", r),
+                Sb::Container => need(!r.stdout.contains("visible"), "visible", r),
+            },
+            weakness: [
+                Some(
+                    "the process sandbox shows the host's filesystem read-only: what any \
+                     unprivileged user may read, a task may read",
+                ),
+                None,
+            ],
+            followup: None,
+        },
+        Case {
             name: "persistence: files of one task are not visible to the next",
             script: "for d in \"$HOME\" /tmp /dev/shm /var/tmp; do echo x > $d/krill-persist 2>/dev/null || true; done; true"
                 .into(),
@@ -541,26 +600,7 @@ fn cases() -> Vec<Case> {
 
 /// What a case left behind, or `None` when nothing.
 fn leftovers(id: &str, sb: Sb, work_dir: &Path) -> Option<String> {
-    let mut found = Vec::new();
-    let needle = format!("KRILL_TASK_ID={id}");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat.contains(") Z ") {
-            continue;
-        }
-        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
-        if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) || cg.contains(id) {
-            found.push(format!(
-                "process {}: {}",
-                e.file_name().to_string_lossy(),
-                stat
-            ));
-        }
-    }
+    let mut found = task_processes(id);
     for cg in cgroup_dirs() {
         if cg.to_string_lossy().contains(id) {
             found.push(format!("cgroup {}", cg.display()));
@@ -584,6 +624,31 @@ fn leftovers(id: &str, sb: Sb, work_dir: &Path) -> Option<String> {
         }
     }
     (!found.is_empty()).then(|| found.join("; "))
+}
+
+/// Live processes of the task: its id in their environment or cgroup path.
+fn task_processes(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let needle = format!("KRILL_TASK_ID={id}");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) || cg.contains(id) {
+            found.push(format!(
+                "process {}: {}",
+                e.file_name().to_string_lossy(),
+                stat
+            ));
+        }
+    }
+    found
 }
 
 /// Every task cgroup directory of krill on this host (v1 and v2 layouts).
@@ -713,6 +778,8 @@ async fn suite(sb: Sb) {
             .arg("--image")
             .arg(IMAGE),
     };
+    std::fs::write(WORLD_READABLE, "visible\n").unwrap();
+    std::fs::set_permissions(WORLD_READABLE, std::fs::Permissions::from_mode(0o644)).unwrap();
     let worker = Arc::new(b.start().await);
     let all = cases();
     assert!(all.len() >= 30, "the suite has {} cases", all.len());
@@ -759,4 +826,53 @@ async fn hostile_scripts_in_the_process_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_scripts_in_the_container_sandbox() {
     suite(Sb::Container).await;
+}
+
+/// A SIGKILLed worker (a crash) takes its running task down with it: the task's
+/// helper dies by its parent-death signal and takes the pid namespace along.
+/// The worker's next start sweeps the task's cgroup and work dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_crash_kills_its_process_tasks_and_the_next_start_sweeps() {
+    let pool = unique_pool("hostile-crash");
+    let b = WorkerBuilder::new(&pool);
+    let mut w = b.clone().start().await;
+    let c = client().await;
+    let t = prepare(
+        task(
+            "setsid sh -c 'trap \"\" TERM HUP; sleep 1000' </dev/null >/dev/null 2>&1 & sleep 1000",
+        ),
+        Sb::Process,
+    );
+    c.submit(&pool, &t).await.unwrap();
+    let until = Instant::now() + CASE_DEADLINE;
+    while task_processes(&t.id).len() < 2 {
+        assert!(Instant::now() < until, "the task never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.kill();
+    let until = Instant::now() + CLEANUP_DEADLINE;
+    loop {
+        let left = task_processes(&t.id);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "outlived the worker: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = leftovers(&t.id, Sb::Process, &w.work_dir);
+    assert!(
+        stale
+            .as_deref()
+            .is_some_and(|s| s.contains("cgroup") && s.contains("work dir")),
+        "a crash leaves the cgroup and work dir for the sweep: {stale:?}"
+    );
+    w.restart(&b).await;
+    let until = Instant::now() + CLEANUP_DEADLINE;
+    while let Some(what) = leftovers(&t.id, Sb::Process, &w.work_dir) {
+        assert!(Instant::now() < until, "not swept: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The redelivered task is not run again: it is reported lost.
+    let r = c.wait(&t.id, Some(CASE_DEADLINE)).await.unwrap();
+    assert_eq!(r.status, Status::WorkerLost, "{r:?}");
 }

@@ -69,7 +69,7 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 type Result<T> = std::result::Result<T, String>;
 
-fn ctx<T, E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
+fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
     move |e| format!("{}: {e}", what())
 }
 
@@ -78,7 +78,7 @@ pub fn build_view(cfg: &InitConfig) -> Result<()> {
     let none: Option<&str> = None;
     // Nothing done here may propagate back to the host.
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(ctx::<(), _>(|| "making / private".into()))?;
+        .map_err(ctx(|| "making / private".into()))?;
     read_only_host()?;
 
     // The scratch tmpfs: $HOME, /tmp and /dev/shm share its `disk_bytes`.
@@ -89,7 +89,7 @@ pub fn build_view(cfg: &InitConfig) -> Result<()> {
     )?;
     for (sub, mode) in [("home", 0o700), ("tmp", 0o1777), ("shm", 0o1777)] {
         let d = scratch.join(sub);
-        fs::create_dir(&d).map_err(ctx::<(), _>(|| format!("mkdir {}", d.display())))?;
+        fs::create_dir(&d).map_err(ctx(|| format!("mkdir {}", d.display())))?;
         fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
     }
     chown(
@@ -97,7 +97,7 @@ pub fn build_view(cfg: &InitConfig) -> Result<()> {
         Some(Uid::from_raw(cfg.uid)),
         Some(Gid::from_raw(cfg.gid)),
     )
-    .map_err(ctx::<(), _>(|| "chown home".into()))?;
+    .map_err(ctx(|| "chown home".into()))?;
     // Handles on what is about to be hidden, to bind it back from.
     let task = path_fd(&cfg.task_dir)?;
     let home = path_fd(&scratch.join("home"))?;
@@ -174,14 +174,12 @@ fn tmpfs(at: &Path, opts: &str) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts),
     )
-    .map_err(ctx::<(), _>(|| {
-        format!("mounting a tmpfs on {}", at.display())
-    }))
+    .map_err(ctx(|| format!("mounting a tmpfs on {}", at.display())))
 }
 
 fn path_fd(p: &Path) -> Result<OwnedFd> {
     open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(ctx::<(), _>(|| format!("opening {}", p.display())))
+        .map_err(ctx(|| format!("opening {}", p.display())))
 }
 
 /// Binds what `src` refers to onto `target`, then sets `flags` (read-write
@@ -189,9 +187,8 @@ fn path_fd(p: &Path) -> Result<OwnedFd> {
 fn bind(src: &OwnedFd, target: &Path, flags: MsFlags) -> Result<()> {
     let none: Option<&str> = None;
     let from = format!("/proc/self/fd/{}", src.as_raw_fd());
-    mount(Some(from.as_str()), target, none, MsFlags::MS_BIND, none).map_err(ctx::<(), _>(
-        || format!("binding onto {}", target.display()),
-    ))?;
+    mount(Some(from.as_str()), target, none, MsFlags::MS_BIND, none)
+        .map_err(ctx(|| format!("binding onto {}", target.display())))?;
     mount(
         none,
         target,
@@ -199,7 +196,7 @@ fn bind(src: &OwnedFd, target: &Path, flags: MsFlags) -> Result<()> {
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
         none,
     )
-    .map_err(ctx::<(), _>(|| format!("remounting {}", target.display())))
+    .map_err(ctx(|| format!("remounting {}", target.display())))
 }
 
 /// A tmpfs /dev with the harmless devices only, and /dev/shm from the scratch.
@@ -212,7 +209,7 @@ fn minimal_dev(shm: &OwnedFd) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("size=64k,mode=0755"),
     )
-    .map_err(ctx::<(), _>(|| "mounting /dev".into()))?;
+    .map_err(ctx(|| "mounting /dev".into()))?;
     for (name, major, minor) in DEVICES {
         let p = dev.join(name);
         mknod(
@@ -221,7 +218,7 @@ fn minimal_dev(shm: &OwnedFd) -> Result<()> {
             Mode::from_bits_truncate(0o666),
             makedev(*major, *minor),
         )
-        .map_err(ctx::<(), _>(|| format!("mknod {}", p.display())))?;
+        .map_err(ctx(|| format!("mknod {}", p.display())))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).map_err(|e| e.to_string())?;
     }
     for (link, to) in [
@@ -248,7 +245,7 @@ fn minimal_dev(shm: &OwnedFd) -> Result<()> {
             | MsFlags::MS_NOEXEC,
         none,
     )
-    .map_err(ctx::<(), _>(|| "remounting /dev read-only".into()))
+    .map_err(ctx(|| "remounting /dev read-only".into()))
 }
 
 /// Covers `p` (when it exists) with something empty.
@@ -264,7 +261,7 @@ fn hide(p: &Path) -> Result<()> {
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("size=4k,mode=0755"),
         )
-        .map_err(ctx::<(), _>(|| format!("hiding {}", p.display())))
+        .map_err(ctx(|| format!("hiding {}", p.display())))
     } else {
         let null = path_fd(Path::new("/dev/null"))?;
         bind(&null, p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)

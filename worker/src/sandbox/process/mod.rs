@@ -435,6 +435,15 @@ impl ProcessSandbox {
                 }
             }
         }
+        // Lock files of dead workers.
+        for e in stdfs::read_dir(LOCK_DIR).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".lock") {
+                if !self.worker_alive(id) {
+                    let _ = stdfs::remove_file(e.path());
+                }
+            }
+        }
         removed
     }
 }
@@ -532,17 +541,28 @@ impl Sandbox for ProcessSandbox {
 }
 
 /// Takes an exclusive flock on `path`, held for the life of the returned file.
+/// A worker restarted right after a crash may find the lock still held for a
+/// moment by its predecessor's dying sandbox processes: it retries this long.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn lock(path: &std::path::Path) -> Result<File, SandboxError> {
     let f = File::create(path)?;
-    nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map(std::mem::forget)
-        .map_err(|(_, e)| {
-            SandboxError::Setup(format!(
-                "locking {} (is another worker running with this id?): {e}",
-                path.display()
-            ))
-        })?;
-    Ok(f)
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                std::mem::forget(held);
+                return Ok(f);
+            }
+            Err((_, e)) if std::time::Instant::now() >= deadline => {
+                return Err(SandboxError::Setup(format!(
+                    "locking {} (is another worker running with this id?): {e}",
+                    path.display()
+                )))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }
 
 /// Removes a task's directory when dropped, on every path.
