@@ -155,9 +155,7 @@ fn all_secrets() -> Vec<&'static str> {
     v
 }
 
-fn leaky_script() -> String {
-    format!(
-        r#"
+const LEAKY_SCRIPT: &str = r#"
 ADDED="addmask-$(echo CCCC)-value"
 SENS="sensitive-$(echo DDDD)-value"
 L1="cert-line-$(echo EEEE)"; L2="cert-line-$(echo FFFF)"
@@ -166,7 +164,7 @@ echo "base: $SECRET"
 echo "stderr: $SECRET" >&2
 printf 'split: %s' "$(echo "$SECRET" | cut -c1-7)"; sleep 0.3; printf '%s\n' "$(echo "$SECRET" | cut -c8-)"
 printf '%s' "$(echo "$SECRET" | cut -c1-3)" >&2; sleep 0.3; printf '%s\n' "$(echo "$SECRET" | cut -c4-)" >&2
-echo "inside: xx${{SECRET}}yy and ${{SECRET}}${{SECRET}}"
+echo "inside: xx${SECRET}yy and ${SECRET}${SECRET}"
 echo "multi: $MULTI"
 printf '%s\n' "$MULTI" | tail -n 1 >&2
 echo "early: $EARLY"
@@ -177,7 +175,7 @@ echo "after add-mask on stderr: $ADDED" >&2
 echo "tok=$SENS" >> "$KRILL_SENSITIVE_OUTPUT"
 echo "after sensitive: $SENS"
 echo "$SENS" >&2
-{{ echo 'cert<<EOF'; echo "$L1"; echo "$L2"; echo EOF; }} >> "$KRILL_SENSITIVE_OUTPUT"
+{ echo 'cert<<EOF'; echo "$L1"; echo "$L2"; echo EOF; } >> "$KRILL_SENSITIVE_OUTPUT"
 echo "cert: $L1 / $L2"
 echo "late=$EARLY" >> "$KRILL_SENSITIVE_OUTPUT"
 echo "early again: $EARLY"
@@ -186,15 +184,13 @@ echo "$SECRET=as-a-name" >> "$KRILL_OUTPUT"
 echo "not a name $SECRET=x" >> "$KRILL_OUTPUT"
 echo "the end"
 exit 3
-"#
-    )
-}
+"#;
 
 async fn leak_scan(w: &WorkerProc, sandbox: Option<SandboxKind>, image: Option<&str>) {
     let logs = Tap::new(topology::LOGS_EXCHANGE).await;
     let events = Tap::new(topology::EVENTS_EXCHANGE).await;
     let c = client().await;
-    let mut t = task(&leaky_script());
+    let mut t = task(LEAKY_SCRIPT);
     t.sandbox = sandbox;
     t.image = image.map(str::to_string);
     t.secrets.insert("SECRET".into(), Secret(SECRET.into()));
