@@ -4,9 +4,11 @@
 //! - [`protocol`]: the wire messages (plain serde data, no I/O).
 //! - [`topology`]: every exchange, queue and argument name, and `declare()`.
 //! - [`client`]: submit, wait for results, follow logs, cancel, drain, status.
+//! - [`bulk`]: submit many tasks at once, results on one reply queue per client.
 //! - [`status`]: what the pool is doing (heartbeat stream + queue depths), for `krill status`.
 //! - `bin/krill.rs`: the CLI, thin over [`client`].
 
+pub mod bulk;
 pub mod cli;
 pub mod client;
 pub mod protocol;

@@ -1,0 +1,114 @@
+//! Scenarios 1-5 of issue 8. Each measures Krill and its alternative in the
+//! same run and adds rows and goals to the report.
+
+mod containers;
+mod output;
+mod process;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use broker::bulk::BulkClient;
+use broker::protocol::{Status, Task};
+use tokio::task::JoinSet;
+
+use crate::celery::Celery;
+use crate::procs::Env;
+use crate::report::Report;
+
+pub use containers::containers;
+pub use output::{memory, output};
+pub use process::{latency, throughput};
+
+/// Sizes and switches of a run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Tasks per throughput series (scenario 1).
+    pub tasks: usize,
+    /// Tasks per latency series (scenario 2).
+    pub latency_tasks: usize,
+    /// Tasks per container series (scenario 3).
+    pub container_tasks: usize,
+    /// Pre-start sizes to measure in scenario 3 (0 = a fresh container per task).
+    pub prestart: Vec<u32>,
+    /// Appended to scenario 3's labels (e.g. the Docker runtime in use).
+    pub tag: String,
+    /// MiB written by the output task (scenario 4).
+    pub output_mib: u64,
+    /// Secrets registered on the output task.
+    pub secrets: usize,
+    /// Whether Docker is in use this run (scenario 3, container rows of 5).
+    pub containers: bool,
+    /// Where `perf` profiles go (`None`: no profiling).
+    pub profile_dir: Option<PathBuf>,
+}
+
+/// What every scenario needs.
+#[derive(Debug)]
+pub struct Bench {
+    pub env: Env,
+    pub celery: Option<Celery>,
+    pub opts: Opts,
+    pub report: Report,
+}
+
+/// A task with a fresh UUID v7 id.
+pub fn task(script: &str) -> Task {
+    Task::new(uuid::Uuid::now_v7().to_string(), script)
+}
+
+/// Submits `n` copies of `make()` as fast as the client can and waits for every
+/// result: (first submit → last result, tasks that did not succeed).
+pub async fn burst(
+    client: &BulkClient,
+    pool: &str,
+    n: usize,
+    make: impl Fn() -> Task,
+) -> anyhow::Result<(Duration, Vec<Duration>, usize)> {
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let submitted = Instant::now();
+        let ticket = client.submit(pool, &make()).await?;
+        set.spawn(async move {
+            let r = ticket.result(Some(Duration::from_secs(900))).await;
+            (r, submitted.elapsed())
+        });
+    }
+    let mut failed = 0;
+    let mut lat = Vec::with_capacity(n);
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((Ok(r), d)) => {
+                lat.push(d);
+                if r.status != Status::Succeeded {
+                    failed += 1;
+                    if failed <= 3 {
+                        eprintln!(
+                            "task {} ended {}: {}",
+                            r.id,
+                            r.status,
+                            r.error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            Ok((Err(e), _)) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("task failed: {e}");
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    Ok((t0.elapsed(), lat, failed))
+}
+
+/// One task at a time: its submit → result time, and whether it succeeded.
+pub async fn one(client: &BulkClient, pool: &str, t: &Task) -> anyhow::Result<(Duration, bool)> {
+    let t0 = Instant::now();
+    let ticket = client.submit(pool, t).await?;
+    let r = ticket.result(Some(Duration::from_secs(300))).await?;
+    Ok((t0.elapsed(), r.status == Status::Succeeded))
+}

@@ -1,0 +1,221 @@
+//! Scenarios 4 (output throughput with masking) and 5 (worker memory).
+
+use std::time::{Duration, Instant};
+
+use broker::bulk::BulkClient;
+use broker::protocol::{Secret, Status};
+
+use super::{burst, task, Bench};
+use crate::alt;
+use crate::procs::{rss, WorkerOpts};
+use crate::report::Figure;
+
+/// The output task: log-like lines, each carrying one registered secret, `bytes` in all.
+fn output_script(bytes: u64) -> String {
+    format!(
+        "yes \"2026-11-28T21:00:00Z INFO handled GET /api/v1/items user=$SECRET_0 status=200 size=5120\" | head -c {bytes}"
+    )
+}
+
+fn secrets(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let v = uuid::Uuid::new_v4().simple().to_string();
+            (format!("SECRET_{i}"), format!("s3cr3t-{i}-{}", &v[..16]))
+        })
+        .collect()
+}
+
+/// Runs the output task once: (MiB/s, stdout bytes kept, whether it succeeded and was masked).
+async fn output_task(
+    client: &BulkClient,
+    pool: &str,
+    bytes: u64,
+    secrets: &[(String, String)],
+    cap: Option<u64>,
+) -> anyhow::Result<(f64, usize, bool)> {
+    let mut t = task(&output_script(bytes));
+    for (k, v) in secrets {
+        t.secrets.insert(k.clone(), Secret(v.clone()));
+    }
+    t.limits.output_bytes = cap;
+    let t0 = Instant::now();
+    let ticket = client.submit(pool, &t).await?;
+    let r = ticket.result(Some(Duration::from_secs(900))).await?;
+    let took = t0.elapsed();
+    let masked = !r.stdout.contains(&secrets[0].1) && r.stdout.contains("user=***");
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    Ok((
+        mib / took.as_secs_f64(),
+        r.stdout.len(),
+        r.status == Status::Succeeded && masked,
+    ))
+}
+
+/// Scenario 4: one task writing `output_mib` MiB with `secrets` secrets registered,
+/// masking and live logs on; the worker's peak RSS after a small and a large task.
+pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
+    let mib = b.opts.output_mib;
+    let bytes = mib << 20;
+    println!(
+        "== 4. output: {mib} MiB through the worker, {} secrets",
+        b.opts.secrets
+    );
+    let secrets = secrets(b.opts.secrets.max(1));
+    let (raw_bytes, raw_took) = alt::pipe_throughput(&output_script(bytes), secrets.clone()).await;
+    let raw = raw_bytes as f64 / (1024.0 * 1024.0) / raw_took.as_secs_f64().max(1e-9);
+
+    let w = b.env.worker(&WorkerOpts::process(1)).await?;
+    let client = BulkClient::connect(&b.env.amqp_url).await?;
+    let idle = w.rss();
+    let small = bytes / 10;
+    let (_, _, ok_small) = output_task(&client, &w.pool, small, &secrets, None).await?;
+    let after_small = w.rss();
+    let (k_default, kept_default, ok1) =
+        output_task(&client, &w.pool, bytes, &secrets, None).await?;
+    let after_large = w.rss();
+    let (k_max, kept_max, ok2) =
+        output_task(&client, &w.pool, bytes, &secrets, Some(64 << 20)).await?;
+    let after_max = w.rss();
+    client.close().await;
+    w.stop().await;
+    if !(ok_small && ok1 && ok2) {
+        b.report
+            .note("Krill: an output task failed or a secret was not masked");
+    }
+    let pipe = "the same command into a pipe (no queue, no masking)";
+    b.report.row(
+        "4",
+        &format!(
+            "{mib} MiB stdout, 20 secrets, default cap ({:.0} MiB kept, published live): MiB/s",
+            kept_default as f64 / 1048576.0
+        ),
+        Some(Figure::mib_s(k_default)),
+        pipe,
+        Some(Figure::mib_s(raw)),
+    );
+    b.report.row(
+        "4",
+        &format!(
+            "{mib} MiB stdout, 20 secrets, cap 64 MiB ({:.0} MiB kept, published live): MiB/s",
+            kept_max as f64 / 1048576.0
+        ),
+        Some(Figure::mib_s(k_max)),
+        pipe,
+        Some(Figure::mib_s(raw)),
+    );
+    b.report.row(
+        "4",
+        &format!("worker peak RSS (VmHWM) after the {mib} MiB task"),
+        Some(Figure::mib(after_large.peak_mib())),
+        &format!("same worker after a {} MiB task", mib / 10),
+        Some(Figure::mib(after_small.peak_mib())),
+    );
+    b.report.row(
+        "4",
+        &format!("worker peak RSS after {mib} MiB with a 64 MiB cap"),
+        Some(Figure::mib(after_max.peak_mib())),
+        "same worker idle, before any output",
+        Some(Figure::mib(idle.now_mib())),
+    );
+    b.report.goal(
+        "output ≥ 200 MiB/s with masking on",
+        Some(k_default >= 200.0),
+        format!(
+            "{} (default cap), {} (64 MiB cap); the bare pipe gives {}",
+            Figure::mib_s(k_default),
+            Figure::mib_s(k_max),
+            Figure::mib_s(raw)
+        ),
+    );
+    let growth = after_large.peak_mib() - after_small.peak_mib();
+    b.report.goal(
+        "worker RSS flat (no growth with output size)",
+        Some(growth <= 2.0 + 0.1 * after_small.peak_mib()),
+        format!(
+            "peak {:.1} MiB after {} MiB, {:.1} MiB after {mib} MiB (both with the default 10 MiB cap), {:.1} MiB with a 64 MiB cap (the capture holds what the result carries)",
+            after_small.peak_mib(),
+            mib / 10,
+            after_large.peak_mib(),
+            after_max.peak_mib()
+        ),
+    );
+    Ok(())
+}
+
+/// Scenario 5: the worker's RSS idle and with 8 tasks running; Celery's idle
+/// worker and children beside it.
+pub async fn memory(b: &mut Bench) -> anyhow::Result<()> {
+    println!("== 5. worker memory");
+    let w = b.env.worker(&WorkerOpts::process(8)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = w.rss();
+    let client = BulkClient::connect(&b.env.amqp_url).await?;
+    let pool = w.pool.clone();
+    let running = {
+        let client = &client;
+        let pool = &pool;
+        let work = burst(client, pool, 8, || task("sleep 4"));
+        let probe = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss(w.pid())
+        };
+        let (done, probe) = tokio::join!(work, probe);
+        done?;
+        probe
+    };
+    client.close().await;
+    w.stop().await;
+
+    let mut container_idle = None;
+    if b.opts.containers {
+        if let Ok(cw) = b.env.worker(&WorkerOpts::container(4, 2)).await {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            container_idle = Some(cw.rss());
+            cw.stop().await;
+        }
+    }
+
+    let mut celery = None;
+    if let Some(c) = b.celery.clone() {
+        if let Ok(cw) = c.start().await {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            celery = Some(cw.rss_mib());
+            cw.stop().await;
+        }
+    }
+    let celery_name = "Celery 5 worker + 2 prefork children, idle";
+    b.report.row(
+        "5",
+        "worker RSS idle (process sandbox)",
+        Some(Figure::mib(idle.now_mib())),
+        celery_name,
+        celery.map(Figure::mib),
+    );
+    b.report.row(
+        "5",
+        "worker RSS with 8 tasks running",
+        Some(Figure::mib(running.now_mib())),
+        celery_name,
+        celery.map(Figure::mib),
+    );
+    if let Some(c) = container_idle {
+        b.report.row(
+            "5",
+            "worker RSS idle (container sandbox, 2 pre-started)",
+            Some(Figure::mib(c.now_mib())),
+            celery_name,
+            celery.map(Figure::mib),
+        );
+    }
+    b.report.goal(
+        "worker idle RSS ≤ 20 MiB",
+        Some(idle.now_mib() <= 20.0),
+        format!(
+            "{:.1} MiB idle, {:.1} MiB with 8 tasks running (the tasks' own processes are not the worker's)",
+            idle.now_mib(),
+            running.now_mib()
+        ),
+    );
+    Ok(())
+}
