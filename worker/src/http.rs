@@ -14,15 +14,22 @@ use tokio::net::TcpListener;
 
 use crate::worker::Shared;
 
+/// Liveness: answers while the process is up.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness: connected to RabbitMQ and every enabled sandbox usable.
+pub const READYZ: &str = "/readyz";
+/// Prometheus metrics.
+pub const METRICS: &str = "/metrics";
+
 /// How long `/readyz` waits for a sandbox backend (Docker) to answer.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The routes, over the worker's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(HEALTHZ, get(healthz))
+        .route(READYZ, get(readyz))
+        .route(METRICS, get(metrics))
         .with_state(shared)
 }
 
