@@ -42,6 +42,8 @@ pub enum ClientError {
     Nacked,
     #[error("no result for task {0} within {1:?}")]
     Timeout(String, Duration),
+    #[error("the krill exchanges do not exist on this broker and this user may not create them: start a worker first (workers declare them)")]
+    NoTopology,
     #[error("serializing: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -78,8 +80,37 @@ async fn open(url: &str) -> Result<(Connection, Channel), ClientError> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    topology::declare_common(&channel).await?;
+    ensure_topology(&conn).await?;
     Ok((conn, channel))
+}
+
+/// Checks that the exchanges exist with a passive declare, which needs no
+/// `configure` permission (a least-privilege submitter has none); only when they
+/// are missing does it try to declare them (an admin user can).
+async fn ensure_topology(conn: &Connection) -> Result<(), ClientError> {
+    let probe = conn.create_channel().await?;
+    let passive = probe
+        .exchange_declare(
+            ShortString::from(topology::TASKS_EXCHANGE),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    if passive.is_ok() {
+        let _ = probe.close(200, ShortString::from("ok")).await;
+        return Ok(());
+    }
+    let ch = conn.create_channel().await?;
+    topology::declare_common(&ch)
+        .await
+        .map_err(|_| ClientError::NoTopology)?;
+    let _ = ch.close(200, ShortString::from("ok")).await;
+    Ok(())
 }
 
 /// The URL with any password replaced, for messages.
@@ -162,11 +193,11 @@ impl Client {
         let mut backoff = Duration::from_millis(200);
         let mut down_since: Option<tokio::time::Instant> = None;
         loop {
-            let channel = match &fresh {
-                Some((_, ch)) => ch.clone(),
-                None => self.channel.clone(),
+            let conn = match &fresh {
+                Some((c, _)) => c,
+                None => &self.conn,
             };
-            match wait_on(&channel, id).await {
+            match wait_on(conn, id).await {
                 Ok(Some(result)) => return Ok(result),
                 Ok(None) | Err(_) => {
                     // The consumer ended or the connection broke: reconnect and resume.
@@ -393,8 +424,26 @@ pub async fn publish_confirmed(
     }
 }
 
+/// Closes a channel when dropped, so a wait that is abandoned (a dropped future,
+/// a timeout) leaves no consumer behind: its unacked deliveries go back to the queue.
+struct CloseOnDrop(Channel);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let ch = self.0.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = ch.close(200, ShortString::from("wait over")).await;
+            });
+        }
+    }
+}
+
 /// Consumes the reply queue until a result for `id` arrives. `Ok(None)`: the consumer ended.
-async fn wait_on(channel: &Channel, id: &str) -> Result<Option<TaskResult>, lapin::Error> {
+/// Uses a channel of its own, closed when this returns or is dropped.
+async fn wait_on(conn: &Connection, id: &str) -> Result<Option<TaskResult>, lapin::Error> {
+    let guard = CloseOnDrop(conn.create_channel().await?);
+    let channel = &guard.0;
     topology::declare_reply_queue(channel, id).await?;
     let queue = topology::reply_queue(id);
     let mut consumer = channel

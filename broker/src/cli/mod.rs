@@ -84,14 +84,18 @@ async fn dead(url: &str, cmd: DeadCommand) -> anyhow::Result<u8> {
     match cmd {
         DeadCommand::List { json } => {
             let list = client.dead_list().await?;
+            use std::io::Write;
+            // Writes ignore errors: a closed pipe (`| head`) is not a failure.
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
-                println!("krill.dead is empty");
+                let _ = writeln!(out, "krill.dead is empty");
             } else {
-                println!("{:<38} {:<16} {:<22} REASON", "TASK", "POOL", "BY");
+                let _ = writeln!(out, "{:<38} {:<16} {:<22} REASON", "TASK", "POOL", "BY");
                 for d in &list {
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "{:<38} {:<16} {:<22} {}",
                         d.id.as_deref().unwrap_or("-"),
                         d.pool.as_deref().unwrap_or("-"),
@@ -111,7 +115,10 @@ async fn dead(url: &str, cmd: DeadCommand) -> anyhow::Result<u8> {
                 eprintln!("krill: not replayed: {s}");
             }
             if done.is_empty() && skipped.is_empty() {
-                anyhow::bail!("nothing to replay{}", id.map(|i| format!(" with id {i}")).unwrap_or_default());
+                anyhow::bail!(
+                    "nothing to replay{}",
+                    id.map(|i| format!(" with id {i}")).unwrap_or_default()
+                );
             }
         }
     }
