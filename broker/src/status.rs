@@ -122,6 +122,7 @@ pub struct PoolStatus {
     pub workers_live: u32,
     pub workers_draining: u32,
     pub workers_lost: u32,
+    pub workers_stopped: u32,
     /// Slots of the live (not draining) workers.
     pub slots_total: u32,
     pub slots_free: u32,
@@ -382,6 +383,7 @@ pub fn pool_status(pool: &str, depth: Option<(u64, u32)>, workers: &[WorkerStatu
         workers_live: count(WorkerState::Live),
         workers_draining: count(WorkerState::Draining),
         workers_lost: count(WorkerState::Lost),
+        workers_stopped: count(WorkerState::Stopped),
         slots_total,
         slots_free,
         running,
@@ -394,7 +396,7 @@ pub fn pool_status(pool: &str, depth: Option<(u64, u32)>, workers: &[WorkerStatu
 /// Why the ready tasks of a pool are not starting (None when none wait).
 fn why_waiting(p: &PoolStatus) -> Option<String> {
     if !p.exists {
-        if p.workers_live + p.workers_draining + p.workers_lost > 0 {
+        if p.workers_live + p.workers_draining + p.workers_lost + p.workers_stopped > 0 {
             // Seen only through old heartbeats of a pool whose queue is gone.
             return None;
         }
