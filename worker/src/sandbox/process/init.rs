@@ -342,10 +342,10 @@ fn spawn_script(cfg: &InitConfig) -> std::io::Result<Pid> {
                     return Err(err());
                 }
             }
-            // Whatever the worker's OOM score was, the task starts neutral.
+            // Under host memory pressure the task dies before the worker.
             let fd = libc::open(oom_adj.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
-                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::write(fd, b"1000".as_ptr().cast(), 4);
                 libc::close(fd);
             }
             // No capability can come back: empty bounding and ambient sets.
