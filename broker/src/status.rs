@@ -163,10 +163,13 @@ impl HeartbeatReader {
                     url: redact_url(url),
                     source,
                 })?;
+        // Declared on a channel of its own: a user who may read the stream but not
+        // configure it (a submitter) still gets the status once a worker declared it.
+        let declare = conn.create_channel().await?;
+        if topology::declare_heartbeats(&declare).await.is_ok() {
+            let _ = declare.close(200, ShortString::from("declared")).await;
+        }
         let channel = conn.create_channel().await?;
-        topology::declare_heartbeats(&channel)
-            .await
-            .map_err(StatusError::Stream)?;
         channel
             .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
             .await?;
