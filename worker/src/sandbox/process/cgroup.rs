@@ -82,7 +82,6 @@ impl V1 {
             self.cpuacct.clone(),
             self.freezer.clone(),
         ];
-        all.dedup();
         all.sort();
         all.dedup();
         all

@@ -32,6 +32,7 @@ mod pump;
 pub mod seccomp;
 
 use std::fs::{self as stdfs, File, OpenOptions};
+use std::io::Read as _;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /// Host-wide directory of live workers' locks: a task cgroup whose worker holds
 /// no lock here belongs to a dead worker and is swept.
 pub const LOCK_DIR: &str = "/run/krill/workers";
+/// cgroup hierarchies a task joins at most (v1 uses five, v2 one).
+const MAX_HIERARCHIES: usize = 8;
 const OUTPUT_FILE: &str = "output";
 pub(crate) const SENSITIVE_FILE: &str = "sensitive_output";
 
@@ -116,27 +119,14 @@ impl ProcessSandbox {
         let work_lock = lock(&root.join(format!("{}.lock", cfg.worker_id)))?;
         stdfs::create_dir_all(LOCK_DIR)?;
         let host_lock = lock(&PathBuf::from(LOCK_DIR).join(format!("{}.lock", cfg.worker_id)))?;
-        let cgroups = match cgroup::detect_host().and_then(|d| {
-            d.init(&cfg.worker_id)
-                .map_err(|e| format!("preparing cgroup {}: {e}", d.version()))?;
-            Ok(d)
-        }) {
-            Ok(d) => {
-                tracing::info!(cgroup = d.version(), "process sandbox limits by cgroup");
-                Some(d)
-            }
-            Err(why) if cfg.allow_degraded_limits => {
-                tracing::warn!(reason = %why,
-                    "process sandbox without cgroup limits (--allow-degraded-limits): results say `limits: degraded`");
-                None
-            }
-            Err(why) => {
-                return Err(SandboxError::Setup(format!(
-                    "{why}; refusing to run tasks without memory, pids and cpu limits \
-                     (use --allow-degraded-limits to run them anyway)"
-                )))
-            }
-        };
+        let cgroups = choose_limits(
+            cgroup::detect_host().and_then(|d| {
+                d.init(&cfg.worker_id)
+                    .map_err(|e| format!("preparing cgroup {}: {e}", d.version()))?;
+                Ok(d)
+            }),
+            cfg.allow_degraded_limits,
+        )?;
         Ok(ProcessSandbox {
             uid,
             gid,
@@ -225,7 +215,7 @@ impl ProcessSandbox {
         cgroup_procs: &[File],
         status: &OwnedFd,
     ) {
-        let mut fds = [-1i32; 8];
+        let mut fds = [-1i32; MAX_HIERARCHIES];
         for (slot, f) in fds.iter_mut().zip(cgroup_procs) {
             *slot = f.as_raw_fd();
         }
@@ -300,6 +290,12 @@ impl ProcessSandbox {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        if procs.len() > MAX_HIERARCHIES {
+            return Err(SandboxError::Setup(format!(
+                "{} cgroup hierarchies to join, at most {MAX_HIERARCHIES} supported",
+                procs.len()
+            )));
+        }
         let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io)?;
         let cfg = self.init_config(&spec, &dir);
         let mut cmd = tokio::process::Command::new("/proc/self/exe");
@@ -448,6 +444,28 @@ impl ProcessSandbox {
     }
 }
 
+/// The cgroup driver to limit tasks with; `None` (degraded) only when allowed.
+fn choose_limits(
+    detected: Result<Arc<dyn Driver>, String>,
+    allow_degraded: bool,
+) -> Result<Option<Arc<dyn Driver>>, SandboxError> {
+    match detected {
+        Ok(d) => {
+            tracing::info!(cgroup = d.version(), "process sandbox limits by cgroup");
+            Ok(Some(d))
+        }
+        Err(why) if allow_degraded => {
+            tracing::warn!(reason = %why,
+                "process sandbox without cgroup limits (--allow-degraded-limits): results say `limits: degraded`");
+            Ok(None)
+        }
+        Err(why) => Err(SandboxError::Setup(format!(
+            "{why}; refusing to run tasks without memory, pids and cpu limits \
+             (use --allow-degraded-limits to run them anyway)"
+        ))),
+    }
+}
+
 /// How the task ended, from what the worker did (`stopped`), what the init
 /// reported, and what the memory cgroup saw.
 fn decide(
@@ -483,8 +501,6 @@ fn read_status(r: OwnedFd) -> Option<Report> {
     let _ = std::io::Read::read_to_string(&mut (&mut f).take(64 * 1024), &mut text);
     Report::parse(&text)
 }
-
-use std::io::Read as _;
 
 impl Sandbox for ProcessSandbox {
     fn kind(&self) -> SandboxKind {
@@ -622,6 +638,21 @@ fn io(e: nix::Error) -> SandboxError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_cgroup_refuses_unless_degraded_limits_are_allowed() {
+        let err = choose_limits(Err("no usable cgroup".into()), false).expect_err("refused");
+        assert!(err.to_string().contains("--allow-degraded-limits"), "{err}");
+        assert!(choose_limits(Err("no usable cgroup".into()), true)
+            .expect("allowed")
+            .is_none());
+        let v2: Arc<dyn Driver> = Arc::new(cgroup::V2 {
+            base: "/sys/fs/cgroup/x".into(),
+            base_is_root: false,
+        });
+        let chosen = choose_limits(Ok(v2), false).expect("usable").expect("some");
+        assert_eq!(chosen.version(), "v2");
+    }
 
     #[test]
     fn exits_are_decided_from_the_report_and_the_memory_cgroup() {
