@@ -167,6 +167,17 @@ impl Results {
         self.seen.get(id).is_some_and(|v| !v.is_empty())
     }
 
+    fn all(&self, id: &str) -> Vec<TaskResult> {
+        self.seen
+            .get(id)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|b| serde_json::from_slice(b).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn first(&self, id: &str) -> Option<TaskResult> {
         serde_json::from_slice(self.seen.get(id)?.first()?).ok()
     }
@@ -363,22 +374,92 @@ fn leftover_containers(workers: &[String]) -> Option<usize> {
     Some(n)
 }
 
-/// Reads every event of the run from the durable events queue.
-async fn read_events(queue: &str) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Some((conn, ch)) = connect().await else {
-        return out;
-    };
-    while let Ok(Some(m)) = ch
-        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
-        .await
-    {
-        if let Ok(v) = serde_json::from_slice(&m.delivery.data) {
-            out.push(v);
+/// The run's task events, read live from a durable queue bound before anything
+/// is submitted (events are transient: a broker restart drops those still queued,
+/// so they are taken off as they come).
+#[derive(Debug, Default)]
+struct EventLog {
+    events: std::sync::Mutex<Vec<serde_json::Value>>,
+    finished: std::sync::Mutex<HashSet<String>>,
+}
+
+impl EventLog {
+    /// Declares and binds the queue (idempotent).
+    async fn declare(ch: &Channel, queue: &str, pool: &str) -> Result<(), lapin::Error> {
+        topology::declare_common(ch).await?;
+        ch.queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            ShortString::from(queue),
+            ShortString::from(topology::EVENTS_EXCHANGE),
+            ShortString::from(format!("task.{pool}.*")),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Reads until `stop` is set and the queue has been quiet for a second,
+    /// reconnecting whenever the connection breaks.
+    async fn run(self: Arc<Self>, queue: String, pool: String, stop: Arc<AtomicBool>) {
+        use futures_util::StreamExt;
+        loop {
+            let Some((_conn, ch)) = connect().await else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            };
+            if Self::declare(&ch, &queue, &pool).await.is_err() {
+                continue;
+            }
+            let Ok(mut consumer) = ch
+                .basic_consume(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(""),
+                    lapin::options::BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            else {
+                continue;
+            };
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), consumer.next()).await {
+                    Ok(Some(Ok(d))) => self.record(&d.data),
+                    Ok(_) => break, // the connection broke: reconnect
+                    Err(_) if stop.load(Ordering::Relaxed) => return,
+                    Err(_) => {}
+                }
+            }
         }
     }
-    let _ = conn.close(200, ShortString::from("bye")).await;
-    out
+
+    fn record(&self, data: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return;
+        };
+        if v["state"] == "finished" {
+            if let Some(id) = v["task_id"].as_str() {
+                lock(&self.finished).insert(id.to_string());
+            }
+        }
+        lock(&self.events).push(v);
+    }
+
+    fn finished(&self) -> usize {
+        lock(&self.finished).len()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Removes what the run put on the broker: reply queues, the events queue, the
@@ -446,25 +527,18 @@ async fn chaos() {
     let events_queue = format!("krill.test.chaos-events.{pool}");
     {
         let (conn, ch) = connect().await.expect("RabbitMQ reachable");
-        topology::declare_common(&ch).await.expect("declare");
-        ch.queue_declare(
-            ShortString::from(events_queue.as_str()),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("events queue");
-        ch.queue_bind(
-            ShortString::from(events_queue.as_str()),
-            ShortString::from(topology::EVENTS_EXCHANGE),
-            ShortString::from(format!("task.{pool}.*")),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+        EventLog::declare(&ch, &events_queue, &pool)
+            .await
+            .expect("events queue");
         let _ = conn.close(200, ShortString::from("bye")).await;
     }
+    let log = Arc::new(EventLog::default());
+    let log_stop = Arc::new(AtomicBool::new(false));
+    let log_reader = tokio::spawn(log.clone().run(
+        events_queue.clone(),
+        pool.clone(),
+        log_stop.clone(),
+    ));
 
     let sandboxes = if s.container_share > 0 {
         "process,container"
@@ -517,8 +591,8 @@ async fn chaos() {
     );
 
     // Results are collected in the background; the broker restart happens once a
-    // third are in (every task is confirmed on the broker by then, so no submit
-    // straddles the restart).
+    // third of the tasks have finished (every task is confirmed on the broker by
+    // then, so no submit straddles the restart).
     let progress = Arc::new(AtomicUsize::new(0));
     let collector = {
         let (ids, progress) = (ids.clone(), progress.clone());
@@ -530,18 +604,18 @@ async fn chaos() {
     };
     let mut broker_restarted = None;
     if s.broker_restart {
-        while progress.load(Ordering::Relaxed) < ids.len() / 3 && Instant::now() < hard_stop {
+        while log.finished() < ids.len() / 3 && Instant::now() < hard_stop {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let _quiet = quiet.lock().await;
         let at = t0.elapsed();
-        let done = progress.load(Ordering::Relaxed);
+        let done = log.finished();
         rabbitmq::stop().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         rabbitmq::start().await;
         let back = t0.elapsed();
-        eprintln!("chaos: RabbitMQ restarted at {at:?} ({done} tasks answered), back at {back:?}");
-        broker_restarted = Some((at, back));
+        eprintln!("chaos: RabbitMQ restarted at {at:?} ({done} tasks finished), back at {back:?}");
+        broker_restarted = Some((at, back, done));
     }
     let mut last = 0;
     while !collector.is_finished() {
@@ -582,7 +656,9 @@ async fn chaos() {
         let _ = results.read(&ch, &ids).await;
         let _ = conn.close(200, ShortString::from("bye")).await;
     }
-    let events = read_events(&events_queue).await;
+    log_stop.store(true, Ordering::Relaxed);
+    let _ = log_reader.await;
+    let events = std::mem::take(&mut *lock(&log.events));
 
     let task_ids: HashSet<String> = ids.iter().cloned().collect();
     let leftovers = Leftovers {
@@ -604,7 +680,7 @@ async fn chaos() {
     let mut by_status: HashMap<&'static str, usize> = HashMap::new();
     let (mut answered, mut lost, mut dups) = (0, Vec::new(), 0);
     let (mut twice_retryable, mut twice_not) = (0, Vec::new());
-    let (mut attempt_gt1, mut worker_lost_but_ran) = (0, 0);
+    let (mut attempt_gt1, mut worker_lost_but_ran, mut lost_then_ran) = (0, 0, 0);
     for id in &ids {
         match results.first(id) {
             Some(r) => {
@@ -621,6 +697,16 @@ async fn chaos() {
         }
         if results.seen.get(id).map_or(0, Vec::len) > 1 {
             dups += 1;
+            if results
+                .first(id)
+                .is_some_and(|r| r.status == Status::WorkerLost)
+                && results
+                    .all(id)
+                    .iter()
+                    .any(|r| r.status != Status::WorkerLost)
+            {
+                lost_then_ran += 1;
+            }
         }
         if starts.get(id.as_str()).copied().unwrap_or(0) > 1 {
             if retryable.contains(id) {
@@ -645,8 +731,8 @@ async fn chaos() {
         fleet.kills,
         usize::from(broker_restarted.is_some())
     );
-    if let Some((at, back)) = broker_restarted {
-        println!("RabbitMQ stopped at {at:.1?}, back at {back:.1?}");
+    if let Some((at, back, done)) = broker_restarted {
+        println!("RabbitMQ stopped at {at:.1?} ({done} tasks finished), back at {back:.1?}");
     }
     println!(
         "submitted: {} ({} retryable, {} not)",
@@ -661,12 +747,21 @@ async fn chaos() {
     );
     println!("first results by status: {statuses:?}");
     println!(
+        "answered worker_lost first, then a real result from the worker that still ran it: {lost_then_ran}"
+    );
+    println!(
         "ran twice (≥2 started events): {} retryable (allowed), {} not retryable (must be 0)",
         twice_retryable,
         twice_not.len()
     );
     println!(
         "results with attempt > 1 (redelivered): {attempt_gt1}; answered worker_lost after one start: {worker_lost_but_ran}; no started event seen: {never_started}"
+    );
+    let finished_events = events.iter().filter(|e| e["state"] == "finished").count();
+    println!(
+        "events read: {} ({} started, {finished_events} finished)",
+        events.len(),
+        starts.values().sum::<usize>()
     );
     println!("lost (no result): {} (must be 0)", lost.len());
     println!(
