@@ -19,6 +19,9 @@ pub const CANCEL_MEMORY_MAX: usize = 100_000;
 /// How many recent results are kept to answer redeliveries.
 pub const RECENT_RESULTS: usize = 10_000;
 
+/// Recent results by task id (with their reply queue), oldest first in the deque.
+type Recent = (HashMap<String, (TaskResult, String)>, VecDeque<String>);
+
 /// A task this worker is running.
 #[derive(Debug)]
 pub struct Running {
@@ -35,7 +38,7 @@ pub struct Running {
 pub struct TaskState {
     running: Mutex<HashMap<String, Running>>,
     cancelled: Mutex<(HashMap<String, Instant>, VecDeque<String>)>,
-    recent: Mutex<(HashMap<String, (TaskResult, String)>, VecDeque<String>)>,
+    recent: Mutex<Recent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,7 +74,7 @@ impl TaskState {
                 sandbox: r.sandbox,
             })
             .collect();
-        v.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        v.sort_by_key(|t| t.started_at);
         v
     }
 
