@@ -7,6 +7,7 @@
 //! Nothing here asserts a timing: benchmarks report, tests assert.
 //!
 //! ## Layout
+//! - [`cli`]: the flags and the run they drive.
 //! - [`procs`]: starting `krill-worker` processes, reading their RSS, waiting on queues.
 //! - [`alt`]: the alternatives: raw spawn, a bare RabbitMQ round trip, `docker run`.
 //! - [`celery`]: Celery 5 on the same RabbitMQ (a Python worker and client under `bench/celery`).
@@ -17,6 +18,7 @@
 
 pub mod alt;
 pub mod celery;
+pub mod cli;
 pub mod procs;
 pub mod profile;
 pub mod report;

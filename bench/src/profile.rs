@@ -14,21 +14,20 @@ pub struct Recording {
     data: PathBuf,
 }
 
-/// Starts sampling the whole machine into `data` (None when perf is missing).
-pub fn start(data: &Path) -> Option<Recording> {
+/// Starts sampling the whole machine into `<tmp>/krill-bench-<name>.perf.data`
+/// (kept for `perf report -i`); `None` when perf is missing.
+pub fn start(name: &str) -> Option<Recording> {
+    let data = std::env::temp_dir().join(format!("krill-bench-{name}.perf.data"));
     let child = Command::new("perf")
         .args(["record", "-a", "-g", "-e", "cpu-clock", "-F", "499", "-o"])
-        .arg(data)
+        .arg(&data)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
     std::thread::sleep(Duration::from_millis(300));
-    Some(Recording {
-        child,
-        data: data.to_path_buf(),
-    })
+    Some(Recording { child, data })
 }
 
 impl Recording {
@@ -51,34 +50,34 @@ impl Recording {
                 .unwrap_or_default()
         };
         let by_process = report(&["--sort", "comm", "-g", "none", "--percent-limit", "0.5"]);
-        let by_dso = report(&[
-            "--pid",
-            &worker.to_string(),
-            "--sort",
-            "dso",
-            "-g",
-            "none",
-            "--percent-limit",
-            "0.5",
-        ]);
+        let worker_pid = worker.to_string();
         let by_symbol = report(&[
             "--pid",
-            &worker.to_string(),
+            &worker_pid,
             "--sort",
-            "sym",
+            "dso,sym",
             "-g",
             "none",
             "--percent-limit",
             "0.7",
         ]);
+        let helper = report(&[
+            "--comms",
+            "exe",
+            "--sort",
+            "sym",
+            "-g",
+            "none",
+            "--percent-limit",
+            "1",
+        ]);
         let text = format!(
-            "# whole machine, by command\n{}\n# krill-worker (pid {worker}), by object\n{}\n# krill-worker, by symbol\n{}",
+            "# whole machine, by command\n{}\n\n# krill-worker (pid {worker}, every thread), by object and symbol\n{}\n\n# the process sandbox's helper (`exe`: the worker re-executed), by symbol\n{}\n",
             strip(&by_process),
-            strip(&by_dso),
-            strip(&by_symbol)
+            strip(&by_symbol),
+            strip(&helper)
         );
         let _ = std::fs::write(out, text);
-        let _ = std::fs::remove_file(&self.data);
     }
 }
 

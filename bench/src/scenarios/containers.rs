@@ -147,7 +147,7 @@ async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
     let profile = b.opts.profile_dir.clone();
     let rec = profile
         .as_ref()
-        .and_then(|d| crate::profile::start(&d.join("s3.perf.data")));
+        .and_then(|_| crate::profile::start(&format!("s3-{prestart}")));
     let mut one_lat = Vec::with_capacity(n);
     let mut failed = 0;
     for _ in 0..n {

@@ -54,7 +54,7 @@ pub async fn throughput(b: &mut Bench) -> anyhow::Result<()> {
         burst(&client, &w.pool, 20, || task("true")).await?;
         for cmd in COMMANDS {
             let rec = match (&b.opts.profile_dir, slots, cmd) {
-                (Some(dir), 8, "true") => crate::profile::start(&dir.join("s1.perf.data")),
+                (Some(dir), 8, "true") => crate::profile::start("s1").filter(|_| dir.is_dir()),
                 _ => None,
             };
             let (took, _, failed) = burst(&client, &w.pool, n, || task(cmd)).await?;
