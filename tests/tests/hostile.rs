@@ -341,6 +341,15 @@ fn cases() -> Vec<Case> {
             followup: None,
         },
         Case {
+            name: "host unix sockets when network is off",
+            script: "for d in /run /var/run /var/lib /tmp /dev; do find $d -type s 2>/dev/null || true; done".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| need(r.stdout.trim().is_empty(), "host sockets visible", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
             name: "network when it is off: TCP to the broker's port",
             script: format!(
                 "for h in 127.0.0.1 {ip}; do \

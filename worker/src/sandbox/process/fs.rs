@@ -8,6 +8,7 @@
 //! <work_root>               an empty tmpfs: no other task's dir is visible …
 //!   <worker>/<task>         … except this task's own, bound back (its output files)
 //! /proc                     the task's own pid namespace (mounted by its init)
+//! /run                      empty when the task has no network (host unix sockets)
 //! HIDDEN                    empty (docker/containerd sockets and state, broker files, /root)
 //! ```
 //!
@@ -130,6 +131,11 @@ pub fn build_view(cfg: &InitConfig) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     minimal_dev(&shm)?;
+    if cfg.net_ns {
+        // Unix sockets ignore net namespaces: without network, no host service
+        // in /run (D-Bus, systemd-resolved, container engines) is reachable either.
+        hide(Path::new("/run"))?;
+    }
     for p in HIDDEN {
         hide(Path::new(p))?;
     }
