@@ -1,1 +1,0 @@
-//! Container sandbox (placeholder, being written).

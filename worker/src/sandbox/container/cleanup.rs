@@ -1,0 +1,195 @@
+//! Removing task containers: a guard that removes its container on every path
+//! (dropped included), and the sweep of what crashed workers left.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::Docker;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::limits::{LABEL_MANAGED, LABEL_WORKER};
+use super::SweepScope;
+use crate::sandbox::SandboxError;
+
+/// Attempts at removing one container before giving up (the sweep is the backstop).
+const REMOVE_ATTEMPTS: u32 = 3;
+
+/// What every guard needs to remove its container in the background.
+#[derive(Debug, Clone)]
+pub(super) struct Cleanup {
+    pub docker: Docker,
+    pub tracker: TaskTracker,
+    /// Containers this sandbox created and has not removed yet; the sweep skips them.
+    pub live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Cleanup {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes the containers labelled `krill.managed=true` that `scope` covers,
+    /// except this sandbox's own; returns how many were removed.
+    pub async fn sweep(&self, scope: &SweepScope, grace: Duration) -> Result<usize, SandboxError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| SandboxError::Docker(format!("listing containers: {e}")))?;
+        let mut removed = 0;
+        for c in found {
+            let Some(id) = c.id.clone() else { continue };
+            if self.live().contains(&id) || !self.covers(scope, grace, &c).await {
+                continue;
+            }
+            match remove(&self.docker, &id).await {
+                Ok(()) => removed += 1,
+                Err(e) => warn!(container_id = %id, error = %e, "sweep could not remove container"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether `scope` covers the container `c`.
+    async fn covers(&self, scope: &SweepScope, grace: Duration, c: &ContainerSummary) -> bool {
+        let prefix = match scope {
+            SweepScope::All => return true,
+            SweepScope::WorkerPrefix(prefix) => Some(prefix.as_str()),
+            SweepScope::Abandoned => None,
+        };
+        let worker = c.labels.as_ref().and_then(|l| l.get(LABEL_WORKER));
+        if prefix.is_some_and(|p| worker.is_some_and(|w| w.starts_with(p))) {
+            return true;
+        }
+        let now = chrono::Utc::now();
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        match c.state {
+            Some(ContainerSummaryStateEnum::CREATED) => c
+                .created
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .is_some_and(|t| now - t >= grace),
+            Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
+                let Some(id) = c.id.as_deref() else {
+                    return false;
+                };
+                // The list has no stop time: ask for it.
+                let finished = match self.docker.inspect_container(id, None).await {
+                    Ok(info) => info.state.and_then(|s| s.finished_at),
+                    Err(_) => None,
+                };
+                finished
+                    .and_then(|f| chrono::DateTime::parse_from_rfc3339(&f).ok())
+                    .is_some_and(|t| now - t.with_timezone(&chrono::Utc) >= grace)
+            }
+            // Running, paused, restarting, being removed: a live worker's, or soon gone.
+            _ => false,
+        }
+    }
+}
+
+/// Owns one container: removes it (forced, with anonymous volumes) when told to,
+/// or in the background when dropped, whatever the path (error, panic, cancelled future).
+#[derive(Debug)]
+pub struct ContainerGuard {
+    id: String,
+    cleanup: Cleanup,
+    armed: bool,
+}
+
+impl ContainerGuard {
+    pub(super) fn new(cleanup: &Cleanup, id: String) -> Self {
+        cleanup.live().insert(id.clone());
+        ContainerGuard {
+            id,
+            cleanup: cleanup.clone(),
+            armed: true,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Removes the container now and waits for it.
+    pub async fn remove(mut self) -> Result<(), SandboxError> {
+        self.armed = false;
+        let result = remove_with_retries(&self.cleanup.docker, &self.id).await;
+        self.cleanup.live().remove(&self.id);
+        result
+    }
+
+    /// Removes the container in the background (the sandbox's `close()` waits for it).
+    pub fn remove_later(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(container_id = %self.id, "no runtime to remove container; the next sweep will");
+            return;
+        };
+        let cleanup = self.cleanup.clone();
+        let id = std::mem::take(&mut self.id);
+        self.cleanup.tracker.spawn_on(
+            async move {
+                if let Err(e) = remove_with_retries(&cleanup.docker, &id).await {
+                    warn!(container_id = %id, error = %e, "failed to remove container");
+                }
+                cleanup.live().remove(&id);
+            },
+            &runtime,
+        );
+    }
+}
+
+async fn remove_with_retries(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+    let mut attempt = 1;
+    loop {
+        match remove(docker, id).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= REMOVE_ATTEMPTS => return Err(e),
+            Err(e) => {
+                debug!(container_id = %id, error = %e, attempt, "retrying container removal");
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Force-removes a container and its anonymous volumes; gone already is success.
+pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        // Another remover (a concurrent sweep) is on it.
+        Err(DockerError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        }) if message.contains("already in progress") => Ok(()),
+        Err(e) => Err(SandboxError::Docker(format!(
+            "removing container {id}: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,467 @@
+//! Container sandbox: each task in a fresh, locked-down Docker container (bollard).
+//!
+//! ```text
+//! ContainerSandbox::run(spec)
+//!  ├─ launch()                          create + attach + start; from create on a
+//!  │   ├─ allow-list, inspect image     ContainerGuard owns the container and removes
+//!  │   │  (pull only if allowed)        it on every path, dropped futures included
+//!  │   ├─ create  (limits::create_body: every limit in one place)
+//!  │   ├─ attach  (stdin + stdout + stderr; the stub writes nothing before its request)
+//!  │   └─ start   (docker-init → krill-stub, waiting on stdin)
+//!  └─ Launched::run()
+//!      ├─ hand over: one Request frame (script, interpreter, env + secrets) on stdin
+//!      ├─ loop: frames → Event::Output / Event::Sensitive on the bounded channel
+//!      │        deadline or cancel → Terminate frame → after kill_grace: kill
+//!      ├─ exit frame → usage + OOM from the cgroup (stats API fallback) → Release
+//!      └─ guard.remove_later(): forced removal on the sandbox's TaskTracker
+//! ```
+//!
+//! Secrets travel only in the request on stdin: they are not in the container's
+//! config, so `docker inspect` does not show them. `launch` and `Launched::run`
+//! are separate so that containers can be started ahead of their tasks.
+
+mod cleanup;
+mod limits;
+mod session;
+mod usage;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+};
+use bollard::Docker;
+use broker::protocol::{Enforcement, SandboxKind};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+pub use cleanup::ContainerGuard;
+pub use limits::{LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD};
+pub use session::{LaunchTimings, Launched};
+
+use super::{Event, Outcome, Sandbox, SandboxError, Spec};
+use cleanup::Cleanup;
+
+/// The default allow-list: the base image built by `scripts/images`.
+pub const DEFAULT_IMAGE: &str = "krill/base:1";
+/// Where the worker expects the static krill-stub (`scripts/build-stub` builds it).
+pub const DEFAULT_STUB_PATH: &str = "/usr/local/bin/krill-stub";
+/// Docker network for tasks that ask for network on a pool that allows it.
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// After Terminate, how long before the container is killed: the stub's own
+/// SIGTERM→SIGKILL grace (2 s) plus its drain grace (1 s) plus slack.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(4);
+/// Open-file limit (soft = hard) in task containers.
+pub const DEFAULT_NOFILE: u64 = 1024;
+/// Where the host's cgroup filesystem is mounted.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The user tasks run as when the image's own user is root or not numeric.
+pub const FALLBACK_USER: (u32, u32) = (65534, 65534);
+/// `PATH` for the script when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the stub is bind-mounted (read-only) in the container.
+pub const STUB_TARGET: &str = "/.krill/stub";
+/// The output-variable files' directory (a small tmpfs).
+pub const OUTPUT_DIR: &str = "/.krill/out";
+/// The script's work dir and `HOME` (a tmpfs).
+pub const WORK_DIR: &str = "/work";
+/// A tmpfs too.
+pub const TMP_DIR: &str = "/tmp";
+
+/// A container that stopped (or was created and never started) less than this
+/// ago may still be handled by its live worker; the default sweep leaves it.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(30);
+
+/// Which managed containers [`Sandbox::sweep`] removes; never the ones this
+/// sandbox is running.
+///
+/// A crashed worker's containers stop by themselves: the engine closes their
+/// stdin with the worker's attach connection and the stub stops the script
+/// (SIGTERM, SIGKILL 2 s later) and exits. So what is left to sweep is stopped
+/// containers, and the default removes only those, whichever worker made them:
+/// safe when several workers share one engine (Compose scale on one socket,
+/// e2e tests), which `All` is not: it would kill their running tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SweepScope {
+    /// Containers not running for at least [`Tuning::sweep_grace`] (exited, dead, or
+    /// created and never started), from any worker.
+    #[default]
+    Abandoned,
+    /// `Abandoned`, plus every container (running too) whose `krill.worker` label
+    /// starts with this prefix: for a worker restarted under a stable id prefix.
+    WorkerPrefix(String),
+    /// Every managed container on the engine: only when this worker is the
+    /// engine's only Krill worker.
+    All,
+}
+
+/// What an operator sets for the container sandbox (`Default`: the documented defaults).
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Images tasks may use, exactly as written in tasks; the first is the default.
+    pub images: Vec<String>,
+    /// Pull an allowed image that is not present (else the task fails with `ImageMissing`).
+    pub allow_pull: bool,
+    /// Let tasks that ask for network have it (on [`Tuning::network`]).
+    pub allow_network: bool,
+    /// The static krill-stub binary on this host.
+    pub stub_path: PathBuf,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            images: vec![DEFAULT_IMAGE.to_string()],
+            allow_pull: false,
+            allow_network: false,
+            stub_path: PathBuf::from(DEFAULT_STUB_PATH),
+        }
+    }
+}
+
+/// Settings that rarely change (`Default`: the documented defaults); see
+/// [`ContainerSandbox::connect_tuned`].
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Docker network mode for tasks with network.
+    pub network: String,
+    /// After Terminate, how long before the container is killed.
+    pub kill_grace: Duration,
+    /// Open-file limit in task containers.
+    pub nofile: u64,
+    /// OCI runtime (e.g. `runsc` for gVisor); `None` is the engine's default.
+    pub runtime: Option<String>,
+    /// Where the host's cgroup filesystem is mounted (for usage and OOM kills).
+    pub cgroup_root: PathBuf,
+    /// What `sweep()` removes.
+    pub sweep: SweepScope,
+    /// How long a container must have been stopped before the default sweep takes it.
+    pub sweep_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            network: DEFAULT_NETWORK.to_string(),
+            kill_grace: DEFAULT_KILL_GRACE,
+            nofile: DEFAULT_NOFILE,
+            runtime: None,
+            cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            sweep: SweepScope::Abandoned,
+            sweep_grace: SWEEP_GRACE,
+        }
+    }
+}
+
+/// Both halves of the configuration, shared by every task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    pub cfg: ContainerConfig,
+    pub tuning: Tuning,
+}
+
+/// What the sandbox needs to know about an image.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ImageFacts {
+    pub uid: u32,
+    pub gid: u32,
+    /// `PATH` from the image's environment.
+    pub path: String,
+    /// The rest of the image's environment (e.g. `LANG`): the script's defaults,
+    /// which the task's own env overrides. Never any `KRILL_*` name.
+    pub env: Vec<(String, String)>,
+    /// `VOLUME`s the image declares (each gets a tmpfs instead).
+    pub volumes: Vec<String>,
+}
+
+/// The container sandbox.
+#[derive(Debug)]
+pub struct ContainerSandbox {
+    docker: Docker,
+    settings: Arc<Settings>,
+    cleanup: Cleanup,
+}
+
+impl ContainerSandbox {
+    /// Connects to the engine named by `DOCKER_HOST` (else the local socket),
+    /// negotiates the API version, and checks that the engine answers, that the
+    /// allow-list is not empty and that the stub exists.
+    pub async fn connect(cfg: ContainerConfig) -> Result<Self, SandboxError> {
+        Self::connect_tuned(cfg, Tuning::default()).await
+    }
+
+    /// [`ContainerSandbox::connect`] with non-default [`Tuning`].
+    pub async fn connect_tuned(cfg: ContainerConfig, tuning: Tuning) -> Result<Self, SandboxError> {
+        if cfg.images.is_empty() {
+            return Err(SandboxError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the container sandbox's image allow-list is empty",
+            )));
+        }
+        let meta = tokio::fs::metadata(&cfg.stub_path).await.map_err(|e| {
+            SandboxError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "krill-stub at {} (build it with scripts/build-stub): {e}",
+                    cfg.stub_path.display()
+                ),
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(SandboxError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("krill-stub at {} is not a file", cfg.stub_path.display()),
+            )));
+        }
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| SandboxError::Docker(format!("connecting to the engine: {e}")))?
+            .negotiate_version()
+            .await
+            .map_err(|e| SandboxError::Docker(format!("the engine does not answer: {e}")))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| SandboxError::Docker(format!("the engine does not answer: {e}")))?;
+        Ok(ContainerSandbox {
+            cleanup: Cleanup {
+                docker: docker.clone(),
+                tracker: TaskTracker::new(),
+                live: Arc::new(Mutex::new(Default::default())),
+            },
+            docker,
+            settings: Arc::new(Settings { cfg, tuning }),
+        })
+    }
+
+    pub fn config(&self) -> &ContainerConfig {
+        &self.settings.cfg
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.settings.tuning
+    }
+
+    /// The allow-listed image for `requested` (`None`: the default image).
+    pub fn allowed_image(&self, requested: Option<&str>) -> Result<String, SandboxError> {
+        match requested {
+            None => self
+                .settings
+                .cfg
+                .images
+                .first()
+                .cloned()
+                .ok_or_else(|| SandboxError::ImageNotAllowed(String::new())),
+            Some(image) if self.settings.cfg.images.iter().any(|i| i == image) => {
+                Ok(image.to_string())
+            }
+            Some(image) => Err(SandboxError::ImageNotAllowed(image.to_string())),
+        }
+    }
+
+    /// Creates, attaches and starts the container for `spec`; its stub then
+    /// waits for the task, which [`Launched::run`] hands over.
+    pub async fn launch(&self, spec: &Spec) -> Result<Launched, SandboxError> {
+        let t0 = Instant::now();
+        let image = self.allowed_image(spec.image.as_deref())?;
+        let facts = self.image_facts(&image).await?;
+        let t_image = t0.elapsed();
+
+        let body = limits::create_body(&self.settings, spec, &image, &facts);
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container_name(&spec.task_id))
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| match e {
+                DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => SandboxError::ImageMissing(image.clone()),
+                e => SandboxError::Docker(format!("creating the container: {e}")),
+            })?;
+        let guard = ContainerGuard::new(&self.cleanup, created.id);
+        let id = guard.id().to_string();
+        let enforcement = if created.warnings.is_empty() {
+            Enforcement::Enforced
+        } else {
+            warn!(container_id = %id, warnings = ?created.warnings, "engine did not apply every limit");
+            Enforcement::Degraded
+        };
+        let t_create = t0.elapsed();
+
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(&id, Some(options))
+            .await
+            .map_err(|e| SandboxError::Docker(format!("attaching to the container: {e}")))?;
+        let t_attach = t0.elapsed();
+
+        self.docker
+            .start_container(&id, None)
+            .await
+            .map_err(|e| SandboxError::Docker(format!("starting the container: {e}")))?;
+        let t_start = t0.elapsed();
+        let timings = LaunchTimings {
+            image: t_image,
+            create: t_create - t_image,
+            attach: t_attach - t_create,
+            start: t_start - t_attach,
+        };
+        debug!(container_id = %id, ?timings, "container launched");
+        Ok(Launched {
+            guard,
+            docker: self.docker.clone(),
+            input: attached.input,
+            output: attached.output,
+            path: facts.path,
+            image_env: facts.env,
+            settings: self.settings.clone(),
+            enforcement,
+            timings,
+        })
+    }
+
+    /// Inspects `image`, pulling it first when it is missing and pulls are allowed.
+    async fn image_facts(&self, image: &str) -> Result<ImageFacts, SandboxError> {
+        let info = match self.docker.inspect_image(image).await {
+            Ok(info) => info,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) if self.settings.cfg.allow_pull => {
+                self.pull(image).await?;
+                self.docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(|e| SandboxError::Docker(format!("inspecting image {image}: {e}")))?
+            }
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(SandboxError::ImageMissing(image.to_string())),
+            Err(e) => {
+                return Err(SandboxError::Docker(format!(
+                    "inspecting image {image}: {e}"
+                )))
+            }
+        };
+        let config = info.config.unwrap_or_default();
+        let (uid, gid) = limits::task_user(config.user.as_deref(), FALLBACK_USER);
+        let mut path = None;
+        let mut env = Vec::new();
+        for entry in config.env.unwrap_or_default() {
+            match entry.split_once('=') {
+                Some(("PATH", value)) => path = Some(value.to_string()),
+                Some((name, _)) if name.is_empty() || name.starts_with("KRILL_") => {}
+                Some((name, value)) => env.push((name.to_string(), value.to_string())),
+                None => {}
+            }
+        }
+        let path = path.unwrap_or_else(|| DEFAULT_PATH.to_string());
+        let volumes = config
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.starts_with('/') && !v.starts_with("/.krill"))
+            .collect();
+        Ok(ImageFacts {
+            uid,
+            gid,
+            path,
+            env,
+            volumes,
+        })
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), SandboxError> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| SandboxError::Docker(format!("pulling image {image}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Sandbox for ContainerSandbox {
+    fn kind(&self) -> SandboxKind {
+        SandboxKind::Container
+    }
+
+    async fn run(
+        &self,
+        spec: Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, SandboxError> {
+        let launched = self.launch(&spec).await?;
+        launched.run(&spec, events, cancel).await
+    }
+
+    async fn sweep(&self) -> Result<usize, SandboxError> {
+        self.cleanup
+            .sweep(
+                &self.settings.tuning.sweep,
+                self.settings.tuning.sweep_grace,
+            )
+            .await
+    }
+
+    async fn ready(&self) -> bool {
+        self.docker.ping().await.is_ok()
+    }
+
+    async fn close(&self) {
+        self.cleanup.tracker.close();
+        self.cleanup.tracker.wait().await;
+    }
+}
+
+/// `krill-<task id, sanitised>-<random>`: readable in `docker ps`, never colliding.
+fn container_name(task_id: &str) -> String {
+    let task: String = task_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("krill-{task}-{}", &suffix[..8])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_valid_and_unique() {
+        let a = container_name("0192f4c8-7d1e/../x y");
+        let b = container_name("0192f4c8-7d1e/../x y");
+        assert!(a.starts_with("krill-0192f4c8-7d1e_.._x_y-"));
+        assert_ne!(a, b);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    }
+}

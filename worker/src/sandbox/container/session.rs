@@ -1,0 +1,449 @@
+//! One launched container: hand the task to krill-stub, stream its frames into
+//! events, enforce the deadline and cancellation, and decide how the script ended.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    KillContainerOptionsBuilder, StatsOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use broker::protocol::{Enforcement, Stream, Usage};
+use bytes::Bytes;
+use futures_util::{Stream as FutStream, StreamExt};
+use stub::{ExitStatus, FrameDecoder, FromStub, Request, ToStub};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::cleanup::ContainerGuard;
+use super::{usage, Settings, OUTPUT_DIR, WORK_DIR};
+use crate::sandbox::{Event, Exit, Outcome, SandboxError, Spec};
+
+/// Largest output chunk the stub sends in one frame.
+const STUB_CHUNK: u64 = 64 * 1024;
+/// Bytes of the stub's own stderr kept for error messages.
+const STUB_STDERR_KEEP: usize = 4096;
+/// Bound on small control calls to the engine at the end of a run.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Output = Pin<Box<dyn FutStream<Item = Result<LogOutput, DockerError>> + Send>>;
+type Input = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// How long each step of [`ContainerSandbox::launch`](super::ContainerSandbox::launch) took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LaunchTimings {
+    /// Allow-list check and image inspection (and pull, if any).
+    pub image: Duration,
+    pub create: Duration,
+    pub attach: Duration,
+    pub start: Duration,
+}
+
+/// A created, attached and started container whose stub waits for its task.
+/// Dropping it removes the container in the background.
+pub struct Launched {
+    pub(super) guard: ContainerGuard,
+    pub(super) docker: Docker,
+    pub(super) input: Input,
+    pub(super) output: Output,
+    /// `PATH` for the script, from the image.
+    pub(super) path: String,
+    /// The image's other environment variables (defaults under the task's env).
+    pub(super) image_env: Vec<(String, String)>,
+    pub(super) settings: Arc<Settings>,
+    pub(super) enforcement: Enforcement,
+    pub(super) timings: LaunchTimings,
+}
+
+impl std::fmt::Debug for Launched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launched")
+            .field("id", &self.guard.id())
+            .field("timings", &self.timings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the loop stopped.
+enum End {
+    Exit(ExitStatus),
+    StubError(String),
+    /// The stream ended without an exit frame (the stub or the container died).
+    StreamEnded,
+    Broken(String),
+    /// Terminate was sent and the grace ran out.
+    GraceOver,
+}
+
+impl Launched {
+    pub fn id(&self) -> &str {
+        self.guard.id()
+    }
+
+    pub fn timings(&self) -> LaunchTimings {
+        self.timings
+    }
+
+    /// Runs `spec` in this container, then removes it in the background.
+    pub async fn run(
+        self,
+        spec: &Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, SandboxError> {
+        let (result, guard) = self.run_and_keep(spec, events, cancel).await;
+        guard.remove_later();
+        result
+    }
+
+    /// Runs `spec` in this container and hands back the guard, so the caller
+    /// chooses when to remove it (dropping the guard removes it in the background).
+    pub async fn run_and_keep(
+        self,
+        spec: &Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> (Result<Outcome, SandboxError>, ContainerGuard) {
+        let Launched {
+            guard,
+            docker,
+            mut input,
+            output,
+            path,
+            image_env,
+            settings,
+            enforcement,
+            ..
+        } = self;
+        let id = guard.id().to_string();
+        let run = Run {
+            docker: &docker,
+            id: &id,
+            tuning: &settings.tuning,
+        };
+        let result = run
+            .drive(&mut input, output, (path, image_env), spec, events, cancel)
+            .await
+            .map(|(exit, outputs, sensitive, usage)| Outcome {
+                exit,
+                outputs,
+                sensitive,
+                usage,
+                sandbox_id: id.clone(),
+                enforcement,
+            });
+        (result, guard)
+    }
+}
+
+struct Run<'a> {
+    docker: &'a Docker,
+    id: &'a str,
+    tuning: &'a super::Tuning,
+}
+
+type FileResult = Result<Bytes, String>;
+
+impl Run<'_> {
+    fn docker_err(&self, what: &str) -> impl FnOnce(DockerError) -> SandboxError + '_ {
+        let what = what.to_string();
+        move |e| SandboxError::Docker(format!("{what} (container {}): {e}", short(self.id)))
+    }
+
+    async fn drive(
+        &self,
+        input: &mut Input,
+        mut output: Output,
+        (path, image_env): (String, Vec<(String, String)>),
+        spec: &Spec,
+        events: mpsc::Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<(Exit, FileResult, FileResult, Usage), SandboxError> {
+        // The image's variables first, so that the task's own override them.
+        let mut env: Vec<(String, String)> = image_env
+            .into_iter()
+            .filter(|(name, _)| !spec.env.iter().any(|(n, _)| n == name))
+            .collect();
+        env.extend(spec.env.iter().cloned());
+        let request = Request {
+            task_id: spec.task_id.clone(),
+            script: spec.script.clone(),
+            interpreter: spec.interpreter.clone(),
+            env,
+            path,
+            output_file_cap: spec.limits.output_file_bytes,
+            work_dir: WORK_DIR.to_string(),
+            output_dir: OUTPUT_DIR.to_string(),
+        };
+        let mut frame = Vec::new();
+        ToStub::Request(Box::new(request))
+            .encode(&mut frame)
+            .map_err(|e| SandboxError::Docker(format!("encoding the task for the stub: {e}")))?;
+        let handed = Instant::now();
+        send(input, &frame)
+            .await
+            .map_err(|e| SandboxError::Docker(format!("sending the task to the container: {e}")))?;
+        let deadline = handed + spec.limits.timeout;
+
+        let max_frame = spec
+            .limits
+            .output_file_bytes
+            .max(STUB_CHUNK)
+            .saturating_add(16);
+        let mut decoder = FrameDecoder::new(u32::try_from(max_frame).unwrap_or(u32::MAX));
+        let mut pending: Option<Event> = None;
+        let mut events_open = true;
+        let mut stop: Option<(Exit, Instant)> = None;
+        let mut outputs = None;
+        let mut sensitive = None;
+        let mut stub_stderr = Vec::new();
+        let end = loop {
+            // Hand out what is already buffered before reading more.
+            if pending.is_none() {
+                match decoder.next_message() {
+                    Err(e) => break End::Broken(format!("bad frame from krill-stub: {e}")),
+                    Ok(Some(msg)) => {
+                        match msg {
+                            FromStub::Stdout(b) => {
+                                pending = Some(Event::Output(Stream::Stdout, Bytes::from(b)))
+                            }
+                            FromStub::Stderr(b) => {
+                                pending = Some(Event::Output(Stream::Stderr, Bytes::from(b)))
+                            }
+                            FromStub::Sensitive(b) => {
+                                pending = Some(Event::Sensitive(Bytes::from(b)))
+                            }
+                            FromStub::Outputs(r) => outputs = Some(r.map(Bytes::from)),
+                            FromStub::SensitiveFinal(r) => sensitive = Some(r.map(Bytes::from)),
+                            FromStub::Exit(status) => break End::Exit(status),
+                            FromStub::StubError(text) => break End::StubError(text),
+                        }
+                        if !events_open {
+                            pending = None;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                }
+            }
+            let kill_at = stop.map(|(_, at)| at);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if stop.is_none() => {
+                    stop = Some((Exit::Cancelled, Instant::now() + self.tuning.kill_grace));
+                    self.terminate(input).await;
+                }
+                _ = sleep_until(deadline), if stop.is_none() => {
+                    stop = Some((Exit::TimedOut, Instant::now() + self.tuning.kill_grace));
+                    self.terminate(input).await;
+                }
+                _ = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() => {
+                    break End::GraceOver;
+                }
+                permit = events.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = pending.take() {
+                            permit.send(event);
+                        }
+                    }
+                    // Nobody listens any more: keep running, drop the events.
+                    Err(_) => {
+                        events_open = false;
+                        pending = None;
+                    }
+                },
+                item = output.next(), if pending.is_none() => match item {
+                    Some(Ok(LogOutput::StdOut { message })) => decoder.push(&message),
+                    Some(Ok(LogOutput::StdErr { message })) => {
+                        let room = STUB_STDERR_KEEP.saturating_sub(stub_stderr.len());
+                        stub_stderr.extend_from_slice(&message[..message.len().min(room)]);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break End::Broken(format!("reading from the container: {e}")),
+                    None => match decoder.finish() {
+                        Ok(()) => break End::StreamEnded,
+                        Err(e) => break End::Broken(format!("bad frame from krill-stub: {e}")),
+                    },
+                },
+            }
+        };
+        debug!(
+            container_id = %short(self.id),
+            run_ms = handed.elapsed().as_millis() as u64,
+            "task ended in container"
+        );
+        if !stub_stderr.is_empty() {
+            warn!(
+                container_id = %short(self.id),
+                stderr = %String::from_utf8_lossy(&stub_stderr),
+                "krill-stub wrote to its stderr"
+            );
+        }
+
+        // The container still runs unless it died: read its cgroup before it goes.
+        let reading = usage::read_cgroup(&self.tuning.cgroup_root, self.id);
+        let usage = match &reading {
+            Some(r) => r.usage.clone(),
+            None => self.stats_usage().await.unwrap_or_default(),
+        };
+        let mut oom = reading.and_then(|r| r.oom_kills).map(|n| n > 0);
+        match &end {
+            End::Exit(_) => {
+                let mut frame = Vec::new();
+                if ToStub::Release.encode(&mut frame).is_ok() {
+                    let _ = send(input, &frame).await;
+                }
+            }
+            End::GraceOver => self.kill().await,
+            _ => {}
+        }
+        let mut exit_code = None;
+        if matches!(end, End::StreamEnded) {
+            exit_code = self.wait_exit_code().await;
+        }
+        if oom.is_none() || !matches!(end, End::Exit(_)) {
+            let state = timeout(
+                CONTROL_TIMEOUT,
+                self.docker.inspect_container(self.id, None),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|i| i.state);
+            if let Some(state) = state {
+                if state.oom_killed == Some(true) {
+                    oom = Some(true);
+                }
+                exit_code = exit_code.or(state.exit_code.filter(|_| state.running == Some(false)));
+            }
+        }
+        let oom = oom.unwrap_or(false);
+
+        let exit = match (stop, &end) {
+            (Some((Exit::Cancelled, _)), _) => Exit::Cancelled,
+            (Some((Exit::TimedOut, _)), _) => Exit::TimedOut,
+            // A script that recovered from an OOM kill in a child and exited 0 succeeded.
+            (_, End::Exit(ExitStatus::Code(0))) => Exit::Code(0),
+            _ if oom => Exit::OomKilled,
+            (_, End::Exit(ExitStatus::Code(c))) => Exit::Code(*c),
+            (_, End::Exit(ExitStatus::Signal(s))) => Exit::Signal(*s),
+            (_, End::StubError(text)) => {
+                return Err(SandboxError::Docker(format!(
+                    "krill-stub failed in container {}: {text}",
+                    short(self.id)
+                )))
+            }
+            (_, End::Broken(text)) => return Err(SandboxError::Docker(text.clone())),
+            (_, End::StreamEnded) => match exit_code {
+                Some(code) => Exit::Code(i32::try_from(code).unwrap_or(i32::MAX)),
+                None => {
+                    return Err(SandboxError::Docker(format!(
+                        "container {} ended without reporting how the script ended{}",
+                        short(self.id),
+                        stderr_note(&stub_stderr)
+                    )))
+                }
+            },
+            (_, End::GraceOver) => Exit::TimedOut,
+        };
+        let lost = |name: &str| Err(format!("{name} was not collected: the task was killed"));
+        Ok((
+            exit,
+            outputs.unwrap_or_else(|| lost("KRILL_OUTPUT")),
+            sensitive.unwrap_or_else(|| lost("KRILL_SENSITIVE_OUTPUT")),
+            usage,
+        ))
+    }
+
+    /// Asks the stub to stop the script (SIGTERM, then SIGKILL after its grace).
+    async fn terminate(&self, input: &mut Input) {
+        let mut frame = Vec::new();
+        if ToStub::Terminate.encode(&mut frame).is_ok() {
+            if let Err(e) = send(input, &frame).await {
+                debug!(container_id = %short(self.id), error = %e, "could not send terminate");
+            }
+        }
+    }
+
+    async fn kill(&self) {
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        match timeout(
+            CONTROL_TIMEOUT,
+            self.docker.kill_container(self.id, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            // Not running any more, or gone: nothing left to kill.
+            Ok(Err(DockerError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            })) => {}
+            Ok(Err(e)) => {
+                warn!(container_id = %short(self.id), error = %e, "failed to kill container")
+            }
+            Err(_) => warn!(container_id = %short(self.id), "killing the container timed out"),
+        }
+    }
+
+    /// One-shot stats from the engine, for when the cgroup files are not visible.
+    async fn stats_usage(&self) -> Option<Usage> {
+        let options = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = self.docker.stats(self.id, Some(options));
+        let first = timeout(CONTROL_TIMEOUT, stats.next()).await.ok()??;
+        first
+            .map_err(self.docker_err("reading stats"))
+            .map(|s| usage::from_stats(&s))
+            .ok()
+    }
+
+    /// The container's exit code once it stopped (it may lag the end of the stream).
+    async fn wait_exit_code(&self) -> Option<i64> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut wait = self.docker.wait_container(self.id, Some(options));
+        match timeout(CONTROL_TIMEOUT, wait.next()).await.ok()?? {
+            Ok(r) => Some(r.status_code),
+            Err(DockerError::DockerContainerWaitError { code, .. }) => Some(code),
+            Err(_) => None,
+        }
+    }
+}
+
+async fn send(input: &mut Input, frame: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        input.write_all(frame).await?;
+        input.flush().await
+    };
+    match timeout(CONTROL_TIMEOUT, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "writing to the container's stdin timed out",
+        )),
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn stderr_note(stderr: &[u8]) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stub stderr: {}", String::from_utf8_lossy(stderr).trim())
+    }
+}

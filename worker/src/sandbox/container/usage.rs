@@ -1,0 +1,143 @@
+//! A task container's resource usage and OOM kills, read from its cgroup.
+//!
+//! Read while the container still runs (its cgroup is deleted when it stops):
+//! the stub waits for the worker's `Release` after the exit frame for this.
+//! cgroup v1: `memory.max_usage_in_bytes`, `memory.oom_control` (`oom_kill`),
+//! `cpuacct.usage`; v2: `memory.peak`, `memory.events` (`oom_kill`), `cpu.stat`
+//! (`usage_usec`). Paths for Docker's cgroupfs and systemd drivers are tried; when
+//! none exists (the worker runs in a container without the host's cgroupfs), the
+//! caller falls back to the engine's one-shot stats.
+
+use std::path::{Path, PathBuf};
+
+use bollard::models::ContainerStatsResponse;
+use broker::protocol::Usage;
+
+/// What the cgroup says about a container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct CgroupReading {
+    pub usage: Usage,
+    /// How many processes the kernel OOM-killed in the container, if known.
+    pub oom_kills: Option<u64>,
+}
+
+/// Reads the container's cgroup under `root` (usually `/sys/fs/cgroup`), or `None`
+/// when its directory cannot be found. Small sysfs files: reading them does not block.
+pub(super) fn read_cgroup(root: &Path, id: &str) -> Option<CgroupReading> {
+    if root.join("cgroup.controllers").exists() {
+        let dir = find_dir(root, id)?;
+        return Some(CgroupReading {
+            usage: Usage {
+                cpu_time_ms: keyed(&dir.join("cpu.stat"), "usage_usec").map(|us| us / 1000),
+                peak_memory_bytes: number(&dir.join("memory.peak")),
+            },
+            oom_kills: keyed(&dir.join("memory.events"), "oom_kill"),
+        });
+    }
+    let memory = find_dir(&root.join("memory"), id)?;
+    let cpu = ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
+        .iter()
+        .find_map(|c| find_dir(&root.join(c), id));
+    Some(CgroupReading {
+        usage: Usage {
+            cpu_time_ms: cpu
+                .and_then(|d| number(&d.join("cpuacct.usage")))
+                .map(|ns| ns / 1_000_000),
+            peak_memory_bytes: number(&memory.join("memory.max_usage_in_bytes")),
+        },
+        oom_kills: keyed(&memory.join("memory.oom_control"), "oom_kill"),
+    })
+}
+
+/// Usage from the engine's stats (cgroup v1 reports the peak; v2 only current use).
+pub(super) fn from_stats(stats: &ContainerStatsResponse) -> Usage {
+    let memory = stats.memory_stats.as_ref();
+    Usage {
+        cpu_time_ms: stats
+            .cpu_stats
+            .as_ref()
+            .and_then(|c| c.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+            .filter(|&ns| ns > 0)
+            .map(|ns| ns / 1_000_000),
+        peak_memory_bytes: memory
+            .and_then(|m| m.max_usage.or(m.usage))
+            .filter(|&b| b > 0),
+    }
+}
+
+fn find_dir(controller: &Path, id: &str) -> Option<PathBuf> {
+    [
+        controller.join("docker").join(id),
+        controller
+            .join("system.slice")
+            .join(format!("docker-{id}.scope")),
+    ]
+    .into_iter()
+    .find(|d| d.is_dir())
+}
+
+fn number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a `key value` per line file.
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    parse_keyed(&std::fs::read_to_string(path).ok()?, key)
+}
+
+fn parse_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_keyed_files() {
+        let oom_control = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(parse_keyed(oom_control, "oom_kill"), Some(2));
+        assert_eq!(parse_keyed(oom_control, "under_oom"), Some(0));
+        assert_eq!(
+            parse_keyed("usage_usec 1500\nuser_usec 1000\n", "usage_usec"),
+            Some(1500)
+        );
+        assert_eq!(parse_keyed("oom 1\n", "oom_kill"), None);
+    }
+
+    #[test]
+    fn reads_a_fake_v1_and_v2_tree() {
+        let root = std::env::temp_dir().join(format!("krill-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mem = root.join("v1/memory/docker/abc");
+        let cpu = root.join("v1/cpu,cpuacct/docker/abc");
+        std::fs::create_dir_all(&mem).unwrap();
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::write(mem.join("memory.max_usage_in_bytes"), "4096\n").unwrap();
+        std::fs::write(mem.join("memory.oom_control"), "under_oom 0\noom_kill 1\n").unwrap();
+        std::fs::write(cpu.join("cpuacct.usage"), "2500000\n").unwrap();
+        let r = read_cgroup(&root.join("v1"), "abc").unwrap();
+        assert_eq!(r.usage.peak_memory_bytes, Some(4096));
+        assert_eq!(r.usage.cpu_time_ms, Some(2));
+        assert_eq!(r.oom_kills, Some(1));
+        assert!(read_cgroup(&root.join("v1"), "other").is_none());
+
+        let v2 = root.join("v2");
+        let dir = v2.join("system.slice/docker-abc.scope");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(v2.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(dir.join("memory.peak"), "8192\n").unwrap();
+        std::fs::write(dir.join("memory.events"), "low 0\noom 1\noom_kill 0\n").unwrap();
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 7000\n").unwrap();
+        let r = read_cgroup(&v2, "abc").unwrap();
+        assert_eq!(r.usage.peak_memory_bytes, Some(8192));
+        assert_eq!(r.usage.cpu_time_ms, Some(7));
+        assert_eq!(r.oom_kills, Some(0));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
