@@ -23,27 +23,65 @@ pub fn node() -> Option<String> {
         .filter(|n| !n.is_empty())
 }
 
-/// Runs `rabbitmqctl [-n NODE] ARGS` (bounded to 60 s) and returns its stdout, or a
-/// panic that says what failed and how to get the tool.
+/// How long one `rabbitmqctl` command may take (starting an app that recovers
+/// thousands of queues takes a while).
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs `rabbitmqctl [-n NODE] ARGS` (bounded by [`CTL_TIMEOUT`]) and returns its
+/// stdout, or a panic that says what failed and how to get the tool.
 pub fn ctl(args: &[&str]) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("60").arg("rabbitmqctl");
+    use std::os::unix::process::CommandExt;
+    // Output to files, not pipes: rabbitmqctl's Erlang VM may outlive a killed
+    // wrapper and would hold a pipe open for ever.
+    let dir = std::env::temp_dir();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (out_path, err_path) = (
+        dir.join(format!("krill-ctl-{tag}.out")),
+        dir.join(format!("krill-ctl-{tag}.err")),
+    );
+    let file = |p: &std::path::Path| std::fs::File::create(p).expect("rabbitmqctl output file");
+    let mut cmd = Command::new("rabbitmqctl");
     if let Some(n) = node() {
         cmd.arg("-n").arg(n);
     }
-    cmd.args(args);
-    let out = cmd.output().unwrap_or_else(|e| {
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file(&out_path))
+        .stderr(file(&err_path))
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
         panic!("cannot run rabbitmqctl ({e}): these tests drive the broker; install rabbitmq-server (scripts/test does)")
     });
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {} failed ({}): {stdout}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let deadline = Instant::now() + CTL_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for rabbitmqctl") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            // The whole group: the script and the VM it started.
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    match status {
+        Some(s) if s.success() => stdout,
+        Some(s) => panic!(
+            "rabbitmqctl {} failed ({s}): {stdout}{stderr}",
+            args.join(" ")
+        ),
+        None => panic!(
+            "rabbitmqctl {} did not finish within {CTL_TIMEOUT:?}: {stdout}{stderr}",
+            args.join(" ")
+        ),
+    }
 }
 
 /// Evaluates an Erlang expression on the node (`rabbitmqctl eval`), trimmed.
