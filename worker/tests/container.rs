@@ -306,6 +306,59 @@ async fn cancel_stops_the_task() {
     assert_removed(sb, &[&s.task_id]).await;
 }
 
+/// `kill -9 -1` kills every process of the task's user in the container, the
+/// stub included: no exit frame comes, and docker-init reports its child's
+/// SIGKILL as exit code 137. That is a signal, not a code the script chose.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_that_kills_the_stub_too_is_reported_as_killed_by_sigkill() {
+    let sb = sandbox().await;
+    let s = spec("echo started; kill -9 -1; sleep 30");
+    let r = run(&sb, &s).await;
+    assert_eq!(r.exit(), Exit::Signal(9), "stdout: {}", r.stdout());
+    assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
+    assert_removed(sb, &[&s.task_id]).await;
+}
+
+/// A script that kills itself by SIGKILL (the shell is the script's process) is
+/// signal 9 from the stub's exit frame; a shell that reports its child's SIGKILL
+/// exits with 137 of its own accord, and that stays a code.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_the_script_is_a_signal_and_of_its_child_the_shells_code() {
+    let sb = sandbox().await;
+    let own = spec("kill -KILL $$");
+    let r = run(&sb, &own).await;
+    assert_eq!(r.exit(), Exit::Signal(9));
+    let child = spec("sh -c 'kill -KILL $$'");
+    let r2 = run(&sb, &child).await;
+    assert_eq!(r2.exit(), Exit::Code(137));
+    assert_removed(sb, &[&own.task_id, &child.task_id]).await;
+}
+
+/// Endless output past the deadline, with a kill grace too short for the stub to
+/// finish its frames: the worker kills the container while frames are in flight,
+/// and the task is timed out, never a sandbox error about a cut frame.
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_output_killed_mid_frame_at_the_deadline_is_timed_out() {
+    let tuning = Tuning {
+        kill_grace: Duration::ZERO,
+        ..Tuning::default()
+    };
+    let sb = sandbox_with(|_| {}, tuning).await;
+    let mut ids = Vec::new();
+    for script in ["trap '' TERM; yes krill >&2", "trap '' TERM; yes krill"] {
+        let mut s = spec(script);
+        s.limits.timeout = Duration::from_secs(1);
+        let r = run(&sb, &s).await;
+        match &r.outcome {
+            Ok(o) => assert_eq!(o.exit, Exit::TimedOut, "{script}"),
+            Err(e) => panic!("{script}: {e}"),
+        }
+        ids.push(s.task_id);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_removed(sb, &ids).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_ends_in_oom_killed() {
     let sb = sandbox().await;

@@ -71,14 +71,62 @@ impl std::fmt::Debug for Launched {
 }
 
 /// Why the loop stopped.
+#[derive(Debug, Clone, PartialEq)]
 enum End {
     Exit(ExitStatus),
     StubError(String),
-    /// The stream ended without an exit frame (the stub or the container died).
+    /// The stream ended between frames without an exit frame (the stub or the
+    /// container died).
     StreamEnded,
+    /// The stream ended inside a frame: the stub died while writing one. Expected
+    /// when the worker stopped the container; otherwise a sandbox error.
+    Truncated(String),
     Broken(String),
     /// Terminate was sent and the grace ran out.
     GraceOver,
+}
+
+/// What the worker itself did to the task, decided from facts that do not depend
+/// on which branch of the loop's `select!` ran first: the token and the clock at
+/// the moment the loop ended count as much as a branch that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Stopped {
+    /// The cancel token fired (whether or not Terminate went out for it).
+    cancelled: bool,
+    /// The deadline passed before the worker learned how the script ended.
+    timed_out: bool,
+}
+
+/// How the script ended, by the rule: the worker's cancel, then the worker's
+/// deadline, then an OOM kill in the container, then the stub's exit frame, then
+/// the container's own exit code. `Err` is a sandbox error's text.
+///
+/// A script that exits 0 after an OOM kill in one of its children succeeded
+/// (it recovered). Without an exit frame, a container exit code of 128 + n is
+/// docker-init's report of its child (the stub) killed by signal n; the stub
+/// runs as the task's user, so a script can kill it (`kill -9 -1`).
+fn decide(stopped: Stopped, oom: bool, end: &End, exit_code: Option<i64>) -> Result<Exit, String> {
+    if stopped.cancelled {
+        return Ok(Exit::Cancelled);
+    }
+    if stopped.timed_out {
+        return Ok(Exit::TimedOut);
+    }
+    match end {
+        End::Exit(ExitStatus::Code(0)) => Ok(Exit::Code(0)),
+        _ if oom => Ok(Exit::OomKilled),
+        End::Exit(ExitStatus::Code(c)) => Ok(Exit::Code(*c)),
+        End::Exit(ExitStatus::Signal(s)) => Ok(Exit::Signal(*s)),
+        End::StubError(text) => Err(format!("krill-stub failed: {text}")),
+        End::Truncated(text) | End::Broken(text) => Err(text.clone()),
+        End::StreamEnded => match exit_code {
+            Some(c @ 129..=192) => Ok(Exit::Signal(i32::try_from(c - 128).unwrap_or(9))),
+            Some(c) => Ok(Exit::Code(i32::try_from(c).unwrap_or(i32::MAX))),
+            None => Err("the container ended without reporting how the script ended".into()),
+        },
+        // Only after a stop, which is decided above.
+        End::GraceOver => Ok(Exit::TimedOut),
+    }
 }
 
 impl Launched {
@@ -268,14 +316,23 @@ impl Run<'_> {
                     Some(Err(e)) => break End::Broken(format!("reading from the container: {e}")),
                     None => match decoder.finish() {
                         Ok(()) => break End::StreamEnded,
-                        Err(e) => break End::Broken(format!("bad frame from krill-stub: {e}")),
+                        Err(e) => break End::Truncated(format!("bad frame from krill-stub: {e}")),
                     },
                 },
             }
         };
+        // Decided now, not by which branch above won: under load the end of the
+        // stream (the container died, the stub sent its exit frame) can be seen
+        // before the deadline's or the token's branch had its turn.
+        let ended_at = Instant::now();
+        let stopped = Stopped {
+            cancelled: matches!(stop, Some((Exit::Cancelled, _))) || cancel.is_cancelled(),
+            timed_out: matches!(stop, Some((Exit::TimedOut, _))) || ended_at >= deadline,
+        };
         debug!(
             container_id = %short(self.id),
             run_ms = handed.elapsed().as_millis() as u64,
+            ?stopped,
             "task ended in container"
         );
         if !stub_stderr.is_empty() {
@@ -325,33 +382,19 @@ impl Run<'_> {
         }
         let oom = oom.unwrap_or(false);
 
-        let exit = match (stop, &end) {
-            (Some((Exit::Cancelled, _)), _) => Exit::Cancelled,
-            (Some((Exit::TimedOut, _)), _) => Exit::TimedOut,
-            // A script that recovered from an OOM kill in a child and exited 0 succeeded.
-            (_, End::Exit(ExitStatus::Code(0))) => Exit::Code(0),
-            _ if oom => Exit::OomKilled,
-            (_, End::Exit(ExitStatus::Code(c))) => Exit::Code(*c),
-            (_, End::Exit(ExitStatus::Signal(s))) => Exit::Signal(*s),
-            (_, End::StubError(text)) => {
-                return Err(SandboxError::Docker(format!(
-                    "krill-stub failed in container {}: {text}",
-                    short(self.id)
-                )))
-            }
-            (_, End::Broken(text)) => return Err(SandboxError::Docker(text.clone())),
-            (_, End::StreamEnded) => match exit_code {
-                Some(code) => Exit::Code(i32::try_from(code).unwrap_or(i32::MAX)),
-                None => {
-                    return Err(SandboxError::Docker(format!(
-                        "container {} ended without reporting how the script ended{}",
-                        short(self.id),
-                        stderr_note(&stub_stderr)
-                    )))
-                }
-            },
-            (_, End::GraceOver) => Exit::TimedOut,
-        };
+        let exit = decide(stopped, oom, &end, exit_code).map_err(|text| {
+            SandboxError::Docker(match &end {
+                End::StubError(_) | End::StreamEnded => format!(
+                    "container {}: {text}{}",
+                    short(self.id),
+                    stderr_note(&stub_stderr)
+                ),
+                _ => text,
+            })
+        })?;
+        if stopped != Stopped::default() && matches!(end, End::Truncated(_) | End::Broken(_)) {
+            debug!(container_id = %short(self.id), ?end, "stream cut after the worker stopped the task");
+        }
         let lost = |name: &str| Err(format!("{name} was not collected: the task was killed"));
         Ok((
             exit,
@@ -445,5 +488,104 @@ fn stderr_note(stderr: &[u8]) -> String {
         String::new()
     } else {
         format!("; stub stderr: {}", String::from_utf8_lossy(stderr).trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Stopped = Stopped {
+        cancelled: false,
+        timed_out: false,
+    };
+    const DEADLINE: Stopped = Stopped {
+        cancelled: false,
+        timed_out: true,
+    };
+    const CANCEL: Stopped = Stopped {
+        cancelled: true,
+        timed_out: false,
+    };
+    const BOTH: Stopped = Stopped {
+        cancelled: true,
+        timed_out: true,
+    };
+
+    fn truncated() -> End {
+        End::Truncated("bad frame from krill-stub: stream ended inside a frame".into())
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_frame_after_the_worker_stopped_the_task_is_that_stop() {
+        assert_eq!(
+            decide(DEADLINE, false, &truncated(), Some(137)),
+            Ok(Exit::TimedOut)
+        );
+        assert_eq!(
+            decide(CANCEL, false, &truncated(), None),
+            Ok(Exit::Cancelled)
+        );
+        let broken = End::Broken("reading from the container: reset".into());
+        assert_eq!(decide(DEADLINE, false, &broken, None), Ok(Exit::TimedOut));
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_frame_nobody_asked_for_is_a_sandbox_error() {
+        match decide(NONE, false, &truncated(), Some(137)) {
+            Err(e) => assert!(e.contains("inside a frame"), "{e}"),
+            Ok(exit) => panic!("expected a sandbox error, got {exit:?}"),
+        }
+    }
+
+    #[test]
+    fn cancel_beats_deadline_beats_oom_beats_the_exit_frame() {
+        let killed = End::Exit(ExitStatus::Signal(9));
+        assert_eq!(decide(BOTH, true, &killed, None), Ok(Exit::Cancelled));
+        assert_eq!(decide(DEADLINE, true, &killed, None), Ok(Exit::TimedOut));
+        assert_eq!(decide(NONE, true, &killed, None), Ok(Exit::OomKilled));
+        assert_eq!(decide(NONE, false, &killed, None), Ok(Exit::Signal(9)));
+        // The exit frame beats the container's exit code.
+        let code = End::Exit(ExitStatus::Code(3));
+        assert_eq!(decide(NONE, false, &code, Some(137)), Ok(Exit::Code(3)));
+    }
+
+    #[test]
+    fn an_exit_frame_seen_after_the_deadline_or_cancel_does_not_win() {
+        // The script was SIGKILLed (by the stub's grace, or its shell's child) and
+        // the frame reached the loop before the deadline's branch ran.
+        for end in [
+            End::Exit(ExitStatus::Code(137)),
+            End::Exit(ExitStatus::Signal(9)),
+            End::Exit(ExitStatus::Code(0)),
+            End::StreamEnded,
+        ] {
+            assert_eq!(decide(DEADLINE, false, &end, Some(137)), Ok(Exit::TimedOut));
+            assert_eq!(decide(CANCEL, false, &end, Some(137)), Ok(Exit::Cancelled));
+        }
+    }
+
+    #[test]
+    fn a_script_that_recovered_from_an_oom_kill_in_a_child_succeeded() {
+        let ok = End::Exit(ExitStatus::Code(0));
+        assert_eq!(decide(NONE, true, &ok, None), Ok(Exit::Code(0)));
+    }
+
+    #[test]
+    fn without_an_exit_frame_docker_init_codes_over_128_are_signals() {
+        let end = End::StreamEnded;
+        assert_eq!(decide(NONE, false, &end, Some(137)), Ok(Exit::Signal(9)));
+        assert_eq!(decide(NONE, false, &end, Some(139)), Ok(Exit::Signal(11)));
+        assert_eq!(decide(NONE, false, &end, Some(2)), Ok(Exit::Code(2)));
+        assert_eq!(decide(NONE, false, &end, Some(128)), Ok(Exit::Code(128)));
+        assert_eq!(decide(NONE, true, &end, Some(137)), Ok(Exit::OomKilled));
+        assert!(decide(NONE, false, &end, None).is_err());
+    }
+
+    #[test]
+    fn stub_errors_stay_sandbox_errors_unless_the_worker_stopped_the_task() {
+        let end = End::StubError("reading the request: bad json".into());
+        assert!(decide(NONE, false, &end, Some(1)).is_err());
+        assert_eq!(decide(DEADLINE, false, &end, Some(1)), Ok(Exit::TimedOut));
     }
 }
