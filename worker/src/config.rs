@@ -148,6 +148,10 @@ pub struct Config {
     /// results say `limits: degraded`).
     #[arg(long, env = "KRILL_ALLOW_DEGRADED_LIMITS")]
     pub allow_degraded_limits: bool,
+    /// Containers kept started and waiting for a task, per allowed image, with the
+    /// pool's default limits (container sandbox only; 0 disables).
+    #[arg(long, env = "KRILL_PRESTART", default_value_t = crate::sandbox::container::warm::DEFAULT_PRESTART)]
+    pub prestart: u32,
 }
 
 /// What the pool allows: defaults for what a task does not set, maxima for what it does.

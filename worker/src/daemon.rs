@@ -62,9 +62,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .worker_id
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let sandboxes = build_sandboxes(&cfg, &id).await?;
+    let mut sandboxes = build_sandboxes(&cfg, &id).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(&id, &cfg.pool));
     metrics.swept(sandboxes.sweep().await);
+    let defaults = cfg
+        .policy()
+        .effective(&Default::default())
+        .map_err(anyhow::Error::msg)?;
+    sandboxes.start_prestart(cfg.prestart, defaults, &id);
     let (chan_tx, chan_rx) = watch::channel(None);
     let give_up = CancellationToken::new();
     let publisher = Publisher::new(chan_rx, give_up.clone());

@@ -6,6 +6,7 @@ use broker::protocol::SandboxKind;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::container::warm::{WarmConfig, WarmPool};
 use crate::sandbox::container::ContainerSandbox;
 use crate::sandbox::process::ProcessSandbox;
 use crate::sandbox::{Event, Outcome, Sandbox, SandboxError, Spec};
@@ -15,6 +16,8 @@ use crate::sandbox::{Event, Outcome, Sandbox, SandboxError, Spec};
 pub struct Sandboxes {
     pub process: Option<Arc<ProcessSandbox>>,
     pub container: Option<Arc<ContainerSandbox>>,
+    /// Pre-started containers (`--prestart`), when the container sandbox is on.
+    pub warm: Option<WarmPool>,
 }
 
 impl Sandboxes {
@@ -34,7 +37,14 @@ impl Sandboxes {
                 )),
             },
             SandboxKind::Container => match &self.container {
-                Some(s) => s.run(spec, events, cancel).await,
+                Some(s) => {
+                    if let Some(warm) = &self.warm {
+                        if let Some(launched) = warm.take(&spec).await {
+                            return launched.run(&spec, events, cancel).await;
+                        }
+                    }
+                    s.run(spec, events, cancel).await
+                }
                 None => Err(SandboxError::Docker(
                     "the container sandbox is not enabled on this worker".into(),
                 )),
@@ -67,8 +77,31 @@ impl Sandboxes {
         p && c
     }
 
-    /// Waits for background clean-up.
+    /// Starts pre-starting `per_image` containers per allowed image with the pool's
+    /// default limits (after the start-up sweep; nothing without the container sandbox).
+    pub fn start_prestart(
+        &mut self,
+        per_image: u32,
+        defaults: crate::sandbox::Effective,
+        worker_id: &str,
+    ) {
+        if let (Some(c), true) = (&self.container, per_image > 0) {
+            self.warm = Some(WarmPool::start(
+                c.clone(),
+                WarmConfig {
+                    per_image: per_image as usize,
+                    defaults,
+                    worker_id: worker_id.to_string(),
+                },
+            ));
+        }
+    }
+
+    /// Removes pre-started containers, then waits for background clean-up.
     pub async fn close(&self) {
+        if let Some(w) = &self.warm {
+            w.close().await;
+        }
         if let Some(s) = &self.process {
             s.close().await;
         }

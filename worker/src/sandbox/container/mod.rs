@@ -24,6 +24,7 @@ mod cleanup;
 mod limits;
 mod session;
 mod usage;
+pub mod warm;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

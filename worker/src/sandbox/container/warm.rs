@@ -1,0 +1,408 @@
+//! Pre-started single-use containers: for each allow-listed image, a few
+//! containers already created, attached and started with the pool's default
+//! limits, each with its krill-stub waiting on stdin for exactly one task.
+//!
+//! ```text
+//! WarmPool::start                       one refill loop per image (TaskTracker)
+//!  └─ refill(image): while ready < size: ContainerSandbox::launch(warm spec)
+//!                    then sleep until a take() wakes it, or PRUNE_EVERY passes
+//!                    (drops containers that died while waiting)
+//! WarmPool::take(spec) → Option<Launched>
+//!  ├─ network the pool's containers lack, other disk or output-file sizes → None (fresh)
+//!  ├─ nothing ready for the image → None (fresh); the refill is already running
+//!  ├─ memory / cpus / pids differ → the Engine's update call, then hand over
+//!  │                                (update refused → that container is removed; None)
+//!  └─ same limits → hand over as it is
+//! ```
+//!
+//! A taken container is handed the task like a fresh one ([`Launched::run`]:
+//! the request on the attached stdin, frames back on the attached stdout), and
+//! removed in the background once the stub reported: never reused. Only the
+//! start is moved off the critical path; what the task can see and do is what a
+//! fresh container gives it, since both come from the same
+//! [`limits::create_body`](super::limits). A pre-started container is labelled
+//! like any other (`krill.managed`, `krill.worker`), with `krill.task=prestart-…`
+//! (the task is not known at creation, and labels cannot change): the start-up
+//! sweep removes those a crashed worker left, and [`WarmPool::close`] removes the
+//! rest at shutdown. A worker that dies leaves no running ones either: the stub's
+//! stdin closes with the worker's attach connection, and the stub exits.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bollard::models::ContainerUpdateBody;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{limits, ContainerSandbox, ImageFacts, Launched};
+use crate::sandbox::{Effective, Spec};
+
+/// Pre-started containers per image when the container sandbox is on (`--prestart`).
+pub const DEFAULT_PRESTART: u32 = 2;
+/// Prefix of the task id (and so of the name and `krill.task` label) of a
+/// pre-started container.
+pub const PRESTART_PREFIX: &str = "prestart-";
+/// How often idle containers are checked for having died while waiting (a
+/// task also skips dead ones when it takes one).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// Longest pause between failed refills of one image.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How the pool is set up.
+#[derive(Debug, Clone)]
+pub struct WarmConfig {
+    /// Containers kept ready per image.
+    pub per_image: usize,
+    /// The pool's default limits: what pre-started containers are created with.
+    pub defaults: Effective,
+    pub worker_id: String,
+}
+
+/// How a task's limits compare with the pre-started containers'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Same limits: hand over as it is.
+    Same,
+    /// Memory, cpus or pids differ: the Engine's update call first.
+    Update,
+    /// Network, disk or output-file sizes differ (fixed at creation): a fresh container.
+    Fresh,
+}
+
+/// Whether a task with limits `want` can run in a container created with `have`.
+pub fn fit(have: &Effective, want: &Effective, allow_network: bool) -> Fit {
+    let net = |e: &Effective| e.network && allow_network;
+    if net(have) != net(want)
+        || have.disk_bytes != want.disk_bytes
+        || have.output_file_bytes != want.output_file_bytes
+    {
+        Fit::Fresh
+    } else if have.memory_bytes != want.memory_bytes
+        || have.cpus.to_bits() != want.cpus.to_bits()
+        || have.pids != want.pids
+    {
+        Fit::Update
+    } else {
+        Fit::Same
+    }
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Default)]
+pub struct WarmStats {
+    /// Tasks handed a pre-started container.
+    pub hits: AtomicU64,
+    /// … of which after an update of their limits.
+    pub updated: AtomicU64,
+    /// Tasks that got a fresh container (limits, network, or nothing ready).
+    pub misses: AtomicU64,
+    /// Containers started for the pool.
+    pub started: AtomicU64,
+}
+
+/// The pre-started containers of one worker (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct WarmPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sandbox: Arc<ContainerSandbox>,
+    cfg: WarmConfig,
+    ready: Mutex<HashMap<String, VecDeque<Launched>>>,
+    wake: HashMap<String, Notify>,
+    stop: CancellationToken,
+    loops: TaskTracker,
+    stats: WarmStats,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmPool")
+            .field("per_image", &self.cfg.per_image)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WarmPool {
+    /// Starts filling a pool of `cfg.per_image` containers for each allow-listed image.
+    pub fn start(sandbox: Arc<ContainerSandbox>, cfg: WarmConfig) -> Self {
+        let images = sandbox.config().images.clone();
+        let inner = Arc::new(Inner {
+            wake: images.iter().map(|i| (i.clone(), Notify::new())).collect(),
+            ready: Mutex::new(
+                images
+                    .iter()
+                    .map(|i| (i.clone(), VecDeque::new()))
+                    .collect(),
+            ),
+            sandbox,
+            cfg,
+            stop: CancellationToken::new(),
+            loops: TaskTracker::new(),
+            stats: WarmStats::default(),
+        });
+        for image in images {
+            inner.loops.spawn(refill(inner.clone(), image));
+        }
+        info!(
+            per_image = inner.cfg.per_image,
+            "pre-starting containers for each allowed image"
+        );
+        WarmPool { inner }
+    }
+
+    /// A started container for `spec` with its limits applied, or `None` when the
+    /// task needs a fresh one. Never blocks on a container start.
+    pub async fn take(&self, spec: &Spec) -> Option<Launched> {
+        let inner = &self.inner;
+        let allow_network = inner.sandbox.config().allow_network;
+        let image = inner.sandbox.allowed_image(spec.image.as_deref()).ok()?;
+        let fit = fit(&inner.cfg.defaults, &spec.limits, allow_network);
+        let taken = match fit {
+            Fit::Fresh => None,
+            Fit::Same | Fit::Update => inner.pop_alive(&image),
+        };
+        let Some(launched) = taken else {
+            inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+            debug!(task_id = %spec.task_id, ?fit, "no pre-started container for this task");
+            return None;
+        };
+        if let Some(wake) = inner.wake.get(&image) {
+            wake.notify_one();
+        }
+        if fit == Fit::Update {
+            let id = launched.id().to_string();
+            if let Err(e) = self.update(&id, spec).await {
+                warn!(container_id = %launched.id(), error = %e,
+                    "could not apply the task's limits to a pre-started container; starting a fresh one");
+                inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            inner.stats.updated.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        debug!(task_id = %spec.task_id, container_id = %launched.id(), ?fit, "task handed a pre-started container");
+        Some(launched)
+    }
+
+    /// Applies `spec`'s memory, cpu and pids limits to a pre-started container,
+    /// computed by the same function that writes a fresh container's.
+    async fn update(&self, id: &str, spec: &Spec) -> Result<(), bollard::errors::Error> {
+        let sandbox = &self.inner.sandbox;
+        // Only the limits are read from it; the image facts shape mounts and the user.
+        let facts = ImageFacts {
+            uid: 0,
+            gid: 0,
+            path: String::new(),
+            env: Vec::new(),
+            volumes: Vec::new(),
+        };
+        let hc = limits::host_config(&sandbox.settings, spec, &facts);
+        let body = ContainerUpdateBody {
+            memory: hc.memory,
+            memory_swap: hc.memory_swap,
+            nano_cpus: hc.nano_cpus,
+            pids_limit: hc.pids_limit,
+            ..Default::default()
+        };
+        sandbox.docker.update_container(id, body).await
+    }
+
+    /// Containers ready for `image` now.
+    pub fn ready(&self, image: &str) -> usize {
+        self.inner.lock().get(image).map_or(0, VecDeque::len)
+    }
+
+    pub fn stats(&self) -> &WarmStats {
+        &self.inner.stats
+    }
+
+    /// Stops refilling and removes every container still waiting (the container
+    /// sandbox's `close()` then waits for the removals).
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.loops.close();
+        self.inner.loops.wait().await;
+        let idle: Vec<Launched> = self
+            .inner
+            .lock()
+            .values_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        let n = idle.len();
+        // Dropping a Launched removes its container on the sandbox's tracker.
+        drop(idle);
+        let s = &self.inner.stats;
+        info!(
+            removed = n,
+            hits = s.hits.load(Ordering::Relaxed),
+            updated = s.updated.load(Ordering::Relaxed),
+            misses = s.misses.load(Ordering::Relaxed),
+            "pre-started containers removed"
+        );
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Launched>>> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count(&self, image: &str) -> usize {
+        self.lock().get(image).map_or(0, VecDeque::len)
+    }
+
+    fn spec(&self, image: &str) -> Spec {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        Spec {
+            task_id: format!("{PRESTART_PREFIX}{}", &suffix[..12]),
+            worker_id: self.cfg.worker_id.clone(),
+            script: String::new(),
+            interpreter: Vec::new(),
+            env: Vec::new(),
+            limits: self.cfg.defaults.clone(),
+            image: Some(image.to_string()),
+        }
+    }
+
+    /// The oldest ready container of `image` that is still alive; dead ones
+    /// (removed by another worker's sweep, killed, engine restarted) are dropped.
+    fn pop_alive(&self, image: &str) -> Option<Launched> {
+        let mut ready = self.lock();
+        let q = ready.get_mut(image)?;
+        while let Some(mut l) = q.pop_front() {
+            if alive(&mut l) {
+                return Some(l);
+            }
+            warn!(container_id = %l.id(), "a pre-started container died while waiting; dropping it");
+        }
+        None
+    }
+
+    /// Drops ready containers that died while waiting (removing what is left of them).
+    fn prune(&self, image: &str) {
+        if let Some(q) = self.lock().get_mut(image) {
+            q.retain_mut(|l| {
+                let ok = alive(l);
+                if !ok {
+                    warn!(container_id = %l.id(), "a pre-started container died while waiting; replacing it");
+                }
+                ok
+            });
+        }
+    }
+}
+
+/// Whether a waiting container's attach stream is still open and silent: the
+/// stub writes nothing before its request, so anything ready to read (data or
+/// the end of the stream) means the container died or was removed. Polls once,
+/// without blocking.
+fn alive(l: &mut Launched) -> bool {
+    l.output.next().now_or_never().is_none()
+}
+
+/// Keeps `image`'s pool full until the pool stops.
+async fn refill(inner: Arc<Inner>, image: String) {
+    let mut backoff = Duration::from_millis(500);
+    let Some(wake) = inner.wake.get(&image) else {
+        return;
+    };
+    loop {
+        while inner.count(&image) < inner.cfg.per_image {
+            let spec = inner.spec(&image);
+            if inner.stop.is_cancelled() {
+                return;
+            }
+            // Not cut short at shutdown: a create whose answer is never read
+            // leaves a container no guard owns. `close()` waits for it instead,
+            // and the container is removed like the other idle ones.
+            let launched = inner.sandbox.launch(&spec).await;
+            if inner.stop.is_cancelled() {
+                return;
+            }
+            match launched {
+                Ok(l) => {
+                    inner.stats.started.fetch_add(1, Ordering::Relaxed);
+                    debug!(%image, container_id = %l.id(), timings = ?l.timings(), "pre-started a container");
+                    if let Some(q) = inner.lock().get_mut(&image) {
+                        q.push_back(l);
+                    }
+                    backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    warn!(%image, error = %e, retry_in = ?backoff, "could not pre-start a container");
+                    tokio::select! {
+                        _ = inner.stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = inner.stop.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(PRUNE_EVERY) => inner.prune(&image),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Effective {
+        Effective {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 512 << 20,
+            cpus: 1.0,
+            pids: 256,
+            disk_bytes: 256 << 20,
+            output_file_bytes: 1 << 20,
+            network: false,
+        }
+    }
+
+    #[test]
+    fn same_limits_fit_as_they_are() {
+        let mut want = limits();
+        want.timeout = Duration::from_secs(5);
+        assert_eq!(fit(&limits(), &want, false), Fit::Same);
+    }
+
+    #[test]
+    fn memory_cpus_and_pids_are_updated() {
+        for change in [
+            |e: &mut Effective| e.memory_bytes = 64 << 20,
+            |e: &mut Effective| e.cpus = 0.5,
+            |e: &mut Effective| e.pids = 32,
+        ] {
+            let mut want = limits();
+            change(&mut want);
+            assert_eq!(fit(&limits(), &want, false), Fit::Update);
+        }
+    }
+
+    #[test]
+    fn network_disk_and_output_files_need_a_fresh_container() {
+        let mut want = limits();
+        want.network = true;
+        assert_eq!(fit(&limits(), &want, true), Fit::Fresh);
+        // Network asked for but not allowed: both get `none`, so it fits.
+        assert_eq!(fit(&limits(), &want, false), Fit::Same);
+        let mut want = limits();
+        want.disk_bytes = 1 << 20;
+        assert_eq!(fit(&limits(), &want, false), Fit::Fresh);
+        let mut want = limits();
+        want.output_file_bytes = 1 << 10;
+        assert_eq!(fit(&limits(), &want, false), Fit::Fresh);
+    }
+}
