@@ -673,3 +673,72 @@ async fn the_default_sweep_removes_stopped_containers_of_any_worker() {
     assert!(sb.sweep().await.expect("sweep") >= 1);
     assert_removed(sb, &[&task]).await;
 }
+
+/// The hostile suite's timing-sensitive cases, many at once, to reproduce races
+/// under load (run it beside `yes > /dev/null` loops or a build); prints the
+/// outcomes, asserts the expected ones.
+/// `cargo test -p worker --test container -- --ignored --nocapture races_under_load`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "stress: run explicitly, under load"]
+async fn races_under_load() {
+    // RUST_LOG=worker=debug shows how each task ended and who stopped it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let sb = std::sync::Arc::new(sandbox().await);
+    let rounds: usize = std::env::var("KRILL_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let cases: [(&str, &str, u64, Exit); 4] = [
+        ("endless stderr", "yes krill >&2", 3, Exit::TimedOut),
+        ("endless stdout", "yes krill", 3, Exit::TimedOut),
+        (
+            "trapped sleep",
+            "trap '' TERM INT; echo started; sleep 1000; sleep 1000",
+            3,
+            Exit::TimedOut,
+        ),
+        (
+            "background daemon",
+            "nohup sleep 1000 >/dev/null 2>&1 & (sleep 1000 &) ; echo started",
+            30,
+            Exit::Code(0),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        for (name, script, secs, want) in cases {
+            let sb = sb.clone();
+            runs.push(tokio::spawn(async move {
+                let mut s = spec(script);
+                s.limits.timeout = Duration::from_secs(secs);
+                // A consumer slower than the script, like the runner under load.
+                let (tx, mut rx) = mpsc::channel(1);
+                let drain = tokio::spawn(async move {
+                    while rx.recv().await.is_some() {
+                        tokio::task::yield_now().await;
+                    }
+                });
+                let r = sb.run(s, tx, CancellationToken::new()).await;
+                drain.await.unwrap();
+                let got = r.map(|o| o.exit).map_err(|e| e.to_string());
+                (name, want, got)
+            }));
+        }
+    }
+    let mut bad = Vec::new();
+    for r in runs {
+        let (name, want, got) = r.await.unwrap();
+        println!("{name}: {got:?}");
+        if got != Ok(want) {
+            bad.push(format!("{name}: expected {want:?}, got {got:?}"));
+        }
+    }
+    match std::sync::Arc::try_unwrap(sb) {
+        Ok(sb) => sb.close().await,
+        Err(_) => panic!("sandbox still shared"),
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

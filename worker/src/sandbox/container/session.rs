@@ -333,6 +333,8 @@ impl Run<'_> {
             container_id = %short(self.id),
             run_ms = handed.elapsed().as_millis() as u64,
             ?stopped,
+            worker_stop = ?stop.map(|(e, _)| e),
+            ?end,
             "task ended in container"
         );
         if !stub_stderr.is_empty() {
