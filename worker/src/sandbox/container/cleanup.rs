@@ -33,6 +33,20 @@ impl Cleanup {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits for background removals, then removes whatever this sandbox created
+    /// and still holds (a guard whose removal was not queued yet when asked).
+    pub async fn drain(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+        let left: Vec<String> = self.live().iter().cloned().collect();
+        for id in left {
+            if let Err(e) = remove_with_retries(&self.docker, &id).await {
+                tracing::warn!(container = %id, error = %e, "failed to remove container at close");
+            }
+            self.live().remove(&id);
+        }
+    }
+
     /// Removes the containers labelled `krill.managed=true` that `scope` covers,
     /// except this sandbox's own; returns how many were removed.
     pub async fn sweep(&self, scope: &SweepScope, grace: Duration) -> Result<usize, SandboxError> {

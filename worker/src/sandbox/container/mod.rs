@@ -428,8 +428,7 @@ impl Sandbox for ContainerSandbox {
     }
 
     async fn close(&self) {
-        self.cleanup.tracker.close();
-        self.cleanup.tracker.wait().await;
+        self.cleanup.drain().await;
     }
 }
 
