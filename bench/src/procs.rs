@@ -233,32 +233,46 @@ pub async fn delete_queue(url: &str, queue: &str) {
     }
 }
 
-/// Running containers labelled with worker `id`.
-pub fn running_containers(worker_id: &str) -> usize {
+/// Full ids of worker `id`'s running pre-started containers (named `krill-prestart-…`).
+pub fn running_prestarted(worker_id: &str) -> Vec<String> {
     Command::new("docker")
         .args([
             "ps",
             "-q",
+            "--no-trunc",
             "--filter",
             &format!("label=krill.worker={worker_id}"),
+            "--filter",
+            "name=krill-prestart-",
         ])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-        .unwrap_or(0)
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-/// Waits (up to `max`) until worker `id` has at least `n` running containers.
-pub async fn wait_containers(worker_id: &str, n: usize, max: Duration) -> bool {
+/// Waits (up to `max`) until worker `id` has at least `n` pre-started containers
+/// running that no task used (those in `used` are on their way out).
+pub async fn wait_prestarted(
+    worker_id: &str,
+    n: usize,
+    used: &std::collections::HashSet<String>,
+    max: Duration,
+) -> bool {
     if n == 0 {
         return true;
     }
     let deadline = Instant::now() + max;
     while Instant::now() < deadline {
         let id = worker_id.to_string();
-        let have = tokio::task::spawn_blocking(move || running_containers(&id))
+        let have = tokio::task::spawn_blocking(move || running_prestarted(&id))
             .await
-            .unwrap_or(0);
-        if have >= n {
+            .unwrap_or_default();
+        if have.iter().filter(|c| !used.contains(*c)).count() >= n {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

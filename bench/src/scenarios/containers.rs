@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use broker::bulk::BulkClient;
 use broker::protocol::SandboxKind;
 
-use super::{burst, one, task, Bench};
+use std::collections::HashSet;
+
+use super::{burst_ids, one_id, task, Bench};
 use crate::alt;
-use crate::procs::{wait_containers, WorkerOpts};
+use crate::procs::{wait_prestarted, WorkerOpts};
 use crate::report::Figure;
 use crate::stats::{rate, Latency};
 
@@ -92,13 +94,20 @@ pub async fn containers(b: &mut Bench) -> anyhow::Result<()> {
         );
     }
     if let Some(warm) = series.iter().rev().find(|s| s.label != "fresh") {
-        let worst = warm.one.p50_ms.max(warm.burst.p50_ms);
+        let one_ok = warm.one.p50_ms <= 0.1 * docker_one.p50_ms;
+        let burst_ok = warm.burst.p50_ms <= 0.1 * docker_burst.p50_ms;
         b.report.goal(
             &format!("container p50 ≤ 0.1× `docker run --rm` p50 while the burst fits the pool{tag}"),
-            Some(worst <= 0.1 * docker_one.p50_ms),
+            Some(one_ok && burst_ok),
             format!(
-                "{}: one at a time {:.1} ms, bursts of {BURST} {:.1} ms; docker run {:.0} ms (0.1× = {:.1} ms)",
-                warm.label, warm.one.p50_ms, warm.burst.p50_ms, docker_one.p50_ms, 0.1 * docker_one.p50_ms
+                "{}: one at a time {:.1} ms vs docker run {:.0} ms ({}); bursts of {BURST} {:.1} ms vs docker run {BURST} at once {:.0} ms ({})",
+                warm.label,
+                warm.one.p50_ms,
+                docker_one.p50_ms,
+                ratio(warm.one.p50_ms, docker_one.p50_ms),
+                warm.burst.p50_ms,
+                docker_burst.p50_ms,
+                ratio(warm.burst.p50_ms, docker_burst.p50_ms),
             ),
         );
     } else {
@@ -121,6 +130,10 @@ pub async fn containers(b: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ratio(krill: f64, docker: f64) -> String {
+    format!("{:.3}×", krill / docker.max(1e-9))
+}
+
 async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
     let n = b.opts.container_tasks;
     let label = if prestart == 0 {
@@ -134,13 +147,20 @@ async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
         .await?;
     let client = BulkClient::connect(&b.env.amqp_url).await?;
     let pool_size = prestart as usize;
-    let refill = |id: String| async move {
-        if !wait_containers(&id, pool_size, REFILL_WAIT).await {
+    // Containers tasks ran in: still running for a moment after their result,
+    // and not part of the pool any more.
+    let mut used: HashSet<String> = HashSet::new();
+    let refill = |id: String, used: HashSet<String>| async move {
+        if !wait_prestarted(&id, pool_size, &used, REFILL_WAIT).await {
             eprintln!("the pre-started pool did not refill within {REFILL_WAIT:?}");
         }
     };
-    refill(w.id.clone()).await;
-    burst(&client, &w.pool, 2, container_task).await?;
+    refill(w.id.clone(), used.clone()).await;
+    used.extend(
+        burst_ids(&client, &w.pool, 2, container_task)
+            .await?
+            .sandboxes,
+    );
 
     // One at a time; with a pool, each task waits for it to be full again first
     // ("while the burst fits the pool").
@@ -151,8 +171,9 @@ async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
     let mut one_lat = Vec::with_capacity(n);
     let mut failed = 0;
     for _ in 0..n {
-        refill(w.id.clone()).await;
-        let (d, ok) = one(&client, &w.pool, &container_task()).await?;
+        refill(w.id.clone(), used.clone()).await;
+        let (d, ok, id) = one_id(&client, &w.pool, &container_task()).await?;
+        used.extend(id);
         one_lat.push(d);
         failed += usize::from(!ok);
     }
@@ -167,10 +188,11 @@ async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
     let mut burst_lat = Vec::with_capacity(n);
     let bursts_started = Instant::now();
     for _ in 0..n.div_ceil(BURST) {
-        refill(w.id.clone()).await;
-        let (_, lat, f) = burst(&client, &w.pool, BURST, container_task).await?;
-        burst_lat.extend(lat);
-        failed += f;
+        refill(w.id.clone(), used.clone()).await;
+        let done = burst_ids(&client, &w.pool, BURST, container_task).await?;
+        used.extend(done.sandboxes);
+        burst_lat.extend(done.latencies);
+        failed += done.failed;
     }
     let bursts_took = bursts_started.elapsed();
     // Sustained: bursts back to back, the pool refilling as it can (without a
@@ -178,11 +200,12 @@ async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
     let sustained = if prestart == 0 {
         rate(n.div_ceil(BURST) * BURST, bursts_took)
     } else {
-        refill(w.id.clone()).await;
+        refill(w.id.clone(), used.clone()).await;
         let t0 = Instant::now();
         for _ in 0..n.div_ceil(BURST) {
-            let (_, _, f) = burst(&client, &w.pool, BURST, container_task).await?;
-            failed += f;
+            failed += burst_ids(&client, &w.pool, BURST, container_task)
+                .await?
+                .failed;
         }
         rate(n.div_ceil(BURST) * BURST, t0.elapsed())
     };

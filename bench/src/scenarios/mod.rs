@@ -65,6 +65,30 @@ pub async fn burst(
     n: usize,
     make: impl Fn() -> Task,
 ) -> anyhow::Result<(Duration, Vec<Duration>, usize)> {
+    let done = burst_ids(client, pool, n, make).await?;
+    Ok((done.took, done.latencies, done.failed))
+}
+
+/// What [`burst_ids`] measured.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// First submit → last result.
+    pub took: Duration,
+    /// Each task's submit → result.
+    pub latencies: Vec<Duration>,
+    /// Tasks that did not succeed.
+    pub failed: usize,
+    /// The sandboxes (container ids) that ran them.
+    pub sandboxes: Vec<String>,
+}
+
+/// [`burst`], also telling which sandboxes ran the tasks.
+pub async fn burst_ids(
+    client: &BulkClient,
+    pool: &str,
+    n: usize,
+    make: impl Fn() -> Task,
+) -> anyhow::Result<Done> {
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..n {
@@ -77,10 +101,12 @@ pub async fn burst(
     }
     let mut failed = 0;
     let mut lat = Vec::with_capacity(n);
+    let mut sandboxes = Vec::with_capacity(n);
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((Ok(r), d)) => {
                 lat.push(d);
+                sandboxes.extend(r.sandbox_id.clone());
                 if r.status != Status::Succeeded {
                     failed += 1;
                     if failed <= 3 {
@@ -102,13 +128,28 @@ pub async fn burst(
             Err(_) => failed += 1,
         }
     }
-    Ok((t0.elapsed(), lat, failed))
+    Ok(Done {
+        took: t0.elapsed(),
+        latencies: lat,
+        failed,
+        sandboxes,
+    })
 }
 
 /// One task at a time: its submit → result time, and whether it succeeded.
 pub async fn one(client: &BulkClient, pool: &str, t: &Task) -> anyhow::Result<(Duration, bool)> {
+    let (d, ok, _) = one_id(client, pool, t).await?;
+    Ok((d, ok))
+}
+
+/// [`one`], also telling which sandbox ran it.
+pub async fn one_id(
+    client: &BulkClient,
+    pool: &str,
+    t: &Task,
+) -> anyhow::Result<(Duration, bool, Option<String>)> {
     let t0 = Instant::now();
     let ticket = client.submit(pool, t).await?;
     let r = ticket.result(Some(Duration::from_secs(300))).await?;
-    Ok((t0.elapsed(), r.status == Status::Succeeded))
+    Ok((t0.elapsed(), r.status == Status::Succeeded, r.sandbox_id))
 }
