@@ -146,6 +146,9 @@ impl WorkerProc {
             .env("KRILL_HEARTBEAT_INTERVAL", "1s")
             .env("KRILL_STUB_PATH", stub_path())
             .env("RUST_LOG", "info,lapin=warn")
+            // Fresh containers carry the task's label, which the leftover checks
+            // look for; tests of pre-started containers pass --prestart themselves.
+            .env("KRILL_PRESTART", "0")
             .envs(b.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&b.args)
             .stdin(Stdio::null())
