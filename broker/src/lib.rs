@@ -11,8 +11,8 @@
 pub mod bulk;
 pub mod cli;
 pub mod client;
+pub mod dead;
 pub mod protocol;
-pub mod topology;
 pub mod schema;
 pub mod status;
-pub mod dead;
+pub mod topology;

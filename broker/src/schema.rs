@@ -13,7 +13,10 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         s
     };
     vec![
-        ("task.schema.json", render(schema_for!(crate::protocol::Task))),
+        (
+            "task.schema.json",
+            render(schema_for!(crate::protocol::Task)),
+        ),
         ("result.schema.json", render(schema_for!(TaskResult))),
         ("log-chunk.schema.json", render(schema_for!(LogChunk))),
         ("task-event.schema.json", render(schema_for!(TaskEvent))),

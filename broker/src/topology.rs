@@ -210,7 +210,11 @@ pub async fn declare_common(channel: &Channel) -> Result<(), lapin::Error> {
     let mut notify_args = FieldTable::default();
     notify_args.insert(short("x-queue-type"), long("quorum"));
     channel
-        .queue_declare(short(DEAD_NOTIFY_QUEUE), QueueDeclareOptions::durable(), notify_args)
+        .queue_declare(
+            short(DEAD_NOTIFY_QUEUE),
+            QueueDeclareOptions::durable(),
+            notify_args,
+        )
         .await?;
     channel
         .queue_bind(
@@ -222,7 +226,11 @@ pub async fn declare_common(channel: &Channel) -> Result<(), lapin::Error> {
         )
         .await?;
     channel
-        .queue_declare(short(CANCEL_STREAM), QueueDeclareOptions::durable(), cancel_stream_arguments())
+        .queue_declare(
+            short(CANCEL_STREAM),
+            QueueDeclareOptions::durable(),
+            cancel_stream_arguments(),
+        )
         .await?;
     channel
         .queue_bind(

@@ -26,7 +26,10 @@ fn published_schemas_match_the_types() {
 #[test]
 fn the_smallest_task_validates_against_the_schema_shape() {
     // The schema says only version, id and script are required.
-    let (_, task) = broker::schema::schemas().into_iter().next().expect("task schema");
+    let (_, task) = broker::schema::schemas()
+        .into_iter()
+        .next()
+        .expect("task schema");
     let v: serde_json::Value = serde_json::from_str(&task).expect("json");
     let mut required: Vec<&str> = v["required"]
         .as_array()
@@ -36,5 +39,8 @@ fn the_smallest_task_validates_against_the_schema_shape() {
         .collect();
     required.sort();
     assert_eq!(required, ["id", "script", "version"]);
-    assert_eq!(v["additionalProperties"], false, "unknown fields must be rejected");
+    assert_eq!(
+        v["additionalProperties"], false,
+        "unknown fields must be rejected"
+    );
 }

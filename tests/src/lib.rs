@@ -330,12 +330,14 @@ pub fn task(script: &str) -> Task {
 
 /// The static krill-stub that `scripts/build-stub` builds (target/krill-stub).
 pub fn stub_path() -> PathBuf {
-    std::env::var("KRILL_STUB_PATH").map(PathBuf::from).unwrap_or_else(|_| {
-        bin_dir()
-            .parent()
-            .map(|t| t.join("krill-stub"))
-            .unwrap_or_else(|| PathBuf::from("target/krill-stub"))
-    })
+    std::env::var("KRILL_STUB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            bin_dir()
+                .parent()
+                .map(|t| t.join("krill-stub"))
+                .unwrap_or_else(|| PathBuf::from("target/krill-stub"))
+        })
 }
 
 /// A transient queue bound to `krill.events` (e.g. `task.<pool>.started`), for
@@ -388,7 +390,10 @@ impl Events {
             )
             .await
             .expect("consume");
-        Events { _conn: conn, consumer }
+        Events {
+            _conn: conn,
+            consumer,
+        }
     }
 
     /// The next event body as JSON, or a panic after `timeout`.

@@ -101,7 +101,9 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
             );
             event(&shared, &id, State::Started, None, attempt).await;
             let metrics = &shared.run.metrics;
-            if let Some(waited) = crate::metrics::queue_wait(task.submitted_at, *properties.timestamp()) {
+            if let Some(waited) =
+                crate::metrics::queue_wait(task.submitted_at, *properties.timestamp())
+            {
                 metrics.queued(waited);
             }
             let ran = std::time::Instant::now();

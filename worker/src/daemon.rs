@@ -264,7 +264,10 @@ async fn serve(
     )));
 
     // Claim nothing before every cancel sent while this worker was away is known.
-    if tokio::time::timeout(CANCEL_CATCH_UP, caught_up).await.is_err() {
+    if tokio::time::timeout(CANCEL_CATCH_UP, caught_up)
+        .await
+        .is_err()
+    {
         tracing::warn!("cancellation stream did not catch up in time; claiming anyway");
     }
     let mut control = control;

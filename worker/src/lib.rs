@@ -21,7 +21,7 @@ pub mod publisher;
 pub mod runner;
 pub mod sandbox;
 pub mod sandboxes;
+pub mod side;
 pub mod state;
 pub mod telemetry;
 pub mod worker;
-pub mod side;
