@@ -260,8 +260,8 @@ impl Drop for WorkerProc {
     }
 }
 
-/// Number of consumers of `queue` (None when it does not exist).
-pub async fn consumers(queue: &str) -> Option<u32> {
+/// A passive declare of `queue`: its counts, or None when it does not exist.
+async fn peek(queue: &str) -> Option<lapin::Queue> {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .ok()?;
@@ -278,28 +278,17 @@ pub async fn consumers(queue: &str) -> Option<u32> {
         .await
         .ok();
     let _ = conn.close(200, ShortString::from("bye")).await;
-    q.map(|q| q.consumer_count())
+    q
+}
+
+/// Number of consumers of `queue` (None when it does not exist).
+pub async fn consumers(queue: &str) -> Option<u32> {
+    peek(queue).await.map(|q| q.consumer_count())
 }
 
 /// Number of ready messages in `queue`.
 pub async fn depth(queue: &str) -> Option<u32> {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .ok()?;
-    let ch = conn.create_channel().await.ok()?;
-    let q = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok();
-    let _ = conn.close(200, ShortString::from("bye")).await;
-    q.map(|q| q.message_count())
+    peek(queue).await.map(|q| q.message_count())
 }
 
 /// Deletes a queue (best effort).
