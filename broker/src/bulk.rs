@@ -37,14 +37,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::client::{redact_url, task_properties, ClientError};
+use crate::client::{open_named, task_properties, ClientError};
 use crate::protocol::{Task, TaskResult};
 use crate::topology;
 
@@ -85,19 +83,9 @@ impl BulkClient {
 
     /// [`BulkClient::connect`] with at most `window` unconfirmed publishes.
     pub async fn connect_with_window(url: &str, window: usize) -> Result<Self, ClientError> {
-        let props = ConnectionProperties::default().with_connection_name("krill-bulk".into());
-        let conn =
-            Connection::connect(url, props)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    url: redact_url(url),
-                    source,
-                })?;
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        topology::declare_common(&channel).await?;
+        // Same connection set-up as the single-task client, including the passive
+        // topology check a least-privilege submitter needs.
+        let (conn, channel) = open_named(url, "krill-bulk").await?;
 
         let reply_queue = format!("{CLIENT_REPLY_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let replies = conn.create_channel().await?;

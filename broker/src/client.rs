@@ -69,7 +69,16 @@ pub fn task_properties(task: &Task) -> BasicProperties {
 }
 
 async fn open(url: &str) -> Result<(Connection, Channel), ClientError> {
-    let props = ConnectionProperties::default().with_connection_name("krill".into());
+    open_named(url, "krill").await
+}
+
+/// Connects as `name`, opens a channel with publisher confirms and checks the
+/// exchanges exist (shared by every client kind).
+pub(crate) async fn open_named(
+    url: &str,
+    name: &str,
+) -> Result<(Connection, Channel), ClientError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     let conn = Connection::connect(url, props)
         .await
         .map_err(|source| ClientError::Connect {
