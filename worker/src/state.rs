@@ -19,8 +19,27 @@ pub const CANCEL_MEMORY_MAX: usize = 100_000;
 /// How many recent results are kept to answer redeliveries.
 pub const RECENT_RESULTS: usize = 10_000;
 
-/// Recent results by task id (with their reply queue), oldest first in the deque.
-type Recent = (HashMap<String, (TaskResult, String)>, VecDeque<String>);
+/// Recent results by task id (with their reply queue), oldest first in `order`,
+/// bounded in count and in bytes (a result can hold megabytes of output).
+#[derive(Debug, Default)]
+struct Recent {
+    map: HashMap<String, (TaskResult, String)>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// Bytes of recent results kept at most (their stdout, stderr and outputs).
+pub const RECENT_BYTES: usize = 64 << 20;
+
+fn result_bytes(r: &TaskResult) -> usize {
+    r.stdout.len()
+        + r.stderr.len()
+        + r.outputs
+            .iter()
+            .map(|o| o.name.len() + o.value.len())
+            .sum::<usize>()
+        + 256
+}
 
 /// A task this worker is running.
 #[derive(Debug)]
@@ -126,25 +145,29 @@ impl TaskState {
             .is_some_and(|t| t.elapsed() <= CANCEL_MEMORY)
     }
 
-    /// Remembers a published result (and where it went) for redeliveries.
+    /// Remembers a published result (and where it went) for redeliveries. A result
+    /// already remembered is not copied again.
     pub fn remember(&self, result: &TaskResult, reply_to: &str) {
         let mut r = lock(&self.recent);
-        let (map, order) = &mut *r;
-        if map
-            .insert(result.id.clone(), (result.clone(), reply_to.to_string()))
-            .is_none()
-        {
-            order.push_back(result.id.clone());
+        if r.map.contains_key(&result.id) {
+            return;
         }
-        while order.len() > RECENT_RESULTS {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        r.bytes += result_bytes(result);
+        r.map
+            .insert(result.id.clone(), (result.clone(), reply_to.to_string()));
+        r.order.push_back(result.id.clone());
+        while r.order.len() > RECENT_RESULTS || (r.bytes > RECENT_BYTES && r.order.len() > 1) {
+            let Some(old) = r.order.pop_front() else {
+                break;
+            };
+            if let Some((gone, _)) = r.map.remove(&old) {
+                r.bytes = r.bytes.saturating_sub(result_bytes(&gone));
             }
         }
     }
 
     pub fn recent(&self, id: &str) -> Option<TaskResult> {
-        lock(&self.recent).0.get(id).map(|(r, _)| r.clone())
+        lock(&self.recent).map.get(id).map(|(r, _)| r.clone())
     }
 }
 
@@ -152,5 +175,28 @@ fn set_reason(reason: &CancelReason, text: &str) {
     let mut r = lock(reason);
     if r.is_none() {
         *r = Some(text.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::protocol::Status;
+
+    #[test]
+    fn recent_results_are_bounded_in_bytes() {
+        let state = TaskState::default();
+        let big = "x".repeat(RECENT_BYTES / 4);
+        for i in 0..10 {
+            let mut r = TaskResult::new(format!("t{i}"), Status::Succeeded);
+            r.stdout = big.clone();
+            state.remember(&r, "q");
+        }
+        assert!(state.recent("t9").is_some(), "the newest is kept");
+        assert!(
+            state.recent("t0").is_none(),
+            "the oldest went to stay under the bound"
+        );
+        assert!(lock(&state.recent).bytes <= RECENT_BYTES + big.len());
     }
 }
