@@ -1,4 +1,4 @@
-# The krill-worker image: krill-worker, krill (the CLI) and the static krill-stub.
+# The krill-worker image: krill-worker, its krill-sandbox-init helper, krill (the CLI) and the static krill-stub.
 #
 #   docker build -f deploy/compose/worker.Dockerfile -t krill/worker:0.1 .
 #
@@ -16,7 +16,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/krill-worker /src/target/release/krill /usr/local/bin/
+COPY --from=build /src/target/release/krill-worker /src/target/release/krill-sandbox-init /src/target/release/krill /usr/local/bin/
 COPY --from=build /src/target/krill-stub /usr/local/lib/krill/krill-stub
 COPY deploy/compose/entrypoint.sh /usr/local/bin/krill-entrypoint
 # Defaults for a containerised worker; every one can be overridden by the environment.

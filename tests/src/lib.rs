@@ -256,6 +256,20 @@ impl Drop for WorkerProc {
             })
             .join();
         }
+        // A killed worker leaves the tmpfs it mounts on its work dir (its next
+        // start, or another worker's sweep, would unmount it): unmount it here.
+        if let Ok(dir) = std::ffi::CString::new(
+            self.work_dir
+                .join(&self.id)
+                .as_os_str()
+                .as_encoded_bytes()
+                .to_vec(),
+        ) {
+            // SAFETY: umount2 reads a valid NUL-terminated path.
+            unsafe {
+                libc::umount2(dir.as_ptr(), libc::MNT_DETACH);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }

@@ -607,11 +607,20 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// What a case left behind, or `None` when nothing.
-fn leftovers(id: &str, sb: Sb, work_dir: &Path) -> Option<String> {
+/// The unique part of a process task's sandbox: its work dir is
+/// `<task>.<unique>` and its cgroup `<unique>` (the cgroup is made, and its
+/// helper started, before the task is known).
+fn unique_of(sandbox_dir: &str) -> &str {
+    sandbox_dir.rsplit('.').next().unwrap_or_default()
+}
+
+/// What a case left behind, or `None` when nothing. `unique`: the sandbox's
+/// unique name (see [`unique_of`]), when known.
+fn leftovers(id: &str, unique: Option<&str>, sb: Sb, work_dir: &Path) -> Option<String> {
     let mut found = task_processes(id);
     for cg in cgroup_dirs() {
-        if cg.to_string_lossy().contains(id) {
+        let cg_name = cg.to_string_lossy();
+        if cg_name.contains(id) || unique.is_some_and(|u| !u.is_empty() && cg_name.contains(u)) {
             found.push(format!("cgroup {}", cg.display()));
         }
     }
@@ -759,7 +768,10 @@ async fn run_case(case: &Case, sb: Sb, pool: &str, worker: &WorkerProc) -> Resul
     }
     let until = Instant::now() + CLEANUP_DEADLINE;
     loop {
-        match leftovers(&r.id, sb, &worker.work_dir) {
+        let unique = (sb == Sb::Process)
+            .then(|| r.sandbox_id.as_deref().map(unique_of))
+            .flatten();
+        match leftovers(&r.id, unique, sb, &worker.work_dir) {
             None => break,
             Some(what) if Instant::now() > until => return Err(format!("left behind: {what}")),
             Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -858,6 +870,13 @@ async fn a_worker_crash_kills_its_process_tasks_and_the_next_start_sweeps() {
         assert!(Instant::now() < until, "the task never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let work = std::fs::read_dir(w.work_dir.join(&w.id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&t.id))
+        .expect("the task's work dir");
+    let unique = unique_of(&work).to_string();
     w.kill();
     let until = Instant::now() + CLEANUP_DEADLINE;
     loop {
@@ -868,7 +887,7 @@ async fn a_worker_crash_kills_its_process_tasks_and_the_next_start_sweeps() {
         assert!(Instant::now() < until, "outlived the worker: {left:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stale = leftovers(&t.id, Sb::Process, &w.work_dir);
+    let stale = leftovers(&t.id, Some(&unique), Sb::Process, &w.work_dir);
     assert!(
         stale
             .as_deref()
@@ -877,7 +896,7 @@ async fn a_worker_crash_kills_its_process_tasks_and_the_next_start_sweeps() {
     );
     w.restart(&b).await;
     let until = Instant::now() + CLEANUP_DEADLINE;
-    while let Some(what) = leftovers(&t.id, Sb::Process, &w.work_dir) {
+    while let Some(what) = leftovers(&t.id, Some(&unique), Sb::Process, &w.work_dir) {
         assert!(Instant::now() < until, "not swept: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

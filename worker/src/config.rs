@@ -82,6 +82,10 @@ pub struct Config {
     /// Where the process sandbox makes each task's private work dir.
     #[arg(long, env = "KRILL_WORK_DIR", default_value = "/var/lib/krill/work")]
     pub work_dir: PathBuf,
+    /// The process sandbox's helper binary, started (as root) for every task
+    /// (default: `krill-sandbox-init` next to this binary, else this binary).
+    #[arg(long, env = "KRILL_SANDBOX_HELPER")]
+    pub sandbox_helper: Option<PathBuf>,
     /// Images container tasks may use, comma-separated; the first is the default.
     #[arg(long = "image", env = "KRILL_IMAGES", value_delimiter = ',', default_value = DEFAULT_IMAGES)]
     pub images: Vec<String>,

@@ -162,6 +162,8 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
             work_root: cfg.work_dir.clone(),
             worker_id: id.to_string(),
             allow_degraded_limits: cfg.allow_degraded_limits,
+            helper_path: cfg.sandbox_helper.clone(),
+            slots: cfg.concurrency as usize,
         })
         .context("process sandbox")?;
         s.process = Some(Arc::new(p));

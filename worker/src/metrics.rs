@@ -11,6 +11,7 @@
 //! | `krill_task_run_seconds` | histogram | `sandbox` |
 //! | `krill_task_queue_wait_seconds` | histogram | |
 //! | `krill_sandbox_start_seconds` | histogram | `sandbox` |
+//! | `krill_sandboxes_ready` | gauge | `sandbox` |
 //! | `krill_tasks_running` | gauge | |
 //! | `krill_slots_total`, `krill_slots_free` | gauge | |
 //! | `krill_draining` | gauge (0/1) | |
@@ -73,6 +74,7 @@ pub struct Metrics {
     run: Histograms,
     queue_wait: Histogram,
     sandbox_start: Histograms,
+    ready: Family<Kind, Gauge>,
     running: Gauge,
     slots_total: Gauge,
     slots_free: Gauge,
@@ -122,6 +124,13 @@ impl Metrics {
             registry.register(name, help, g.clone());
             g
         };
+        let ready = Family::<Kind, Gauge>::default();
+        registry.register(
+            "krill_sandboxes_ready",
+            "Sandboxes started ahead and waiting for a task (process: helpers in their \
+             cgroup and namespaces; container: pre-started containers)",
+            ready.clone(),
+        );
         let running = gauge(&mut registry, "krill_tasks_running", "Tasks running now");
         let slots_total = gauge(
             &mut registry,
@@ -166,6 +175,7 @@ impl Metrics {
             run,
             queue_wait,
             sandbox_start,
+            ready,
             running,
             slots_total,
             slots_free,
@@ -225,6 +235,13 @@ impl Metrics {
     /// Sets the gauges from the worker's state as it is now.
     pub fn refresh(&self, shared: &Shared) {
         self.running.set(shared.tasks.running_count() as i64);
+        for (kind, n) in shared.run.sandboxes.started_ahead() {
+            self.ready
+                .get_or_create(&Kind {
+                    sandbox: kind.as_str(),
+                })
+                .set(n as i64);
+        }
         self.slots_total.set(i64::from(shared.cfg.concurrency));
         self.slots_free.set(i64::from(shared.slots_free()));
         self.draining.set(i64::from(shared.is_draining()));

@@ -97,6 +97,18 @@ impl Sandboxes {
         }
     }
 
+    /// Sandboxes started ahead and waiting, by kind.
+    pub fn started_ahead(&self) -> Vec<(SandboxKind, usize)> {
+        let mut out = Vec::new();
+        if let Some(s) = &self.process {
+            out.push((SandboxKind::Process, s.ready_helpers()));
+        }
+        if let Some(w) = &self.warm {
+            out.push((SandboxKind::Container, w.ready_total()));
+        }
+        out
+    }
+
     /// Removes pre-started containers, then waits for background clean-up.
     pub async fn close(&self) {
         if let Some(w) = &self.warm {

@@ -220,6 +220,11 @@ impl WarmPool {
         self.inner.lock().get(image).map_or(0, VecDeque::len)
     }
 
+    /// Containers waiting, every image.
+    pub fn ready_total(&self) -> usize {
+        self.inner.lock().values().map(VecDeque::len).sum()
+    }
+
     pub fn stats(&self) -> &WarmStats {
         &self.inner.stats
     }

@@ -439,8 +439,9 @@ pub struct TaskCgroup {
 }
 
 impl TaskCgroup {
-    /// Creates the cgroup and applies every limit; any failure removes it again.
-    pub fn create(driver: Arc<dyn Driver>, name: String, limits: &Effective) -> io::Result<Self> {
+    /// Creates the cgroup (without limits: see [`TaskCgroup::apply`]); any
+    /// failure removes it again.
+    pub fn create(driver: Arc<dyn Driver>, name: String) -> io::Result<Self> {
         let mut cg = TaskCgroup {
             driver,
             procs: Vec::new(),
@@ -450,7 +451,12 @@ impl TaskCgroup {
             fs::create_dir(&d)?;
             cg.procs.push(d.join("cgroup.procs"));
         }
-        for (file, value) in cg.driver.limit_writes(&cg.name, limits) {
+        Ok(cg)
+    }
+
+    /// Writes every limit, before any task code runs in the cgroup.
+    pub fn apply(&self, limits: &Effective) -> io::Result<()> {
+        for (file, value) in self.driver.limit_writes(&self.name, limits) {
             if let Err(e) = write_file(&file, &value) {
                 // Swap accounting is often off: its file is then missing.
                 if file.ends_with("memory.memsw.limit_in_bytes")
@@ -464,7 +470,7 @@ impl TaskCgroup {
                 ));
             }
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// The `cgroup.procs` files a new process writes `0` to, to join the cgroup.

@@ -75,7 +75,7 @@ fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) ->
 }
 
 /// Builds the task's filesystem view in the current (new, private) mount namespace.
-pub fn build_view(cfg: &InitConfig) -> Result<()> {
+pub fn build_view(cfg: &InitConfig, net_ns: bool) -> Result<()> {
     let none: Option<&str> = None;
     // Nothing done here may propagate back to the host.
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
@@ -131,7 +131,7 @@ pub fn build_view(cfg: &InitConfig) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     minimal_dev(&shm)?;
-    if cfg.net_ns {
+    if net_ns {
         // Unix sockets ignore net namespaces: without network, no host service
         // in /run (D-Bus, systemd-resolved, container engines) is reachable either.
         hide(Path::new("/run"))?;

@@ -1,14 +1,17 @@
-//! The sandbox helper: `krill-worker` re-executed as `krill-sandbox-init`.
+//! The sandbox helper: the small `krill-sandbox-init` binary (or, where it is
+//! not installed, `krill-worker` re-executed with argv[0] = [`ARG0`]).
 //!
-//! The worker forks, joins the task's cgroup, unshares the mount, pid, ipc, uts
-//! (and net) namespaces, and execs `/proc/self/exe` with argv[0] = [`ARG0`]; the
-//! binary's `main` hands over to [`run_if_requested`] before anything else. From
-//! there, single-threaded (so allocation is fine until the last fork):
+//! The worker starts it with `posix_spawn` (no fork of the worker's big,
+//! multi-threaded address space, nothing run between fork and exec), with a
+//! socket on stdin that carries the [`InitConfig`] in and the [`Report`] out.
+//! From there, single-threaded (so allocation is fine until the last fork):
 //!
 //! ```text
-//! helper (root, host pid ns, new mount/ipc/uts/net ns; ignores TERM)
-//!  │  reads its InitConfig (JSON) from stdin, builds the filesystem view (fs.rs),
-//!  │  sets the host name, brings `lo` up, forks:
+//! helper (root, host pid ns; ignores TERM)
+//!  │  own session, parent-death signal, joins the task cgroup, unshares the
+//!  │  mount, pid, ipc, uts (and net) namespaces; then (often started ahead of
+//!  │  its task, see ready.rs) waits for its InitConfig (JSON) on stdin, builds
+//!  │  the filesystem view (fs.rs), sets the host name, brings `lo` up, forks:
 //!  └─ init = PID 1 of the task's pid ns (root; parent-death signal SIGKILL)
 //!      │  mounts /proc, spawns the script, reaps every orphan; when the script
 //!      │  exits it SIGKILLs everything else in the namespace and reports how the
@@ -17,10 +20,12 @@
 //!         ambient too), no_new_privs, seccomp, rlimits, only fds 0-2, clean env)
 //! ```
 //!
-//! When the helper dies (the worker SIGKILLs it at a deadline, or the worker
-//! itself died: its parent-death signal), the init gets SIGKILL, and when a pid
-//! namespace's init dies the kernel kills every process in it: no `setsid`,
-//! double fork or trapped signal survives.
+//! Every limit is in place before any task code runs: the cgroup is joined and
+//! the namespaces made before the init is forked. When the helper dies (the
+//! worker SIGKILLs it at a deadline, or the worker itself died: its
+//! parent-death signal), the init gets SIGKILL, and when a pid namespace's init
+//! dies the kernel kills every process in it: no `setsid`, double fork or
+//! trapped signal survives.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -37,9 +42,17 @@ use serde::{Deserialize, Serialize};
 
 /// argv[0] of the helper.
 pub const ARG0: &str = "krill-sandbox-init";
-/// Set (to `1`) in the helper's environment, with [`ARG0`].
+/// Set in the helper's environment to the worker's pid (the helper exits if its
+/// parent is not that process: the worker died before the helper could arm its
+/// parent-death signal).
 pub const ENV_FLAG: &str = "KRILL_SANDBOX_INIT";
-/// The helper's status channel to the worker.
+/// `1` in the helper's environment: make a fresh net namespace (only `lo`, up);
+/// the task has no network. The helper's arguments are the `cgroup.procs` files
+/// of its task cgroup, one per hierarchy.
+pub const ENV_NET_NS: &str = "KRILL_SANDBOX_NET_NS";
+/// Name of the dedicated helper binary, installed next to `krill-worker`.
+pub const BINARY: &str = "krill-sandbox-init";
+/// The helper's status channel to the worker (a copy of the stdin socket).
 pub const STATUS_FD: i32 = 3;
 /// Host name inside the sandbox.
 pub const HOSTNAME: &str = "krill";
@@ -58,8 +71,6 @@ pub struct InitConfig {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
-    /// The helper is in a fresh net namespace (bring `lo` up).
-    pub net_ns: bool,
 }
 
 /// What the init reports on [`STATUS_FD`], one line.
@@ -93,8 +104,8 @@ impl Report {
     }
 }
 
-/// Runs the helper when this process was started as one; returns its exit code.
-/// `None`: this is the normal worker.
+/// Runs the helper when this process was started as one (the worker binary
+/// re-executed); returns its exit code. `None`: this is the normal worker.
 pub fn run_if_requested() -> Option<i32> {
     if std::env::args_os().next()? != ARG0 || std::env::var_os(ENV_FLAG).is_none() {
         return None;
@@ -106,19 +117,53 @@ fn report(status: &mut File, r: &Report) {
     let _ = status.write_all(r.line().as_bytes());
 }
 
-fn helper() -> i32 {
-    // SAFETY: the worker dup2'ed the write end of its status pipe to fd 3 just
-    // before exec; nothing else in this fresh process owns it.
-    let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    // Nothing inherited beyond stdio and the status pipe.
-    // SAFETY: close_range only closes descriptors; none above 3 is in use here.
+/// The helper's `main`: sets up the namespaces and cgroup, forks the init and
+/// waits for it; returns the helper's exit code.
+pub fn helper() -> i32 {
+    // SAFETY: setsid and prctl(PR_SET_PDEATHSIG) have no memory effects.
     unsafe {
+        // Its own session and process group: the worker's TERM reaches the
+        // task's group only, and no terminal is inherited.
+        libc::setsid();
+        // The worker's death kills the helper, whose death kills the task.
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    // The worker died before the parent-death signal was armed.
+    let parent = std::env::var(ENV_FLAG)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    if parent.is_some_and(|p| nix::unistd::getppid().as_raw() != p) {
+        return 1;
+    }
+    // SAFETY: dup2 and close_range only manage descriptors: fd 0 is the socket
+    // the worker gave as stdin; nothing above 3 is in use in this fresh process.
+    unsafe {
+        if libc::dup2(0, STATUS_FD) < 0 {
+            return 1;
+        }
+        // Nothing inherited beyond stdio and the status socket.
         libc::syscall(libc::SYS_close_range, STATUS_FD as u32 + 1, u32::MAX, 0u32);
     }
+    // SAFETY: fd 3 was just made a copy of the status socket; only this owns it.
+    let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
     // The worker's TERM is for the script; the helper only dies by SIGKILL.
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: installing SIG_IGN runs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+    // Everything that does not depend on the task, done before it is known
+    // (the helper may wait a while for it).
+    let net_ns = std::env::var(ENV_NET_NS).is_ok_and(|v| v == "1");
+    let cgroup_procs: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    if let Err(e) = enter_sandbox(&cgroup_procs, net_ns) {
+        report(&mut status, &Report::Error(e));
+        return 1;
     }
     let cfg = match read_config() {
         Ok(c) => c,
@@ -127,7 +172,7 @@ fn helper() -> i32 {
             return 1;
         }
     };
-    if let Err(e) = prepare_namespaces(&cfg) {
+    if let Err(e) = prepare_namespaces(&cfg, net_ns) {
         report(&mut status, &Report::Error(e));
         return 1;
     }
@@ -166,18 +211,40 @@ fn helper() -> i32 {
     }
 }
 
+/// Reads the config from stdin up to the worker's half-close, then puts
+/// /dev/null on stdin.
 fn read_config() -> Result<InitConfig, String> {
     let mut buf = Vec::new();
     std::io::stdin()
         .read_to_end(&mut buf)
         .map_err(|e| format!("reading the sandbox config: {e}"))?;
+    let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| format!("dup2 /dev/null: {e}"))?;
     serde_json::from_slice(&buf).map_err(|e| format!("parsing the sandbox config: {e}"))
 }
 
-fn prepare_namespaces(cfg: &InitConfig) -> Result<(), String> {
-    super::fs::build_view(cfg)?;
+/// Joins the task cgroup (every hierarchy) and unshares the namespaces: from
+/// here on, whatever this process forks is limited and isolated.
+fn enter_sandbox(cgroup_procs: &[PathBuf], net_ns: bool) -> Result<(), String> {
+    for procs in cgroup_procs {
+        // "0": the writing process.
+        std::fs::write(procs, "0")
+            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+    }
+    let mut flags = nix::sched::CloneFlags::CLONE_NEWNS
+        | nix::sched::CloneFlags::CLONE_NEWPID
+        | nix::sched::CloneFlags::CLONE_NEWIPC
+        | nix::sched::CloneFlags::CLONE_NEWUTS;
+    if net_ns {
+        flags |= nix::sched::CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).map_err(|e| format!("unshare: {e}"))
+}
+
+fn prepare_namespaces(cfg: &InitConfig, net_ns: bool) -> Result<(), String> {
+    super::fs::build_view(cfg, net_ns)?;
     nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
-    if cfg.net_ns {
+    if net_ns {
         loopback_up()?;
     }
     Ok(())

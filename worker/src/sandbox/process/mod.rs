@@ -5,7 +5,7 @@
 //! seccomp filter, a clean environment and stdin from /dev/null.
 //!
 //! ```text
-//! worker ──fork, join cgroup, unshare, exec /proc/self/exe──▶ helper ──fork──▶ init (pid 1) ──▶ script
+//! worker ──posix_spawn──▶ krill-sandbox-init (joins the cgroup, unshares) ──fork──▶ init (pid 1) ──▶ script
 //! ```
 //!
 //! (see [`init`] for who does what, [`fs`] for the filesystem view, [`cgroup`]
@@ -16,7 +16,7 @@
 //! Layout of one task on the host (everything removed when the task ends):
 //!
 //! ```text
-//! <work_root>/<worker>/            root 0711, locked by the live worker (flock)
+//! <work_root>/<worker>/            root 0711, a tmpfs, locked by the live worker (flock)
 //!   <task>.<rand>/                 root 0711: the task cannot rename what is inside
 //!     krill/script                 root 0644: the script
 //!     krill/output                 task user 0600: $KRILL_OUTPUT
@@ -29,14 +29,12 @@ pub mod cgroup;
 pub mod fs;
 pub mod init;
 mod pump;
+mod ready;
 pub mod seccomp;
 
 use std::fs::{self as stdfs, File, OpenOptions};
-use std::io::Read as _;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,8 +45,9 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::cgroup::{Driver, TaskCgroup};
+use self::cgroup::Driver;
 use self::init::{InitConfig, Report};
+use self::ready::{Helper, Launcher, Ready};
 use super::{Event, Exit, Outcome, Sandbox, SandboxError, Spec};
 use crate::output::read_capped;
 
@@ -63,8 +62,6 @@ pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /// Host-wide directory of live workers' locks: a task cgroup whose worker holds
 /// no lock here belongs to a dead worker and is swept.
 pub const LOCK_DIR: &str = "/run/krill/workers";
-/// cgroup hierarchies a task joins at most (v1 uses five, v2 one).
-const MAX_HIERARCHIES: usize = 8;
 const OUTPUT_FILE: &str = "output";
 pub(crate) const SENSITIVE_FILE: &str = "sensitive_output";
 
@@ -80,6 +77,11 @@ pub struct ProcessConfig {
     /// Run without cgroup limits where no cgroup can be used (results say
     /// `limits: degraded`); otherwise refuse to start.
     pub allow_degraded_limits: bool,
+    /// The `krill-sandbox-init` binary (default: next to this executable, else
+    /// this executable re-executed).
+    pub helper_path: Option<PathBuf>,
+    /// Helpers kept started ahead of their tasks (the worker's slots).
+    pub slots: usize,
 }
 
 /// Runs scripts as an unprivileged user in namespaces and a cgroup on this host.
@@ -91,6 +93,12 @@ pub struct ProcessSandbox {
     mine: PathBuf,
     worker_id: String,
     cgroups: Option<Arc<dyn Driver>>,
+    /// Helpers started ahead, one per slot.
+    ready: Arc<Ready>,
+    /// Removal of finished tasks' cgroups and dirs, off the path to the result.
+    cleanup: tokio_util::task::TaskTracker,
+    /// This worker's work dir is a tmpfs it mounted (unmounted on drop).
+    mounted: bool,
     _lock: File,
     _host_lock: File,
 }
@@ -116,6 +124,7 @@ impl ProcessSandbox {
         let mine = root.join(&cfg.worker_id);
         stdfs::create_dir_all(&mine)?;
         stdfs::set_permissions(&mine, stdfs::Permissions::from_mode(0o711))?;
+        let mounted = mount_work_tmpfs(&mine);
         let work_lock = lock(&root.join(format!("{}.lock", cfg.worker_id)))?;
         stdfs::create_dir_all(LOCK_DIR)?;
         let host_lock = lock(&PathBuf::from(LOCK_DIR).join(format!("{}.lock", cfg.worker_id)))?;
@@ -127,7 +136,20 @@ impl ProcessSandbox {
             }),
             cfg.allow_degraded_limits,
         )?;
+        let helper = Helper::locate(cfg.helper_path.as_ref())?;
+        tracing::info!(helper = %helper.path.display(), ahead = cfg.slots, "process sandbox helper");
+        let ready = Ready::new(
+            Launcher {
+                helper,
+                cgroups: cgroups.clone(),
+                worker_id: cfg.worker_id.clone(),
+            },
+            cfg.slots,
+        );
         Ok(ProcessSandbox {
+            mounted,
+            ready,
+            cleanup: tokio_util::task::TaskTracker::new(),
             uid,
             gid,
             root,
@@ -140,8 +162,8 @@ impl ProcessSandbox {
     }
 
     /// Creates the task's private directories and files.
-    fn prepare(&self, spec: &Spec) -> Result<TaskDir, SandboxError> {
-        let name = format!("{}.{}", spec.task_id, uuid::Uuid::new_v4().simple());
+    fn prepare(&self, spec: &Spec, unique: &str) -> Result<TaskDir, SandboxError> {
+        let name = format!("{}.{unique}", spec.task_id);
         let dir = self.mine.join(&name);
         let guard = TaskDir {
             path: dir.clone(),
@@ -202,68 +224,6 @@ impl ProcessSandbox {
             argv,
             env,
             cwd: home,
-            net_ns: !spec.limits.network,
-        }
-    }
-
-    /// The one function that sets up the helper's process between fork and exec:
-    /// its own session, death with the worker, the task cgroup, the status pipe,
-    /// new namespaces. Every limit is then in place before any task code runs.
-    fn apply_limits(
-        cmd: &mut tokio::process::Command,
-        network: bool,
-        cgroup_procs: &[File],
-        status: &OwnedFd,
-    ) {
-        let mut fds = [-1i32; MAX_HIERARCHIES];
-        for (slot, f) in fds.iter_mut().zip(cgroup_procs) {
-            *slot = f.as_raw_fd();
-        }
-        let status = status.as_raw_fd();
-        let mut flags =
-            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-        if !network {
-            flags |= libc::CLONE_NEWNET;
-        }
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (setsid, prctl, write, dup2, fcntl, unshare)
-        // on values captured by copy; it allocates nothing and takes no locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                let err = std::io::Error::last_os_error;
-                if libc::setsid() < 0 {
-                    return Err(err());
-                }
-                // The worker's death kills the helper, whose death kills the task.
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(err());
-                }
-                // Join the task cgroup ("0" = the writing process) before any
-                // task code exists.
-                for fd in fds.iter().copied().filter(|fd| *fd >= 0) {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(err());
-                    }
-                }
-                if status == init::STATUS_FD {
-                    if libc::fcntl(status, libc::F_SETFD, 0) != 0 {
-                        return Err(err());
-                    }
-                } else if libc::dup2(status, init::STATUS_FD) < 0 {
-                    return Err(err());
-                }
-                if libc::unshare(flags) != 0 {
-                    return Err(err());
-                }
-                Ok(())
-            });
         }
     }
 
@@ -273,56 +233,28 @@ impl ProcessSandbox {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> Result<Outcome, SandboxError> {
-        let dir = self.prepare(&spec)?;
+        let prepared = self.ready.take(!spec.limits.network)?;
+        let ready::Prepared {
+            mut child,
+            cgroup: cg,
+            name,
+            status: mut status_r,
+            config: mut config_w,
+        } = prepared;
+        let dir = self.prepare(&spec, &name)?;
         let sandbox_id = format!("{}/{}", self.worker_id, dir.name);
-        let cg = match &self.cgroups {
-            Some(d) => Some(
-                TaskCgroup::create(d.clone(), sandbox_id.clone(), &spec.limits)
-                    .map_err(|e| SandboxError::Setup(format!("creating the task cgroup: {e}")))?,
-            ),
-            None => None,
-        };
-        let procs = match &cg {
-            Some(cg) => cg
-                .procs_files()
-                .iter()
-                .map(|p| OpenOptions::new().write(true).open(p))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
-        };
-        if procs.len() > MAX_HIERARCHIES {
-            return Err(SandboxError::Setup(format!(
-                "{} cgroup hierarchies to join, at most {MAX_HIERARCHIES} supported",
-                procs.len()
-            )));
+        if let Some(cg) = &cg {
+            cg.apply(&spec.limits)
+                .map_err(|e| SandboxError::Setup(format!("limiting the task cgroup: {e}")))?;
         }
-        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io)?;
-        let cfg = self.init_config(&spec, &dir);
-        let mut cmd = tokio::process::Command::new("/proc/self/exe");
-        cmd.arg0(init::ARG0)
-            .env_clear()
-            .env(init::ENV_FLAG, "1")
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Self::apply_limits(&mut cmd, spec.limits.network, &procs, &status_w);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| SandboxError::Setup(format!("starting the sandbox helper: {e}")))?;
-        drop(status_w);
-        drop(procs);
-        let helper = child.id().map(|p| p as i32).unwrap_or(0);
-        let config = serde_json::to_vec(&cfg)
+        let config = serde_json::to_vec(&self.init_config(&spec, &dir))
             .map_err(|e| SandboxError::Setup(format!("encoding the sandbox config: {e}")))?;
-        drop(cfg);
-        if let Some(mut stdin) = child.stdin.take() {
-            // A helper that dies early reports why on the status pipe.
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&config).await;
-            });
-        }
+        let helper = child.id().map(|p| p as i32).unwrap_or(0);
+        // A helper that dies early reports why on the status socket. Dropping
+        // the write half shuts it down: the helper reads to end-of-file.
+        tokio::spawn(async move {
+            let _ = config_w.write_all(&config).await;
+        });
         let watcher =
             pump::SensitiveWatch::new(dir.path.join("krill"), spec.limits.output_file_bytes);
         let reader = tokio::spawn(pump::pump(
@@ -343,17 +275,10 @@ impl ProcessSandbox {
         if stopped.is_some() {
             stop(&mut child, helper).await;
         }
-        // Whatever is left of the task dies with its cgroup; then read what it used.
-        let (usage, oom_kills) = match cg {
-            Some(cg) => tokio::task::spawn_blocking(move || {
-                cg.kill();
-                let usage = cg.usage();
-                let ooms = cg.oom_kills();
-                drop(cg);
-                (usage, ooms)
-            })
-            .await
-            .unwrap_or_default(),
+        // What the task used; whatever is left of it then dies with its cgroup,
+        // which is removed off the path to the result.
+        let (usage, oom_kills) = match &cg {
+            Some(cg) => (cg.usage(), cg.oom_kills()),
             None => (Usage::default(), 0),
         };
         let mut reader = reader;
@@ -363,7 +288,7 @@ impl ProcessSandbox {
         {
             reader.abort();
         }
-        let report = read_status(status_r);
+        let report = read_status(&mut status_r).await;
         let exit = decide(stopped, report, oom_kills)?;
         let krill = dir.path.join("krill");
         let outputs = read_capped(&krill, OUTPUT_FILE, spec.limits.output_file_bytes)
@@ -372,7 +297,10 @@ impl ProcessSandbox {
         let sensitive = read_capped(&krill, SENSITIVE_FILE, spec.limits.output_file_bytes)
             .map(bytes::Bytes::from)
             .map_err(|e| e.to_string());
-        drop(dir);
+        self.cleanup.spawn_blocking(move || {
+            drop(cg);
+            drop(dir);
+        });
         Ok(Outcome {
             exit,
             outputs,
@@ -385,6 +313,11 @@ impl ProcessSandbox {
                 Enforcement::Degraded
             },
         })
+    }
+
+    /// Helpers started ahead and waiting for a task.
+    pub fn ready_helpers(&self) -> usize {
+        self.ready.waiting()
     }
 
     /// Whether the worker that owns `id` is alive (holds its host-wide lock).
@@ -444,6 +377,48 @@ impl ProcessSandbox {
     }
 }
 
+/// Mounts a tmpfs on this worker's work dir, unless one is there already: each
+/// task's few files (script, output files) then cost no disk inode work, and
+/// their memory is charged to the task's cgroup. Where mounting is not allowed
+/// the dir stays on its filesystem. Returns whether the dir is a tmpfs mount.
+fn mount_work_tmpfs(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = |p: &std::path::Path| stdfs::metadata(p).map(|m| m.dev()).ok();
+    if let Some(parent) = dir.parent() {
+        if dev(dir).is_some() && dev(dir) != dev(parent) {
+            return true; // already a mount point (an earlier life of this worker)
+        }
+    }
+    match nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0711"),
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e,
+                "could not mount a tmpfs on the work dir; task dirs stay on its filesystem");
+            false
+        }
+    }
+}
+
+/// Unmounts a work dir's tmpfs (lazily: a dying task may still hold it).
+fn unmount_work_tmpfs(dir: &std::path::Path) {
+    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+}
+
+impl Drop for ProcessSandbox {
+    fn drop(&mut self) {
+        if self.mounted {
+            unmount_work_tmpfs(&self.mine);
+            let _ = stdfs::remove_dir(&self.mine);
+        }
+    }
+}
+
 /// The cgroup driver to limit tasks with; `None` (degraded) only when allowed.
 fn choose_limits(
     detected: Result<Arc<dyn Driver>, String>,
@@ -490,16 +465,14 @@ fn decide(
     }
 }
 
-/// Reads the init's report (the pipe's writers are gone once the helper exited).
-fn read_status(r: OwnedFd) -> Option<Report> {
-    let _ = nix::fcntl::fcntl(
-        &r,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
-    let mut f = File::from(r);
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut (&mut f).take(64 * 1024), &mut text);
-    Report::parse(&text)
+/// Reads the init's report (the socket's other holders are gone once the helper
+/// exited).
+async fn read_status(r: &mut tokio::net::unix::OwnedReadHalf) -> Option<Report> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut capped = r.take(64 * 1024);
+    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, capped.read_to_end(&mut buf)).await;
+    Report::parse(&String::from_utf8_lossy(&buf))
 }
 
 impl Sandbox for ProcessSandbox {
@@ -517,6 +490,9 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn sweep(&self) -> Result<usize, SandboxError> {
+        // Helpers waiting from before would be swept with their cgroups.
+        let stale = self.ready.clear();
+        let _ = tokio::task::spawn_blocking(move || drop(stale)).await;
         let mut removed = self.sweep_cgroups();
         // Work dirs of workers whose lock is free belong to dead workers; this
         // worker's own leftovers come from an earlier life under the same id.
@@ -544,15 +520,24 @@ impl Sandbox for ProcessSandbox {
             };
             if free {
                 removed += stdfs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
+                unmount_work_tmpfs(&path);
                 let _ = stdfs::remove_dir_all(&path);
                 let _ = stdfs::remove_file(&lock_path);
             }
         }
+        self.ready.refill();
         Ok(removed)
     }
 
     async fn ready(&self) -> bool {
         self.mine.is_dir()
+    }
+
+    async fn close(&self) {
+        let waiting = self.ready.clear();
+        self.cleanup.spawn_blocking(move || drop(waiting));
+        self.cleanup.close();
+        self.cleanup.wait().await;
     }
 }
 
