@@ -99,7 +99,6 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                     acker: acker.clone(),
                 },
             );
-            event(&shared, &id, State::Started, None, attempt).await;
             let metrics = &shared.run.metrics;
             if let Some(waited) =
                 crate::metrics::queue_wait(task.submitted_at, *properties.timestamp())
@@ -107,7 +106,12 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                 metrics.queued(waited);
             }
             let ran = std::time::Instant::now();
-            let result = runner::run(&shared.run, *task, attempt, cancel, reason).await;
+            // The started event goes out while the task starts (joined, not
+            // spawned: it is sent before the finished event can be).
+            let ((), result) = tokio::join!(
+                event(&shared, &id, State::Started, None, attempt),
+                runner::run(&shared.run, *task, attempt, cancel, reason)
+            );
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
             // Remember before forgetting it runs: a redelivery in between must find one or the other.

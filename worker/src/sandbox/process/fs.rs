@@ -26,7 +26,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chown, Gid, Uid};
 
-use super::init::InitConfig;
+use super::init::SandboxConfig;
 
 /// Host paths a task never sees: anything that would let it reach the container
 /// engine, the broker's state or root's files. Directories get an empty
@@ -75,7 +75,7 @@ fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) ->
 }
 
 /// Builds the task's filesystem view in the current (new, private) mount namespace.
-pub fn build_view(cfg: &InitConfig, net_ns: bool) -> Result<()> {
+pub fn build_view(cfg: &SandboxConfig) -> Result<()> {
     let none: Option<&str> = None;
     // Nothing done here may propagate back to the host.
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
@@ -131,7 +131,7 @@ pub fn build_view(cfg: &InitConfig, net_ns: bool) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     minimal_dev(&shm)?;
-    if net_ns {
+    if cfg.net_ns {
         // Unix sockets ignore net namespaces: without network, no host service
         // in /run (D-Bus, systemd-resolved, container engines) is reachable either.
         hide(Path::new("/run"))?;
@@ -140,6 +140,21 @@ pub fn build_view(cfg: &InitConfig, net_ns: bool) -> Result<()> {
         hide(Path::new(p))?;
     }
     Ok(())
+}
+
+/// Resizes the scratch tmpfs (through the task's `$HOME`, one of its binds:
+/// a remount without `MS_BIND` reconfigures the shared superblock).
+pub fn resize_scratch(cfg: &SandboxConfig, disk_bytes: u64) -> Result<()> {
+    let none: Option<&str> = None;
+    let home = cfg.task_dir.join("home");
+    mount(
+        none,
+        &home,
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("size={}", disk_bytes.max(4096)).as_str()),
+    )
+    .map_err(ctx(|| "resizing the scratch tmpfs".into()))
 }
 
 /// Every mount of the tree: read-only, nosuid, nodev (in this namespace only).

@@ -2,23 +2,30 @@
 //! not installed, `krill-worker` re-executed with argv[0] = [`ARG0`]).
 //!
 //! The worker starts it with `posix_spawn` (no fork of the worker's big,
-//! multi-threaded address space, nothing run between fork and exec), with a
-//! socket on stdin that carries the [`InitConfig`] in and the [`Report`] out.
-//! From there, single-threaded (so allocation is fine until the last fork):
+//! multi-threaded address space, nothing run between fork and exec), usually
+//! ahead of its task (see ready.rs), with a socket on stdin that carries two
+//! frames in — the [`SandboxConfig`] at once, the [`TaskConfig`] when the task
+//! is claimed — and the [`Report`] out. Single-threaded (so allocation is fine
+//! until the last fork):
 //!
 //! ```text
 //! helper (root, host pid ns; ignores TERM)
-//!  │  own session, parent-death signal, joins the task cgroup, unshares the
-//!  │  mount, pid, ipc, uts (and net) namespaces; then (often started ahead of
-//!  │  its task, see ready.rs) waits for its InitConfig (JSON) on stdin, builds
+//!  │  own session, parent-death signal, reads the SandboxConfig, joins the
+//!  │  cgroup, unshares the mount, pid, ipc, uts (and net) namespaces, builds
 //!  │  the filesystem view (fs.rs), sets the host name, brings `lo` up, forks:
 //!  └─ init = PID 1 of the task's pid ns (root; parent-death signal SIGKILL)
-//!      │  mounts /proc, spawns the script, reaps every orphan; when the script
-//!      │  exits it SIGKILLs everything else in the namespace and reports how the
-//!      │  script ended on fd 3
+//!      │  mounts /proc, then waits for the TaskConfig; resizes the scratch
+//!      │  tmpfs if asked, spawns the script, reaps every orphan; when the
+//!      │  script exits it SIGKILLs everything else in the namespace, reaps it,
+//!      │  and reports how the script ended on fd 3
 //!      └─ script (task uid/gid, no groups, no capabilities (bounding and
 //!         ambient too), no_new_privs, seccomp, rlimits, only fds 0-2, clean env)
 //! ```
+//!
+//! Once the script runs, only the task's processes hold its stdout and stderr
+//! pipes (the helper and the init put /dev/null on theirs), so the report and
+//! the pipes' end-of-file mean the task is over; the namespaces are torn down
+//! after that, off the path to the result.
 //!
 //! Every limit is in place before any task code runs: the cgroup is joined and
 //! the namespaces made before the init is forked. When the helper dies (the
@@ -46,31 +53,63 @@ pub const ARG0: &str = "krill-sandbox-init";
 /// parent is not that process: the worker died before the helper could arm its
 /// parent-death signal).
 pub const ENV_FLAG: &str = "KRILL_SANDBOX_INIT";
-/// `1` in the helper's environment: make a fresh net namespace (only `lo`, up);
-/// the task has no network. The helper's arguments are the `cgroup.procs` files
-/// of its task cgroup, one per hierarchy.
-pub const ENV_NET_NS: &str = "KRILL_SANDBOX_NET_NS";
 /// Name of the dedicated helper binary, installed next to `krill-worker`.
 pub const BINARY: &str = "krill-sandbox-init";
 /// The helper's status channel to the worker (a copy of the stdin socket).
 pub const STATUS_FD: i32 = 3;
+/// The line the init writes on [`STATUS_FD`] once the task's view is built
+/// and it waits for the task.
+pub const READY: &str = "ready";
 /// Host name inside the sandbox.
 pub const HOSTNAME: &str = "krill";
 
-/// Everything the helper needs, sent on its stdin (never on disk or argv: the
-/// environment holds the task's secrets).
+/// What the helper needs before its task is known: the first frame on its
+/// stdin, sent as it starts.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct InitConfig {
+pub struct SandboxConfig {
     pub uid: u32,
     pub gid: u32,
     pub work_root: PathBuf,
     pub task_dir: PathBuf,
+    /// Size of the scratch tmpfs until the task says otherwise.
     pub disk_bytes: u64,
     pub nofile: u64,
+    /// Make a fresh net namespace (only `lo`, up): the task has no network.
+    pub net_ns: bool,
+    /// The cgroup's `cgroup.procs` files (one per hierarchy), joined first.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// The task: the second frame, sent when it is claimed (never on disk or argv:
+/// the environment holds the task's secrets). The init reads it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskConfig {
     /// Interpreter, its arguments and the script path.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// Size of the scratch tmpfs, and the largest file the script may write.
+    pub disk_bytes: u64,
+}
+
+/// A frame: a big-endian u32 length, then that much JSON.
+pub fn frame(value: &impl Serialize) -> Result<Vec<u8>, String> {
+    let body = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let len = u32::try_from(body.len()).map_err(|_| "config too large".to_string())?;
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reads one frame from `r`; `what` names it in errors.
+fn read_frame<T: serde::de::DeserializeOwned>(r: &mut impl Read, what: &str) -> Result<T, String> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .map_err(|e| format!("reading the {what}: {e}"))?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body)
+        .map_err(|e| format!("reading the {what}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("parsing the {what}: {e}"))
 }
 
 /// What the init reports on [`STATUS_FD`], one line.
@@ -158,21 +197,18 @@ pub fn helper() -> i32 {
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
     // Everything that does not depend on the task, done before it is known
-    // (the helper may wait a while for it).
-    let net_ns = std::env::var(ENV_NET_NS).is_ok_and(|v| v == "1");
-    let cgroup_procs: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    if let Err(e) = enter_sandbox(&cgroup_procs, net_ns) {
-        report(&mut status, &Report::Error(e));
-        return 1;
-    }
-    let cfg = match read_config() {
+    // (the helper is started ahead of its task).
+    let sandbox: SandboxConfig = match read_frame(&mut std::io::stdin(), "sandbox config") {
         Ok(c) => c,
         Err(e) => {
             report(&mut status, &Report::Error(e));
             return 1;
         }
     };
-    if let Err(e) = prepare_namespaces(&cfg, net_ns) {
+    if let Err(e) = null_stdio(&[0])
+        .and_then(|()| enter_sandbox(&sandbox))
+        .and_then(|()| prepare_namespaces(&sandbox))
+    {
         report(&mut status, &Report::Error(e));
         return 1;
     }
@@ -190,12 +226,15 @@ pub fn helper() -> i32 {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(alive_w);
-            let code = init(&cfg, &mut status, alive_r);
+            let code = init(&sandbox, &mut status, alive_r);
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(status);
             drop(alive_r);
+            // Only the task's processes hold its output pipes: their end-of-file
+            // means it is over.
+            let _ = null_stdio(&[1, 2]);
             let _keep = alive_w;
             loop {
                 match waitpid(child, None) {
@@ -211,22 +250,25 @@ pub fn helper() -> i32 {
     }
 }
 
-/// Reads the config from stdin up to the worker's half-close, then puts
-/// /dev/null on stdin.
-fn read_config() -> Result<InitConfig, String> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("reading the sandbox config: {e}"))?;
+/// Puts /dev/null on the given standard descriptors.
+fn null_stdio(fds: &[i32]) -> Result<(), String> {
     let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
-    nix::unistd::dup2_stdin(&null).map_err(|e| format!("dup2 /dev/null: {e}"))?;
-    serde_json::from_slice(&buf).map_err(|e| format!("parsing the sandbox config: {e}"))
+    for fd in fds {
+        // SAFETY: dup2 onto a standard descriptor this process owns.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), *fd) } < 0 {
+            return Err(format!(
+                "dup2 /dev/null: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Joins the task cgroup (every hierarchy) and unshares the namespaces: from
 /// here on, whatever this process forks is limited and isolated.
-fn enter_sandbox(cgroup_procs: &[PathBuf], net_ns: bool) -> Result<(), String> {
-    for procs in cgroup_procs {
+fn enter_sandbox(cfg: &SandboxConfig) -> Result<(), String> {
+    for procs in &cfg.cgroup_procs {
         // "0": the writing process.
         std::fs::write(procs, "0")
             .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
@@ -235,16 +277,16 @@ fn enter_sandbox(cgroup_procs: &[PathBuf], net_ns: bool) -> Result<(), String> {
         | nix::sched::CloneFlags::CLONE_NEWPID
         | nix::sched::CloneFlags::CLONE_NEWIPC
         | nix::sched::CloneFlags::CLONE_NEWUTS;
-    if net_ns {
+    if cfg.net_ns {
         flags |= nix::sched::CloneFlags::CLONE_NEWNET;
     }
     nix::sched::unshare(flags).map_err(|e| format!("unshare: {e}"))
 }
 
-fn prepare_namespaces(cfg: &InitConfig, net_ns: bool) -> Result<(), String> {
-    super::fs::build_view(cfg, net_ns)?;
+fn prepare_namespaces(cfg: &SandboxConfig) -> Result<(), String> {
+    super::fs::build_view(cfg)?;
     nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
-    if net_ns {
+    if cfg.net_ns {
         loopback_up()?;
     }
     Ok(())
@@ -278,7 +320,7 @@ fn loopback_up() -> Result<(), String> {
 }
 
 /// PID 1 of the task's pid namespace; returns the exit code of the init.
-fn init(cfg: &InitConfig, status: &mut File, helper_alive: std::os::fd::OwnedFd) -> i32 {
+fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::OwnedFd) -> i32 {
     // SAFETY: prctl(PR_SET_PDEATHSIG) has no memory effects.
     unsafe {
         libc::prctl(
@@ -321,8 +363,28 @@ fn init(cfg: &InitConfig, status: &mut File, helper_alive: std::os::fd::OwnedFd)
     unsafe {
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
-    let script = match spawn_script(cfg) {
-        Ok(pid) => pid,
+    // Everything is in place: wait for the task.
+    let _ = status.write_all(format!("{READY}\n").as_bytes());
+    let task: TaskConfig = match read_frame(status, "task config") {
+        Ok(t) => t,
+        Err(e) => {
+            // The worker let this sandbox go unused (it stopped).
+            report(status, &Report::Error(e));
+            return 1;
+        }
+    };
+    if task.disk_bytes != sandbox.disk_bytes {
+        if let Err(e) = super::fs::resize_scratch(sandbox, task.disk_bytes) {
+            report(status, &Report::Error(e));
+            return 1;
+        }
+    }
+    let script = match spawn_script(sandbox, &task) {
+        Ok(pid) => {
+            // Only the task's processes hold its output pipes now.
+            let _ = null_stdio(&[1, 2]);
+            pid
+        }
         Err(e) => {
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -332,7 +394,7 @@ fn init(cfg: &InitConfig, status: &mut File, helper_alive: std::os::fd::OwnedFd)
             let _ = writeln!(
                 std::io::stderr(),
                 "krill: cannot run interpreter `{}`: {e}",
-                cfg.argv.first().map(String::as_str).unwrap_or("")
+                task.argv.first().map(String::as_str).unwrap_or("")
             );
             report(status, &Report::Exit(code));
             return 0;
@@ -370,7 +432,7 @@ fn kill_all() {
 /// Starts the script with every privilege dropped. The `pre_exec` closure runs
 /// between fork and exec and is async-signal-safe: everything it needs is
 /// computed before.
-fn spawn_script(cfg: &InitConfig) -> std::io::Result<Pid> {
+fn spawn_script(sandbox: &SandboxConfig, cfg: &TaskConfig) -> std::io::Result<Pid> {
     let (program, args) = cfg
         .argv
         .split_first()
@@ -381,11 +443,11 @@ fn spawn_script(cfg: &InitConfig) -> std::io::Result<Pid> {
         .envs(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&cfg.cwd)
         .stdin(std::process::Stdio::null());
-    let uid = cfg.uid;
-    let gid = cfg.gid;
+    let uid = sandbox.uid;
+    let gid = sandbox.gid;
     let limits = [
         (libc::RLIMIT_CORE, 0),
-        (libc::RLIMIT_NOFILE, cfg.nofile),
+        (libc::RLIMIT_NOFILE, sandbox.nofile),
         (libc::RLIMIT_FSIZE, cfg.disk_bytes),
     ];
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")

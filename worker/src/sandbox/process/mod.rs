@@ -32,8 +32,8 @@ mod pump;
 mod ready;
 pub mod seccomp;
 
-use std::fs::{self as stdfs, File, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self as stdfs, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +46,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::cgroup::Driver;
-use self::init::{InitConfig, Report};
-use self::ready::{Helper, Launcher, Ready};
+use self::init::{Report, TaskConfig};
+use self::ready::{Helper, Launcher, Ready, TaskDir};
 use super::{Event, Exit, Outcome, Sandbox, SandboxError, Spec};
 use crate::output::read_capped;
 
@@ -82,13 +82,14 @@ pub struct ProcessConfig {
     pub helper_path: Option<PathBuf>,
     /// Helpers kept started ahead of their tasks (the worker's slots).
     pub slots: usize,
+    /// Scratch size of helpers started ahead (the pool's default `disk`; a
+    /// task asking another size has its scratch resized).
+    pub disk_bytes: u64,
 }
 
 /// Runs scripts as an unprivileged user in namespaces and a cgroup on this host.
 #[derive(Debug)]
 pub struct ProcessSandbox {
-    uid: Uid,
-    gid: Gid,
     root: PathBuf,
     mine: PathBuf,
     worker_id: String,
@@ -143,6 +144,11 @@ impl ProcessSandbox {
                 helper,
                 cgroups: cgroups.clone(),
                 worker_id: cfg.worker_id.clone(),
+                uid,
+                gid,
+                work_root: root.clone(),
+                mine: mine.clone(),
+                disk_bytes: cfg.disk_bytes,
             },
             cfg.slots,
         );
@@ -150,8 +156,6 @@ impl ProcessSandbox {
             mounted,
             ready,
             cleanup: tokio_util::task::TaskTracker::new(),
-            uid,
-            gid,
             root,
             mine,
             worker_id: cfg.worker_id.clone(),
@@ -161,42 +165,10 @@ impl ProcessSandbox {
         })
     }
 
-    /// Creates the task's private directories and files.
-    fn prepare(&self, spec: &Spec, unique: &str) -> Result<TaskDir, SandboxError> {
-        let name = format!("{}.{unique}", spec.task_id);
-        let dir = self.mine.join(&name);
-        let guard = TaskDir {
-            path: dir.clone(),
-            name,
-        };
-        stdfs::create_dir(&dir)?;
-        stdfs::set_permissions(&dir, stdfs::Permissions::from_mode(0o711))?;
-        let krill = dir.join("krill");
-        stdfs::create_dir(&krill)?;
-        stdfs::set_permissions(&krill, stdfs::Permissions::from_mode(0o755))?;
-        let script = krill.join("script");
-        stdfs::write(&script, spec.script.as_bytes())?;
-        stdfs::set_permissions(&script, stdfs::Permissions::from_mode(0o644))?;
-        for name in [OUTPUT_FILE, SENSITIVE_FILE] {
-            let path = krill.join(name);
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)?;
-            nix::unistd::chown(&path, Some(self.uid), Some(self.gid)).map_err(io)?;
-        }
-        for sub in ["home", "scratch"] {
-            stdfs::create_dir(dir.join(sub))?;
-            stdfs::set_permissions(dir.join(sub), stdfs::Permissions::from_mode(0o700))?;
-        }
-        Ok(guard)
-    }
-
-    /// What the helper is told: who the script runs as, where, with what.
-    fn init_config(&self, spec: &Spec, dir: &TaskDir) -> InitConfig {
-        let krill = dir.path.join("krill");
-        let home = dir.path.join("home");
+    /// What the init is told when the task is claimed.
+    fn task_config(spec: &Spec, dir: &TaskDir) -> TaskConfig {
+        let krill = dir.inner.join("krill");
+        let home = dir.inner.join("home");
         let mut env = spec.env.clone();
         env.extend([
             ("PATH".to_string(), TASK_PATH.to_string()),
@@ -214,16 +186,11 @@ impl ProcessSandbox {
         ]);
         let mut argv = spec.interpreter.clone();
         argv.push(krill.join("script").display().to_string());
-        InitConfig {
-            uid: self.uid.as_raw(),
-            gid: self.gid.as_raw(),
-            work_root: self.root.clone(),
-            task_dir: dir.path.clone(),
-            disk_bytes: spec.limits.disk_bytes,
-            nofile: NOFILE,
+        TaskConfig {
             argv,
             env,
             cwd: home,
+            disk_bytes: spec.limits.disk_bytes,
         }
     }
 
@@ -233,25 +200,24 @@ impl ProcessSandbox {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> Result<Outcome, SandboxError> {
-        let prepared = self.ready.take(!spec.limits.network)?;
         let ready::Prepared {
             mut child,
+            mut dir,
             cgroup: cg,
-            name,
             status: mut status_r,
             config: mut config_w,
-        } = prepared;
-        let dir = self.prepare(&spec, &name)?;
+            ..
+        } = self.ready.take(!spec.limits.network).await?;
+        dir.claim(&spec.task_id, &spec.script)?;
         let sandbox_id = format!("{}/{}", self.worker_id, dir.name);
         if let Some(cg) = &cg {
             cg.apply(&spec.limits)
                 .map_err(|e| SandboxError::Setup(format!("limiting the task cgroup: {e}")))?;
         }
-        let config = serde_json::to_vec(&self.init_config(&spec, &dir))
-            .map_err(|e| SandboxError::Setup(format!("encoding the sandbox config: {e}")))?;
+        let config = init::frame(&Self::task_config(&spec, &dir))
+            .map_err(|e| SandboxError::Setup(format!("encoding the task config: {e}")))?;
         let helper = child.id().map(|p| p as i32).unwrap_or(0);
-        // A helper that dies early reports why on the status socket. Dropping
-        // the write half shuts it down: the helper reads to end-of-file.
+        // Dropping the write half afterwards shuts it down.
         tokio::spawn(async move {
             let _ = config_w.write_all(&config).await;
         });
@@ -263,24 +229,20 @@ impl ProcessSandbox {
             events,
             watcher,
         ));
+        // The init reports once every process of the task is gone (or the
+        // helper died first: end-of-file without a report).
         let deadline = tokio::time::Instant::now() + spec.limits.timeout;
-        let stopped = tokio::select! {
-            status = child.wait() => {
-                status?;
-                None
-            }
-            _ = tokio::time::sleep_until(deadline) => Some(Exit::TimedOut),
-            _ = cancel.cancelled() => Some(Exit::Cancelled),
+        let (stopped, mut report) = tokio::select! {
+            report = read_report(&mut status_r) => (None, report),
+            _ = tokio::time::sleep_until(deadline) => (Some(Exit::TimedOut), None),
+            _ = cancel.cancelled() => (Some(Exit::Cancelled), None),
         };
         if stopped.is_some() {
             stop(&mut child, helper).await;
+            report = tokio::time::timeout(DRAIN_AFTER_EXIT, read_report(&mut status_r))
+                .await
+                .unwrap_or_default();
         }
-        // What the task used; whatever is left of it then dies with its cgroup,
-        // which is removed off the path to the result.
-        let (usage, oom_kills) = match &cg {
-            Some(cg) => (cg.usage(), cg.oom_kills()),
-            None => (Usage::default(), 0),
-        };
         let mut reader = reader;
         if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reader)
             .await
@@ -288,7 +250,12 @@ impl ProcessSandbox {
         {
             reader.abort();
         }
-        let report = read_status(&mut status_r).await;
+        // What the task used; the namespaces' teardown, the cgroup and the
+        // task dir are left to the clean-up, off the path to the result.
+        let (usage, oom_kills) = match &cg {
+            Some(cg) => (cg.usage(), cg.oom_kills()),
+            None => (Usage::default(), 0),
+        };
         let exit = decide(stopped, report, oom_kills)?;
         let krill = dir.path.join("krill");
         let outputs = read_capped(&krill, OUTPUT_FILE, spec.limits.output_file_bytes)
@@ -297,9 +264,19 @@ impl ProcessSandbox {
         let sensitive = read_capped(&krill, SENSITIVE_FILE, spec.limits.output_file_bytes)
             .map(bytes::Bytes::from)
             .map_err(|e| e.to_string());
-        self.cleanup.spawn_blocking(move || {
-            drop(cg);
-            drop(dir);
+        self.cleanup.spawn(async move {
+            if tokio::time::timeout(KILL_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                drop(cg);
+                drop(dir);
+            })
+            .await;
         });
         Ok(Outcome {
             exit,
@@ -465,13 +442,18 @@ fn decide(
     }
 }
 
-/// Reads the init's report (the socket's other holders are gone once the helper
-/// exited).
-async fn read_status(r: &mut tokio::net::unix::OwnedReadHalf) -> Option<Report> {
+/// Reads the report line (the init's, or the helper's error); `None` at
+/// end-of-file without one.
+async fn read_report(r: &mut tokio::net::unix::OwnedReadHalf) -> Option<Report> {
     use tokio::io::AsyncReadExt as _;
     let mut buf = Vec::new();
-    let mut capped = r.take(64 * 1024);
-    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, capped.read_to_end(&mut buf)).await;
+    let mut chunk = [0u8; 512];
+    while !buf.contains(&b'\n') && buf.len() < 64 * 1024 {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     Report::parse(&String::from_utf8_lossy(&buf))
 }
 
@@ -562,23 +544,6 @@ fn lock(path: &std::path::Path) -> Result<File, SandboxError> {
                 )))
             }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
-        }
-    }
-}
-
-/// Removes a task's directory when dropped, on every path.
-#[derive(Debug)]
-struct TaskDir {
-    path: PathBuf,
-    name: String,
-}
-
-impl Drop for TaskDir {
-    fn drop(&mut self) {
-        if let Err(e) = stdfs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.path.display(), error = %e, "failed to remove task dir");
-            }
         }
     }
 }

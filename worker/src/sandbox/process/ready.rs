@@ -7,9 +7,12 @@
 //! claim to result. A task that may use the network (no fresh net namespace)
 //! gets a helper started for it.
 
+use std::fs::{self as stdfs, OpenOptions};
+use std::io::Write as _;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,8 +20,11 @@ use std::sync::{Arc, Mutex};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 
+use nix::unistd::{Gid, Uid};
+
 use super::cgroup::{Driver, TaskCgroup};
-use super::init;
+use super::init::{self, SandboxConfig};
+use super::{NOFILE, OUTPUT_FILE, SENSITIVE_FILE};
 use crate::sandbox::SandboxError;
 
 /// The program started as each task's sandbox helper.
@@ -59,19 +65,140 @@ impl Helper {
     }
 }
 
-/// A started helper waiting for its task's [`init::InitConfig`].
+/// A task's directory on the host; removed when dropped, on every path.
+///
+/// ```text
+/// <task>.<unique>/   root 0711 (`<unique>` until the task is known)
+///   krill/script     root 0644: the script
+///   krill/output     task user 0600: $KRILL_OUTPUT
+///   krill/sensitive_output   task user 0600: $KRILL_SENSITIVE_OUTPUT
+///   home/            mount point of the task's private $HOME
+///   scratch/         mount point of its tmpfs (inside its namespace only)
+/// ```
+#[derive(Debug)]
+pub struct TaskDir {
+    /// Where it is on the host now.
+    pub path: PathBuf,
+    /// Where the task sees it (its path when the helper bound it).
+    pub inner: PathBuf,
+    /// Its name on the host now.
+    pub name: String,
+}
+
+impl TaskDir {
+    fn create(parent: &Path, name: &str, uid: Uid, gid: Gid) -> Result<TaskDir, SandboxError> {
+        let dir = parent.join(name);
+        let guard = TaskDir {
+            path: dir.clone(),
+            inner: dir.clone(),
+            name: name.to_string(),
+        };
+        stdfs::create_dir(&dir)?;
+        stdfs::set_permissions(&dir, stdfs::Permissions::from_mode(0o711))?;
+        let krill = dir.join("krill");
+        stdfs::create_dir(&krill)?;
+        stdfs::set_permissions(&krill, stdfs::Permissions::from_mode(0o755))?;
+        for file in [OUTPUT_FILE, SENSITIVE_FILE] {
+            let path = krill.join(file);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            nix::unistd::chown(&path, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
+        }
+        for sub in ["home", "scratch"] {
+            stdfs::create_dir(dir.join(sub))?;
+            stdfs::set_permissions(dir.join(sub), stdfs::Permissions::from_mode(0o700))?;
+        }
+        Ok(guard)
+    }
+
+    /// Renames it on the host to carry the task's id (`<task>.<unique>`, for
+    /// operators and the sweep) and writes the script into it.
+    pub fn claim(&mut self, task_id: &str, script: &str) -> Result<(), SandboxError> {
+        let name = format!("{task_id}.{}", self.name);
+        let to = self.path.with_file_name(&name);
+        stdfs::rename(&self.path, &to)?;
+        self.path = to;
+        self.name = name;
+        let path = self.path.join("krill").join("script");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)?;
+        f.write_all(script.as_bytes())?;
+        Ok(())
+    }
+}
+
+impl Drop for TaskDir {
+    fn drop(&mut self) {
+        if let Err(e) = stdfs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.path.display(), error = %e, "failed to remove task dir");
+            }
+        }
+    }
+}
+
+/// A started helper waiting for its task's [`init::TaskConfig`].
 #[derive(Debug)]
 pub struct Prepared {
     pub child: Child,
+    /// Its task's directory (created with it).
+    pub dir: TaskDir,
     /// Its cgroup (limits are written when the task is known).
     pub cgroup: Option<TaskCgroup>,
-    /// Unique part of the names of its cgroup and of its task's work dir.
-    pub name: String,
     /// Where the init's report arrives.
     pub status: OwnedReadHalf,
     /// Where the task's config goes (then dropped: end-of-file for the helper).
     pub config: OwnedWriteHalf,
+    /// Its `ready` line was read.
+    pub ready: bool,
 }
+
+impl Prepared {
+    /// Waits for the init's `ready` line: the view is built and it waits for
+    /// the task (only then may the task's dir be renamed). A setup error the
+    /// helper reported instead is returned.
+    async fn until_ready(&mut self) -> Result<(), SandboxError> {
+        use tokio::io::AsyncReadExt as _;
+        if self.ready {
+            return Ok(());
+        }
+        let mut line = Vec::new();
+        let read = async {
+            let mut byte = [0u8; 1];
+            // One byte at a time: nothing after the line may be consumed.
+            while line.len() < 64 * 1024 {
+                match self.status.read(&mut byte).await {
+                    Ok(1) if byte[0] == b'\n' => break,
+                    Ok(1) => line.push(byte[0]),
+                    _ => break,
+                }
+            }
+        };
+        if tokio::time::timeout(READY_WAIT, read).await.is_err() {
+            return Err(SandboxError::Setup(format!(
+                "the sandbox helper was not ready within {READY_WAIT:?}"
+            )));
+        }
+        let line = String::from_utf8_lossy(&line);
+        if line == init::READY {
+            self.ready = true;
+            return Ok(());
+        }
+        Err(SandboxError::Setup(match init::Report::parse(&line) {
+            Some(init::Report::Error(e)) => e,
+            _ => format!("the sandbox helper ended before it was ready: {line:?}"),
+        }))
+    }
+}
+
+/// How long a helper may take to build a task's view.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Starts helpers.
 #[derive(Debug, Clone)]
@@ -79,6 +206,14 @@ pub struct Launcher {
     pub helper: Helper,
     pub cgroups: Option<Arc<dyn Driver>>,
     pub worker_id: String,
+    /// The task user.
+    pub uid: Uid,
+    pub gid: Gid,
+    /// Root of every worker's work dirs, and this worker's own.
+    pub work_root: PathBuf,
+    pub mine: PathBuf,
+    /// Scratch size until the task says otherwise (the pool's default).
+    pub disk_bytes: u64,
 }
 
 impl Launcher {
@@ -87,6 +222,7 @@ impl Launcher {
     /// config. Must run inside the runtime (the helper's pipes register with it).
     pub fn launch(&self, net_ns: bool) -> Result<Prepared, SandboxError> {
         let name = uuid::Uuid::new_v4().simple().to_string();
+        let dir = TaskDir::create(&self.mine, &name, self.uid, self.gid)?;
         let cgroup = match &self.cgroups {
             Some(d) => Some(
                 TaskCgroup::create(d.clone(), format!("{}/{name}", self.worker_id))
@@ -94,19 +230,29 @@ impl Launcher {
             ),
             None => None,
         };
-        let (ours, theirs) = UnixStream::pair()?;
+        let first = init::frame(&SandboxConfig {
+            uid: self.uid.as_raw(),
+            gid: self.gid.as_raw(),
+            work_root: self.work_root.clone(),
+            task_dir: dir.inner.clone(),
+            disk_bytes: self.disk_bytes,
+            nofile: NOFILE,
+            net_ns,
+            cgroup_procs: cgroup
+                .as_ref()
+                .map(|cg| cg.procs_files().to_vec())
+                .unwrap_or_default(),
+        })
+        .map_err(SandboxError::Setup)?;
+        let (mut ours, theirs) = UnixStream::pair()?;
         let mut cmd = tokio::process::Command::new(&self.helper.path);
         if let Some(arg0) = self.helper.arg0 {
             cmd.arg0(arg0);
-        }
-        if let Some(cg) = &cgroup {
-            cmd.args(cg.procs_files());
         }
         // No pre_exec: the standard library then starts the helper with
         // posix_spawn (vfork), not a fork of this large, multi-threaded process.
         cmd.env_clear()
             .env(init::ENV_FLAG, std::process::id().to_string())
-            .env(init::ENV_NET_NS, if net_ns { "1" } else { "0" })
             .current_dir("/")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
@@ -118,14 +264,17 @@ impl Launcher {
         drop(cmd);
         let child = spawned
             .map_err(|e| SandboxError::Setup(format!("starting the sandbox helper: {e}")))?;
+        // Small: fits the socket's buffer, so this blocking write returns at once.
+        ours.write_all(&first)?;
         ours.set_nonblocking(true)?;
         let (status, config) = tokio::net::UnixStream::from_std(ours)?.into_split();
         Ok(Prepared {
             child,
+            dir,
             cgroup,
-            name,
             status,
             config,
+            ready: false,
         })
     }
 }
@@ -152,21 +301,29 @@ impl Ready {
 
     /// A helper for a task: a waiting one when the task has no network and one
     /// is alive, else one started now. Starts replacements in the background.
-    pub fn take(self: &Arc<Self>, net_ns: bool) -> Result<Prepared, SandboxError> {
+    pub async fn take(self: &Arc<Self>, net_ns: bool) -> Result<Prepared, SandboxError> {
         let mut found = None;
         if net_ns {
-            while let Some(mut p) = self.lock().pop() {
-                // One that died waiting (killed from outside) is dropped.
-                if matches!(p.child.try_wait(), Ok(None)) {
+            loop {
+                let Some(mut p) = self.lock().pop() else {
+                    break;
+                };
+                // One that died or failed waiting (killed from outside) is dropped.
+                if matches!(p.child.try_wait(), Ok(None)) && p.until_ready().await.is_ok() {
                     found = Some(p);
                     break;
                 }
+                tokio::task::spawn_blocking(move || drop(p));
             }
         }
         self.refill();
         match found {
             Some(p) => Ok(p),
-            None => self.launcher.launch(net_ns),
+            None => {
+                let mut p = self.launcher.launch(net_ns)?;
+                p.until_ready().await?;
+                Ok(p)
+            }
         }
     }
 
