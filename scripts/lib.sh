@@ -255,9 +255,15 @@ krill_ensure_docker() {
     krill_log "dockerd is running but not answering yet; waiting"
   else
     krill_log "starting dockerd (log: $KRILL_DOCKERD_LOG)"
+    # crun, when installed, is registered as a second OCI runtime (tasks can
+    # use it with krill-worker --container-runtime crun; bench/run --runtime crun).
+    local runtimes=()
+    if command -v crun >/dev/null 2>&1 && ! grep -qs '"crun"' /etc/docker/daemon.json; then
+      runtimes=(--add-runtime "crun=$(command -v crun)")
+    fi
     # setsid + closed stdin: dockerd outlives this script and holds none of
     # its descriptors (a caller piping our output must not wait for dockerd).
-    setsid dockerd >>"$KRILL_DOCKERD_LOG" 2>&1 </dev/null &
+    setsid dockerd "${runtimes[@]+"${runtimes[@]}"}" >>"$KRILL_DOCKERD_LOG" 2>&1 </dev/null &
   fi
   deadline=$((SECONDS + KRILL_DOCKER_TIMEOUT))
   until krill__docker_up; do

@@ -1,5 +1,6 @@
-//! The alternatives Krill is measured against: spawning the command directly,
-//! a bare RabbitMQ request/reply round trip, and `docker run --rm`.
+//! The alternatives Krill is measured against: spawning the command directly
+//! (bare, or in fresh namespaces through util-linux `unshare`), a bare RabbitMQ
+//! request/reply round trip, and `docker run --rm`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -16,10 +17,36 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use crate::procs::delete_queue;
 
+/// What runs `sh -c cmd`: directly, or in fresh namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spawn {
+    /// `sh -c cmd`.
+    Raw,
+    /// `unshare --mount --pid --ipc --uts --net --fork sh -c cmd`: the floor of
+    /// any sandbox with fresh namespaces per task (no cgroup, no filesystem
+    /// view, no privilege drop).
+    Namespaced,
+}
+
+impl Spawn {
+    fn command(self) -> Command {
+        match self {
+            Spawn::Raw => Command::new("sh"),
+            Spawn::Namespaced => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--mount", "--pid", "--ipc", "--uts", "--net", "--fork", "sh",
+                ]);
+                c
+            }
+        }
+    }
+}
+
 /// Runs `sh -c cmd` to the end, stdout and stderr read through pipes (as the
 /// worker does); returns its exit status success.
-pub fn spawn_once(cmd: &str) -> bool {
-    Command::new("sh")
+pub fn spawn_once(how: Spawn, cmd: &str) -> bool {
+    how.command()
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
@@ -29,7 +56,7 @@ pub fn spawn_once(cmd: &str) -> bool {
 }
 
 /// Spawns and reaps `sh -c cmd` `n` times over `spawners` threads; returns the elapsed time.
-pub async fn spawn_rate(cmd: &str, n: usize, spawners: usize) -> Duration {
+pub async fn spawn_rate(how: Spawn, cmd: &str, n: usize, spawners: usize) -> Duration {
     let cmd = cmd.to_string();
     tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
@@ -39,7 +66,7 @@ pub async fn spawn_rate(cmd: &str, n: usize, spawners: usize) -> Duration {
                 let cmd = &cmd;
                 s.spawn(move || {
                     for _ in 0..share {
-                        spawn_once(cmd);
+                        spawn_once(how, cmd);
                     }
                 });
             }
@@ -51,13 +78,13 @@ pub async fn spawn_rate(cmd: &str, n: usize, spawners: usize) -> Duration {
 }
 
 /// One spawn at a time, `n` times: each one's duration.
-pub async fn spawn_latency(cmd: &str, n: usize) -> Vec<Duration> {
+pub async fn spawn_latency(how: Spawn, cmd: &str, n: usize) -> Vec<Duration> {
     let cmd = cmd.to_string();
     tokio::task::spawn_blocking(move || {
         (0..n)
             .map(|_| {
                 let t0 = Instant::now();
-                spawn_once(&cmd);
+                spawn_once(how, &cmd);
                 t0.elapsed()
             })
             .collect()
@@ -99,10 +126,14 @@ pub async fn pipe_throughput(script: &str, env: Vec<(String, String)>) -> (u64, 
     .unwrap_or_default()
 }
 
-/// `docker run --rm --network none IMAGE true`, once.
-pub fn docker_run_once(image: &str) -> bool {
-    Command::new("docker")
-        .args(["run", "--rm", "--network", "none", image, "true"])
+/// `docker run --rm --network none [--runtime R] IMAGE true`, once.
+pub fn docker_run_once(image: &str, runtime: Option<&str>) -> bool {
+    let mut c = Command::new("docker");
+    c.args(["run", "--rm", "--network", "none"]);
+    if let Some(r) = runtime {
+        c.args(["--runtime", r]);
+    }
+    c.args([image, "true"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -113,8 +144,14 @@ pub fn docker_run_once(image: &str) -> bool {
 
 /// `n` `docker run`s in bursts of `burst` concurrent ones, back to back: each
 /// run's duration and the total time.
-pub async fn docker_runs(image: &str, n: usize, burst: usize) -> (Vec<Duration>, Duration, usize) {
+pub async fn docker_runs(
+    image: &str,
+    runtime: Option<&str>,
+    n: usize,
+    burst: usize,
+) -> (Vec<Duration>, Duration, usize) {
     let image = image.to_string();
+    let runtime = runtime.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let mut lat = Vec::with_capacity(n);
@@ -127,9 +164,10 @@ pub async fn docker_runs(image: &str, n: usize, burst: usize) -> (Vec<Duration>,
                 let hs: Vec<_> = (0..k)
                     .map(|_| {
                         let image = &image;
+                        let runtime = runtime.as_deref();
                         s.spawn(move || {
                             let t = Instant::now();
-                            let ok = docker_run_once(image);
+                            let ok = docker_run_once(image, runtime);
                             (t.elapsed(), ok)
                         })
                     })

@@ -26,9 +26,13 @@ pub struct Args {
     /// Pre-started pool sizes to measure in scenario 3 (0 = fresh containers).
     #[arg(long, value_delimiter = ',', default_value = "0,4")]
     pub prestart: Vec<u32>,
-    /// Label for scenario 3's rows (e.g. `runtime crun`).
+    /// Label for scenario 3's rows (default: `runtime NAME` with --runtime).
     #[arg(long, default_value = "")]
     pub tag: String,
+    /// OCI runtime for scenario 3, as registered with dockerd (e.g. `crun`):
+    /// the workers get `--container-runtime`, `docker run` gets `--runtime`.
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// MiB written by the output task (scenario 4).
     #[arg(long, default_value_t = 200)]
     pub output_mib: u64,
@@ -97,11 +101,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             latency_tasks: args.latency_tasks,
             container_tasks: args.container_tasks,
             prestart: args.prestart.clone(),
-            tag: if args.tag.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", args.tag)
+            tag: match (args.tag.is_empty(), &args.runtime) {
+                (false, _) => format!(", {}", args.tag),
+                (true, Some(r)) => format!(", runtime {r}"),
+                (true, None) => String::new(),
             },
+            runtime: args.runtime.clone(),
             output_mib: args.output_mib,
             secrets: args.secrets,
             containers: args.only.contains(&3),

@@ -98,6 +98,10 @@ pub struct Config {
     /// Path of the static krill-stub binary mounted into containers (default: next to this binary).
     #[arg(long, env = "KRILL_STUB_PATH")]
     pub stub_path: Option<PathBuf>,
+    /// OCI runtime the engine runs task containers with, as registered with
+    /// dockerd (e.g. `crun`, or `runsc` for gVisor; default: the engine's).
+    #[arg(long, env = "KRILL_CONTAINER_RUNTIME")]
+    pub container_runtime: Option<String>,
     /// Default memory limit per task (bytes, or like 512m).
     #[arg(long, env = "KRILL_DEFAULT_MEMORY", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MEMORY)]
     pub default_memory: u64,

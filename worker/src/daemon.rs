@@ -37,7 +37,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::config::Config;
 use crate::publisher::{Channels, Publisher};
 use crate::runner::RunCtx;
-use crate::sandbox::container::{ContainerConfig, ContainerSandbox};
+use crate::sandbox::container::{ContainerConfig, ContainerSandbox, Tuning};
 use crate::sandbox::process::{ProcessConfig, ProcessSandbox};
 use crate::sandboxes::Sandboxes;
 use crate::state::TaskState;
@@ -164,6 +164,7 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
             allow_degraded_limits: cfg.allow_degraded_limits,
             helper_path: cfg.sandbox_helper.clone(),
             slots: cfg.concurrency as usize,
+            disk_bytes: cfg.disk,
         })
         .context("process sandbox")?;
         s.process = Some(Arc::new(p));
@@ -175,12 +176,18 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
                 .context("locating krill-stub")?
                 .with_file_name("krill-stub"),
         };
-        let c = ContainerSandbox::connect(ContainerConfig {
-            images: cfg.images.clone(),
-            allow_pull: cfg.allow_pull,
-            allow_network: cfg.allow_network,
-            stub_path,
-        })
+        let c = ContainerSandbox::connect_tuned(
+            ContainerConfig {
+                images: cfg.images.clone(),
+                allow_pull: cfg.allow_pull,
+                allow_network: cfg.allow_network,
+                stub_path,
+            },
+            Tuning {
+                runtime: cfg.container_runtime.clone(),
+                ..Tuning::default()
+            },
+        )
         .await
         .context("container sandbox")?;
         s.container = Some(Arc::new(c));

@@ -38,8 +38,9 @@ pub async fn containers(b: &mut Bench) -> anyhow::Result<()> {
     let n = b.opts.container_tasks;
     let tag = b.opts.tag.clone();
     println!("== 3. container tasks ({n} per series){tag}");
-    let (one_lat, _, f1) = alt::docker_runs(IMAGE, n, 1).await;
-    let (burst_lat, burst_took, f2) = alt::docker_runs(IMAGE, n, BURST).await;
+    let runtime = b.opts.runtime.clone();
+    let (one_lat, _, f1) = alt::docker_runs(IMAGE, runtime.as_deref(), n, 1).await;
+    let (burst_lat, burst_took, f2) = alt::docker_runs(IMAGE, runtime.as_deref(), n, BURST).await;
     if f1 + f2 > 0 {
         b.report
             .note(format!("docker run: {} runs failed", f1 + f2));
@@ -141,10 +142,11 @@ async fn krill_series(b: &mut Bench, prestart: u32) -> anyhow::Result<Series> {
     } else {
         format!("pre-started, pool of {prestart}")
     };
-    let w = b
-        .env
-        .worker(&WorkerOpts::container(BURST as u32, prestart))
-        .await?;
+    let mut opts = WorkerOpts::container(BURST as u32, prestart);
+    if let Some(r) = &b.opts.runtime {
+        opts.env.push(("KRILL_CONTAINER_RUNTIME".into(), r.clone()));
+    }
+    let w = b.env.worker(&opts).await?;
     let client = BulkClient::connect(&b.env.amqp_url).await?;
     let pool_size = prestart as usize;
     // Containers tasks ran in: still running for a moment after their result,

@@ -33,6 +33,8 @@ pub struct Opts {
     pub prestart: Vec<u32>,
     /// Appended to scenario 3's labels (e.g. the Docker runtime in use).
     pub tag: String,
+    /// OCI runtime of scenario 3's containers (`None`: the engine's default).
+    pub runtime: Option<String>,
     /// MiB written by the output task (scenario 4).
     pub output_mib: u64,
     /// Secrets registered on the output task.

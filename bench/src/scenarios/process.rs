@@ -7,7 +7,7 @@ use broker::bulk::BulkClient;
 use broker::client::Client;
 
 use super::{burst, one, task, Bench};
-use crate::alt;
+use crate::alt::{self, Spawn};
 use crate::procs::WorkerOpts;
 use crate::report::Figure;
 use crate::stats::{rate, Latency};
@@ -20,9 +20,12 @@ pub async fn throughput(b: &mut Bench) -> anyhow::Result<()> {
     let n = b.opts.tasks;
     println!("== 1. process tasks, throughput ({n} tasks per series)");
     let mut raw = HashMap::new();
+    let mut namespaced = HashMap::new();
     for cmd in COMMANDS {
-        let took = alt::spawn_rate(cmd, n, 2).await;
+        let took = alt::spawn_rate(Spawn::Raw, cmd, n, 2).await;
         raw.insert(cmd, rate(n, took));
+        let took = alt::spawn_rate(Spawn::Namespaced, cmd, n, 2).await;
+        namespaced.insert(cmd, rate(n, took));
     }
     let mut celery = HashMap::new();
     if let Some(c) = b.celery.clone() {
@@ -81,6 +84,13 @@ pub async fn throughput(b: &mut Bench) -> anyhow::Result<()> {
                 "1",
                 &what,
                 Some(Figure::per_sec(k)),
+                "spawn in fresh namespaces (`unshare -mpiun --fork`), 2 spawners",
+                namespaced.get(cmd).copied().map(Figure::per_sec),
+            );
+            b.report.row(
+                "1",
+                &what,
+                Some(Figure::per_sec(k)),
                 "Celery 5, prefork 2, acks_late",
                 celery.get(cmd).copied().map(Figure::per_sec),
             );
@@ -128,7 +138,8 @@ pub async fn latency(b: &mut Bench) -> anyhow::Result<()> {
     let n = b.opts.latency_tasks;
     let cmd = "echo hi";
     println!("== 2. process tasks, latency ({n} tasks, one at a time, `{cmd}`)");
-    let raw = Latency::of(&alt::spawn_latency(cmd, n).await);
+    let raw = Latency::of(&alt::spawn_latency(Spawn::Raw, cmd, n).await);
+    let namespaced = Latency::of(&alt::spawn_latency(Spawn::Namespaced, cmd, n).await);
     let rr = match alt::rabbit_round_trips(&b.env.amqp_url, n).await {
         Ok(s) => Some(Latency::of(&s)),
         Err(e) => {
@@ -190,6 +201,13 @@ pub async fn latency(b: &mut Bench) -> anyhow::Result<()> {
         p50,
         "raw spawn (one at a time)",
         Some(Figure::ms(raw.p50_ms)),
+    );
+    b.report.row(
+        "2",
+        "p50 submit → result",
+        p50,
+        "spawn in fresh namespaces (`unshare -mpiun --fork`)",
+        Some(Figure::ms(namespaced.p50_ms)),
     );
     b.report.row(
         "2",
