@@ -286,6 +286,22 @@ krill_ensure_docker() {
   krill_log "docker engine ready"
 }
 
+# krill_crun_ready: crun runs containers here. crun (1.8) refuses a hybrid
+# cgroup host whose cgroup2 hierarchy still owns a controller ("cgroups in
+# hybrid mode not supported, drop all controllers from cgroupv2"); on such a
+# host every controller the v2 side holds (typically hugetlb) is mounted on v1
+# instead, as systemd's hybrid layout does. Used by scripts/test and by
+# bench/run --runtime crun, not by scripts/up.
+krill_crun_ready() {
+  local v2=/sys/fs/cgroup/unified c
+  [[ -f $v2/cgroup.controllers ]] || return 0
+  for c in $(cat "$v2/cgroup.controllers"); do
+    krill_log "crun: mounting the cgroup v1 $c hierarchy (this hybrid host leaves it on cgroup2, which crun refuses)"
+    mkdir -p "/sys/fs/cgroup/$c"
+    mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || krill_die "could not mount the $c cgroup hierarchy for crun"
+  done
+}
+
 # ------------------------------------------------------------------ Images --
 
 # krill_ensure_images: the task images exist and match their build inputs.

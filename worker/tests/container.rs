@@ -742,3 +742,37 @@ async fn races_under_load() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// The OCI runtime is the engine's choice unless set: an unknown one fails the
+/// task with the engine's reason; crun (registered by scripts/lib.sh when it
+/// starts dockerd, installed by scripts/test) runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_container_runtime_is_the_one_configured() {
+    let unknown = sandbox_with(
+        |_| {},
+        Tuning {
+            runtime: Some("krill-no-such-runtime".into()),
+            ..Tuning::default()
+        },
+    )
+    .await;
+    let s = spec("echo hi");
+    match run(&unknown, &s).await.outcome {
+        Err(e) => assert!(e.to_string().contains("krill-no-such-runtime"), "{e}"),
+        Ok(o) => panic!("ran with an unknown runtime: {o:?}"),
+    }
+    assert_removed(unknown, &[&s.task_id]).await;
+    let crun = sandbox_with(
+        |_| {},
+        Tuning {
+            runtime: Some("crun".into()),
+            ..Tuning::default()
+        },
+    )
+    .await;
+    let s = spec("echo hi from crun");
+    let r = run(&crun, &s).await;
+    assert_eq!(r.exit(), Exit::Code(0));
+    assert_eq!(r.stdout(), "hi from crun\n");
+    assert_removed(crun, &[&s.task_id]).await;
+}
