@@ -173,6 +173,8 @@ async fn execute(
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let (rx, timer) = crate::metrics::time_first_event(ctx.metrics.clone(), kind, rx);
     let task_id = spec.task_id.clone();
+    // Masks known before any output: the capture is masked with these as it flows.
+    let generation = masks.generation();
     let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel);
     let pump = Pump::new(task_id, masks.clone(), output_cap, ctx.publisher.clone());
     let (outcome, pumped, ()) = tokio::join!(sandbox_run, pump.run(rx), timer);
@@ -185,11 +187,11 @@ async fn execute(
                 _ => Status::SandboxError,
             };
             result.error = Some(masks.mask_str(&e.to_string()));
-            finish_output(result, masks, pumped.stdout, pumped.stderr);
+            finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
         }
         Ok(outcome) => {
             apply_outcome(result, masks, outcome, reason);
-            finish_output(result, masks, pumped.stdout, pumped.stderr);
+            finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
         }
     }
 }
@@ -311,13 +313,26 @@ fn not_masked(what: &str, name: &str, e: MaskError) -> String {
 }
 
 /// Re-masks the captured text with every mask known at the end (a sensitive output
-/// set after a value was printed still hides it in the result).
-fn finish_output(result: &mut TaskResult, masks: &MaskSet, stdout: Capture, stderr: Capture) {
+/// set after a value was printed still hides it in the result) — unless no mask
+/// was added since the output started (`generation`): the capture was masked as
+/// it flowed, and the kept output is neither scanned nor copied again.
+fn finish_output(
+    result: &mut TaskResult,
+    masks: &MaskSet,
+    generation: u64,
+    stdout: Capture,
+    stderr: Capture,
+) {
     let truncated = stdout.truncated() || stderr.truncated();
     let (out, lossy_out) = stdout.into_text();
     let (err, lossy_err) = stderr.into_text();
-    result.stdout = masks.mask_str(&out);
-    result.stderr = masks.mask_str(&err);
+    if masks.generation() == generation {
+        result.stdout = out;
+        result.stderr = err;
+    } else {
+        result.stdout = masks.mask_str(&out);
+        result.stderr = masks.mask_str(&err);
+    }
     result.truncated = truncated;
     result.lossy = lossy_out || lossy_err;
     result.output_errors = result

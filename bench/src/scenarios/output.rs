@@ -71,7 +71,12 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
     // Both sizes above the default 10 MiB cap: what is kept is the same, only the
     // amount streamed through differs.
     let small = (bytes / 10).max(20 << 20).min(bytes);
+    // Twice: the worker keeps recent results (to answer redeliveries), so the
+    // peak after one big task and then another is what a second task of the
+    // *same* size reaches too; the large task then runs third.
     let (_, _, ok_small) = output_task(&client, &w.pool, small, &secrets, None).await?;
+    let (_, _, ok_small2) = output_task(&client, &w.pool, small, &secrets, None).await?;
+    let ok_small = ok_small && ok_small2;
     let after_small = w.rss();
     let rec = b
         .opts
@@ -116,9 +121,12 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
     );
     b.report.row(
         "4",
-        &format!("worker peak RSS (VmHWM) after the {mib} MiB task"),
+        &format!(
+            "worker peak RSS (VmHWM) after two {} MiB tasks and the {mib} MiB one",
+            small >> 20
+        ),
         Some(Figure::mib(after_large.peak_mib())),
-        &format!("same worker after a {} MiB task", small >> 20),
+        &format!("same worker after two {} MiB tasks", small >> 20),
         Some(Figure::mib(after_small.peak_mib())),
     );
     b.report.row(
@@ -143,7 +151,7 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
         "worker RSS flat (no growth with output size)",
         Some(growth <= 2.0 + 0.1 * after_small.peak_mib()),
         format!(
-            "peak {:.1} MiB after {} MiB, {:.1} MiB after {mib} MiB (both with the default 10 MiB cap), {:.1} MiB with a 64 MiB cap (the capture holds what the result carries)",
+            "peak {:.1} MiB after two {} MiB tasks, {:.1} MiB after the {mib} MiB one (all with the default 10 MiB cap), {:.1} MiB with a 64 MiB cap (the capture holds what the result carries)",
             after_small.peak_mib(),
             small >> 20,
             after_large.peak_mib(),
