@@ -61,9 +61,12 @@ impl Recording {
             "--percent-limit",
             "0.7",
         ]);
+        // The helper, its init and the script until it execs; inclusive, so
+        // the syscalls show where the time goes.
         let helper = report(&[
             "--comms",
-            "exe",
+            "krill-sandbox-i",
+            "--children",
             "--sort",
             "sym",
             "-g",
@@ -72,7 +75,7 @@ impl Recording {
             "1",
         ]);
         let text = format!(
-            "# whole machine, by command\n{}\n\n# krill-worker (pid {worker}, every thread), by object and symbol\n{}\n\n# the process sandbox's helper (`exe`: the worker re-executed), by symbol\n{}\n",
+            "# whole machine, by command\n{}\n\n# krill-worker (pid {worker}, every thread), by object and symbol\n{}\n\n# the process sandbox's helper (`krill-sandbox-init`, its init, the script before exec), by symbol, inclusive\n{}\n",
             strip(&by_process),
             strip(&by_symbol),
             strip(&helper)

@@ -53,7 +53,10 @@ pub async fn containers(b: &mut Bench) -> anyhow::Result<()> {
     for &prestart in &b.opts.prestart.clone() {
         series.push(krill_series(b, prestart).await?);
     }
-    let alt_one = format!("`docker run --rm --network none {IMAGE} true`");
+    let alt_one = match &b.opts.runtime {
+        Some(r) => format!("`docker run --rm --network none --runtime {r} {IMAGE} true`"),
+        None => format!("`docker run --rm --network none {IMAGE} true`"),
+    };
     for s in &series {
         b.report.row(
             "3",

@@ -516,6 +516,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_frames_round_trip_back_to_back() {
+        let task = TaskConfig {
+            argv: vec!["sh".into(), "-e".into(), "/w/script".into()],
+            env: vec![("SECRET".into(), "multi\nline".into())],
+            cwd: "/w/home".into(),
+            disk_bytes: 1 << 20,
+        };
+        let mut wire = frame(&task).expect("frame");
+        wire.extend(frame(&task).expect("frame"));
+        let mut r = std::io::Cursor::new(wire);
+        for _ in 0..2 {
+            let back: TaskConfig = read_frame(&mut r, "task config").expect("read");
+            assert_eq!(back.argv, task.argv);
+            assert_eq!(back.env, task.env);
+            assert_eq!(back.disk_bytes, task.disk_bytes);
+        }
+        let err = read_frame::<TaskConfig>(&mut r, "task config").expect_err("end of input");
+        assert!(err.contains("reading the task config"), "{err}");
+    }
+
+    #[test]
     fn reports_round_trip() {
         for r in [
             Report::Exit(3),
