@@ -383,7 +383,30 @@ impl Client {
         let props = BasicProperties::default()
             .with_content_type(ShortString::from(CONTENT_TYPE))
             .with_delivery_mode(2);
-        match publish_confirmed(
+        // A nack means the broker did not take the message: a stream member
+        // of `krill.cancellations` that is not up yet (a broker just started)
+        // nacks. Control messages are idempotent, so publishing again is safe.
+        let mut backoff = std::time::Duration::from_millis(100);
+        for _ in 0..CONTROL_NACK_RETRIES {
+            match publish_confirmed(
+                &self.channel,
+                topology::CONTROL_EXCHANGE,
+                key,
+                &body,
+                props.clone(),
+                false,
+            )
+            .await
+            {
+                Err(ClientError::Nacked) => {
+                    tracing::debug!(key, "control message nacked; publishing it again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+        publish_confirmed(
             &self.channel,
             topology::CONTROL_EXCHANGE,
             key,
@@ -392,10 +415,6 @@ impl Client {
             false,
         )
         .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// Closes the connection.
@@ -403,6 +422,10 @@ impl Client {
         let _ = self.conn.close(200, ShortString::from("bye")).await;
     }
 }
+
+/// Nacked control messages are published again this many times (backing off
+/// from 100 ms) before the nack is returned.
+const CONTROL_NACK_RETRIES: usize = 5;
 
 /// Publishes with confirms; with `mandatory`, an unroutable message is an error.
 pub async fn publish_confirmed(
