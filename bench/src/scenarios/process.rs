@@ -73,27 +73,22 @@ pub async fn throughput(b: &mut Bench) -> anyhow::Result<()> {
             let e = best.entry(cmd).or_insert(0.0);
             *e = e.max(k);
             let what = format!("`{cmd}` ×{n}, {slots} slots: tasks/s");
-            b.report.row(
-                "1",
-                &what,
-                Some(Figure::per_sec(k)),
-                "raw spawn+reap, 2 spawners",
-                raw.get(cmd).copied().map(Figure::per_sec),
-            );
-            b.report.row(
-                "1",
-                &what,
-                Some(Figure::per_sec(k)),
-                "spawn in fresh namespaces (`unshare -mpiun --fork`), 2 spawners",
-                namespaced.get(cmd).copied().map(Figure::per_sec),
-            );
-            b.report.row(
-                "1",
-                &what,
-                Some(Figure::per_sec(k)),
-                "Celery 5, prefork 2, acks_late",
-                celery.get(cmd).copied().map(Figure::per_sec),
-            );
+            for (alternative, rates) in [
+                ("raw spawn+reap, 2 spawners", &raw),
+                (
+                    "spawn in fresh namespaces (`unshare -mpiun --fork`), 2 spawners",
+                    &namespaced,
+                ),
+                ("Celery 5, prefork 2, acks_late", &celery),
+            ] {
+                b.report.row(
+                    "1",
+                    &what,
+                    Some(Figure::per_sec(k)),
+                    alternative,
+                    rates.get(cmd).copied().map(Figure::per_sec),
+                );
+            }
         }
         client.close().await;
         w.stop().await;
