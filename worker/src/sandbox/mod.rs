@@ -8,6 +8,7 @@
 
 pub mod container;
 pub mod process;
+pub mod seccomp;
 
 use std::future::Future;
 use std::time::Duration;

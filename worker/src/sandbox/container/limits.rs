@@ -15,7 +15,9 @@
 //!   so `mode=` alone would leave a root-owned 0755 `/tmp` unwritable, and `/work`
 //!   may be 0755 rather than 0700 (harmless: the task user is the only user);
 //! - user: the image's own non-root numeric user, else `65534:65534`; all
-//!   capabilities dropped; `no-new-privileges`; not privileged;
+//!   capabilities dropped; `no-new-privileges`; not privileged; Krill's
+//!   seccomp allow-list ([`crate::sandbox::seccomp`]), not the engine's default
+//!   profile (`AF_NETLINK` route sockets only with network);
 //! - memory = memory + swap = `memory_bytes` (no swap); the kernel OOM-kills
 //!   inside the container when it is exceeded; `oom_score_adj` 1000 so that, under
 //!   host memory pressure, task processes die before the worker;
@@ -28,9 +30,10 @@
 //! - no log driver (output is streamed over attach; Docker keeps no log file a
 //!   chatty task could grow); not auto-removed (the worker removes it).
 //!
-//! Not limited: disk I/O bandwidth, network bandwidth when network is on, and
-//! the kernel attack surface (use a runtime such as gVisor via
-//! [`Tuning::runtime`](super::Tuning::runtime) for that).
+//! Not limited: disk I/O bandwidth, network bandwidth when network is on. The
+//! kernel attack surface is what the allow-list leaves; a runtime such as
+//! gVisor ([`Tuning::runtime`](super::Tuning::runtime) `runsc`) puts a user-space
+//! kernel in front of it.
 
 use std::collections::HashMap;
 
@@ -94,7 +97,8 @@ pub(super) fn create_body(
 pub(super) fn host_config(cfg: &Settings, spec: &Spec, facts: &ImageFacts) -> HostConfig {
     let (tuning, cfg) = (&cfg.tuning, &cfg.cfg);
     let limits = &spec.limits;
-    let network = if limits.network && cfg.allow_network {
+    let networked = limits.network && cfg.allow_network;
+    let network = if networked {
         tuning.network.clone()
     } else {
         "none".to_string()
@@ -150,7 +154,10 @@ pub(super) fn host_config(cfg: &Settings, spec: &Spec, facts: &ImageFacts) -> Ho
             ..Default::default()
         }]),
         cap_drop: Some(vec!["ALL".to_string()]),
-        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        security_opt: Some(vec![
+            "no-new-privileges".to_string(),
+            seccomp_opt(networked),
+        ]),
         privileged: Some(false),
         memory: Some(memory),
         memory_swap: Some(memory),
@@ -169,6 +176,22 @@ pub(super) fn host_config(cfg: &Settings, spec: &Spec, facts: &ImageFacts) -> Ho
         auto_remove: Some(false),
         runtime: tuning.runtime.clone(),
         ..Default::default()
+    }
+}
+
+/// Krill's seccomp allow-list as Docker's `SecurityOpt` (built once per variant).
+fn seccomp_opt(network: bool) -> String {
+    static OPTS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let [off, on] = OPTS.get_or_init(|| {
+        [
+            crate::sandbox::seccomp::docker::security_opt(false),
+            crate::sandbox::seccomp::docker::security_opt(true),
+        ]
+    });
+    if network {
+        on.clone()
+    } else {
+        off.clone()
     }
 }
 
@@ -246,6 +269,11 @@ mod tests {
         assert_eq!(hc.init, Some(true));
         assert_eq!(hc.privileged, Some(false));
         assert_eq!(hc.auto_remove, Some(false));
+        let opts = hc.security_opt.clone().unwrap();
+        assert_eq!(opts[0], "no-new-privileges");
+        let profile: serde_json::Value =
+            serde_json::from_str(opts[1].strip_prefix("seccomp=").unwrap()).unwrap();
+        assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
         let tmpfs = hc.tmpfs.unwrap();
         assert!(tmpfs["/work"].contains("size=16777216,uid=65534,gid=65534"));
         assert!(tmpfs["/data"].contains("noexec"));

@@ -363,6 +363,14 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
     unsafe {
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
+    // The seccomp filters are compiled before the task is known too.
+    let filters = match crate::sandbox::seccomp::Filters::build(!sandbox.net_ns) {
+        Ok(f) => f,
+        Err(e) => {
+            report(status, &Report::Error(e.to_string()));
+            return 1;
+        }
+    };
     // Everything is in place: wait for the task.
     let _ = status.write_all(format!("{READY}\n").as_bytes());
     let task: TaskConfig = match read_frame(status, "task config") {
@@ -379,7 +387,7 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
             return 1;
         }
     }
-    let script = match spawn_script(sandbox, &task) {
+    let script = match spawn_script(sandbox, &task, &filters) {
         Ok(pid) => {
             // Only the task's processes hold its output pipes now.
             let _ = null_stdio(&[1, 2]);
@@ -432,7 +440,11 @@ fn kill_all() {
 /// Starts the script with every privilege dropped. The `pre_exec` closure runs
 /// between fork and exec and is async-signal-safe: everything it needs is
 /// computed before.
-fn spawn_script(sandbox: &SandboxConfig, cfg: &TaskConfig) -> std::io::Result<Pid> {
+fn spawn_script(
+    sandbox: &SandboxConfig,
+    cfg: &TaskConfig,
+    filters: &crate::sandbox::seccomp::Filters,
+) -> std::io::Result<Pid> {
     let (program, args) = cfg
         .argv
         .split_first()
@@ -454,7 +466,7 @@ fn spawn_script(sandbox: &SandboxConfig, cfg: &TaskConfig) -> std::io::Result<Pi
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
         .unwrap_or(63);
-    let filter = super::seccomp::program();
+    let filters = filters.clone();
     let oom_adj = CString::new("/proc/self/oom_score_adj").map_err(std::io::Error::other)?;
     // SAFETY: the closure only calls async-signal-safe functions (setrlimit,
     // open/write/close, prctl, setgroups, setgid, setuid) on data prepared before
@@ -501,9 +513,8 @@ fn spawn_script(sandbox: &SandboxConfig, cfg: &TaskConfig) -> std::io::Result<Pi
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(err());
             }
-            if let Some(prog) = &filter {
-                super::seccomp::install(prog)?;
-            }
+            // Last: from here on only the allow-list's syscalls reach the kernel.
+            filters.install()?;
             Ok(())
         });
     }

@@ -30,7 +30,6 @@ pub mod fs;
 pub mod init;
 mod pump;
 mod ready;
-pub mod seccomp;
 
 use std::fs::{self as stdfs, File};
 use std::os::unix::fs::PermissionsExt;
