@@ -122,6 +122,7 @@ struct Files {
 /// Runs the request's script to its end and sends every frame up to `Exit`.
 /// An `Err` is the stub's own failure (the caller reports it as `StubError`).
 pub fn run(chan: &mut Channel, req: &Request) -> Result<(), String> {
+    set_loginuid();
     let files = prepare(req)?;
     let mut cmd = command(req, &files, chan)?;
     let status = match cmd.spawn() {
@@ -155,6 +156,18 @@ pub fn run(chan: &mut Channel, req: &Request) -> Result<(), String> {
         "KRILL_SENSITIVE_OUTPUT",
     )))?;
     chan.send(&FromStub::Exit(status))
+}
+
+/// Sets this process's audit login uid (inherited by the script) to its own
+/// uid. The kernel lets any process set an unset login uid once, without
+/// privileges, so a script started with it unset could forge it; once set, it
+/// takes `CAP_AUDIT_CONTROL` (which no task has) to change. Where it is set
+/// already (the engine was started from a login session) or immutable, the
+/// write fails and nothing changes: the task cannot change it either.
+fn set_loginuid() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let _ = std::fs::write("/proc/self/loginuid", uid.to_string());
 }
 
 /// Writes the script file and creates the empty output files.

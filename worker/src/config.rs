@@ -76,9 +76,12 @@ pub struct Config {
     /// Longest deadline accepted; tasks asking more are rejected.
     #[arg(long, env = "KRILL_MAX_TIMEOUT", value_parser = humantime::parse_duration, default_value = "6h")]
     pub max_timeout: Duration,
-    /// User the process sandbox runs scripts as (name or uid).
-    #[arg(long, env = "KRILL_SANDBOX_USER", default_value = "nobody")]
-    pub sandbox_user: String,
+    /// Host uids tasks run as, one per sandbox (each gets the gid of the same
+    /// number): `auto` (the first free ones from 200000), or a range like
+    /// `200000-200063` holding at least the slots plus the sandboxes started
+    /// ahead. Workers on one host need disjoint ranges (checked at start).
+    #[arg(long, env = "KRILL_SANDBOX_UIDS", default_value = "auto")]
+    pub sandbox_uids: crate::sandbox::uids::UidSpec,
     /// Where the process sandbox makes each task's private work dir.
     #[arg(long, env = "KRILL_WORK_DIR", default_value = "/var/lib/krill/work")]
     pub work_dir: PathBuf,

@@ -39,6 +39,7 @@ use crate::publisher::{Channels, Publisher};
 use crate::runner::RunCtx;
 use crate::sandbox::container::{ContainerConfig, ContainerSandbox, Tuning};
 use crate::sandbox::process::{ProcessConfig, ProcessSandbox};
+use crate::sandbox::uids::UidPool;
 use crate::sandboxes::Sandboxes;
 use crate::state::TaskState;
 use crate::worker::Shared;
@@ -154,11 +155,45 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The uids this worker's sandboxes run as: one per slot, per process helper
+/// started ahead, per container started ahead (each holds its uid until every
+/// process of its task is gone).
+fn claim_uids(cfg: &Config, id: &str) -> anyhow::Result<Arc<UidPool>> {
+    let slots = cfg.concurrency as usize;
+    let process = if cfg.sandbox.contains(&SandboxKind::Process) {
+        slots
+    } else {
+        0
+    };
+    let containers = if cfg.sandbox.contains(&SandboxKind::Container) {
+        cfg.prestart as usize * cfg.images.len()
+    } else {
+        0
+    };
+    let need = slots + process + containers;
+    let why = format!(
+        "{slots} slots + {process} process sandboxes and {containers} containers started ahead"
+    );
+    // `auto` also takes a slot's worth for tasks whose sandbox is still being
+    // torn down while the next one starts.
+    let pool = UidPool::claim(
+        &cfg.sandbox_uids,
+        std::path::Path::new(crate::sandbox::uids::LOCK_DIR),
+        id,
+        need,
+        need + slots,
+        &why,
+    )?;
+    tracing::info!(uids = %pool.span(), need, "sandbox uids claimed");
+    Ok(pool)
+}
+
 async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
     let mut s = Sandboxes::default();
+    let uids = claim_uids(cfg, id).context("sandbox uids")?;
     if cfg.sandbox.contains(&SandboxKind::Process) {
         let p = ProcessSandbox::new(&ProcessConfig {
-            user: cfg.sandbox_user.clone(),
+            uids: uids.clone(),
             work_root: cfg.work_dir.clone(),
             worker_id: id.to_string(),
             allow_degraded_limits: cfg.allow_degraded_limits,
@@ -182,6 +217,7 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
                 allow_pull: cfg.allow_pull,
                 allow_network: cfg.allow_network,
                 stub_path,
+                uids: Some(uids.clone()),
             },
             Tuning {
                 runtime: cfg.container_runtime.clone(),

@@ -84,6 +84,7 @@ async fn sandbox_with(cfg: impl FnOnce(&mut ContainerConfig), tuning: Tuning) ->
         allow_pull: false,
         allow_network: false,
         stub_path: stub_path(),
+        uids: None,
     };
     cfg(&mut config);
     ContainerSandbox::connect_tuned(config, tuning)

@@ -9,6 +9,7 @@
 pub mod container;
 pub mod process;
 pub mod seccomp;
+pub mod uids;
 
 use std::future::Future;
 use std::time::Duration;
@@ -111,6 +112,8 @@ pub enum SandboxError {
     Setup(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Uids(#[from] uids::UidError),
 }
 
 /// A kind of sandbox.

@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use super::limits::{LABEL_MANAGED, LABEL_WORKER};
 use super::SweepScope;
+use crate::sandbox::uids::UidLease;
 use crate::sandbox::SandboxError;
 
 /// Attempts at removing one container before giving up (the sweep is the backstop).
@@ -118,15 +119,19 @@ pub struct ContainerGuard {
     id: String,
     cleanup: Cleanup,
     armed: bool,
+    /// The uid its processes run as: given back once the container is gone
+    /// (kept for good when its removal failed).
+    uid: Option<UidLease>,
 }
 
 impl ContainerGuard {
-    pub(super) fn new(cleanup: &Cleanup, id: String) -> Self {
+    pub(super) fn new(cleanup: &Cleanup, id: String, uid: Option<UidLease>) -> Self {
         cleanup.live().insert(id.clone());
         ContainerGuard {
             id,
             cleanup: cleanup.clone(),
             armed: true,
+            uid,
         }
     }
 
@@ -139,6 +144,7 @@ impl ContainerGuard {
         self.armed = false;
         let result = remove_with_retries(&self.cleanup.docker, &self.id).await;
         self.cleanup.live().remove(&self.id);
+        release(self.uid.take(), result.is_ok());
         result
     }
 
@@ -159,15 +165,34 @@ impl Drop for ContainerGuard {
         };
         let cleanup = self.cleanup.clone();
         let id = std::mem::take(&mut self.id);
+        let uid = self.uid.take();
         self.cleanup.tracker.spawn_on(
             async move {
-                if let Err(e) = remove_with_retries(&cleanup.docker, &id).await {
+                let removed = remove_with_retries(&cleanup.docker, &id).await;
+                if let Err(e) = &removed {
                     warn!(container_id = %id, error = %e, "failed to remove container");
                 }
                 cleanup.live().remove(&id);
+                release(uid, removed.is_ok());
             },
             &runtime,
         );
+    }
+}
+
+/// Gives a removed container's uid back; one whose container may still run
+/// is never handed to another (kept until the worker exits).
+fn release(uid: Option<UidLease>, removed: bool) {
+    if let Some(uid) = uid {
+        if removed {
+            drop(uid);
+        } else {
+            warn!(
+                uid = uid.uid(),
+                "keeping the uid of a container that could not be removed"
+            );
+            std::mem::forget(uid);
+        }
     }
 }
 

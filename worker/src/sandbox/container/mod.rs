@@ -46,6 +46,7 @@ pub use cleanup::ContainerGuard;
 pub use limits::{LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD};
 pub use session::{LaunchTimings, Launched};
 
+use super::uids::{self, UidPool};
 use super::{Event, Outcome, Sandbox, SandboxError, Spec};
 use cleanup::Cleanup;
 
@@ -114,6 +115,10 @@ pub struct ContainerConfig {
     pub allow_network: bool,
     /// The static krill-stub binary on this host.
     pub stub_path: PathBuf,
+    /// Host uids task containers run as, one per container (its gid the same
+    /// number) from creation until it is removed. `None`: the image's non-root
+    /// numeric user, else [`FALLBACK_USER`], shared by every container.
+    pub uids: Option<Arc<UidPool>>,
 }
 
 impl Default for ContainerConfig {
@@ -123,6 +128,7 @@ impl Default for ContainerConfig {
             allow_pull: false,
             allow_network: false,
             stub_path: PathBuf::from(DEFAULT_STUB_PATH),
+            uids: None,
         }
     }
 }
@@ -271,7 +277,15 @@ impl ContainerSandbox {
     pub async fn launch(&self, spec: &Spec) -> Result<Launched, SandboxError> {
         let t0 = Instant::now();
         let image = self.allowed_image(spec.image.as_deref())?;
-        let facts = self.image_facts(&image).await?;
+        let mut facts = self.image_facts(&image).await?;
+        // Its own uid, held until the container is removed.
+        let lease = match &self.settings.cfg.uids {
+            Some(pool) => Some(pool.lease(uids::LEASE_WAIT).await?),
+            None => None,
+        };
+        if let Some(l) = &lease {
+            (facts.uid, facts.gid) = (l.uid(), l.gid());
+        }
         let t_image = t0.elapsed();
 
         let body = limits::create_body(&self.settings, spec, &image, &facts);
@@ -288,7 +302,7 @@ impl ContainerSandbox {
                 } => SandboxError::ImageMissing(image.clone()),
                 e => SandboxError::Docker(format!("creating the container: {e}")),
             })?;
-        let guard = ContainerGuard::new(&self.cleanup, created.id);
+        let guard = ContainerGuard::new(&self.cleanup, created.id, lease);
         let id = guard.id().to_string();
         let enforcement = if created.warnings.is_empty() {
             Enforcement::Enforced

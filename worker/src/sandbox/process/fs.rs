@@ -8,6 +8,7 @@
 //! <work_root>               an empty tmpfs: no other task's dir is visible …
 //!   <worker>/<task>         … except this task's own, bound back (its output files)
 //! /proc                     the task's own pid namespace (mounted by its init)
+//! /sys/fs/cgroup            the task's own cgroup only (cgroup namespace; cgroupns.rs)
 //! /run                      empty when the task has no network (host unix sockets)
 //! HIDDEN                    empty (docker/containerd sockets and state, broker files, /root)
 //! ```
@@ -81,6 +82,13 @@ pub fn build_view(cfg: &SandboxConfig) -> Result<()> {
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(ctx(|| "making / private".into()))?;
     read_only_host()?;
+    // The task's own cgroup, and no other, under /sys/fs/cgroup.
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(ctx(|| "reading /proc/self/mountinfo".into()))?;
+    super::cgroupns::mount_view(
+        Path::new("/"),
+        &super::cgroupns::hierarchies(&mountinfo, &cfg.cgroup_procs),
+    )?;
 
     // The scratch tmpfs: $HOME, /tmp and /dev/shm share its `disk_bytes`.
     let scratch = cfg.task_dir.join("scratch");

@@ -90,6 +90,10 @@ pub struct TaskConfig {
     pub cwd: PathBuf,
     /// Size of the scratch tmpfs, and the largest file the script may write.
     pub disk_bytes: u64,
+    /// Processes and threads the task's uid may have (`RLIMIT_NPROC`: the uid
+    /// is the task's own, so this is the task's count; 0: unlimited).
+    #[serde(default)]
+    pub nproc: u64,
 }
 
 /// A frame: a big-endian u32 length, then that much JSON.
@@ -273,7 +277,9 @@ fn enter_sandbox(cfg: &SandboxConfig) -> Result<(), String> {
         std::fs::write(procs, "0")
             .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
     }
+    // The cgroup namespace after joining: its root is the task's own cgroup.
     let mut flags = nix::sched::CloneFlags::CLONE_NEWNS
+        | nix::sched::CloneFlags::CLONE_NEWCGROUP
         | nix::sched::CloneFlags::CLONE_NEWPID
         | nix::sched::CloneFlags::CLONE_NEWIPC
         | nix::sched::CloneFlags::CLONE_NEWUTS;
@@ -457,11 +463,21 @@ fn spawn_script(
         .stdin(std::process::Stdio::null());
     let uid = sandbox.uid;
     let gid = sandbox.gid;
+    let nproc = if cfg.nproc == 0 {
+        libc::RLIM_INFINITY
+    } else {
+        cfg.nproc
+    };
     let limits = [
         (libc::RLIMIT_CORE, 0),
         (libc::RLIMIT_NOFILE, sandbox.nofile),
         (libc::RLIMIT_FSIZE, cfg.disk_bytes),
+        (libc::RLIMIT_NPROC, nproc),
     ];
+    // The audit login uid, set while still root (an unset one could be set
+    // once by the task itself): the task's uid, which it cannot change.
+    let loginuid = CString::new("/proc/self/loginuid").map_err(std::io::Error::other)?;
+    let loginuid_value = uid.to_string();
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
@@ -487,6 +503,12 @@ fn spawn_script(
             let fd = libc::open(oom_adj.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
                 libc::write(fd, b"1000".as_ptr().cast(), 4);
+                libc::close(fd);
+            }
+            let fd = libc::open(loginuid.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                // Refused only where it is immutable, which is as good.
+                libc::write(fd, loginuid_value.as_ptr().cast(), loginuid_value.len());
                 libc::close(fd);
             }
             // No capability can come back: empty bounding and ambient sets.
@@ -533,6 +555,7 @@ mod tests {
             env: vec![("SECRET".into(), "multi\nline".into())],
             cwd: "/w/home".into(),
             disk_bytes: 1 << 20,
+            nproc: 64,
         };
         let mut wire = frame(&task).expect("frame");
         wire.extend(frame(&task).expect("frame"));

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod cgroupns;
 pub mod fs;
 pub mod init;
 mod pump;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::protocol::{Enforcement, SandboxKind, Usage};
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::Uid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -47,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use self::cgroup::Driver;
 use self::init::{Report, TaskConfig};
 use self::ready::{Helper, Launcher, Ready, TaskDir};
+use super::uids::UidPool;
 use super::{Event, Exit, Outcome, Sandbox, SandboxError, Spec};
 use crate::output::read_capped;
 
@@ -67,8 +69,8 @@ pub(crate) const SENSITIVE_FILE: &str = "sensitive_output";
 /// Process sandbox configuration.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
-    /// User name or uid scripts run as.
-    pub user: String,
+    /// The uids scripts run as, one per sandbox.
+    pub uids: Arc<UidPool>,
     /// Root of the per-task work dirs.
     pub work_root: PathBuf,
     /// This worker's id (its work dirs live under `<work_root>/<worker_id>`).
@@ -114,10 +116,6 @@ impl ProcessSandbox {
                     .into(),
             ));
         }
-        let (uid, gid) = resolve_user(&cfg.user)?;
-        if uid.is_root() {
-            return Err(SandboxError::Setup("the task user must not be root".into()));
-        }
         let root = cfg.work_root.clone();
         stdfs::create_dir_all(&root)?;
         stdfs::set_permissions(&root, stdfs::Permissions::from_mode(0o711))?;
@@ -143,8 +141,7 @@ impl ProcessSandbox {
                 helper,
                 cgroups: cgroups.clone(),
                 worker_id: cfg.worker_id.clone(),
-                uid,
-                gid,
+                uids: cfg.uids.clone(),
                 work_root: root.clone(),
                 mine: mine.clone(),
                 disk_bytes: cfg.disk_bytes,
@@ -190,6 +187,7 @@ impl ProcessSandbox {
             env,
             cwd: home,
             disk_bytes: spec.limits.disk_bytes,
+            nproc: spec.limits.pids,
         }
     }
 
@@ -205,6 +203,7 @@ impl ProcessSandbox {
             cgroup: cg,
             status: mut status_r,
             config: mut config_w,
+            uid,
             ..
         } = self.ready.take(!spec.limits.network).await?;
         dir.claim(&spec.task_id, &spec.script)?;
@@ -276,6 +275,9 @@ impl ProcessSandbox {
                 drop(dir);
             })
             .await;
+            // Every process of the task is gone (its pid namespace and cgroup
+            // are): its uid may serve another sandbox.
+            drop(uid);
         });
         Ok(Outcome {
             exit,
@@ -565,23 +567,6 @@ async fn stop(child: &mut Child, helper: i32) {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-}
-
-fn resolve_user(user: &str) -> Result<(Uid, Gid), SandboxError> {
-    if let Ok(uid) = user.parse::<u32>() {
-        return Ok(match User::from_uid(Uid::from_raw(uid)).map_err(io)? {
-            Some(u) => (u.uid, u.gid),
-            None => (Uid::from_raw(uid), Gid::from_raw(uid)),
-        });
-    }
-    match User::from_name(user).map_err(io)? {
-        Some(u) => Ok((u.uid, u.gid)),
-        None => Err(SandboxError::Setup(format!("no such user `{user}`"))),
-    }
-}
-
-fn io(e: nix::Error) -> SandboxError {
-    SandboxError::Io(std::io::Error::from(e))
 }
 
 #[cfg(test)]

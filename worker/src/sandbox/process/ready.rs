@@ -22,6 +22,8 @@ use tokio::process::Child;
 
 use nix::unistd::{Gid, Uid};
 
+use crate::sandbox::uids::{UidLease, UidPool, LEASE_WAIT};
+
 use super::cgroup::{Driver, TaskCgroup};
 use super::init::{self, SandboxConfig};
 use super::{NOFILE, OUTPUT_FILE, SENSITIVE_FILE};
@@ -157,6 +159,8 @@ pub struct Prepared {
     pub config: OwnedWriteHalf,
     /// Its `ready` line was read.
     pub ready: bool,
+    /// The uid its task runs as: held until every process of the task is gone.
+    pub uid: UidLease,
 }
 
 impl Prepared {
@@ -206,9 +210,8 @@ pub struct Launcher {
     pub helper: Helper,
     pub cgroups: Option<Arc<dyn Driver>>,
     pub worker_id: String,
-    /// The task user.
-    pub uid: Uid,
-    pub gid: Gid,
+    /// The uids tasks run as (one per sandbox).
+    pub uids: Arc<UidPool>,
     /// Root of every worker's work dirs, and this worker's own.
     pub work_root: PathBuf,
     pub mine: PathBuf,
@@ -220,9 +223,10 @@ impl Launcher {
     /// Creates a cgroup and starts a helper that joins it and unshares its
     /// namespaces (`net_ns`: a fresh net namespace too), then waits for its
     /// config. Must run inside the runtime (the helper's pipes register with it).
-    pub fn launch(&self, net_ns: bool) -> Result<Prepared, SandboxError> {
+    pub fn launch(&self, net_ns: bool, uid: UidLease) -> Result<Prepared, SandboxError> {
         let name = uuid::Uuid::new_v4().simple().to_string();
-        let dir = TaskDir::create(&self.mine, &name, self.uid, self.gid)?;
+        let (task_uid, task_gid) = (Uid::from_raw(uid.uid()), Gid::from_raw(uid.gid()));
+        let dir = TaskDir::create(&self.mine, &name, task_uid, task_gid)?;
         let cgroup = match &self.cgroups {
             Some(d) => Some(
                 TaskCgroup::create(d.clone(), format!("{}/{name}", self.worker_id))
@@ -231,8 +235,8 @@ impl Launcher {
             None => None,
         };
         let first = init::frame(&SandboxConfig {
-            uid: self.uid.as_raw(),
-            gid: self.gid.as_raw(),
+            uid: task_uid.as_raw(),
+            gid: task_gid.as_raw(),
             work_root: self.work_root.clone(),
             task_dir: dir.inner.clone(),
             disk_bytes: self.disk_bytes,
@@ -275,6 +279,7 @@ impl Launcher {
             status,
             config,
             ready: false,
+            uid,
         })
     }
 }
@@ -320,7 +325,9 @@ impl Ready {
         match found {
             Some(p) => Ok(p),
             None => {
-                let mut p = self.launcher.launch(net_ns)?;
+                // A uid comes back when a finished task's processes are gone.
+                let uid = self.launcher.uids.lease(LEASE_WAIT).await?;
+                let mut p = self.launcher.launch(net_ns, uid)?;
                 p.until_ready().await?;
                 Ok(p)
             }
@@ -338,7 +345,13 @@ impl Ready {
         let ready = self.clone();
         tokio::spawn(async move {
             for _ in 0..missing {
-                match ready.launcher.launch(true) {
+                // No uid free (every one serves a task): the next take refills.
+                let Some(uid) = ready.launcher.uids.try_lease() else {
+                    tracing::debug!("no free sandbox uid to start a helper ahead");
+                    ready.pending.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                };
+                match ready.launcher.launch(true, uid) {
                     Ok(p) => ready.lock().push(p),
                     Err(e) => tracing::warn!(error = %e, "could not start a sandbox helper ahead"),
                 }
