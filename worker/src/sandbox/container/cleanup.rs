@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::limits::{LABEL_MANAGED, LABEL_WORKER};
+use super::scratch::Scratch;
 use super::SweepScope;
 use crate::sandbox::uids::UidLease;
 use crate::sandbox::SandboxError;
@@ -122,16 +123,24 @@ pub struct ContainerGuard {
     /// The uid its processes run as: given back once the container is gone
     /// (kept for good when its removal failed).
     uid: Option<UidLease>,
+    /// Its scratch tmpfs on the host, unmounted once the container is gone.
+    scratch: Option<Scratch>,
 }
 
 impl ContainerGuard {
-    pub(super) fn new(cleanup: &Cleanup, id: String, uid: Option<UidLease>) -> Self {
+    pub(super) fn new(
+        cleanup: &Cleanup,
+        id: String,
+        uid: Option<UidLease>,
+        scratch: Option<Scratch>,
+    ) -> Self {
         cleanup.live().insert(id.clone());
         ContainerGuard {
             id,
             cleanup: cleanup.clone(),
             armed: true,
             uid,
+            scratch,
         }
     }
 
@@ -145,6 +154,7 @@ impl ContainerGuard {
         let result = remove_with_retries(&self.cleanup.docker, &self.id).await;
         self.cleanup.live().remove(&self.id);
         release(self.uid.take(), result.is_ok());
+        drop(self.scratch.take());
         result
     }
 
@@ -166,6 +176,7 @@ impl Drop for ContainerGuard {
         let cleanup = self.cleanup.clone();
         let id = std::mem::take(&mut self.id);
         let uid = self.uid.take();
+        let scratch = self.scratch.take();
         self.cleanup.tracker.spawn_on(
             async move {
                 let removed = remove_with_retries(&cleanup.docker, &id).await;
@@ -174,6 +185,7 @@ impl Drop for ContainerGuard {
                 }
                 cleanup.live().remove(&id);
                 release(uid, removed.is_ok());
+                drop(scratch);
             },
             &runtime,
         );

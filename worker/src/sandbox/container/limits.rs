@@ -39,10 +39,14 @@ use std::collections::HashMap;
 
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
-    MountType, ResourcesUlimits,
+    MountBindOptions, MountBindOptionsPropagationEnum, MountType, ResourcesUlimits,
 };
 
+use super::scratch::Scratch;
 use super::{ImageFacts, Settings, OUTPUT_DIR, STUB_TARGET, TMP_DIR, WORK_DIR};
+
+/// The container's shared memory (a directory of the scratch, with one).
+const SHM_DIR: &str = "/dev/shm";
 use crate::sandbox::Spec;
 
 /// Processes in a task container besides the script's: docker-init and krill-stub.
@@ -67,6 +71,7 @@ pub(super) fn create_body(
     spec: &Spec,
     image: &str,
     facts: &ImageFacts,
+    scratch: Option<&Scratch>,
 ) -> ContainerCreateBody {
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -88,13 +93,20 @@ pub(super) fn create_body(
         open_stdin: Some(true),
         stdin_once: Some(true),
         tty: Some(false),
-        host_config: Some(host_config(cfg, spec, facts)),
+        host_config: Some(host_config(cfg, spec, facts, scratch)),
         ..Default::default()
     }
 }
 
-/// Every limit of a task container.
-pub(super) fn host_config(cfg: &Settings, spec: &Spec, facts: &ImageFacts) -> HostConfig {
+/// Every limit of a task container. With a `scratch`, `/work`, `/tmp`,
+/// `/dev/shm` and the image's volumes are its directories (one tmpfs of
+/// `disk_bytes` in total); without, each is a tmpfs of `disk_bytes`.
+pub(super) fn host_config(
+    cfg: &Settings,
+    spec: &Spec,
+    facts: &ImageFacts,
+    scratch: Option<&Scratch>,
+) -> HostConfig {
     let (tuning, cfg) = (&cfg.tuning, &cfg.cfg);
     let limits = &spec.limits;
     let networked = limits.network && cfg.allow_network;
@@ -105,30 +117,58 @@ pub(super) fn host_config(cfg: &Settings, spec: &Spec, facts: &ImageFacts) -> Ho
     };
     let disk = limits.disk_bytes.max(MIN_TMPFS_BYTES);
     let owner = format!("uid={},gid={}", facts.uid, facts.gid);
-    let mut tmpfs = HashMap::from([
-        (
-            WORK_DIR.to_string(),
-            format!("rw,exec,nosuid,nodev,size={disk},{owner},mode=0700"),
+    let mut tmpfs = HashMap::from([(
+        OUTPUT_DIR.to_string(),
+        format!(
+            "rw,noexec,nosuid,nodev,size={},{owner},mode=0700",
+            limits
+                .output_file_bytes
+                .saturating_mul(2)
+                .saturating_add(MIN_TMPFS_BYTES)
         ),
-        (
-            TMP_DIR.to_string(),
-            format!("rw,noexec,nosuid,nodev,size={disk},{owner},mode=1777"),
-        ),
-        (
-            OUTPUT_DIR.to_string(),
-            format!(
-                "rw,noexec,nosuid,nodev,size={},{owner},mode=0700",
-                limits
-                    .output_file_bytes
-                    .saturating_mul(2)
-                    .saturating_add(MIN_TMPFS_BYTES)
-            ),
-        ),
-    ]);
-    for volume in &facts.volumes {
-        tmpfs
-            .entry(volume.clone())
-            .or_insert_with(|| format!("rw,noexec,nosuid,nodev,size={disk},{owner},mode=0700"));
+    )]);
+    let mut mounts = vec![Mount {
+        target: Some(STUB_TARGET.to_string()),
+        source: Some(cfg.stub_path.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    let bind = |source: std::path::PathBuf, target: &str| Mount {
+        target: Some(target.to_string()),
+        source: Some(source.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(false),
+        bind_options: Some(MountBindOptions {
+            propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match scratch {
+        Some(s) => {
+            mounts.push(bind(s.work(), WORK_DIR));
+            mounts.push(bind(s.tmp(), TMP_DIR));
+            mounts.push(bind(s.shm(), SHM_DIR));
+            for (i, volume) in facts.volumes.iter().enumerate() {
+                mounts.push(bind(s.volume(i), volume));
+            }
+        }
+        None => {
+            tmpfs.insert(
+                WORK_DIR.to_string(),
+                format!("rw,exec,nosuid,nodev,size={disk},{owner},mode=0700"),
+            );
+            tmpfs.insert(
+                TMP_DIR.to_string(),
+                format!("rw,noexec,nosuid,nodev,size={disk},{owner},mode=1777"),
+            );
+            for volume in &facts.volumes {
+                tmpfs.entry(volume.clone()).or_insert_with(|| {
+                    format!("rw,noexec,nosuid,nodev,size={disk},{owner},mode=0700")
+                });
+            }
+        }
     }
     let memory = to_i64(limits.memory_bytes.max(MIN_MEMORY_BYTES));
     let cpus = if limits.cpus.is_finite() {
@@ -145,14 +185,8 @@ pub(super) fn host_config(cfg: &Settings, spec: &Spec, facts: &ImageFacts) -> Ho
         network_mode: Some(network),
         readonly_rootfs: Some(true),
         tmpfs: Some(tmpfs),
-        shm_size: Some(to_i64(disk)),
-        mounts: Some(vec![Mount {
-            target: Some(STUB_TARGET.to_string()),
-            source: Some(cfg.stub_path.to_string_lossy().into_owned()),
-            typ: Some(MountType::BIND),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        shm_size: scratch.is_none().then_some(to_i64(disk)),
+        mounts: Some(mounts),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec![
             "no-new-privileges".to_string(),
@@ -258,7 +292,7 @@ mod tests {
     #[test]
     fn every_limit_is_set() {
         let cfg = Settings::default();
-        let hc = host_config(&cfg, &spec(false), &facts());
+        let hc = host_config(&cfg, &spec(false), &facts(), None);
         assert_eq!(hc.network_mode.as_deref(), Some("none"));
         assert_eq!(hc.readonly_rootfs, Some(true));
         assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
@@ -284,7 +318,7 @@ mod tests {
     #[test]
     fn network_needs_both_the_task_and_the_pool() {
         let mut cfg = Settings::default();
-        let net = |cfg: &Settings, on| host_config(cfg, &spec(on), &facts()).network_mode;
+        let net = |cfg: &Settings, on| host_config(cfg, &spec(on), &facts(), None).network_mode;
         assert_eq!(net(&cfg, true).as_deref(), Some("none"));
         cfg.cfg.allow_network = true;
         assert_eq!(net(&cfg, false).as_deref(), Some("none"));
@@ -298,7 +332,7 @@ mod tests {
         s.limits.cpus = 0.0;
         s.limits.pids = 0;
         s.limits.disk_bytes = 0;
-        let hc = host_config(&Settings::default(), &s, &facts());
+        let hc = host_config(&Settings::default(), &s, &facts(), None);
         assert_eq!(hc.memory, Some(MIN_MEMORY_BYTES as i64));
         assert_eq!(hc.nano_cpus, Some(10_000_000));
         assert_eq!(hc.pids_limit, Some(3));

@@ -22,6 +22,7 @@
 
 mod cleanup;
 mod limits;
+pub mod scratch;
 mod session;
 mod usage;
 pub mod warm;
@@ -151,6 +152,9 @@ pub struct Tuning {
     pub sweep: SweepScope,
     /// How long a container must have been stopped before the default sweep takes it.
     pub sweep_grace: Duration,
+    /// Where each container's scratch tmpfs is mounted on the host (see
+    /// [`scratch`]; used when the engine shares this worker's mounts).
+    pub scratch_root: PathBuf,
 }
 
 impl Default for Tuning {
@@ -163,6 +167,7 @@ impl Default for Tuning {
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
             sweep: SweepScope::Abandoned,
             sweep_grace: SWEEP_GRACE,
+            scratch_root: PathBuf::from(scratch::DEFAULT_SCRATCH_ROOT),
         }
     }
 }
@@ -172,6 +177,9 @@ impl Default for Tuning {
 pub(crate) struct Settings {
     pub cfg: ContainerConfig,
     pub tuning: Tuning,
+    /// One scratch tmpfs per container under this root (`None`: a tmpfs per
+    /// mount, where the engine cannot see this worker's mounts).
+    pub scratch: Option<PathBuf>,
 }
 
 /// What the sandbox needs to know about an image.
@@ -236,6 +244,17 @@ impl ContainerSandbox {
             .ping()
             .await
             .map_err(|e| SandboxError::Docker(format!("the engine does not answer: {e}")))?;
+        let scratch = match scratch::usable(
+            &tuning.scratch_root,
+            std::env::var("DOCKER_HOST").ok().as_deref(),
+        ) {
+            Ok(()) => Some(tuning.scratch_root.clone()),
+            Err(why) => {
+                warn!(reason = %why,
+                    "containers get a tmpfs of disk_bytes per writable mount, not one in total");
+                None
+            }
+        };
         Ok(ContainerSandbox {
             cleanup: Cleanup {
                 docker: docker.clone(),
@@ -243,7 +262,11 @@ impl ContainerSandbox {
                 live: Arc::new(Mutex::new(Default::default())),
             },
             docker,
-            settings: Arc::new(Settings { cfg, tuning }),
+            settings: Arc::new(Settings {
+                cfg,
+                tuning,
+                scratch,
+            }),
         })
     }
 
@@ -288,10 +311,21 @@ impl ContainerSandbox {
         }
         let t_image = t0.elapsed();
 
-        let body = limits::create_body(&self.settings, spec, &image, &facts);
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&container_name(&spec.task_id))
-            .build();
+        let name = container_name(&spec.task_id);
+        // Its disk in total: one tmpfs for /work, /tmp, /dev/shm and volumes.
+        let scratch = match &self.settings.scratch {
+            Some(root) => Some(scratch::Scratch::create(
+                root,
+                &name,
+                spec.limits.disk_bytes,
+                facts.uid,
+                facts.gid,
+                facts.volumes.len(),
+            )?),
+            None => None,
+        };
+        let body = limits::create_body(&self.settings, spec, &image, &facts, scratch.as_ref());
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -302,7 +336,7 @@ impl ContainerSandbox {
                 } => SandboxError::ImageMissing(image.clone()),
                 e => SandboxError::Docker(format!("creating the container: {e}")),
             })?;
-        let guard = ContainerGuard::new(&self.cleanup, created.id, lease);
+        let guard = ContainerGuard::new(&self.cleanup, created.id, lease, scratch);
         let id = guard.id().to_string();
         let enforcement = if created.warnings.is_empty() {
             Enforcement::Enforced
@@ -429,12 +463,31 @@ impl Sandbox for ContainerSandbox {
     }
 
     async fn sweep(&self) -> Result<usize, SandboxError> {
-        self.cleanup
+        let removed = self
+            .cleanup
             .sweep(
                 &self.settings.tuning.sweep,
                 self.settings.tuning.sweep_grace,
             )
-            .await
+            .await?;
+        // Scratch mounts of containers that are gone (a crashed worker's).
+        let mut stale = 0;
+        if let Some(root) = &self.settings.scratch {
+            for (name, dir) in scratch::older_than(root, self.settings.tuning.sweep_grace) {
+                let gone = matches!(
+                    self.docker.inspect_container(&name, None).await,
+                    Err(DockerError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    })
+                );
+                if gone {
+                    scratch::remove_stale(&dir);
+                    stale += 1;
+                }
+            }
+        }
+        Ok(removed + stale)
     }
 
     async fn ready(&self) -> bool {

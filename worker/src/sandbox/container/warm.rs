@@ -204,7 +204,7 @@ impl WarmPool {
             env: Vec::new(),
             volumes: Vec::new(),
         };
-        let hc = limits::host_config(&sandbox.settings, spec, &facts);
+        let hc = limits::host_config(&sandbox.settings, spec, &facts, None);
         let body = ContainerUpdateBody {
             memory: hc.memory,
             memory_swap: hc.memory_swap,
