@@ -1,0 +1,617 @@
+//! Hostile cases of the kernel surface (issue 21), run by the same table as the
+//! rest of the suite in both sandboxes: the seccomp allow-list refuses each
+//! syscall of its table with the stated errno and still runs a real workload;
+//! `/sys/fs/cgroup` shows only the task's own cgroup; the audit login uid
+//! cannot be set; a container's disk is `disk_bytes` in total. Each runs under
+//! python3 (the host's in the process sandbox, `krill/python:1` in a container)
+//! where it needs raw syscalls.
+
+use super::{need, no_tweak, Case, Sb, Task, TaskResult, SUCCEEDED};
+
+/// The image with python3 (and coreutils, tar, gzip) for container cases.
+pub const PYTHON_IMAGE: &str = "krill/python:1";
+
+/// Refused: which errnos a row accepts, in the (process, container) sandbox.
+struct Row {
+    name: &'static str,
+    /// Python expression: the syscall's number and arguments.
+    call: &'static str,
+    process: &'static [&'static str],
+    container: &'static [&'static str],
+}
+
+const EPERM: &[&str] = &["EPERM"];
+const ENOSYS: &[&str] = &["ENOSYS"];
+const EAFNOSUPPORT: &[&str] = &["EAFNOSUPPORT"];
+/// Calls newer than the libseccomp Docker's runtime links (Debian 12: 2.5.4):
+/// the runtime skips a name it does not know, so the call gets the profile's
+/// default, ENOSYS — refused either way.
+const EPERM_OR_NEWER: &[&str] = &["EPERM", "ENOSYS"];
+
+/// The table of refused syscalls (x86_64 numbers), with the errno each gets.
+const TABLE: &[Row] = &[
+    Row {
+        name: "ptrace(PTRACE_ATTACH, 1)",
+        call: "101, 16, 1, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "process_vm_readv",
+        call: "310, 1, 0, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "pidfd_getfd",
+        call: "438, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "kcmp",
+        call: "312, 1, 1, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "modify_ldt",
+        call: "154, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "personality(ADDR_NO_RANDOMIZE)",
+        call: "135, 0x0040000",
+        process: EPERM_OR_NEWER,
+        container: EPERM_OR_NEWER,
+    },
+    Row {
+        name: "bpf",
+        call: "321, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "perf_event_open",
+        call: "298, 0, 0, -1, -1, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "userfaultfd",
+        call: "323, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "keyctl",
+        call: "250, 0, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "add_key",
+        call: "248, 0, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "request_key",
+        call: "249, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "io_uring_setup",
+        call: "425, 1, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "io_uring_enter",
+        call: "426, 0, 0, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "io_uring_register",
+        call: "427, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "mount",
+        call: "165, 0, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "umount2",
+        call: "166, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "pivot_root",
+        call: "155, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "chroot",
+        call: "161, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "fsopen",
+        call: "430, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "fsmount",
+        call: "432, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "fspick",
+        call: "433, -100, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "open_tree",
+        call: "428, -100, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "move_mount",
+        call: "429, -100, 0, -100, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "mount_setattr",
+        call: "442, -100, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "open_tree_attr",
+        call: "467, -100, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM_OR_NEWER,
+    },
+    Row {
+        name: "listmount",
+        call: "458, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM_OR_NEWER,
+    },
+    Row {
+        name: "statmount",
+        call: "457, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM_OR_NEWER,
+    },
+    Row {
+        name: "quotactl",
+        call: "179, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "quotactl_fd",
+        call: "443, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "unshare(CLONE_NEWUSER)",
+        call: "272, 0x10000000",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "setns",
+        call: "308, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "clone(CLONE_NEWUSER)",
+        call: "56, 0x10000011, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "clone(CLONE_NEWNET)",
+        call: "56, 0x40000011, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "clone3",
+        call: "435, 0, 0",
+        process: ENOSYS,
+        container: ENOSYS,
+    },
+    Row {
+        name: "kexec_load",
+        call: "246, 0, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "init_module",
+        call: "175, 0, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "finit_module",
+        call: "313, -1, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "fanotify_init",
+        call: "300, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "open_by_handle_at",
+        call: "304, -1, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "settimeofday",
+        call: "164, 0, 0",
+        process: EPERM,
+        container: EPERM,
+    },
+    Row {
+        name: "socket(AF_VSOCK)",
+        call: "41, 40, 1, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socket(AF_VSOCK, SOCK_DGRAM)",
+        call: "41, 40, 2, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socket(AF_PACKET)",
+        call: "41, 17, 3, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socket(AF_ALG)",
+        call: "41, 38, 5, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socket(AF_BLUETOOTH)",
+        call: "41, 31, 1, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socket(AF_NETLINK) without network",
+        call: "41, 16, 3, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socket(family 0x1_0000_0028)",
+        call: "41, 0x100000028, 1, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "socketpair(AF_VSOCK)",
+        call: "53, 40, 1, 0, 0",
+        process: EAFNOSUPPORT,
+        container: EAFNOSUPPORT,
+    },
+    Row {
+        name: "mseal (new, not allowed)",
+        call: "462, 0, 0, 0",
+        process: ENOSYS,
+        container: ENOSYS,
+    },
+    Row {
+        name: "syscall 1000 (unknown)",
+        call: "1000",
+        process: ENOSYS,
+        container: ENOSYS,
+    },
+];
+
+/// Runs every row's syscall and prints `name<TAB>errno` (`OK` if it succeeded).
+fn table_script() -> String {
+    let mut rows = String::new();
+    for r in TABLE {
+        rows.push_str(&format!("    ({:?}, ({})),\n", r.name, r.call));
+    }
+    format!(
+        r#"import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+ROWS = [
+{rows}]
+for name, call in ROWS:
+    nr, *args = call if isinstance(call, tuple) else (call,)
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    if r == 0 and nr == 56:
+        os._exit(0)  # a clone that worked: the child leaves at once
+    e = ctypes.get_errno()
+    print(name + "\t" + ("OK" if r != -1 else errno.errorcode.get(e, str(e))), flush=True)
+"#
+    )
+}
+
+fn check_table(r: &TaskResult, sb: Sb) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    for row in TABLE {
+        let want = if sb == Sb::Process {
+            row.process
+        } else {
+            row.container
+        };
+        let got = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(row.name)?.strip_prefix('\t'));
+        match got {
+            Some(e) if want.contains(&e) => {}
+            other => wrong.push(format!("{}: {other:?}, expected {want:?}", row.name)),
+        }
+    }
+    need(wrong.is_empty(), &wrong.join("; "), r)
+}
+
+/// A real workload: shell pipelines, python3 with threads, a process pool and
+/// subprocesses, sockets on loopback, tar/gzip/sha256sum, and git when present.
+const CORPUS: &str = r#"set -eu
+cd "$HOME"
+test "$(printf 'b\na\nc\na\n' | sort | uniq | tr a-z A-Z | paste -sd, -)" = "A,B,C"
+seq 1 2000 | awk '{ s += $1 } END { print s }' | grep -qx 2001000
+python3 - <<'EOF'
+import asyncio, concurrent.futures, hashlib, json, multiprocessing, os, socket, subprocess, tempfile, threading
+def work(n):
+    return hashlib.sha256(str(n).encode()).hexdigest()
+with concurrent.futures.ThreadPoolExecutor(8) as ex:
+    assert len(set(ex.map(work, range(200)))) == 200
+ctx = multiprocessing.get_context("fork")
+with ctx.Pool(2) as pool:
+    assert pool.map(work, range(20)) == [work(n) for n in range(20)]
+out = subprocess.run(["sh", "-c", "echo sub | tr a-z A-Z"], capture_output=True, text=True, check=True).stdout
+assert out == "SUB\n", out
+a, b = socket.socketpair()
+a.sendall(b"ping"); assert b.recv(4) == b"ping"
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+t = threading.Thread(target=lambda: srv.accept()[0].sendall(b"hi")); t.start()
+c = socket.create_connection(srv.getsockname()); assert c.recv(2) == b"hi"; t.join()
+async def main():
+    p = await asyncio.create_subprocess_exec("echo", "async", stdout=asyncio.subprocess.PIPE)
+    o, _ = await p.communicate(); assert o == b"async\n"
+asyncio.run(main())
+with tempfile.TemporaryDirectory() as d:
+    json.dump({"k": 1}, open(os.path.join(d, "x.json"), "w"))
+print("python ok")
+EOF
+mkdir -p src/sub
+seq 1 5000 > src/sub/numbers
+tar czf src.tgz src
+gzip -t src.tgz
+sha256sum src.tgz > sums
+sha256sum -c sums >/dev/null
+mkdir out && tar xzf src.tgz -C out
+cmp src/sub/numbers out/src/sub/numbers
+if command -v git >/dev/null 2>&1; then
+  git init -q repo && cd repo
+  echo hello > f && git add f
+  git -c user.name=krill -c user.email=k@example.invalid commit -qm first
+  test "$(git log --oneline | wc -l)" -eq 1
+  echo "git ok"
+  cd ..
+fi
+echo CORPUS-OK
+"#;
+
+/// Lists every cgroup the task can see below the roots of `/sys/fs/cgroup`
+/// (the task's own cgroup has no children), and any line naming a worker.
+const CGROUP_VIEW: &str = r#"find /sys/fs/cgroup -mindepth 2 -type d 2>/dev/null | head -20 | sed 's/^/DIR /'
+cat /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs 2>/dev/null | sort -un | sed 's/^/PID /'
+grep -E ' - cgroup2? ' /proc/self/mountinfo | awk '{ print "ROOT " $4 }'
+echo VIEW-DONE
+"#;
+
+fn check_cgroup_view(r: &TaskResult, _: Sb) -> Result<(), String> {
+    need(r.stdout.contains("VIEW-DONE"), "did not finish", r)?;
+    need(
+        !r.stdout.lines().any(|l| l.starts_with("DIR ")),
+        "cgroups of others (or the host's tree) are visible",
+        r,
+    )?;
+    need(
+        r.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("ROOT "))
+            .all(|root| root == "/"),
+        "a cgroup mount shows a host path",
+        r,
+    )?;
+    need(
+        !r.stdout.contains("krill") && !r.stdout.contains("docker"),
+        "a worker's or the engine's cgroup is named",
+        r,
+    )
+}
+
+const LOGINUID: &str = r#"before=$(cat /proc/self/loginuid 2>/dev/null || echo none)
+if (echo 0 > /proc/self/loginuid) 2>/dev/null; then echo WROTE; fi
+if (echo 1234 > /proc/self/loginuid) 2>/dev/null; then echo WROTE; fi
+after=$(cat /proc/self/loginuid 2>/dev/null || echo none)
+sh -c 'cat /proc/self/loginuid 2>/dev/null || echo none' > /tmp/child
+echo "before=$before after=$after child=$(cat /tmp/child) uid=$(id -u)"
+"#;
+
+fn check_loginuid(r: &TaskResult, _: Sb) -> Result<(), String> {
+    need(!r.stdout.contains("WROTE"), "the login uid was written", r)?;
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("before="))
+        .unwrap_or("");
+    let field = |k: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (before, after, child, uid) = (
+        field("before="),
+        field("after="),
+        field("child="),
+        field("uid="),
+    );
+    need(
+        before == after && after == child,
+        "the login uid changed",
+        r,
+    )?;
+    // Set for the task (not left unset, which anyone may set once).
+    need(
+        before == "none" || before == uid,
+        "the login uid is not the task's own uid",
+        r,
+    )
+}
+
+/// Writes 10 MiB into each writable place of a 16 MiB task; what landed in
+/// total must fit 16 MiB.
+const DISK_TOTAL: &str = r#"for d in "$HOME" /tmp /dev/shm; do
+  dd if=/dev/zero of="$d/fill" bs=1048576 count=10 2>/dev/null || true
+done
+total=0
+for d in "$HOME" /tmp /dev/shm; do
+  k=$(du -k "$d/fill" 2>/dev/null | cut -f1); total=$((total + ${k:-0}))
+done
+echo "TOTAL_KIB $total"
+"#;
+
+fn check_disk_total(r: &TaskResult, _: Sb) -> Result<(), String> {
+    let total: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTAL_KIB ")?.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    need(
+        total <= 16 * 1024 && total >= 15 * 1024,
+        &format!("{total} KiB written with a 16 MiB disk"),
+        r,
+    )
+}
+
+fn python(t: &mut Task) {
+    t.image = Some(PYTHON_IMAGE.into());
+    t.interpreter = vec!["python3".into()];
+    t.limits.timeout_secs = Some(60);
+}
+
+fn with_python_image(t: &mut Task) {
+    t.image = Some(PYTHON_IMAGE.into());
+    t.limits.timeout_secs = Some(120);
+    t.limits.pids = Some(256);
+}
+
+/// The kernel-surface rows of the table.
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "seccomp: every syscall of the table refused with its errno",
+            script: table_script(),
+            tweak: python,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: check_table,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "seccomp: the workload corpus runs under the allow-list",
+            script: CORPUS.into(),
+            tweak: with_python_image,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                need(
+                    r.stdout.contains("python ok") && r.stdout.contains("CORPUS-OK"),
+                    "corpus",
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "/sys/fs/cgroup shows only the task's own cgroup",
+            script: CGROUP_VIEW.into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: check_cgroup_view,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "loginuid cannot be set",
+            script: LOGINUID.into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: check_loginuid,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "disk_bytes is the total of every writable mount",
+            script: DISK_TOTAL.into(),
+            tweak: |t| t.limits.disk_bytes = Some(16 << 20),
+            status: [SUCCEEDED, SUCCEEDED],
+            check: check_disk_total,
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "a task runs as a uid of its own, not a host user's",
+            script: "id -u; id -g; cat /proc/self/status | grep -E '^(Uid|Gid):'".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                let uid: u32 = r
+                    .stdout
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0);
+                need(
+                    uid >= 200_000,
+                    &format!("uid {uid} is not from the sandbox range"),
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+    ]
+}
