@@ -615,3 +615,149 @@ pub fn cases() -> Vec<Case> {
         },
     ]
 }
+
+/// Takes the whole per-user budget of inotify instances, POSIX message queue
+/// bytes and pipe-buffer pages, says so, and holds them.
+const HOLDER: &str = r#"import ctypes, fcntl, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+held = []
+inotify = 0
+while inotify < 100000:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    held.append(fd); inotify += 1
+inotify_errno = ctypes.get_errno()
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long), ("cur", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+attr = Attr(0, 10, 8192, 0)
+mq = 0
+while mq < 1000:
+    fd = libc.mq_open(("/krill-hold-%d" % mq).encode(), os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(attr))
+    if fd < 0:
+        break
+    held.append(fd); mq += 1
+mq_errno = ctypes.get_errno()
+pipes = 0
+big = 0
+while pipes < 200:
+    r, w = os.pipe()
+    held += [r, w]; pipes += 1
+    try:
+        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+        big += 1
+    except OSError:
+        break
+print("HELD inotify=%d/%d mq=%d/%d pipes_1m=%d" % (inotify, inotify_errno, mq, mq_errno, big), flush=True)
+time.sleep(120)
+"#;
+
+/// Asks for a share of each budget and says what it got.
+const VICTIM: &str = r#"import ctypes, fcntl, os
+libc = ctypes.CDLL(None, use_errno=True)
+inotify = sum(1 for _ in range(20) if libc.inotify_init1(0) >= 0)
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long), ("cur", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+attr = Attr(0, 10, 8192, 0)
+mq = sum(1 for i in range(3) if libc.mq_open(("/krill-victim-%d" % i).encode(), os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(attr)) >= 0)
+r, w = os.pipe()
+default = fcntl.fcntl(w, 1032)  # F_GETPIPE_SZ
+try:
+    grown = fcntl.fcntl(w, 1031, 1 << 20)
+except OSError:
+    grown = 0
+print("GOT inotify=%d mq=%d pipe=%d grown=%d uid=%d" % (inotify, mq, default, grown, os.getuid()), flush=True)
+"#;
+
+fn field(line: &str, key: &str) -> i64 {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(key)?.split('/').next()?.parse().ok())
+        .unwrap_or(-1)
+}
+
+async fn budgets(sb: Sb) {
+    use krill_tests::{client, task, unique_pool, WorkerBuilder};
+    let worker = |pool: &str| {
+        let b = WorkerBuilder::new(pool).arg("--concurrency").arg("2");
+        match sb {
+            Sb::Process => b.arg("--sandbox").arg("process"),
+            Sb::Container => b
+                .arg("--sandbox")
+                .arg("container")
+                .arg("--image")
+                .arg(PYTHON_IMAGE),
+        }
+    };
+    let (pool_a, pool_b) = (unique_pool("budget-a"), unique_pool("budget-b"));
+    let _a = worker(&pool_a).start().await;
+    let _b = worker(&pool_b).start().await;
+    let c = client().await;
+    let mk = |script: &str| {
+        let mut t = super::prepare(task(script), sb);
+        t.image = (sb == Sb::Container).then(|| PYTHON_IMAGE.to_string());
+        t.interpreter = vec!["python3".into()];
+        t.limits.timeout_secs = Some(90);
+        t
+    };
+    let holder = mk(HOLDER);
+    let mut logs = c.follow(&holder.id).await.expect("follow");
+    c.submit(&pool_a, &holder).await.expect("submit");
+    let mut out = String::new();
+    let held = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(chunk) = logs.next().await {
+            out.push_str(&chunk.data);
+            if let Some(line) = out.lines().find(|l| l.starts_with("HELD ")) {
+                return line.to_string();
+            }
+            if chunk.eof {
+                break;
+            }
+        }
+        panic!("the holder ended without holding: {out}");
+    })
+    .await
+    .expect("the holder said HELD");
+    // It really exhausted its own budgets (else the victims prove nothing).
+    assert!(field(&held, "inotify=") >= 100, "{held}");
+    assert!(
+        held.contains(&format!("/{}", libc::EMFILE)),
+        "inotify or mq not exhausted: {held}"
+    );
+    assert!(field(&held, "mq=") >= 1, "{held}");
+    for (pool, where_) in [
+        (&pool_a, "another slot of the same worker"),
+        (&pool_b, "another worker"),
+    ] {
+        let victim = mk(VICTIM);
+        let r = krill_tests::run_task(&c, pool, &victim).await;
+        let got = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("GOT "))
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(r.status, super::Status::Succeeded, "{where_}: {r:?}");
+        assert_eq!(field(&got, "inotify="), 20, "{where_}: {got}");
+        assert_eq!(field(&got, "mq="), 3, "{where_}: {got}");
+        assert_eq!(field(&got, "pipe="), 65536, "{where_}: {got}");
+        assert_eq!(field(&got, "grown="), 1 << 20, "{where_}: {got}");
+    }
+    c.cancel(&holder.id).await.expect("cancel");
+    let r = c
+        .wait(&holder.id, Some(std::time::Duration::from_secs(60)))
+        .await
+        .expect("holder result");
+    assert_eq!(r.status, super::Status::Cancelled, "{r:?}");
+}
+
+/// A task holding its uid's whole inotify, mqueue and pipe budgets leaves
+/// them whole for a task on another slot and on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_budgets_are_the_tasks_own_in_the_process_sandbox() {
+    budgets(Sb::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_budgets_are_the_tasks_own_in_the_container_sandbox() {
+    budgets(Sb::Container).await;
+}
