@@ -520,7 +520,7 @@ fn check_disk_total(r: &TaskResult, _: Sb) -> Result<(), String> {
         .find_map(|l| l.strip_prefix("TOTAL_KIB ")?.trim().parse().ok())
         .unwrap_or(u64::MAX);
     need(
-        total <= 16 * 1024 && total >= 15 * 1024,
+        (15 * 1024..=16 * 1024).contains(&total),
         &format!("{total} KiB written with a 16 MiB disk"),
         r,
     )
