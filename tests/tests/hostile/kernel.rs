@@ -761,3 +761,73 @@ async fn per_user_budgets_are_the_tasks_own_in_the_process_sandbox() {
 async fn per_user_budgets_are_the_tasks_own_in_the_container_sandbox() {
     budgets(Sb::Container).await;
 }
+
+/// How a case's expectation differs under a container runtime, and why.
+pub struct Difference {
+    pub status: &'static [super::Status],
+    pub check: super::Check,
+    pub reason: &'static str,
+}
+
+/// The documented differences of `runtime` for the case `name`.
+pub fn runtime_difference(runtime: &str, name: &str) -> Option<Difference> {
+    if runtime != "runsc" {
+        return None;
+    }
+    match name {
+        "fork bomb" => Some(Difference {
+            status: &[super::Status::TimedOut, super::Status::Failed],
+            check: |_, _| Ok(()),
+            reason: "under gVisor the container's pids limit also counts the sentry's own \
+                     threads: the bomb's first forks already fail and the script exits",
+        }),
+        "seccomp: every syscall of the table refused with its errno" => Some(Difference {
+            status: &[super::Status::Succeeded],
+            check: check_table_ran,
+            reason: "under gVisor the task's syscalls are served by the sentry, not the host \
+                     kernel; Krill's profile is not loaded (this gVisor's OCI seccomp answers \
+                     EPERM for every refusal, and glibc's threads need ENOSYS for clone3), so \
+                     each row gets gVisor's own answer (some, such as unshare, work inside it)",
+        }),
+        _ => None,
+    }
+}
+
+/// Under gVisor: every row ran (and answered without killing the task).
+fn check_table_ran(r: &TaskResult, _: Sb) -> Result<(), String> {
+    let missing: Vec<&str> = TABLE
+        .iter()
+        .filter(|row| {
+            !r.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{}\t", row.name)))
+        })
+        .map(|row| row.name)
+        .collect();
+    need(missing.is_empty(), &format!("rows missing: {missing:?}"), r)
+}
+
+/// Whether the engine the tests use lists `runtime`. When it does not, says
+/// so plainly; under CI (`CI=true`) or `KRILL_REQUIRE_RUNSC=1` that is a
+/// failure (CI's engine is started by scripts/lib.sh with it registered).
+pub fn engine_has_runtime(runtime: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .expect("docker info");
+    let listed = String::from_utf8_lossy(&out.stdout).contains(&format!("\"{runtime}\""));
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("KRILL_REQUIRE_RUNSC").is_ok_and(|v| v == "1");
+    if !listed {
+        let why =
+            format!(
+            "NOT RUN: the Docker engine{} has no `{runtime}` runtime (scripts/lib.sh registers \
+             it when it starts dockerd; install it with `apt-get install runsc` and restart \
+             dockerd with it, or point DOCKER_HOST at an engine that has it)",
+            std::env::var("DOCKER_HOST").map(|h| format!(" at {h}")).unwrap_or_default()
+        );
+        assert!(!required, "{why}");
+        eprintln!("{why}");
+    }
+    listed
+}
