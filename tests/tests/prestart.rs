@@ -113,7 +113,7 @@ fn rich_task() -> Task {
     let mut t = container_task(
         "echo \"hello $WHO\"; echo \"token=$TOKEN\"; echo oops >&2; \
          echo \"answer=42\" >> \"$KRILL_OUTPUT\"; echo \"key=$TOKEN\" >> \"$KRILL_SENSITIVE_OUTPUT\"; \
-         id -u; pwd; ls /; exit 3",
+         test \"$(id -u)\" -ne 0 && echo non-root; pwd; ls /; exit 3",
     );
     t.env.insert("WHO".into(), "world".into());
     t.secrets
