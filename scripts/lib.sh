@@ -6,6 +6,8 @@
 #   krill_ensure_rabbitmq   # broker up with deploy/rabbitmq config, AMQP answering
 #   krill_ensure_docker     # engine up, `docker info` answering
 #   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
+#   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
+#                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
 #
 # Safe to source from scripts running under `set -euo pipefail`; it does not
 # change the caller's shell options. Tunables (environment):
@@ -331,4 +333,80 @@ krill_runsc_wrapper() {
 # scripts/images is idempotent and takes about a second when nothing changed.
 krill_ensure_images() {
   "$KRILL_ROOT/scripts/images"
+}
+
+# ---------------------------------------------------- a private RabbitMQ node --
+
+# krill_own_ctl PORT SECS ARGS...: `rabbitmqctl -n <node of PORT> ARGS`, killed
+# after SECS together with everything it started (`timeout` alone leaves its
+# Erlang VM running).
+krill_own_ctl() {
+  local port=$1 secs=$2 pid end
+  shift 2
+  setsid rabbitmqctl -q -n "$(krill_own_node "$port")" "$@" </dev/null >/dev/null 2>&1 &
+  pid=$!
+  end=$((SECONDS + secs))
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= end)); then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      return 124
+    fi
+    sleep 0.2
+  done
+  wait "$pid"
+}
+
+# krill_own_node PORT: the Erlang node name of the private node on PORT.
+krill_own_node() {
+  printf 'krill-own-%s@%s' "$1" "$(hostname -s)"
+}
+
+# krill_own_broker PORT: a throwaway RabbitMQ node of its own (same package, its
+# own port, node name, data and logs under /tmp/krill-broker-PORT), started
+# fresh, and stopped again when the calling script exits (an EXIT trap). Exports
+# KRILL_AMQP_URL and KRILL_RABBITMQ_NODE for it. The node name and directory
+# come from the port, so two scripts on two ports never touch each other's node
+# (a shared machine: give each user a port of their own).
+krill_own_broker() {
+  local port=$1 base node
+  [[ "$port" =~ ^[0-9]+$ ]] || krill_die "krill_own_broker: PORT must be a number (got '$port')"
+  base="/tmp/krill-broker-$port"
+  node="$(krill_own_node "$port")"
+  krill_apt_install rabbitmq-server
+  install -d -o rabbitmq -g rabbitmq "$base"
+  cat >"$base/rabbitmq.conf" <<CONF
+listeners.tcp.default = $port
+consumer_timeout = 25200000
+log.file.level = warning
+CONF
+  echo '[].' >"$base/enabled_plugins"
+  chown rabbitmq:rabbitmq "$base/rabbitmq.conf" "$base/enabled_plugins"
+  export KRILL_AMQP_URL="amqp://127.0.0.1:$port/%2f" KRILL_RABBITMQ_NODE="$node"
+  if krill_own_ctl "$port" 15 ping; then
+    krill_log "stopping the private node an earlier run left"
+    krill_own_ctl "$port" 60 stop || true
+  fi
+  krill_log "starting a private RabbitMQ node $node on port $port (data in $base)"
+  rm -rf "${base:?}/mnesia" # a fresh node: nothing left from an earlier run
+  # Open files as the packaged service has them: on a restart the broker
+  # reopens every durable queue (one reply queue per task still unread), and
+  # with the default 1024 it stalls recovering a few thousand.
+  (cd /tmp && su rabbitmq -s /bin/sh -c "ulimit -n 65536; RABBITMQ_NODENAME=$node RABBITMQ_NODE_PORT=$port \
+    RABBITMQ_DIST_PORT=$((port + 20000)) RABBITMQ_MNESIA_BASE=$base/mnesia \
+    RABBITMQ_LOG_BASE=$base/log RABBITMQ_CONFIG_FILE=$base/rabbitmq.conf \
+    RABBITMQ_ENABLED_PLUGINS_FILE=$base/enabled_plugins RABBITMQ_PID_FILE=$base/pid \
+    rabbitmq-server -detached") >/dev/null 2>&1
+  # shellcheck disable=SC2064 # the port is fixed now
+  trap "krill_log 'stopping $node'; krill_own_ctl $port 60 stop || true" EXIT
+  local deadline=$((SECONDS + 120))
+  until krill_own_ctl "$port" 30 await_startup; do
+    ((SECONDS < deadline)) || krill_die "the private node did not start (logs in $base/log)"
+    sleep 1
+  done
+  until krill_port_open 127.0.0.1 "$port"; do
+    ((SECONDS < deadline)) || krill_die "the private node does not answer on port $port"
+    sleep 1
+  done
+  krill_log "private RabbitMQ ready on $KRILL_AMQP_URL"
 }
