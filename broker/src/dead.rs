@@ -11,7 +11,7 @@ use lapin::BasicProperties;
 use serde::Serialize;
 
 use crate::client::{publish_confirmed, Client, ClientError};
-use crate::topology::{DEAD_QUEUE, POOL_QUEUE_PREFIX, REASON_HEADER, TASKS_EXCHANGE};
+use crate::topology::{DEAD_QUEUE, POOL_HEADER, POOL_QUEUE_PREFIX, REASON_HEADER, TASKS_EXCHANGE};
 
 /// One dead letter, as `krill dead list` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +50,7 @@ pub fn describe(props: &BasicProperties, bytes: usize) -> DeadLetter {
     let empty = FieldTable::default();
     let h = props.headers().as_ref().unwrap_or(&empty);
     let id = props.message_id().as_ref().map(|m| m.as_str().to_string());
-    let pool = header_text(h, "x-krill-pool").or_else(|| {
+    let pool = header_text(h, POOL_HEADER).or_else(|| {
         death_field(h, "queue").and_then(|q| q.strip_prefix(POOL_QUEUE_PREFIX).map(str::to_string))
     });
     match header_text(h, REASON_HEADER) {

@@ -57,6 +57,8 @@ pub const REPLY_QUEUE_EXPIRES_MS: i64 = 7 * 24 * 3600 * 1000;
 pub const REASON_HEADER: &str = "x-krill-reason";
 /// Header carrying the worker that dead-lettered a message.
 pub const WORKER_HEADER: &str = "x-krill-worker";
+/// Header carrying the pool of a message a worker dead-lettered.
+pub const POOL_HEADER: &str = "x-krill-pool";
 /// Header RabbitMQ's quorum queues set on redelivered messages.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Content type of every message.

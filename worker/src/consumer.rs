@@ -4,19 +4,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use broker::protocol::{Status, TaskEvent, TaskResult, TaskState as State, PROTOCOL_VERSION};
-use broker::topology::{
-    self, CONTENT_TYPE, DEAD_EXCHANGE, EVENTS_EXCHANGE, REASON_HEADER, WORKER_HEADER,
-};
+use broker::protocol::{Status, TaskResult, TaskState as State};
 use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::intake::{decode, Intake};
-use crate::publisher::Published;
 use crate::runner;
 use crate::state::Running;
 use crate::worker::Shared;
@@ -41,7 +36,8 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
             if let (Some(id), Some(reply_to)) = (&id, &reply_to) {
                 let mut result = TaskResult::rejected(id.clone(), reason.clone());
                 result.worker = Some(shared.id.clone());
-                publish_result(&shared, &result, reply_to).await;
+                let result = shared.run.outbound.finish_result(result);
+                shared.run.outbound.result(&result, reply_to).await;
             }
             dead_letter(&shared, &data, &properties, &reason, acker).await;
         }
@@ -72,7 +68,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                             .into(),
                     );
                     shared.run.metrics.finished(result.status, None);
-                    finish(&shared, &result, &reply_to, &Arc::new(Mutex::new(acker))).await;
+                    answer(&shared, result, &reply_to, acker).await;
                     return;
                 }
             }
@@ -82,7 +78,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                 result.worker = Some(shared.id.clone());
                 result.error = Some("cancelled before it started".into());
                 shared.run.metrics.finished(result.status, None);
-                finish(&shared, &result, &reply_to, &Arc::new(Mutex::new(acker))).await;
+                answer(&shared, result, &reply_to, acker).await;
                 return;
             }
             let cancel = shared.root.child_token();
@@ -109,11 +105,15 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
             // The started event goes out while the task starts (joined, not
             // spawned: it is sent before the finished event can be).
             let ((), result) = tokio::join!(
-                event(&shared, &id, State::Started, None, attempt),
+                shared
+                    .run
+                    .outbound
+                    .event(&id, State::Started, None, attempt),
                 runner::run(&shared.run, *task, attempt, cancel, reason)
             );
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
+            let result = shared.run.outbound.finish_result(result);
             // Remember before forgetting it runs: a redelivery in between must find one or the other.
             shared.tasks.remember(&result, &reply_to);
             shared.tasks.finish(&id);
@@ -123,17 +123,16 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
 }
 
 /// Publishes the result (confirmed), the finished event, then acks.
-async fn finish(shared: &Shared, result: &TaskResult, reply_to: &str, acker: &Arc<Mutex<Acker>>) {
-    shared.tasks.remember(result, reply_to);
-    let published = publish_result(shared, result, reply_to).await;
-    event(
-        shared,
-        &result.id,
-        State::Finished,
-        Some(result),
-        result.attempt,
-    )
-    .await;
+async fn finish(
+    shared: &Shared,
+    result: &Arc<TaskResult>,
+    reply_to: &str,
+    acker: &Arc<Mutex<Acker>>,
+) {
+    let out = &shared.run.outbound;
+    let published = out.result(result, reply_to).await;
+    out.event(&result.id, State::Finished, Some(result), result.attempt)
+        .await;
     if published {
         let acker = acker.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Err(e) = acker.ack(BasicAckOptions::default()).await {
@@ -144,65 +143,16 @@ async fn finish(shared: &Shared, result: &TaskResult, reply_to: &str, acker: &Ar
     }
 }
 
-/// Publishes a result to `reply_to`; false when the worker gave up (shutting down
-/// with the broker unreachable), in which case the task must not be acked.
-async fn publish_result(shared: &Shared, result: &TaskResult, reply_to: &str) -> bool {
-    let body = match serde_json::to_vec(result) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialize a result");
-            return false;
-        }
-    };
-    let props = BasicProperties::default()
-        .with_content_type(ShortString::from(CONTENT_TYPE))
-        .with_delivery_mode(2)
-        .with_correlation_id(ShortString::from(result.id.as_str()))
-        .with_message_id(ShortString::from(format!("{}.result", result.id)));
-    match shared
-        .run
-        .publisher
-        .confirmed("", reply_to, &body, props, true)
-        .await
-    {
-        Ok(Published::Confirmed) => true,
-        Ok(Published::Unroutable) => {
-            tracing::warn!(task_id = %result.id, reply_to, "reply queue is gone; the result is only in the finished event");
-            true
-        }
-        Err(e) => {
-            tracing::error!(task_id = %result.id, error = %e, "result not published");
-            false
-        }
-    }
+/// Remembers a result this worker answers with (for redeliveries), then sends it.
+async fn answer(shared: &Shared, result: TaskResult, reply_to: &str, acker: Acker) {
+    let result = shared.run.outbound.finish_result(result);
+    shared.tasks.remember(&result, reply_to);
+    finish(shared, &result, reply_to, &Arc::new(Mutex::new(acker))).await;
 }
 
-/// Publishes a task event (best effort: events are for observers).
-async fn event(shared: &Shared, id: &str, state: State, result: Option<&TaskResult>, attempt: u32) {
-    let ev = TaskEvent {
-        version: PROTOCOL_VERSION,
-        task_id: id.to_string(),
-        pool: shared.pool.clone(),
-        state,
-        worker: shared.id.clone(),
-        status: result.map(|r| r.status),
-        error: result.and_then(|r| r.error.clone()),
-        attempt,
-        at: Utc::now(),
-    };
-    if let Ok(body) = serde_json::to_vec(&ev) {
-        let props = BasicProperties::default().with_content_type(ShortString::from(CONTENT_TYPE));
-        let key = topology::task_event_key(&shared.pool, state.as_str());
-        shared
-            .run
-            .publisher
-            .fast(EVENTS_EXCHANGE, &key, &body, props)
-            .await;
-    }
-}
-
-/// Sends a copy of the message to `krill.dead` with the reason, then acks it. If
-/// that is impossible, rejects it without requeue so RabbitMQ dead-letters it.
+/// Sends a copy of the message to the dead letters with the reason, then acks
+/// it. If that is impossible, rejects it without requeue so RabbitMQ
+/// dead-letters it.
 async fn dead_letter(
     shared: &Shared,
     data: &[u8],
@@ -210,40 +160,15 @@ async fn dead_letter(
     reason: &str,
     acker: Acker,
 ) {
-    let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(
-        ShortString::from(REASON_HEADER),
-        AMQPValue::LongString(LongString::from(reason)),
-    );
-    headers.insert(
-        ShortString::from(WORKER_HEADER),
-        AMQPValue::LongString(LongString::from(shared.id.as_str())),
-    );
-    headers.insert(
-        ShortString::from("x-krill-pool"),
-        AMQPValue::LongString(LongString::from(shared.pool.as_str())),
-    );
-    let props = props
-        .clone()
-        .with_headers(FieldTable::from(headers.inner().clone()));
-    let dead = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        shared
-            .run
-            .publisher
-            .confirmed(DEAD_EXCHANGE, "", data, props, false),
-    )
-    .await;
-    let res = match dead {
-        Ok(Ok(_)) => acker.ack(BasicAckOptions::default()).await,
-        _ => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
+    let res = if shared.run.outbound.dead_letter(data, props, reason).await {
+        acker.ack(BasicAckOptions::default()).await
+    } else {
+        acker
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            })
+            .await
     };
     if let Err(e) = res {
         tracing::warn!(error = %e, "could not settle a malformed message; the broker will redeliver it");

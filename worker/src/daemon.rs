@@ -19,23 +19,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use broker::protocol::{Control, Heartbeat, SandboxKind, PROTOCOL_VERSION};
-use broker::topology::{
-    self, CONTENT_TYPE, CONTROL_EXCHANGE, CONTROL_QUEUE_PREFIX, EVENTS_EXCHANGE,
-};
+use broker::topology::{self, CONTROL_EXCHANGE, CONTROL_QUEUE_PREFIX};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
+use lapin::{Connection, ConnectionProperties, Consumer};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::Config;
-use crate::publisher::{Channels, Publisher};
+use crate::outbound::{AmqpSink, Channels, Outbound};
 use crate::runner::RunCtx;
 use crate::sandbox::container::{ContainerConfig, ContainerSandbox, Tuning};
 use crate::sandbox::process::{ProcessConfig, ProcessSandbox};
@@ -73,7 +71,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     sandboxes.start_prestart(cfg.prestart, defaults, &id);
     let (chan_tx, chan_rx) = watch::channel(None);
     let give_up = CancellationToken::new();
-    let publisher = Publisher::new(chan_rx, give_up.clone());
+    let outbound = Outbound::new(
+        Arc::new(AmqpSink::new(chan_rx, give_up.clone())),
+        &id,
+        &cfg.pool,
+    );
     let shared = Arc::new(Shared {
         id: id.clone(),
         pool: cfg.pool.clone(),
@@ -82,7 +84,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             worker_id: id.clone(),
             policy: Arc::new(cfg.policy()),
             sandboxes: sandboxes.clone(),
-            publisher,
+            outbound,
             metrics,
         },
         tasks: TaskState::default(),
@@ -492,20 +494,11 @@ pub fn heartbeat(shared: &Shared, stopping: bool) -> Heartbeat {
 }
 
 async fn send_heartbeat(shared: &Shared, stopping: bool) {
-    let hb = heartbeat(shared, stopping);
-    if let Ok(body) = serde_json::to_vec(&hb) {
-        let props = BasicProperties::default().with_content_type(ShortString::from(CONTENT_TYPE));
-        shared
-            .run
-            .publisher
-            .fast(
-                EVENTS_EXCHANGE,
-                &topology::heartbeat_key(&shared.id),
-                &body,
-                props,
-            )
-            .await;
-    }
+    shared
+        .run
+        .outbound
+        .heartbeat(heartbeat(shared, stopping))
+        .await;
 }
 
 /// Declares the heartbeat stream on a channel of its own: a broker that refuses it

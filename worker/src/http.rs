@@ -51,7 +51,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let broker = shared.run.publisher.connected();
+    let broker = shared.run.outbound.connected();
     let sandboxes = tokio::time::timeout(READY_TIMEOUT, shared.run.sandboxes.ready())
         .await
         .unwrap_or(false);

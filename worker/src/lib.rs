@@ -6,6 +6,7 @@
 //! - [`consumer`]: claims tasks (prefetch = free slots), acks after the result is confirmed.
 //! - [`runner`]: one task: validate, sandbox, stream and mask output, outputs, result.
 //! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
+//! - [`outbound`]: every message the worker sends, built and published in one place (a sink trait).
 //! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
@@ -16,8 +17,8 @@ pub mod daemon;
 pub mod http;
 pub mod intake;
 pub mod metrics;
+pub mod outbound;
 pub mod output;
-pub mod publisher;
 pub mod runner;
 pub mod sandbox;
 pub mod sandboxes;

@@ -246,7 +246,7 @@ impl Metrics {
         self.slots_free.set(i64::from(shared.slots_free()));
         self.draining.set(i64::from(shared.is_draining()));
         self.connected
-            .set(i64::from(shared.run.publisher.connected()));
+            .set(i64::from(shared.run.outbound.connected()));
     }
 
     /// The OpenMetrics text of every metric.

@@ -9,21 +9,18 @@ use std::time::Duration;
 use broker::protocol::{
     LogChunk, OutputVar, SandboxKind, Status, Stream, Task, TaskResult, PROTOCOL_VERSION,
 };
-use broker::topology::{CONTENT_TYPE, LOGS_EXCHANGE};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use lapin::types::ShortString;
-use lapin::BasicProperties;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Policy;
+use crate::outbound::Outbound;
 use crate::output::{
     parse as parse_vars, AddMaskFilter, Capture, MaskError, MaskSet, MaskStream, MAX_MASK_BYTES,
     MAX_MASK_VALUES, MIN_MASK_LEN,
 };
-use crate::publisher::Publisher;
 use crate::sandbox::{Event, Exit, Outcome, SandboxError, Spec};
 use crate::sandboxes::Sandboxes;
 
@@ -40,7 +37,7 @@ pub struct RunCtx {
     pub worker_id: String,
     pub policy: Arc<Policy>,
     pub sandboxes: Sandboxes,
-    pub publisher: Publisher,
+    pub outbound: Outbound,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -176,7 +173,7 @@ async fn execute(
     // Masks known before any output: the capture is masked with these as it flows.
     let generation = masks.generation();
     let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel);
-    let pump = Pump::new(task_id, masks.clone(), output_cap, ctx.publisher.clone());
+    let pump = Pump::new(task_id, masks.clone(), output_cap, ctx.outbound.clone());
     let (outcome, pumped, ()) = tokio::join!(sandbox_run, pump.run(rx), timer);
     result.warnings.extend(pumped.warnings);
     match outcome {
@@ -365,7 +362,7 @@ struct Pump {
     stdout: Capture,
     stderr: Capture,
     warnings: Vec<String>,
-    publisher: Publisher,
+    outbound: Outbound,
     seq: u64,
     pending: Option<(Stream, Vec<u8>, DateTime<Utc>)>,
     /// Per stream (stdout, stderr): the start of a UTF-8 character cut by the
@@ -377,7 +374,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(task_id: String, masks: MaskSet, cap: u64, publisher: Publisher) -> Self {
+    fn new(task_id: String, masks: MaskSet, cap: u64, outbound: Outbound) -> Self {
         Pump {
             task_id,
             add_mask: AddMaskFilter::new(masks.clone()),
@@ -387,7 +384,7 @@ impl Pump {
             stdout: Capture::new(usize::try_from(cap).unwrap_or(usize::MAX)),
             stderr: Capture::new(usize::try_from(cap).unwrap_or(usize::MAX)),
             warnings: Vec::new(),
-            publisher,
+            outbound,
             seq: 0,
             pending: None,
             carry: [Vec::new(), Vec::new()],
@@ -542,13 +539,7 @@ impl Pump {
             eof,
         };
         self.seq += 1;
-        if let Ok(body) = serde_json::to_vec(&chunk) {
-            let props =
-                BasicProperties::default().with_content_type(ShortString::from(CONTENT_TYPE));
-            self.publisher
-                .fast(LOGS_EXCHANGE, &self.task_id, &body, props)
-                .await;
-        }
+        self.outbound.log(chunk).await;
     }
 }
 
@@ -582,6 +573,52 @@ fn incomplete_tail(data: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::MemorySink;
+
+    #[tokio::test]
+    async fn the_pump_sends_masked_chunks_through_the_sink_and_ends_with_eof() {
+        let sink = Arc::new(MemorySink::default());
+        let outbound = Outbound::new(sink.clone(), "w1", "p");
+        let masks = MaskSet::new();
+        masks.add("s3cr3t-value").expect("mask");
+        let (tx, rx) = mpsc::channel(8);
+        let pump = Pump::new("t1".into(), masks, 1 << 20, outbound);
+        let run = tokio::spawn(pump.run(rx));
+        for (stream, bytes) in [
+            (Stream::Stdout, &b"hello s3cr3t-"[..]),
+            (
+                Stream::Stdout,
+                &b"value\n::add-mask::other-one\nother-one\n"[..],
+            ),
+            (Stream::Stderr, &b"oops\n"[..]),
+        ] {
+            tx.send(Event::Output(stream, Bytes::from_static(bytes)))
+                .await
+                .expect("send");
+        }
+        drop(tx);
+        let pumped = run.await.expect("pump");
+        let (out, _) = pumped.stdout.into_text();
+        assert_eq!(out, "hello ***\n***\n");
+        let chunks = sink.logs();
+        let last = chunks.last().expect("chunks");
+        assert!(last.eof, "{chunks:?}");
+        assert!(chunks.iter().all(|c| c.task_id == "t1"));
+        let seqs: Vec<u64> = chunks.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, (0..chunks.len() as u64).collect::<Vec<_>>());
+        let live: String = chunks
+            .iter()
+            .filter(|c| c.stream == Stream::Stdout)
+            .map(|c| c.data.as_str())
+            .collect();
+        assert_eq!(live, out, "live chunks carry what the result keeps");
+        let err: String = chunks
+            .iter()
+            .filter(|c| c.stream == Stream::Stderr)
+            .map(|c| c.data.as_str())
+            .collect();
+        assert_eq!(err, "oops\n");
+    }
 
     #[test]
     fn incomplete_tail_finds_a_cut_character() {

@@ -6,10 +6,7 @@
 use std::sync::Arc;
 
 use broker::protocol::{Control, Status, TaskResult};
-use broker::topology::{
-    CANCEL_STREAM, CONTENT_TYPE, CONTROL_EXCHANGE, DEAD_NOTIFY_QUEUE, POOL_QUEUE_PREFIX,
-    REASON_HEADER,
-};
+use broker::topology::{CANCEL_STREAM, DEAD_NOTIFY_QUEUE, POOL_QUEUE_PREFIX, REASON_HEADER};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -45,21 +42,10 @@ pub async fn cancellations(
         )
         .await?;
     let marker = format!("krill-sync.{}.{}", shared.id, uuid::Uuid::new_v4().simple());
-    let body = serde_json::to_vec(&Control::Cancel {
-        task_id: marker.clone(),
-    })
-    .unwrap_or_default();
-    let props = BasicProperties::default().with_content_type(ShortString::from(CONTENT_TYPE));
     shared
         .run
-        .publisher
-        .confirmed(
-            CONTROL_EXCHANGE,
-            &broker::topology::control_key("cancel", &marker),
-            &body,
-            props,
-            false,
-        )
+        .outbound
+        .cancel_marker(&marker)
         .await
         .map_err(|e| lapin::Error::from(std::io::Error::other(e.to_string())))?;
     let mut caught_up = Some(caught_up);
@@ -104,21 +90,11 @@ pub async fn dead_notify(shared: Arc<Shared>, conn: Arc<Connection>) -> Result<(
     while let Some(d) = consumer.next().await {
         let d = d?;
         if let Some((reply_to, result)) = answer_for(&d.properties, &shared.id) {
-            let body = serde_json::to_vec(&result).unwrap_or_default();
-            let props = BasicProperties::default()
-                .with_content_type(ShortString::from(CONTENT_TYPE))
-                .with_delivery_mode(2)
-                .with_correlation_id(ShortString::from(result.id.as_str()));
-            if shared
-                .run
-                .publisher
-                .confirmed("", &reply_to, &body, props, true)
-                .await
-                .is_err()
-            {
+            let (id, error) = (result.id.clone(), result.error.clone());
+            if !shared.run.outbound.answer(result, &reply_to).await {
                 continue; // not acked: answered by whoever gets it next
             }
-            tracing::warn!(task_id = %result.id, error = ?result.error, "answered a task RabbitMQ dead-lettered");
+            tracing::warn!(task_id = %id, ?error, "answered a task RabbitMQ dead-lettered");
         }
         d.acker.ack(BasicAckOptions::default()).await?;
     }

@@ -23,7 +23,7 @@ pub const RECENT_RESULTS: usize = 10_000;
 /// bounded in count and in bytes (a result can hold megabytes of output).
 #[derive(Debug, Default)]
 struct Recent {
-    map: HashMap<String, (TaskResult, String)>,
+    map: HashMap<String, (Arc<TaskResult>, String)>,
     order: VecDeque<String>,
     bytes: usize,
 }
@@ -145,16 +145,18 @@ impl TaskState {
             .is_some_and(|t| t.elapsed() <= CANCEL_MEMORY)
     }
 
-    /// Remembers a published result (and where it went) for redeliveries. A result
-    /// already remembered is not copied again.
-    pub fn remember(&self, result: &TaskResult, reply_to: &str) {
+    /// Remembers a result (and where it goes) for redeliveries. A result already
+    /// remembered is not kept twice.
+    pub fn remember(&self, result: &Arc<TaskResult>, reply_to: &str) {
         let mut r = lock(&self.recent);
         if r.map.contains_key(&result.id) {
             return;
         }
         r.bytes += result_bytes(result);
-        r.map
-            .insert(result.id.clone(), (result.clone(), reply_to.to_string()));
+        r.map.insert(
+            result.id.clone(),
+            (Arc::clone(result), reply_to.to_string()),
+        );
         r.order.push_back(result.id.clone());
         while r.order.len() > RECENT_RESULTS || (r.bytes > RECENT_BYTES && r.order.len() > 1) {
             let Some(old) = r.order.pop_front() else {
@@ -166,8 +168,8 @@ impl TaskState {
         }
     }
 
-    pub fn recent(&self, id: &str) -> Option<TaskResult> {
-        lock(&self.recent).map.get(id).map(|(r, _)| r.clone())
+    pub fn recent(&self, id: &str) -> Option<Arc<TaskResult>> {
+        lock(&self.recent).map.get(id).map(|(r, _)| Arc::clone(r))
     }
 }
 
@@ -190,7 +192,7 @@ mod tests {
         for i in 0..10 {
             let mut r = TaskResult::new(format!("t{i}"), Status::Succeeded);
             r.stdout = big.clone();
-            state.remember(&r, "q");
+            state.remember(&Arc::new(r), "q");
         }
         assert!(state.recent("t9").is_some(), "the newest is kept");
         assert!(

@@ -1,0 +1,248 @@
+//! Everything the worker sends, built and published in one place: results,
+//! task events, live log chunks, heartbeats, dead letters, answers for tasks
+//! RabbitMQ dead-lettered, and the cancellation stream's catch-up marker.
+//!
+//! ```text
+//! consumer, runner (log pump), control, daemon
+//!        │  typed calls: result(), event(), log(), heartbeat(), dead_letter(), …
+//!        ▼
+//!   Outbound (this module: builds the protocol messages; the hooks for what
+//!        │    changes a result before it leaves sit in `finish_result`)
+//!        ▼  one Outgoing value per message
+//!   dyn Sink ── AmqpSink (amqp.rs: the broker's names, properties, confirms,
+//!            │             retries across reconnects; the only user of lapin here)
+//!            └─ MemorySink (memory.rs: records what was sent; tests)
+//! ```
+//!
+//! Results, dead letters, answers and the marker are confirmed publishes: a
+//! sink retries them across reconnects until the broker confirms, or the
+//! worker gives up at shutdown. Events, log chunks and heartbeats are best
+//! effort: dropped while there is no connection.
+
+pub mod amqp;
+pub mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+
+use broker::protocol::{
+    Heartbeat, LogChunk, TaskEvent, TaskResult, TaskState as State, PROTOCOL_VERSION,
+};
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use lapin::BasicProperties;
+
+pub use amqp::{AmqpSink, Channels};
+pub use memory::MemorySink;
+
+/// How long a dead letter may take to be confirmed before the message is
+/// rejected instead (RabbitMQ then dead-letters it itself, without the reason).
+pub const DEAD_LETTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One message leaving the worker, before it is put on the wire.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A task's result, to the queue named in its `reply_to` (confirmed, mandatory).
+    Result {
+        result: Arc<TaskResult>,
+        reply_to: String,
+    },
+    /// The result owed for a task RabbitMQ dead-lettered itself (confirmed, mandatory).
+    Answer {
+        result: Box<TaskResult>,
+        reply_to: String,
+    },
+    /// A task event (best effort).
+    Event(TaskEvent),
+    /// A live log chunk (best effort).
+    Log(LogChunk),
+    /// This worker's heartbeat (best effort).
+    Heartbeat(Box<Heartbeat>),
+    /// A copy of a message that is not a task this worker can take, with the
+    /// reason (confirmed).
+    DeadLetter(Box<DeadLetter>),
+    /// A cancel of a task id no task has, on the cancellation stream: reading
+    /// it back tells that everything before it was read (confirmed).
+    CancelMarker(String),
+}
+
+/// A message to dead-letter, as it was delivered, and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub data: Vec<u8>,
+    /// The delivery's properties (its headers are kept; the reason is added).
+    pub props: BasicProperties,
+    pub reason: String,
+    pub worker: String,
+    pub pool: String,
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The broker confirmed it.
+    Confirmed,
+    /// Nothing was bound to the routing key (a reply queue that expired or was deleted).
+    Unroutable,
+    /// Sent without confirmation (best effort).
+    Sent,
+    /// Not sent: no connection right now (best effort).
+    Dropped,
+}
+
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("gave up publishing: the worker is stopping and the broker is unreachable")]
+    GaveUp,
+    #[error("cannot serialize the message")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Where outgoing messages go: the broker ([`AmqpSink`]), or memory in tests
+/// ([`MemorySink`]).
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// Publishes `msg`: confirmed ones are retried until the broker confirms
+    /// or the worker gives up; best-effort ones are sent once or dropped.
+    fn send(&self, msg: Outgoing) -> BoxFuture<'_, Result<Published, PublishError>>;
+
+    /// Whether messages can go out right now (a live connection).
+    fn connected(&self) -> bool;
+}
+
+/// The worker's handle for sending (cheap to clone).
+#[derive(Clone)]
+pub struct Outbound {
+    sink: Arc<dyn Sink>,
+    worker: String,
+    pool: String,
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("sink", &self.sink)
+            .field("worker", &self.worker)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Outbound {
+    /// Sends through `sink` on behalf of worker `worker` serving `pool`.
+    pub fn new(sink: Arc<dyn Sink>, worker: &str, pool: &str) -> Self {
+        Outbound {
+            sink,
+            worker: worker.to_string(),
+            pool: pool.to_string(),
+        }
+    }
+
+    /// Whether messages can go out right now.
+    pub fn connected(&self) -> bool {
+        self.sink.connected()
+    }
+
+    /// The last step before a result leaves the worker: what is returned is
+    /// what is remembered for redeliveries, published and described in the
+    /// finished event. Whatever must change a result on its way out (sealing
+    /// sensitive values, bounding its size) belongs here.
+    pub fn finish_result(&self, result: TaskResult) -> Arc<TaskResult> {
+        Arc::new(result)
+    }
+
+    /// Publishes a result to `reply_to`, confirmed. True when the task may be
+    /// acked: confirmed, or its reply queue is gone (the result is then only in
+    /// the finished event); false when the worker gave up (shutting down with the
+    /// broker unreachable): the task must not be acked.
+    pub async fn result(&self, result: &Arc<TaskResult>, reply_to: &str) -> bool {
+        let msg = Outgoing::Result {
+            result: result.clone(),
+            reply_to: reply_to.to_string(),
+        };
+        match self.sink.send(msg).await {
+            Ok(Published::Unroutable) => {
+                tracing::warn!(task_id = %result.id, reply_to,
+                    "reply queue is gone; the result is only in the finished event");
+                true
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(task_id = %result.id, error = %e, "result not published");
+                false
+            }
+        }
+    }
+
+    /// Publishes the result owed for a task RabbitMQ dead-lettered; true once confirmed.
+    pub async fn answer(&self, result: TaskResult, reply_to: &str) -> bool {
+        let msg = Outgoing::Answer {
+            result: Box::new(result),
+            reply_to: reply_to.to_string(),
+        };
+        self.sink.send(msg).await.is_ok()
+    }
+
+    /// A task event (best effort: events are for observers). `result` is the
+    /// task's result for `finished` events.
+    pub async fn event(
+        &self,
+        task_id: &str,
+        state: State,
+        result: Option<&TaskResult>,
+        attempt: u32,
+    ) {
+        let ev = TaskEvent {
+            version: PROTOCOL_VERSION,
+            task_id: task_id.to_string(),
+            pool: self.pool.clone(),
+            state,
+            worker: self.worker.clone(),
+            status: result.map(|r| r.status),
+            error: result.and_then(|r| r.error.clone()),
+            attempt,
+            at: Utc::now(),
+        };
+        self.best_effort(Outgoing::Event(ev)).await;
+    }
+
+    /// A live log chunk (best effort: followers see a gap in `seq`).
+    pub async fn log(&self, chunk: LogChunk) {
+        self.best_effort(Outgoing::Log(chunk)).await;
+    }
+
+    /// A heartbeat (best effort).
+    pub async fn heartbeat(&self, hb: Heartbeat) {
+        self.best_effort(Outgoing::Heartbeat(Box::new(hb))).await;
+    }
+
+    /// Sends a copy of a message to the dead letters with `reason`; true once
+    /// confirmed within [`DEAD_LETTER_TIMEOUT`].
+    pub async fn dead_letter(&self, data: &[u8], props: &BasicProperties, reason: &str) -> bool {
+        let msg = Outgoing::DeadLetter(Box::new(DeadLetter {
+            data: data.to_vec(),
+            props: props.clone(),
+            reason: reason.to_string(),
+            worker: self.worker.clone(),
+            pool: self.pool.clone(),
+        }));
+        matches!(
+            tokio::time::timeout(DEAD_LETTER_TIMEOUT, self.sink.send(msg)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Publishes the cancellation stream's catch-up marker, confirmed.
+    pub async fn cancel_marker(&self, marker: &str) -> Result<(), PublishError> {
+        self.sink
+            .send(Outgoing::CancelMarker(marker.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn best_effort(&self, msg: Outgoing) {
+        if let Err(e) = self.sink.send(msg).await {
+            tracing::debug!(error = %e, "best-effort message not sent");
+        }
+    }
+}
