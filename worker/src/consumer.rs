@@ -1,31 +1,200 @@
-//! Handling one delivery: decode, answer what cannot run, run the rest, publish
-//! the result with confirms, and only then ack. Every delivery ends as exactly one
-//! result, or a dead letter with its reason (or both, for malformed messages).
+//! Claiming tasks, and one delivery's whole life: decode it, decide what it
+//! needs, run it or answer it, publish the result with confirms, and only
+//! then ack. Every delivery ends as exactly one result, or a dead letter with
+//! its reason (or both, for malformed messages that can still be answered).
+//!
+//! ```text
+//! claim(shared, conn, channel, handlers)           one per connection
+//!  ├─ basic.qos(slots); basic.consume on krill.pool.<pool> (cancelled while draining)
+//!  └─ select! { root stop | shutdown | drain change | delivery | connection health }
+//!       delivery → wait for a free slot → handlers.spawn(handle(delivery, slot))
+//! handle(shared, incoming, slot)                   one per delivery; the slot is held until the ack
+//!  ├─ intake::decode → Bad → `rejected` result (where it can be answered) + dead letter
+//!  └─ Task → decide():
+//!       Resend (finished here) | Adopted (running here) | Answer (worker_lost, cancelled)
+//!       Run → runner::run → Outbound::finish_result → remember → finish()
+//! finish(): Outbound::result (confirmed) → finished event → ack (not when the result was given up)
+//! ```
+//!
+//! [`decide`] does no I/O; [`handle`] talks to the broker only through the
+//! outbound sink and the delivery's [`Settle`]: both are tested in memory.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use broker::protocol::{Status, TaskResult, TaskState as State};
+use broker::protocol::{Status, Task, TaskResult, TaskState as State};
+use broker::topology;
 use chrono::Utc;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{Acker, BasicProperties};
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, Consumer};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
 
-use crate::intake::{decode, Intake};
+use crate::cancel::Cancel;
+use crate::intake::{decode, Incoming, Intake, Settle};
 use crate::runner;
 use crate::state::Running;
 use crate::worker::Shared;
 
+/// How often the claim loop checks that its connection is still up.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Why claiming stopped (the connection is then made again).
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("broker")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer (queue deleted?)")]
+    CancelledByBroker,
+    #[error("connection closed")]
+    ConnectionClosed,
+}
+
+/// Claims tasks on `channel` (prefetch = slots) until the worker stops
+/// (`Ok`) or the connection breaks. Consumes only while not draining.
+pub async fn claim(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    channel: &Channel,
+    handlers: &TaskTracker,
+) -> Result<(), ClaimError> {
+    channel
+        .basic_qos(
+            u16::try_from(shared.cfg.concurrency).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let mut draining = shared.draining.subscribe();
+    let mut generation = 0u32;
+    let mut consumer: Option<Consumer> = None;
+    let mut cancelling = false;
+    let mut health = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        let want = !shared.is_draining();
+        if want && consumer.is_none() {
+            generation += 1;
+            let tag = format!("krill-worker.{}.{generation}", shared.id);
+            consumer = Some(
+                channel
+                    .basic_consume(
+                        ShortString::from(topology::pool_queue(&shared.pool)),
+                        ShortString::from(tag),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?,
+            );
+            cancelling = false;
+        } else if !want && !cancelling {
+            if let Some(c) = &consumer {
+                tracing::info!("draining: no more claims");
+                channel
+                    .basic_cancel(c.tag(), BasicCancelOptions::default())
+                    .await?;
+                cancelling = true;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shared.root.cancelled() => {
+                let _ = conn.close(200, ShortString::from("worker stopping")).await;
+                return Ok(());
+            }
+            _ = shared.shutdown.cancelled(), if !cancelling && consumer.is_some() => {}
+            _ = draining.changed() => shared.send_heartbeat(false).await,
+            d = next(&mut consumer) => match d {
+                Some(Ok(delivery)) => {
+                    let Ok(slot) = shared.slots.clone().acquire_owned().await else { continue };
+                    handlers.spawn(handle(shared.clone(), delivery.into(), slot));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    consumer = None;
+                    if !cancelling {
+                        return Err(ClaimError::CancelledByBroker);
+                    }
+                }
+            },
+            _ = health.tick() => {
+                if !conn.status().connected() {
+                    return Err(ClaimError::ConnectionClosed);
+                }
+            }
+        }
+    }
+}
+
+async fn next(
+    consumer: &mut Option<Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match consumer {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a well-formed task needs, from what this worker knows.
+#[derive(Debug)]
+pub enum Decision {
+    /// A redelivery of a task that finished here: its result, sent again.
+    Resend(Arc<TaskResult>),
+    /// A redelivery of a task still running here: it now settles this delivery.
+    Adopted,
+    /// Answered without running (`worker_lost`, or cancelled before it started).
+    Answer(Box<TaskResult>),
+    /// Run it.
+    Run,
+}
+
+/// Decides what a task needs (no I/O; an adoption swaps the running task's
+/// delivery for this one).
+pub fn decide(
+    shared: &Shared,
+    task: &Task,
+    attempt: u32,
+    redelivered: bool,
+    settle: &Arc<dyn Settle>,
+) -> Decision {
+    let id = &task.id;
+    let answer = |status, error: &str| {
+        let mut result = TaskResult::new(id.clone(), status);
+        result.attempt = attempt;
+        result.worker = Some(shared.id.clone());
+        result.error = Some(error.to_string());
+        Decision::Answer(Box::new(result))
+    };
+    if redelivered {
+        if let Some(result) = shared.tasks.recent(id) {
+            return Decision::Resend(result);
+        }
+        if shared.tasks.adopt(id, settle) {
+            return Decision::Adopted;
+        }
+        if !task.retry_on_worker_loss {
+            return answer(
+                Status::WorkerLost,
+                "the worker running this task was lost mid-run; it was not run again \
+                 because the task does not set retry_on_worker_loss",
+            );
+        }
+    }
+    if shared.tasks.is_cancelled(id) {
+        return answer(Status::Cancelled, "cancelled before it started");
+    }
+    Decision::Run
+}
+
 /// Handles one delivery to the end. `_slot` is held until the ack.
-pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
-    let Delivery {
+pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemaphorePermit) {
+    let Incoming {
         data,
-        properties,
+        props,
         redelivered,
-        acker,
-        ..
-    } = delivery;
-    match decode(&properties, &data, redelivered) {
+        settle,
+    } = incoming;
+    let (task, reply_to, attempt, redelivered) = match decode(&props, &data, redelivered) {
         Intake::Bad {
             reason,
             id,
@@ -39,51 +208,34 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                 let result = shared.run.outbound.finish_result(result);
                 shared.run.outbound.result(&result, reply_to).await;
             }
-            dead_letter(&shared, &data, &properties, &reason, acker).await;
+            dead_letter(&shared, &data, &props, &reason, settle.as_ref()).await;
+            return;
         }
         Intake::Task {
             task,
             reply_to,
             attempt,
             redelivered,
-        } => {
-            let id = task.id.clone();
-            if redelivered {
-                if let Some(result) = shared.tasks.recent(&id) {
-                    tracing::info!(task_id = %id, "redelivered task already finished here; sending its result again");
-                    finish(&shared, &result, &reply_to, &Arc::new(Mutex::new(acker))).await;
-                    return;
-                }
-                if shared.tasks.adopt(&id, acker.clone()) {
-                    tracing::info!(task_id = %id, "redelivered task still running here; adopted the new delivery");
-                    return;
-                }
-                if !task.retry_on_worker_loss {
-                    let mut result = TaskResult::new(id.clone(), Status::WorkerLost);
-                    result.attempt = attempt;
-                    result.worker = Some(shared.id.clone());
-                    result.error = Some(
-                        "the worker running this task was lost mid-run; it was not run again \
-                         because the task does not set retry_on_worker_loss"
-                            .into(),
-                    );
-                    shared.run.metrics.finished(result.status, None);
-                    answer(&shared, result, &reply_to, acker).await;
-                    return;
-                }
-            }
-            if shared.tasks.is_cancelled(&id) {
-                let mut result = TaskResult::new(id.clone(), Status::Cancelled);
-                result.attempt = attempt;
-                result.worker = Some(shared.id.clone());
-                result.error = Some("cancelled before it started".into());
-                shared.run.metrics.finished(result.status, None);
-                answer(&shared, result, &reply_to, acker).await;
-                return;
-            }
-            let cancel = shared.root.child_token();
-            let reason: runner::CancelReason = Arc::new(Mutex::new(None));
-            let acker = Arc::new(Mutex::new(acker));
+        } => (task, reply_to, attempt, redelivered),
+    };
+    let id = task.id.clone();
+    match decide(&shared, &task, attempt, redelivered, &settle) {
+        Decision::Resend(result) => {
+            tracing::info!(task_id = %id, "redelivered task already finished here; sending its result again");
+            finish(&shared, &result, &reply_to, &settle).await;
+        }
+        Decision::Adopted => {
+            tracing::info!(task_id = %id, "redelivered task still running here; adopted the new delivery");
+        }
+        Decision::Answer(result) => {
+            shared.run.metrics.finished(result.status, None);
+            let result = shared.run.outbound.finish_result(*result);
+            shared.tasks.remember(&result, &reply_to);
+            finish(&shared, &result, &reply_to, &settle).await;
+        }
+        Decision::Run => {
+            let cancel = Cancel::child_of(&shared.root);
+            let settle = Arc::new(Mutex::new(settle));
             let kind = task.sandbox.unwrap_or(shared.run.policy.kinds[0]);
             shared.tasks.start(
                 &id,
@@ -91,13 +243,11 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                     started_at: Utc::now(),
                     sandbox: kind,
                     cancel: cancel.clone(),
-                    reason: reason.clone(),
-                    acker: acker.clone(),
+                    settle: settle.clone(),
                 },
             );
             let metrics = &shared.run.metrics;
-            if let Some(waited) =
-                crate::metrics::queue_wait(task.submitted_at, *properties.timestamp())
+            if let Some(waited) = crate::metrics::queue_wait(task.submitted_at, *props.timestamp())
             {
                 metrics.queued(waited);
             }
@@ -109,7 +259,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
                     .run
                     .outbound
                     .event(&id, State::Started, None, attempt),
-                runner::run(&shared.run, *task, attempt, cancel, reason)
+                runner::run(&shared.run, *task, attempt, cancel)
             );
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
@@ -117,37 +267,35 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemapho
             // Remember before forgetting it runs: a redelivery in between must find one or the other.
             shared.tasks.remember(&result, &reply_to);
             shared.tasks.finish(&id);
-            finish(&shared, &result, &reply_to, &acker).await;
+            // The delivery to settle is read only now: a redelivery may have replaced it.
+            let settle = settle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            finish(&shared, &result, &reply_to, &settle).await;
         }
     }
 }
 
-/// Publishes the result (confirmed), the finished event, then acks.
+/// Publishes the result (confirmed), the finished event, then acks (unless the
+/// result was given up: the task then goes back to the queue).
 async fn finish(
     shared: &Shared,
     result: &Arc<TaskResult>,
     reply_to: &str,
-    acker: &Arc<Mutex<Acker>>,
+    settle: &Arc<dyn Settle>,
 ) {
     let out = &shared.run.outbound;
     let published = out.result(result, reply_to).await;
     out.event(&result.id, State::Finished, Some(result), result.attempt)
         .await;
     if published {
-        let acker = acker.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        if let Err(e) = settle.ack().await {
             // The channel died: the broker requeues the task and whoever gets it
             // answers from the result (here) or as worker_lost (elsewhere).
             tracing::warn!(task_id = %result.id, error = %e, "ack failed; the broker will redeliver");
         }
     }
-}
-
-/// Remembers a result this worker answers with (for redeliveries), then sends it.
-async fn answer(shared: &Shared, result: TaskResult, reply_to: &str, acker: Acker) {
-    let result = shared.run.outbound.finish_result(result);
-    shared.tasks.remember(&result, reply_to);
-    finish(shared, &result, reply_to, &Arc::new(Mutex::new(acker))).await;
 }
 
 /// Sends a copy of the message to the dead letters with the reason, then acks
@@ -156,21 +304,284 @@ async fn answer(shared: &Shared, result: TaskResult, reply_to: &str, acker: Acke
 async fn dead_letter(
     shared: &Shared,
     data: &[u8],
-    props: &BasicProperties,
+    props: &lapin::BasicProperties,
     reason: &str,
-    acker: Acker,
+    settle: &dyn Settle,
 ) {
     let res = if shared.run.outbound.dead_letter(data, props, reason).await {
-        acker.ack(BasicAckOptions::default()).await
+        settle.ack().await
     } else {
-        acker
-            .nack(BasicNackOptions {
-                requeue: false,
-                ..BasicNackOptions::default()
-            })
-            .await
+        settle.reject().await
     };
     if let Err(e) = res {
         tracing::warn!(error = %e, "could not settle a malformed message; the broker will redeliver it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::MemorySettle;
+    use crate::outbound::{MemorySink, Outgoing};
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+
+    /// A delivery of `body` answered on `krill.reply.<id>`.
+    fn delivery(body: &str, id: &str, redelivered: bool) -> (Incoming, Arc<MemorySettle>) {
+        let settle = Arc::new(MemorySettle::default());
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(id))
+            .with_reply_to(ShortString::from(format!("krill.reply.{id}")));
+        let incoming = Incoming {
+            data: body.as_bytes().to_vec(),
+            props,
+            redelivered,
+            settle: settle.clone(),
+        };
+        (incoming, settle)
+    }
+
+    fn task_json(id: &str, extra: &str) -> String {
+        format!(r#"{{"version":1,"id":"{id}","script":"true"{extra}}}"#)
+    }
+
+    async fn handled(shared: &Arc<Shared>, incoming: Incoming) {
+        let slot = shared
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("a free slot");
+        handle(shared.clone(), incoming, slot).await;
+    }
+
+    fn setup() -> (Arc<MemorySink>, Arc<Shared>) {
+        let sink = Arc::new(MemorySink::default());
+        let shared = crate::worker::for_tests(sink.clone());
+        (sink, shared)
+    }
+
+    #[tokio::test]
+    async fn a_malformed_task_is_rejected_dead_lettered_and_acked() {
+        let (sink, shared) = setup();
+        let (d, settle) = delivery(
+            r#"{"version":1,"id":"t1","script":"x","colour":2}"#,
+            "t1",
+            false,
+        );
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1, "{:?}", sink.sent());
+        assert_eq!(results[0].0.status, Status::Rejected);
+        assert_eq!(results[0].1, "krill.reply.t1");
+        assert!(results[0]
+            .0
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("colour"));
+        let dead = sink.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].contains("colour"), "{dead:?}");
+        assert_eq!(
+            settle.counts(),
+            (1, 0),
+            "acked once the dead letter is confirmed"
+        );
+        assert!(sink.events().is_empty(), "nothing ran");
+    }
+
+    #[tokio::test]
+    async fn an_unanswerable_message_is_only_dead_lettered_and_rejected_when_that_fails() {
+        let (sink, shared) = setup();
+        let settle = Arc::new(MemorySettle::default());
+        let d = Incoming {
+            data: b"\xff not json".to_vec(),
+            props: BasicProperties::default(),
+            redelivered: false,
+            settle: settle.clone(),
+        };
+        handled(&shared, d).await;
+        assert!(sink.results().is_empty());
+        assert_eq!(sink.dead_letters().len(), 1);
+        assert_eq!(settle.counts(), (1, 0));
+
+        // The broker is gone for good: rejected, so RabbitMQ dead-letters it itself.
+        sink.refuse();
+        let settle = Arc::new(MemorySettle::default());
+        let d = Incoming {
+            data: b"\xff not json".to_vec(),
+            props: BasicProperties::default(),
+            redelivered: false,
+            settle: settle.clone(),
+        };
+        handled(&shared, d).await;
+        assert_eq!(settle.counts(), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_task_that_finished_here_gets_its_result_again_without_running() {
+        let (sink, shared) = setup();
+        let mut earlier = TaskResult::new("t1", Status::Succeeded);
+        earlier.stdout = "ran once\n".into();
+        shared.tasks.remember(&Arc::new(earlier), "krill.reply.t1");
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", true);
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].0.stdout, "ran once\n");
+        let states: Vec<State> = sink.events().iter().map(|e| e.state).collect();
+        assert_eq!(states, vec![State::Finished], "not started again");
+        assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_task_still_running_here_is_adopted_and_its_new_delivery_acked_at_the_end(
+    ) {
+        let (sink, shared) = setup();
+        let first = Arc::new(MemorySettle::default());
+        let first_dyn: Arc<dyn Settle> = first.clone();
+        let running = Arc::new(Mutex::new(first_dyn));
+        shared.tasks.start(
+            "t1",
+            Running {
+                started_at: Utc::now(),
+                sandbox: broker::protocol::SandboxKind::Process,
+                cancel: Cancel::child_of(&shared.root),
+                settle: running.clone(),
+            },
+        );
+        let (d, second) = delivery(&task_json("t1", ""), "t1", true);
+        handled(&shared, d).await;
+        assert!(sink.sent().is_empty(), "nothing sent: {:?}", sink.sent());
+        assert_eq!(second.counts(), (0, 0), "not settled yet");
+        // The running task settles whichever delivery is current when it ends.
+        let current = running.lock().expect("lock").clone();
+        current.ack().await.expect("ack");
+        assert_eq!(second.counts(), (1, 0));
+        assert_eq!(first.counts(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_task_lost_elsewhere_is_answered_worker_lost_unless_it_may_run_again() {
+        let (sink, shared) = setup();
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", true);
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].0.status, Status::WorkerLost);
+        assert!(results[0]
+            .0
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("retry_on_worker_loss"));
+        assert_eq!(settle.counts(), (1, 0));
+        // It is remembered: a further redelivery gets the same answer.
+        assert!(shared.tasks.recent("t1").is_some());
+
+        // May run again: it runs (here no sandbox is enabled, so it fails on the sandbox's side).
+        let (sink, shared) = setup();
+        let (d, settle) = delivery(
+            &task_json("t2", r#","retry_on_worker_loss":true"#),
+            "t2",
+            true,
+        );
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(
+            results[0].0.status,
+            Status::SandboxError,
+            "{:?}",
+            results[0].0
+        );
+        assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_task_cancelled_before_it_started_is_answered_cancelled() {
+        let (sink, shared) = setup();
+        assert!(!shared
+            .tasks
+            .cancel("t1", "cancelled by request (krill cancel)"));
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].0.status, Status::Cancelled);
+        assert_eq!(
+            results[0].0.error.as_deref(),
+            Some("cancelled before it started")
+        );
+        assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_task_runs_with_started_then_finished_and_is_acked_after_its_result() {
+        let (sink, shared) = setup();
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        handled(&shared, d).await;
+        let sent = sink.sent();
+        let kinds: Vec<&str> = sent
+            .iter()
+            .map(|m| match m {
+                Outgoing::Event(e) if e.state == State::Started => "started",
+                Outgoing::Result { .. } => "result",
+                Outgoing::Event(e) if e.state == State::Finished => "finished",
+                _ => "other",
+            })
+            .filter(|k| *k != "other")
+            .collect();
+        assert_eq!(kinds, vec!["started", "result", "finished"]);
+        let finished = sink.events().pop().expect("finished event");
+        assert_eq!(finished.status, Some(Status::SandboxError));
+        assert_eq!(finished.pool, "p-test");
+        assert_eq!(finished.worker, "w-test");
+        assert_eq!(settle.counts(), (1, 0));
+        assert_eq!(shared.tasks.running_count(), 0);
+        assert_eq!(
+            shared.slots_free(),
+            shared.cfg.concurrency,
+            "the slot is back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_result_that_cannot_be_published_is_not_acked() {
+        let (sink, shared) = setup();
+        sink.refuse();
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        handled(&shared, d).await;
+        assert_eq!(settle.counts(), (0, 0), "left for the broker to redeliver");
+    }
+
+    #[test]
+    fn the_delivery_count_header_makes_a_delivery_redelivered() {
+        let (_, shared) = setup();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(topology::DELIVERY_COUNT_HEADER),
+            AMQPValue::LongLongInt(1),
+        );
+        let props = BasicProperties::default()
+            .with_reply_to(ShortString::from("r"))
+            .with_headers(headers);
+        let Intake::Task {
+            task,
+            attempt,
+            redelivered,
+            ..
+        } = decode(&props, task_json("t1", "").as_bytes(), false)
+        else {
+            panic!("a task");
+        };
+        assert_eq!((attempt, redelivered), (2, true));
+        let settle: Arc<dyn Settle> = Arc::new(MemorySettle::default());
+        assert!(matches!(
+            decide(&shared, &task, attempt, redelivered, &settle),
+            Decision::Answer(r) if r.status == Status::WorkerLost && r.attempt == 2
+        ));
     }
 }

@@ -71,7 +71,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let m = &shared.run.metrics;
-    m.refresh(&shared);
+    m.refresh(&shared.snapshot());
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         m.encode(),

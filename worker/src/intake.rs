@@ -1,9 +1,97 @@
-//! Decoding a delivery into a task, or into the reason it cannot be one (pure).
+//! What a delivery is: its bytes, its properties and how to settle it
+//! ([`Incoming`], [`Settle`]), and decoding it into a task or into the reason
+//! it cannot be one ([`decode`], pure). The first step of every delivery: a
+//! check that must come before anything else (a signature, say) goes here.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use broker::protocol::{Task, MAX_TASK_BYTES, PROTOCOL_VERSION};
 use broker::topology::{CONTENT_TYPE, DELIVERY_COUNT_HEADER};
+use futures_util::future::BoxFuture;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
+
+/// How a delivery is settled with the broker: lapin's `Acker`, or
+/// [`MemorySettle`] in tests.
+pub trait Settle: Send + Sync + fmt::Debug {
+    /// Acks: the delivery is done with.
+    fn ack(&self) -> BoxFuture<'_, Result<(), lapin::Error>>;
+    /// Rejects without requeue: RabbitMQ dead-letters it.
+    fn reject(&self) -> BoxFuture<'_, Result<(), lapin::Error>>;
+}
+
+impl Settle for lapin::Acker {
+    fn ack(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
+        Box::pin(async move {
+            lapin::Acker::ack(self, BasicAckOptions::default())
+                .await
+                .map(drop)
+        })
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
+        Box::pin(async move {
+            self.nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(drop)
+        })
+    }
+}
+
+/// Counts how a delivery was settled (tests).
+#[derive(Debug, Default)]
+pub struct MemorySettle {
+    acks: AtomicUsize,
+    rejects: AtomicUsize,
+}
+
+impl MemorySettle {
+    /// `(acks, rejects)` so far.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.acks.load(Ordering::Relaxed),
+            self.rejects.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Settle for MemorySettle {
+    fn ack(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
+        self.acks.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
+        self.rejects.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One delivery from the pool queue.
+#[derive(Debug)]
+pub struct Incoming {
+    pub data: Vec<u8>,
+    pub props: BasicProperties,
+    /// The broker says it delivered it before.
+    pub redelivered: bool,
+    pub settle: std::sync::Arc<dyn Settle>,
+}
+
+impl From<lapin::message::Delivery> for Incoming {
+    fn from(d: lapin::message::Delivery) -> Self {
+        Incoming {
+            data: d.data,
+            props: d.properties,
+            redelivered: d.redelivered,
+            settle: std::sync::Arc::new(d.acker),
+        }
+    }
+}
 
 /// What a delivery turned out to be.
 #[derive(Debug)]

@@ -1,19 +1,48 @@
 //! # Krill worker: claims tasks from a pool queue and runs each in a single-use sandbox
 //!
 //! ## Layout
-//! - [`config`]: flags and env vars, pool policy.
+//!
+//! A task's way through the worker, from the delivery to the ack, walks forward:
+//!
+//! ```text
+//! connection ─▶ consumer ─▶ intake ─▶ runner ─▶ sandboxes ─▶ sandbox::{process,container}
+//!   (control)      │                    │  ◀── events ──┘
+//!                  │                    └─▶ output (mask, capture, outputs) ─▶ outbound (log chunks)
+//!                  └─▶ outbound (result, finished event) ─▶ ack
+//! ```
+//!
+//! Binary side (wiring):
 //! - [`daemon`]: the task tree, the root cancellation token, the shutdown order.
-//! - [`consumer`]: claims tasks (prefetch = free slots), acks after the result is confirmed.
-//! - [`runner`]: one task: validate, sandbox, stream and mask output, outputs, result.
-//! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
-//! - [`outbound`]: every message the worker sends, built and published in one place (a sink trait).
-//! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
+//! - [`connection`]: the broker connection, made again with backoff; per connection, control and claims.
+//! - [`config`]: flags and env vars, the pool policy.
+//! - [`telemetry`]: the tracing subscriber (`--log-format`).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! One delivery's way:
+//! - [`consumer`]: claims tasks (prefetch = free slots), decides what each delivery needs, acks after the result is confirmed.
+//! - [`intake`]: what a delivery is and how it is settled; decoding it into a task (pure).
+//! - [`control`]: the control queue, the cancellation stream, dead-letter notifications.
+//! - [`runner`]: one task: check it against the policy, sandbox, stream and mask output, outputs, result.
+//! - [`sandboxes`]: the enabled sandboxes behind one handle.
+//! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
+//! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
+//! - [`outbound`]: every message the worker sends, built and published in one place (a sink trait).
+//!
+//! Shared state:
+//! - [`worker`]: the state the loops and tasks share ([`worker::Shared`]).
+//! - [`state`]: running tasks, recent cancellations, recent results.
+//! - [`cancel`]: a task's cancellation token and its reason, as one value.
+//! - [`snapshot`]: the worker as heartbeats and metrics report it (plain data).
 //! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
+//! - [`error`]: an error printed with its causes.
 
+pub mod cancel;
 pub mod config;
+pub mod connection;
 pub mod consumer;
+pub mod control;
 pub mod daemon;
+pub mod error;
 pub mod http;
 pub mod intake;
 pub mod metrics;
@@ -22,7 +51,7 @@ pub mod output;
 pub mod runner;
 pub mod sandbox;
 pub mod sandboxes;
-pub mod side;
+pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 pub mod worker;

@@ -23,8 +23,7 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker::protocol::{SandboxKind, Status};
 use chrono::{DateTime, Utc};
@@ -35,10 +34,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::Event;
-use crate::worker::Shared;
+use crate::snapshot::Snapshot;
 
 /// Content type of the `/metrics` body (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -232,21 +230,20 @@ impl Metrics {
         self.swept.inc_by(n as u64);
     }
 
-    /// Sets the gauges from the worker's state as it is now.
-    pub fn refresh(&self, shared: &Shared) {
-        self.running.set(shared.tasks.running_count() as i64);
-        for (kind, n) in shared.run.sandboxes.started_ahead() {
+    /// Sets the gauges from the worker's state as `now` describes it.
+    pub fn refresh(&self, now: &Snapshot) {
+        self.running.set(now.running.len() as i64);
+        for (kind, n) in &now.prestarted {
             self.ready
                 .get_or_create(&Kind {
                     sandbox: kind.as_str(),
                 })
-                .set(n as i64);
+                .set(*n as i64);
         }
-        self.slots_total.set(i64::from(shared.cfg.concurrency));
-        self.slots_free.set(i64::from(shared.slots_free()));
-        self.draining.set(i64::from(shared.is_draining()));
-        self.connected
-            .set(i64::from(shared.run.outbound.connected()));
+        self.slots_total.set(i64::from(now.slots_total));
+        self.slots_free.set(i64::from(now.slots_free));
+        self.draining.set(i64::from(now.draining));
+        self.connected.set(i64::from(now.connected));
     }
 
     /// The OpenMetrics text of every metric.
@@ -295,30 +292,6 @@ pub fn queue_wait(
     (Utc::now() - at).to_std().ok()
 }
 
-/// Passes a sandbox's events through, timing the first one as the sandbox's start
-/// (`krill_sandbox_start_seconds`). Run the returned future next to the sandbox.
-pub fn time_first_event(
-    metrics: Arc<Metrics>,
-    kind: SandboxKind,
-    mut raw: mpsc::Receiver<Event>,
-) -> (mpsc::Receiver<Event>, impl std::future::Future<Output = ()>) {
-    let (tx, rx) = mpsc::channel(raw.max_capacity());
-    let t0 = Instant::now();
-    let forward = async move {
-        let mut first = true;
-        while let Some(ev) = raw.recv().await {
-            if first {
-                metrics.sandbox_started(kind, t0.elapsed());
-                first = false;
-            }
-            if tx.send(ev).await.is_err() {
-                break;
-            }
-        }
-    };
-    (rx, forward)
-}
-
 /// The samples of an OpenMetrics/Prometheus text body: `(series, value)`.
 pub fn samples(text: &str) -> Vec<(String, f64)> {
     text.lines()
@@ -330,18 +303,24 @@ pub fn samples(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Appends a JSON line of the figures to `path` every `every` until the worker stops
-/// (and once more then).
-pub async fn file_loop(shared: Arc<Shared>, path: std::path::PathBuf, every: Duration) {
+/// Appends a JSON line of the figures to `path` every `every` until `stop`
+/// (and once more then); `now` gives the worker's state for the gauges.
+pub async fn file_loop(
+    metrics: &Metrics,
+    now: impl Fn() -> Snapshot,
+    path: std::path::PathBuf,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         let stopping = tokio::select! {
-            _ = shared.root.cancelled() => true,
+            _ = stop.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let metrics = &shared.run.metrics;
-        metrics.refresh(&shared);
-        let line = metrics.json_line(&shared.id, &shared.pool);
+        let now = now();
+        metrics.refresh(&now);
+        let line = metrics.json_line(&now.worker, &now.pool);
         let path2 = path.clone();
         let res = tokio::task::spawn_blocking(move || append(&path2, &line)).await;
         if let Ok(Err(e)) = res {

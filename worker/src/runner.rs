@@ -12,9 +12,9 @@ use broker::protocol::{
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cancel::Cancel;
 use crate::config::Policy;
 use crate::outbound::Outbound;
 use crate::output::{
@@ -41,17 +41,8 @@ pub struct RunCtx {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Why a task is being cancelled, as it will read in the result.
-pub type CancelReason = Arc<std::sync::Mutex<Option<String>>>;
-
 /// Runs one task and returns its result (every path ends in a result).
-pub async fn run(
-    ctx: &RunCtx,
-    task: Task,
-    attempt: u32,
-    cancel: CancellationToken,
-    reason: CancelReason,
-) -> TaskResult {
+pub async fn run(ctx: &RunCtx, task: Task, attempt: u32, cancel: Cancel) -> TaskResult {
     let span = tracing::info_span!("task", task_id = %task.id, attempt);
     async move {
         let started_at = Utc::now();
@@ -79,17 +70,7 @@ pub async fn run(
             }
             Ok((kind, spec, output_cap)) => {
                 result.sandbox = Some(kind);
-                execute(
-                    ctx,
-                    kind,
-                    spec,
-                    output_cap,
-                    &masks,
-                    cancel,
-                    &reason,
-                    &mut result,
-                )
-                .await;
+                execute(ctx, kind, spec, output_cap, &masks, &cancel, &mut result).await;
             }
         }
         result.timings.finished_at = Some(Utc::now());
@@ -163,18 +144,21 @@ async fn execute(
     spec: Spec,
     output_cap: u64,
     masks: &MaskSet,
-    cancel: CancellationToken,
-    reason: &CancelReason,
+    cancel: &Cancel,
     result: &mut TaskResult,
 ) {
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-    let (rx, timer) = crate::metrics::time_first_event(ctx.metrics.clone(), kind, rx);
     let task_id = spec.task_id.clone();
     // Masks known before any output: the capture is masked with these as it flows.
     let generation = masks.generation();
-    let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel);
-    let pump = Pump::new(task_id, masks.clone(), output_cap, ctx.outbound.clone());
-    let (outcome, pumped, ()) = tokio::join!(sandbox_run, pump.run(rx), timer);
+    let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel.token().clone());
+    let mut pump = Pump::new(task_id, masks.clone(), output_cap, ctx.outbound.clone());
+    pump.first_output = Some(FirstOutput {
+        metrics: ctx.metrics.clone(),
+        kind,
+        handed_at: std::time::Instant::now(),
+    });
+    let (outcome, pumped) = tokio::join!(sandbox_run, pump.run(rx));
     result.warnings.extend(pumped.warnings);
     match outcome {
         Err(e) => {
@@ -187,18 +171,13 @@ async fn execute(
             finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
         }
         Ok(outcome) => {
-            apply_outcome(result, masks, outcome, reason);
+            apply_outcome(result, masks, outcome, cancel);
             finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
         }
     }
 }
 
-fn apply_outcome(
-    result: &mut TaskResult,
-    masks: &MaskSet,
-    outcome: Outcome,
-    reason: &CancelReason,
-) {
+fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, cancel: &Cancel) {
     result.sandbox_id = Some(outcome.sandbox_id);
     result.usage = outcome.usage;
     result.limits = outcome.enforcement;
@@ -280,11 +259,7 @@ fn apply_outcome(
         }
         Exit::TimedOut => (Status::TimedOut, Some("killed at its deadline".to_string())),
         Exit::Cancelled => {
-            let why = reason
-                .lock()
-                .ok()
-                .and_then(|r| r.clone())
-                .unwrap_or_else(|| "cancelled".to_string());
+            let why = cancel.reason().unwrap_or_else(|| "cancelled".to_string());
             (Status::Cancelled, Some(why))
         }
         Exit::OomKilled => (
@@ -339,6 +314,14 @@ fn finish_output(
         .collect();
 }
 
+/// Times a sandbox's first event as its start (`krill_sandbox_start_seconds`).
+struct FirstOutput {
+    metrics: Arc<crate::metrics::Metrics>,
+    kind: SandboxKind,
+    /// When the task was handed to the sandbox.
+    handed_at: std::time::Instant,
+}
+
 /// What the pump collected.
 struct Pumped {
     stdout: Capture,
@@ -371,6 +354,8 @@ struct Pump {
     /// End of output: flush everything, hold nothing back.
     finishing: bool,
     scratch: Vec<u8>,
+    /// Taken at the first event.
+    first_output: Option<FirstOutput>,
 }
 
 impl Pump {
@@ -390,6 +375,7 @@ impl Pump {
             carry: [Vec::new(), Vec::new()],
             finishing: false,
             scratch: Vec::new(),
+            first_output: None,
         }
     }
 
@@ -398,11 +384,16 @@ impl Pump {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(Event::Output(stream, bytes)) => self.output(stream, &bytes).await,
-                    Some(Event::Sensitive(content)) => self.sensitive(&content),
-                    None => break,
-                },
+                ev = rx.recv() => {
+                    if let (Some(_), Some(first)) = (&ev, self.first_output.take()) {
+                        first.metrics.sandbox_started(first.kind, first.handed_at.elapsed());
+                    }
+                    match ev {
+                        Some(Event::Output(stream, bytes)) => self.output(stream, &bytes).await,
+                        Some(Event::Sensitive(content)) => self.sensitive(&content),
+                        None => break,
+                    }
+                }
                 _ = tick.tick() => self.flush(false).await,
             }
         }

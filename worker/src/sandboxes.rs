@@ -97,8 +97,8 @@ impl Sandboxes {
         }
     }
 
-    /// Sandboxes started ahead and waiting, by kind.
-    pub fn started_ahead(&self) -> Vec<(SandboxKind, usize)> {
+    /// Sandboxes prestarted and waiting for a task, by kind.
+    pub fn prestarted(&self) -> Vec<(SandboxKind, usize)> {
         let mut out = Vec::new();
         if let Some(s) = &self.process {
             out.push((SandboxKind::Process, s.ready_helpers()));

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use broker::protocol::{RunningTask, SandboxKind, TaskResult};
 use chrono::{DateTime, Utc};
-use lapin::Acker;
-use tokio_util::sync::CancellationToken;
 
-use crate::runner::CancelReason;
+use crate::cancel::Cancel;
+use crate::intake::Settle;
 
 /// How long a cancellation of a task not (yet) seen is remembered.
 pub const CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
@@ -46,10 +45,9 @@ fn result_bytes(r: &TaskResult) -> usize {
 pub struct Running {
     pub started_at: DateTime<Utc>,
     pub sandbox: SandboxKind,
-    pub cancel: CancellationToken,
-    pub reason: CancelReason,
-    /// The delivery to ack when it ends (replaced if the broker redelivers it to us).
-    pub acker: Arc<Mutex<Acker>>,
+    pub cancel: Cancel,
+    /// The delivery to settle when it ends (replaced if the broker redelivers it to us).
+    pub settle: Arc<Mutex<Arc<dyn Settle>>>,
 }
 
 /// Shared task state of one worker.
@@ -73,11 +71,11 @@ impl TaskState {
         lock(&self.running).remove(id)
     }
 
-    /// If `id` runs here, swap in the new delivery's acker and return true.
-    pub fn adopt(&self, id: &str, acker: Acker) -> bool {
+    /// If `id` runs here, swap in the new delivery's settle and return true.
+    pub fn adopt(&self, id: &str, settle: &Arc<dyn Settle>) -> bool {
         match lock(&self.running).get(id) {
             Some(r) => {
-                *lock(&r.acker) = acker;
+                *lock(&r.settle) = Arc::clone(settle);
                 true
             }
             None => false,
@@ -104,8 +102,7 @@ impl TaskState {
     /// Cancels every running task with `reason`.
     pub fn cancel_all(&self, reason: &str) {
         for r in lock(&self.running).values() {
-            set_reason(&r.reason, reason);
-            r.cancel.cancel();
+            r.cancel.cancel(reason);
         }
     }
 
@@ -130,8 +127,7 @@ impl TaskState {
         }
         match lock(&self.running).get(id) {
             Some(r) => {
-                set_reason(&r.reason, reason);
-                r.cancel.cancel();
+                r.cancel.cancel(reason);
                 true
             }
             None => false,
@@ -170,13 +166,6 @@ impl TaskState {
 
     pub fn recent(&self, id: &str) -> Option<Arc<TaskResult>> {
         lock(&self.recent).map.get(id).map(|(r, _)| Arc::clone(r))
-    }
-}
-
-fn set_reason(reason: &CancelReason, text: &str) {
-    let mut r = lock(reason);
-    if r.is_none() {
-        *r = Some(text.to_string());
     }
 }
 

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::runner::RunCtx;
+use crate::snapshot::Snapshot;
 use crate::state::TaskState;
 
 /// Shared by the connection loop, the heartbeat, the HTTP server and every task.
@@ -31,6 +32,23 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state for worker `id` with `run` and `cfg`; nothing is started.
+    pub fn new(id: &str, host: &str, cfg: Config, run: RunCtx) -> Self {
+        Shared {
+            id: id.to_string(),
+            pool: cfg.pool.clone(),
+            host: host.to_string(),
+            run,
+            tasks: TaskState::default(),
+            root: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            draining: watch::channel(false).0,
+            slots: Arc::new(Semaphore::new(cfg.concurrency as usize)),
+            started: Instant::now(),
+            cfg,
+        }
+    }
+
     /// Whether the worker is not claiming tasks (drained or shutting down).
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow() || self.shutdown.is_cancelled()
@@ -39,4 +57,46 @@ impl Shared {
     pub fn slots_free(&self) -> u32 {
         u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX)
     }
+
+    /// The worker as its heartbeat and metrics report it now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            worker: self.id.clone(),
+            host: self.host.clone(),
+            pool: self.pool.clone(),
+            slots_total: self.cfg.concurrency,
+            slots_free: self.slots_free(),
+            draining: self.is_draining(),
+            running: self.tasks.running(),
+            uptime: self.started.elapsed(),
+            heartbeat_interval: self.cfg.heartbeat_interval,
+            connected: self.run.outbound.connected(),
+            prestarted: self.run.sandboxes.prestarted(),
+        }
+    }
+
+    /// Sends a heartbeat (`stopping`: the last one, on exit).
+    pub async fn send_heartbeat(&self, stopping: bool) {
+        self.run
+            .outbound
+            .heartbeat(&self.snapshot(), stopping)
+            .await;
+    }
+}
+
+/// A worker's shared state over `sink`, with the default configuration, no
+/// sandbox enabled and nothing started: for unit tests of the layers above
+/// the sandboxes.
+#[cfg(test)]
+pub(crate) fn for_tests(sink: Arc<dyn crate::outbound::Sink>) -> Arc<Shared> {
+    use clap::Parser as _;
+    let cfg = Config::parse_from(["krill-worker", "--worker-id", "w-test", "--pool", "p-test"]);
+    let run = RunCtx {
+        worker_id: "w-test".into(),
+        policy: Arc::new(cfg.policy()),
+        sandboxes: crate::sandboxes::Sandboxes::default(),
+        outbound: crate::outbound::Outbound::new(sink, "w-test", "p-test"),
+        metrics: Arc::new(crate::metrics::Metrics::new("w-test", "p-test")),
+    };
+    Arc::new(Shared::new("w-test", "test-host", cfg, run))
 }

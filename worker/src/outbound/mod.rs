@@ -32,6 +32,8 @@ use chrono::Utc;
 use futures_util::future::BoxFuture;
 use lapin::BasicProperties;
 
+use crate::snapshot::Snapshot;
+
 pub use amqp::{AmqpSink, Channels};
 pub use memory::MemorySink;
 
@@ -211,8 +213,24 @@ impl Outbound {
         self.best_effort(Outgoing::Log(chunk)).await;
     }
 
-    /// A heartbeat (best effort).
-    pub async fn heartbeat(&self, hb: Heartbeat) {
+    /// The heartbeat of the worker as `now` describes it (best effort).
+    /// `stopping`: the last one, sent on a clean exit.
+    pub async fn heartbeat(&self, now: &Snapshot, stopping: bool) {
+        let hb = Heartbeat {
+            version: PROTOCOL_VERSION,
+            worker: now.worker.clone(),
+            host: now.host.clone(),
+            pool: now.pool.clone(),
+            krill_version: env!("CARGO_PKG_VERSION").to_string(),
+            slots_total: now.slots_total,
+            slots_free: now.slots_free,
+            draining: now.draining,
+            running: now.running.clone(),
+            uptime_secs: now.uptime.as_secs(),
+            interval_secs: now.heartbeat_interval.as_secs().max(1),
+            stopping,
+            sent_at: Utc::now(),
+        };
         self.best_effort(Outgoing::Heartbeat(Box::new(hb))).await;
     }
 

@@ -1,0 +1,150 @@
+//! The worker's broker connection: made, served, and made again with backoff
+//! when it breaks, for the worker's whole life.
+//!
+//! ```text
+//! connection::run                          reconnects with backoff (reset after a stable connection)
+//!  └─ serve: one connection's life
+//!      ├─ channels: consume, confirm (publisher confirms), fast; topology::declare
+//!      ├─ control::Listener::open          the control queue, before anything is claimed
+//!      ├─ the outbound sink gets the channels; connected heartbeat
+//!      ├─ control::Listener::run           control queue, cancellation stream, dead notify
+//!      │   (claims wait until the cancellation stream caught up, at most CANCEL_CATCH_UP)
+//!      └─ consumer::claim                  until the worker stops or the connection breaks
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::topology;
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::ShortString;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::consumer::{self, ClaimError};
+use crate::control::{self, ControlError};
+use crate::outbound::Channels;
+use crate::worker::Shared;
+
+/// A connection that lasted this long resets the reconnect backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// How long a (re)connecting worker waits for the cancellation stream to catch up
+/// before it claims tasks.
+pub const CANCEL_CATCH_UP: Duration = Duration::from_secs(10);
+/// First pause before reconnecting; it doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between reconnects.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connecting to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("setting up the connection")]
+    Setup(#[from] lapin::Error),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error("control consumers")]
+    Control(#[from] ControlError),
+}
+
+/// Connects, serves until the connection breaks, and connects again with
+/// backoff, until the worker's root token is cancelled. The current channels
+/// go to the outbound sink through `chan_tx` (`None` while disconnected).
+pub async fn run(
+    shared: Arc<Shared>,
+    chan_tx: watch::Sender<Option<Channels>>,
+    handlers: TaskTracker,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let began = Instant::now();
+        let served = serve(&shared, &chan_tx, &handlers).await;
+        let _ = chan_tx.send(None);
+        // After a connection that held, the next outage starts from a short retry
+        // again rather than from wherever the last outage left the backoff.
+        if began.elapsed() > STABLE_CONNECTION {
+            backoff = FIRST_BACKOFF;
+        }
+        match served {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), retry_in = ?backoff,
+                    "broker connection lost; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = shared.root.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection's life: declare, obey control commands, claim.
+async fn serve(
+    shared: &Arc<Shared>,
+    chan_tx: &watch::Sender<Option<Channels>>,
+    handlers: &TaskTracker,
+) -> Result<(), ConnectionError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("krill-worker {}", shared.id).into());
+    let conn = Connection::connect(&shared.cfg.amqp_url, props)
+        .await
+        .map_err(|source| ConnectionError::Connect {
+            url: broker::client::redact_url(&shared.cfg.amqp_url),
+            source,
+        })?;
+    let consume = conn.create_channel().await?;
+    let confirm = conn.create_channel().await?;
+    confirm
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let fast = conn.create_channel().await?;
+    topology::declare(&consume, &shared.pool).await?;
+    declare_heartbeat_stream(&conn).await;
+    let conn = Arc::new(conn);
+    let listener = control::Listener::open(shared.clone(), conn.clone()).await?;
+    let _ = chan_tx.send(Some(Channels { confirm, fast }));
+    tracing::info!("connected to the broker");
+    shared.run.metrics.connected();
+    shared.send_heartbeat(false).await;
+    let (caught_up_tx, caught_up) = tokio::sync::oneshot::channel();
+    let control = listener.run(caught_up_tx);
+    tokio::pin!(control);
+    // Claim nothing before every cancel sent while this worker was away is known.
+    tokio::select! {
+        r = &mut control => return r.map_err(ConnectionError::from),
+        waited = tokio::time::timeout(CANCEL_CATCH_UP, caught_up) => {
+            if waited.is_err() {
+                tracing::warn!("cancellation stream did not catch up in time; claiming anyway");
+            }
+        }
+    }
+    tokio::select! {
+        r = consumer::claim(shared, &conn, &consume, handlers) => Ok(r?),
+        r = &mut control => Ok(r?),
+    }
+}
+
+/// Declares the heartbeat stream on a channel of its own: a broker that refuses it
+/// (permissions, no stream support) costs `krill status` its view of lost workers,
+/// not the worker its connection.
+async fn declare_heartbeat_stream(conn: &Connection) {
+    let res = async {
+        let ch = conn.create_channel().await?;
+        topology::declare_heartbeats(&ch).await?;
+        ch.close(200, ShortString::from("declared")).await
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::warn!(stream = topology::HEARTBEATS_STREAM, error = %e,
+            "cannot declare the heartbeat stream; `krill status` will not see lost workers");
+    }
+}

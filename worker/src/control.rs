@@ -1,0 +1,477 @@
+//! What the worker is told, one set of consumers per connection: its control
+//! queue (cancel, drain, resume), the cancellation stream (replayed from its
+//! start, so a cancel sent while this worker was down still stops the task when
+//! it is delivered) and `krill.dead.notify` (answers tasks RabbitMQ
+//! dead-lettered itself, so their submitters get a terminal result).
+//!
+//! ```text
+//! Listener::open(shared, conn)                 declares and consumes the control queue
+//! Listener::run(caught_up)                     until the control queue ends (the connection is re-made)
+//!  ├─ control queue krill.control.worker.<id>  Control → apply(): cancel a task, drain, resume
+//!  ├─ cancellations (stream, from "first")     Cancel → TaskState::cancel; the marker → caught up
+//!  └─ dead notify                              answer_for() → Outbound::answer, then ack
+//!     (these two failing is logged, and costs what they do, not the connection)
+//! ```
+//!
+//! [`apply`] and [`answer_for`] hold the decisions and do no I/O: they are
+//! tested without a broker.
+
+use std::sync::Arc;
+
+use broker::protocol::{Control, Status, TaskResult};
+use broker::topology::{
+    CANCEL_STREAM, CONTROL_EXCHANGE, CONTROL_QUEUE_PREFIX, DEAD_NOTIFY_QUEUE, POOL_QUEUE_PREFIX,
+    REASON_HEADER,
+};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio::sync::oneshot;
+
+use crate::worker::Shared;
+
+/// Stream consumers must bound their unacked deliveries.
+const STREAM_PREFETCH: u16 = 500;
+/// Unacked dead-notify deliveries at most.
+const DEAD_NOTIFY_PREFETCH: u16 = 16;
+/// The reason a cancelled task's result gives.
+pub const CANCELLED_BY_REQUEST: &str = "cancelled by request (krill cancel)";
+
+/// Why the control consumers stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("broker")]
+    Amqp(#[from] lapin::Error),
+    #[error("publishing the cancellation stream's marker")]
+    Marker(#[source] crate::outbound::PublishError),
+    #[error("the {0} consumer ended")]
+    Ended(&'static str),
+}
+
+/// The control consumers of one connection.
+#[derive(Debug)]
+pub struct Listener {
+    shared: Arc<Shared>,
+    conn: Arc<Connection>,
+    _channel: Channel,
+    control: Consumer,
+}
+
+impl Listener {
+    /// Declares and consumes this worker's own control queue (exclusive, gone
+    /// with the connection): from here on no control message is missed.
+    pub async fn open(shared: Arc<Shared>, conn: Arc<Connection>) -> Result<Self, ControlError> {
+        let ch = conn.create_channel().await?;
+        let queue = format!("{CONTROL_QUEUE_PREFIX}{}", shared.id);
+        ch.queue_declare(
+            ShortString::from(queue.as_str()),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            ShortString::from(queue.as_str()),
+            ShortString::from(CONTROL_EXCHANGE),
+            ShortString::from("#"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let control = ch
+            .basic_consume(
+                ShortString::from(queue.as_str()),
+                ShortString::from(format!("krill-control.{}", shared.id)),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Listener {
+            shared,
+            conn,
+            _channel: ch,
+            control,
+        })
+    }
+
+    /// Serves the three consumers until one fails or ends. `caught_up` is sent
+    /// once every cancel published before this worker subscribed is known.
+    pub async fn run(mut self, caught_up: oneshot::Sender<()>) -> Result<(), ControlError> {
+        let shared = self.shared.clone();
+        let conn = self.conn.clone();
+        // The side consumers' failure (a broker without streams, say) costs
+        // what they do, not the connection: they are logged and left.
+        let side = async {
+            tokio::join!(
+                logged(
+                    "cancellation stream",
+                    cancellations(&shared, &conn, caught_up)
+                ),
+                logged("dead-letter notifications", dead_notify(&shared, &conn)),
+            );
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = async {
+                while let Some(d) = self.control.next().await {
+                    apply(&shared, &d?.data);
+                }
+                Err(ControlError::Ended("control queue"))
+            } => r,
+            () = side => Ok(()),
+        }
+    }
+}
+
+async fn logged(
+    name: &'static str,
+    fut: impl std::future::Future<Output = Result<(), ControlError>>,
+) {
+    if let Err(e) = fut.await {
+        tracing::warn!(consumer = name, error = %crate::error::chain(&e), "side consumer ended");
+    }
+}
+
+/// What a control message does on this worker (no I/O: it changes the
+/// worker's state only).
+pub fn apply(shared: &Shared, data: &[u8]) {
+    let cmd = match serde_json::from_slice::<Control>(data) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring malformed control message");
+            return;
+        }
+    };
+    match cmd {
+        Control::Cancel { task_id } => {
+            let here = shared.tasks.cancel(&task_id, CANCELLED_BY_REQUEST);
+            tracing::info!(%task_id, running_here = here, "cancel received");
+        }
+        // `send_replace`: the flag changes even while no claim loop watches it
+        // (between connections, or before claims start).
+        Control::Drain { worker } if Control::addresses(&worker, &shared.id) => {
+            tracing::info!("drain requested");
+            shared.draining.send_replace(true);
+        }
+        Control::Resume { worker } if Control::addresses(&worker, &shared.id) => {
+            tracing::info!("resume requested");
+            shared.draining.send_replace(false);
+        }
+        Control::Drain { .. } | Control::Resume { .. } => {}
+    }
+}
+
+/// Consumes every cancellation of the retention window, then live ones. Sends on
+/// `caught_up` once it has read a marker it published after subscribing: from then
+/// on every cancel sent before this worker connected is known.
+async fn cancellations(
+    shared: &Shared,
+    conn: &Connection,
+    caught_up: oneshot::Sender<()>,
+) -> Result<(), ControlError> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-stream-offset"),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(CANCEL_STREAM),
+            ShortString::from(format!("krill-cancels.{}", shared.id)),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    let marker = format!("krill-sync.{}.{}", shared.id, uuid::Uuid::new_v4().simple());
+    shared
+        .run
+        .outbound
+        .cancel_marker(&marker)
+        .await
+        .map_err(ControlError::Marker)?;
+    let mut caught_up = Some(caught_up);
+    while let Some(d) = consumer.next().await {
+        let d = d?;
+        match serde_json::from_slice::<Control>(&d.data) {
+            Ok(Control::Cancel { task_id }) if task_id == marker => {
+                if let Some(tx) = caught_up.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(Control::Cancel { task_id }) => {
+                let here = shared.tasks.cancel(&task_id, CANCELLED_BY_REQUEST);
+                if here {
+                    tracing::info!(%task_id, "cancelled a running task");
+                }
+            }
+            _ => {}
+        }
+        d.acker.ack(BasicAckOptions::default()).await?;
+    }
+    Err(ControlError::Ended("cancellation stream"))
+}
+
+/// Answers tasks that RabbitMQ dead-lettered (not the worker: those carry
+/// `x-krill-reason` and were answered when they were dead-lettered).
+async fn dead_notify(shared: &Shared, conn: &Connection) -> Result<(), ControlError> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(DEAD_NOTIFY_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(DEAD_NOTIFY_QUEUE),
+            ShortString::from(format!("krill-dead-notify.{}", shared.id)),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(d) = consumer.next().await {
+        let d = d?;
+        if notified(shared, &d.properties).await {
+            d.acker.ack(BasicAckOptions::default()).await?;
+        }
+        // Else not acked: answered by whoever gets it next.
+    }
+    Err(ControlError::Ended("dead-letter notifications"))
+}
+
+/// Answers one dead-letter notification when it is owed an answer; true when
+/// it may be acked (answered, or nothing was owed).
+pub async fn notified(shared: &Shared, props: &BasicProperties) -> bool {
+    let Some((reply_to, result)) = answer_for(props, &shared.id) else {
+        return true;
+    };
+    let (id, error) = (result.id.clone(), result.error.clone());
+    if !shared.run.outbound.answer(result, &reply_to).await {
+        return false;
+    }
+    tracing::warn!(task_id = %id, ?error, "answered a task RabbitMQ dead-lettered");
+    true
+}
+
+/// The result owed for a message RabbitMQ dead-lettered from a pool queue, if any.
+pub fn answer_for(props: &BasicProperties, worker: &str) -> Option<(String, TaskResult)> {
+    let headers = props.headers().as_ref()?;
+    if headers.contains_key(REASON_HEADER) {
+        return None;
+    }
+    let reply_to = props.reply_to().as_ref()?.as_str().to_string();
+    let id = props.message_id().as_ref()?.as_str().to_string();
+    let (reason, queue, count) = first_death(headers)?;
+    if !queue.starts_with(POOL_QUEUE_PREFIX) {
+        return None;
+    }
+    let mut result = TaskResult::new(id, Status::WorkerLost);
+    result.worker = Some(worker.to_string());
+    result.error = Some(format!(
+        "dead-lettered by RabbitMQ from {queue} ({reason}) after {count} deliveries: \
+         the task kept losing its worker; it is kept in krill.dead (see `krill dead list`)"
+    ));
+    Some((reply_to, result))
+}
+
+/// `(reason, queue, count)` of the most recent entry of the `x-death` header.
+fn first_death(headers: &FieldTable) -> Option<(String, String, i64)> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |k: &str| match first.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    let count = match first.inner().get("count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    Some((text("reason")?, text("queue")?, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cancel::Cancel;
+    use crate::outbound::{MemorySink, Outgoing};
+    use crate::state::Running;
+    use lapin::types::FieldArray;
+
+    fn setup() -> (Arc<MemorySink>, Arc<Shared>) {
+        let sink = Arc::new(MemorySink::default());
+        let shared = crate::worker::for_tests(sink.clone());
+        (sink, shared)
+    }
+
+    fn running(shared: &Shared, id: &str) -> Cancel {
+        let cancel = Cancel::child_of(&shared.root);
+        let settle: Arc<dyn crate::intake::Settle> =
+            Arc::new(crate::intake::MemorySettle::default());
+        shared.tasks.start(
+            id,
+            Running {
+                started_at: chrono::Utc::now(),
+                sandbox: broker::protocol::SandboxKind::Process,
+                cancel: cancel.clone(),
+                settle: Arc::new(std::sync::Mutex::new(settle)),
+            },
+        );
+        cancel
+    }
+
+    fn json(c: &Control) -> Vec<u8> {
+        serde_json::to_vec(c).expect("json")
+    }
+
+    #[test]
+    fn cancel_stops_a_running_task_with_its_reason_and_is_remembered_for_later_ones() {
+        let (sink, shared) = setup();
+        let cancel = running(&shared, "t1");
+        apply(
+            &shared,
+            &json(&Control::Cancel {
+                task_id: "t1".into(),
+            }),
+        );
+        assert!(cancel.token().is_cancelled());
+        assert_eq!(cancel.reason().as_deref(), Some(CANCELLED_BY_REQUEST));
+        apply(
+            &shared,
+            &json(&Control::Cancel {
+                task_id: "t2".into(),
+            }),
+        );
+        assert!(
+            shared.tasks.is_cancelled("t2"),
+            "a queued task is cancelled when it comes"
+        );
+        assert!(sink.sent().is_empty(), "control sends nothing itself");
+    }
+
+    #[test]
+    fn drain_and_resume_obey_only_what_addresses_this_worker() {
+        let (_, shared) = setup();
+        apply(
+            &shared,
+            &json(&Control::Drain {
+                worker: Some("someone-else".into()),
+            }),
+        );
+        assert!(!shared.is_draining());
+        apply(
+            &shared,
+            &json(&Control::Drain {
+                worker: Some("w-test".into()),
+            }),
+        );
+        assert!(shared.is_draining());
+        apply(
+            &shared,
+            &json(&Control::Resume {
+                worker: Some("someone-else".into()),
+            }),
+        );
+        assert!(shared.is_draining());
+        apply(&shared, &json(&Control::Resume { worker: None }));
+        assert!(!shared.is_draining());
+        apply(&shared, &json(&Control::Drain { worker: None }));
+        assert!(shared.is_draining(), "a drain of all workers");
+    }
+
+    #[test]
+    fn malformed_control_messages_change_nothing() {
+        let (_, shared) = setup();
+        let cancel = running(&shared, "t1");
+        apply(&shared, br#"{"action":"cancel","task_id":"t1","extra":1}"#);
+        apply(&shared, b"\xff");
+        assert!(!cancel.token().is_cancelled());
+        assert!(!shared.is_draining());
+    }
+
+    fn dead_props(reason: &str, queue: &str, krill_reason: bool) -> BasicProperties {
+        let mut death = FieldTable::default();
+        death.insert(
+            ShortString::from("reason"),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        death.insert(
+            ShortString::from("queue"),
+            AMQPValue::LongString(LongString::from(queue)),
+        );
+        death.insert(ShortString::from("count"), AMQPValue::LongLongInt(5));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("x-death"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        if krill_reason {
+            headers.insert(
+                ShortString::from(REASON_HEADER),
+                AMQPValue::LongString(LongString::from("invalid task message")),
+            );
+        }
+        BasicProperties::default()
+            .with_headers(headers)
+            .with_reply_to(ShortString::from("krill.reply.t1"))
+            .with_message_id(ShortString::from("t1"))
+    }
+
+    #[tokio::test]
+    async fn a_task_rabbitmq_dead_lettered_from_a_pool_queue_is_answered_worker_lost() {
+        let (sink, shared) = setup();
+        assert!(
+            notified(
+                &shared,
+                &dead_props("delivery_limit", "krill.pool.p", false)
+            )
+            .await
+        );
+        let sent = sink.sent();
+        let [Outgoing::Answer { result, reply_to }] = sent.as_slice() else {
+            panic!("one answer: {sent:?}");
+        };
+        assert_eq!(reply_to, "krill.reply.t1");
+        assert_eq!(result.status, Status::WorkerLost);
+        let error = result.error.as_deref().unwrap_or("");
+        assert!(
+            error.contains("krill.pool.p (delivery_limit) after 5 deliveries"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_worker_dead_lettered_or_other_queues_dropped_is_not_answered_again() {
+        let (sink, shared) = setup();
+        assert!(notified(&shared, &dead_props("rejected", "krill.pool.p", true)).await);
+        assert!(notified(&shared, &dead_props("expired", "krill.reply.x", false)).await);
+        assert!(sink.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_cannot_be_published_is_left_unacked() {
+        let (sink, shared) = setup();
+        sink.refuse();
+        assert!(
+            !notified(
+                &shared,
+                &dead_props("delivery_limit", "krill.pool.p", false)
+            )
+            .await
+        );
+    }
+}

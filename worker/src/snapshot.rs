@@ -1,0 +1,28 @@
+//! The worker as observers see it at one moment: what its heartbeat and its
+//! metrics report. Plain data, taken from the worker's shared state
+//! (`Shared::snapshot`) and read by `outbound` and `metrics`, which so need
+//! nothing of the worker itself.
+
+use std::time::Duration;
+
+use broker::protocol::{RunningTask, SandboxKind};
+
+/// The worker's state at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub worker: String,
+    pub host: String,
+    pub pool: String,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    /// Not claiming tasks (drained or shutting down).
+    pub draining: bool,
+    /// Running tasks, oldest first.
+    pub running: Vec<RunningTask>,
+    pub uptime: Duration,
+    pub heartbeat_interval: Duration,
+    /// Connected to the broker.
+    pub connected: bool,
+    /// Sandboxes prestarted and waiting for a task, by kind.
+    pub prestarted: Vec<(SandboxKind, usize)>,
+}
