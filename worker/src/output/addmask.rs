@@ -1,6 +1,6 @@
 //! `::add-mask::VALUE` on stdout: removes those lines and registers their value in the [`MaskSet`].
 //!
-//! [`AddMaskFilter`] sits before the stdout [`MaskStream`](super::MaskStream):
+//! [`AddMaskFilter`] sits before the stdout [`MaskStream`](super::mask::MaskStream):
 //! a value is registered as soon as its line ends, so the bytes that follow are
 //! masked with it. The filter never shows an `::add-mask::` line (nor its
 //! newline), and passes every other byte through unchanged and promptly: it
@@ -23,10 +23,10 @@ pub const MAX_ADD_MASK_LINE: usize = 64 * 1024;
 /// An `::add-mask::` line whose value is not masked. Never holds the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddMaskWarning {
-    /// The value is shorter than [`MIN_MASK_LEN`](super::MIN_MASK_LEN) bytes.
+    /// The value is shorter than [`MIN_MASK_LEN`](super::mask::MIN_MASK_LEN) bytes.
     #[error(
         "`::add-mask::` on stdout line {line}: value is shorter than {} bytes and is not masked",
-        super::MIN_MASK_LEN
+        super::mask::MIN_MASK_LEN
     )]
     TooShort {
         /// 1-based stdout line.

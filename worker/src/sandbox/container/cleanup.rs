@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::limits::{LABEL_MANAGED, LABEL_WORKER};
 use super::scratch::Scratch;
-use super::SweepScope;
+use super::settings::SweepScope;
 use crate::sandbox::uids::UidLease;
 use crate::sandbox::SandboxError;
 

@@ -43,7 +43,7 @@ use bollard::models::{
 };
 
 use super::scratch::Scratch;
-use super::{ImageFacts, Settings, OUTPUT_DIR, STUB_TARGET, TMP_DIR, WORK_DIR};
+use super::settings::{ImageFacts, Settings, OUTPUT_DIR, STUB_TARGET, TMP_DIR, WORK_DIR};
 
 /// The container's shared memory (a directory of the scratch, with one).
 const SHM_DIR: &str = "/dev/shm";

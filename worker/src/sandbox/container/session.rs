@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::cleanup::ContainerGuard;
-use super::{usage, Settings, OUTPUT_DIR, WORK_DIR};
+use super::settings::{Settings, Tuning, OUTPUT_DIR, WORK_DIR};
+use super::usage;
 use crate::sandbox::{Event, Exit, Outcome, SandboxError, Spec};
 
 /// Largest output chunk the stub sends in one frame.
@@ -193,7 +194,7 @@ impl Launched {
 struct Run<'a> {
     docker: &'a Docker,
     id: &'a str,
-    tuning: &'a super::Tuning,
+    tuning: &'a Tuning,
 }
 
 type FileResult = Result<Bytes, String>;

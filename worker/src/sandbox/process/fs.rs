@@ -27,7 +27,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chown, Gid, Uid};
 
-use super::init::SandboxConfig;
+use super::message::SandboxConfig;
 
 /// Host paths a task never sees: anything that would let it reach the container
 /// engine, the broker's state or root's files. Directories get an empty

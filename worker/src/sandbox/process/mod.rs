@@ -8,8 +8,8 @@
 //! worker ──posix_spawn──▶ krill-sandbox-init (joins the cgroup, unshares) ──fork──▶ init (pid 1) ──▶ script
 //! ```
 //!
-//! (see [`init`] for who does what, [`fs`] for the filesystem view, [`cgroup`]
-//! for limits and usage). A deadline or cancel sends SIGTERM to the helper's
+//! (see [`init`] for who does what, [`message`] for the wire between the worker
+//! and the helper, [`fs`] for the filesystem view, [`cgroup`] for limits and usage). A deadline or cancel sends SIGTERM to the helper's
 //! process group, and after [`KILL_GRACE`] SIGKILLs the helper, which takes the
 //! pid namespace down with it; the cgroup is then killed and removed too.
 //!
@@ -29,6 +29,8 @@ pub mod cgroup;
 pub mod cgroupns;
 pub mod fs;
 pub mod init;
+mod layout;
+pub mod message;
 mod pump;
 mod ready;
 
@@ -46,7 +48,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::cgroup::Driver;
-use self::init::{Report, TaskConfig};
+pub use self::layout::NOFILE;
+use self::layout::{OUTPUT_FILE, SENSITIVE_FILE};
+use self::message::{Report, TaskConfig};
 use self::ready::{Helper, Launcher, Ready, TaskDir};
 use super::uids::UidPool;
 use super::{Event, Exit, Outcome, Sandbox, SandboxError, Spec};
@@ -56,15 +60,11 @@ use crate::output::read_capped;
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How long output is still read after the script's namespace is gone.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
-/// Open-file limit of a task.
-pub const NOFILE: u64 = 1024;
 /// PATH given to scripts.
 pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Host-wide directory of live workers' locks: a task cgroup whose worker holds
 /// no lock here belongs to a dead worker and is swept.
 pub const LOCK_DIR: &str = "/run/krill/workers";
-const OUTPUT_FILE: &str = "output";
-pub(crate) const SENSITIVE_FILE: &str = "sensitive_output";
 
 /// Process sandbox configuration.
 #[derive(Debug, Clone)]
@@ -212,7 +212,7 @@ impl ProcessSandbox {
             cg.apply(&spec.limits)
                 .map_err(|e| SandboxError::Setup(format!("limiting the task cgroup: {e}")))?;
         }
-        let config = init::frame(&Self::task_config(&spec, &dir))
+        let config = message::frame(&Self::task_config(&spec, &dir))
             .map_err(|e| SandboxError::Setup(format!("encoding the task config: {e}")))?;
         let helper = child.id().map(|p| p as i32).unwrap_or(0);
         // Dropping the write half afterwards shuts it down.

@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::mpsc;
 
-use super::SENSITIVE_FILE;
+use super::layout::SENSITIVE_FILE;
 use crate::output::read_capped;
 use crate::sandbox::Event;
 

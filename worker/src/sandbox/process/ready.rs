@@ -25,8 +25,9 @@ use nix::unistd::{Gid, Uid};
 use crate::sandbox::uids::{UidLease, UidPool, LEASE_WAIT};
 
 use super::cgroup::{Driver, TaskCgroup};
-use super::init::{self, SandboxConfig};
-use super::{NOFILE, OUTPUT_FILE, SENSITIVE_FILE};
+use super::init;
+use super::layout::{NOFILE, OUTPUT_FILE, SENSITIVE_FILE};
+use super::message::{self, SandboxConfig};
 use crate::sandbox::SandboxError;
 
 /// The program started as each task's sandbox helper.
@@ -145,7 +146,7 @@ impl Drop for TaskDir {
     }
 }
 
-/// A started helper waiting for its task's [`init::TaskConfig`].
+/// A started helper waiting for its task's [`message::TaskConfig`].
 #[derive(Debug)]
 pub struct Prepared {
     pub child: Child,
@@ -190,12 +191,12 @@ impl Prepared {
             )));
         }
         let line = String::from_utf8_lossy(&line);
-        if line == init::READY {
+        if line == message::READY {
             self.ready = true;
             return Ok(());
         }
-        Err(SandboxError::Setup(match init::Report::parse(&line) {
-            Some(init::Report::Error(e)) => e,
+        Err(SandboxError::Setup(match message::Report::parse(&line) {
+            Some(message::Report::Error(e)) => e,
             _ => format!("the sandbox helper ended before it was ready: {line:?}"),
         }))
     }
@@ -234,7 +235,7 @@ impl Launcher {
             ),
             None => None,
         };
-        let first = init::frame(&SandboxConfig {
+        let first = message::frame(&SandboxConfig {
             uid: task_uid.as_raw(),
             gid: task_gid.as_raw(),
             work_root: self.work_root.clone(),
