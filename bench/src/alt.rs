@@ -210,29 +210,9 @@ pub async fn rabbit_round_trips(url: &str, n: usize) -> anyhow::Result<Vec<Durat
         args,
     )
     .await?;
-    let reply = ch
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let reply_name = reply.name().to_string();
-    let mut replies = ch
-        .basic_consume(
-            reply.name().clone(),
-            ShortString::from("rr-client"),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let reply = broker::amqp::tap(&ch, "", &[], "rr-client").await?;
+    let reply_name = reply.queue.clone();
+    let mut replies = reply.consumer;
 
     let server = Connection::connect(url, ConnectionProperties::default()).await?;
     let consume = server.create_channel().await?;

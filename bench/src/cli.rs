@@ -52,7 +52,7 @@ pub struct Args {
         default_value = "pyamqp://guest:guest@127.0.0.1:5672//"
     )]
     pub celery_broker: String,
-    #[arg(long, env = "KRILL_AMQP_URL", default_value = broker::client::DEFAULT_AMQP_URL, hide_env_values = true)]
+    #[arg(long, env = "KRILL_AMQP_URL", default_value = broker::amqp::DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
     /// Where the markdown and JSON results go.
     #[arg(long, default_value = "bench/results")]

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::QueueDeleteOptions;
+use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
 
 /// Where things are and which broker to use.
@@ -205,18 +205,7 @@ pub async fn consumers(url: &str, queue: &str) -> Option<u32> {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .ok()?;
-    let ch = conn.create_channel().await.ok()?;
-    let q = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok();
+    let q = broker::amqp::peek(&conn, queue).await.ok().flatten();
     let _ = conn.close(200, ShortString::from("bye")).await;
     q.map(|q| q.consumer_count())
 }

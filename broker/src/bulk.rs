@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -89,29 +89,9 @@ impl BulkClient {
 
         let reply_queue = format!("{CLIENT_REPLY_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let replies = conn.create_channel().await?;
-        replies
-            .queue_declare(
-                ShortString::from(reply_queue.as_str()),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = replies
-            .basic_consume(
-                ShortString::from(reply_queue.as_str()),
-                ShortString::from("krill-bulk"),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = crate::amqp::tap(&replies, &reply_queue, &[], "krill-bulk")
+            .await?
+            .consumer;
         let waiters: Waiters = Arc::default();
         let reader = tokio::spawn(read_results(replies, consumer, waiters.clone()));
         Ok(BulkClient {

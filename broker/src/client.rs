@@ -1,4 +1,6 @@
-//! The submitting side: submit tasks, wait for results, follow logs, send control commands.
+//! The submitting side: submit tasks, wait for results, follow logs, send
+//! control commands (the AMQP plumbing it shares with the worker is in
+//! [`amqp`](crate::amqp)).
 //!
 //! Results are read from the per-task reply queue `krill.reply.<id>` (durable, expiring),
 //! so `wait` works from any process, after the submitter crashed and across broker
@@ -10,18 +12,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 
+use crate::amqp::{self, publish_confirmed, redact_url};
 use crate::protocol::{Control, LogChunk, Task, TaskEvent, TaskResult, TaskState};
 use crate::topology::{self, CONTENT_TYPE};
 
-/// The broker URL used when none is given (also `KRILL_AMQP_URL`).
-pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
 /// How long `wait` keeps trying to reconnect to a broker that went away.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
 
@@ -46,6 +47,16 @@ pub enum ClientError {
     NoTopology,
     #[error("serializing: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<amqp::PublishError> for ClientError {
+    fn from(e: amqp::PublishError) -> Self {
+        match e {
+            amqp::PublishError::Amqp(e) => ClientError::Amqp(e),
+            amqp::PublishError::Unroutable(key) => ClientError::Unroutable(key),
+            amqp::PublishError::Nacked => ClientError::Nacked,
+        }
+    }
 }
 
 /// A connection to the broker for submitters.
@@ -122,25 +133,6 @@ async fn ensure_topology(conn: &Connection) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The URL with any password replaced, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:**REDACTED**{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 impl Client {
     /// Connects and declares the common exchanges.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
@@ -176,8 +168,8 @@ impl Client {
         )
         .await
         .map_err(|e| match e {
-            ClientError::Unroutable(_) => ClientError::Unroutable(pool.to_string()),
-            e => e,
+            amqp::PublishError::Unroutable(_) => ClientError::Unroutable(pool.to_string()),
+            e => e.into(),
         })
     }
 
@@ -263,22 +255,11 @@ impl Client {
     /// Looks at task `id`'s result without taking it: the result is read from the
     /// reply queue and put back, so whoever waits for it still gets it.
     pub async fn peek(&self, id: &str) -> Result<Peek, ClientError> {
-        // A channel of its own: a missing queue closes the channel it was asked on.
-        let channel = self.conn.create_channel().await?;
         let queue = topology::reply_queue(id);
-        let found = channel
-            .queue_declare(
-                ShortString::from(queue.as_str()),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if found.is_err() {
+        if amqp::peek(&self.conn, &queue).await?.is_none() {
             return Ok(Peek::Missing);
         }
+        let channel = self.conn.create_channel().await?;
         let got = channel
             .basic_get(
                 ShortString::from(queue.as_str()),
@@ -310,39 +291,8 @@ impl Client {
         key: &str,
     ) -> Result<(Channel, lapin::Consumer), ClientError> {
         let channel = self.conn.create_channel().await?;
-        let q = channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                q.name().clone(),
-                ShortString::from(exchange),
-                ShortString::from(key),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                q.name().clone(),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((channel, consumer))
+        let tap = amqp::tap(&channel, "", &[(exchange, key)], "").await?;
+        Ok((channel, tap.consumer))
     }
 
     /// Asks every worker to cancel task `id` (running or still queued).
@@ -398,12 +348,12 @@ impl Client {
             )
             .await
             {
-                Err(ClientError::Nacked) => {
+                Err(amqp::PublishError::Nacked) => {
                     tracing::debug!(key, "control message nacked; publishing it again");
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
-                other => return other,
+                other => return other.map_err(ClientError::from),
             }
         }
         publish_confirmed(
@@ -415,6 +365,7 @@ impl Client {
             false,
         )
         .await
+        .map_err(ClientError::from)
     }
 
     /// Closes the connection.
@@ -426,35 +377,6 @@ impl Client {
 /// Nacked control messages are published again this many times (backing off
 /// from 100 ms) before the nack is returned.
 const CONTROL_NACK_RETRIES: usize = 5;
-
-/// Publishes with confirms; with `mandatory`, an unroutable message is an error.
-pub async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &[u8],
-    props: BasicProperties,
-    mandatory: bool,
-) -> Result<(), ClientError> {
-    let confirm = channel
-        .basic_publish(
-            ShortString::from(exchange),
-            ShortString::from(key),
-            BasicPublishOptions {
-                mandatory,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            props,
-        )
-        .await?
-        .await?;
-    match confirm {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(ClientError::Unroutable(key.to_string())),
-        Confirmation::Nack(_) => Err(ClientError::Nacked),
-    }
-}
 
 /// Closes a channel when dropped, so a wait that is abandoned (a dropped future,
 /// a timeout) leaves no consumer behind: its unacked deliveries go back to the queue.
@@ -582,21 +504,4 @@ pub enum Peek {
 /// Serializes a control or event message (helper for other tools).
 pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
     Ok(serde_json::to_vec(v)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("amqp://krill:s3cret@rabbit:5672/%2f"),
-            "amqp://krill:**REDACTED**@rabbit:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("amqp://127.0.0.1:5672/%2f"),
-            "amqp://127.0.0.1:5672/%2f"
-        );
-    }
 }

@@ -6,11 +6,12 @@
 //! dead-letter headers) to `krill.tasks` with confirms and only then acks the dead one.
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::BasicProperties;
 use serde::Serialize;
 
-use crate::client::{publish_confirmed, Client, ClientError};
+use crate::amqp::{first_death, header_text, publish_confirmed};
+use crate::client::{Client, ClientError};
 use crate::topology::{DEAD_QUEUE, POOL_HEADER, POOL_QUEUE_PREFIX, REASON_HEADER, TASKS_EXCHANGE};
 
 /// One dead letter, as `krill dead list` shows it.
@@ -27,31 +28,13 @@ pub struct DeadLetter {
     pub bytes: usize,
 }
 
-fn header_text(h: &FieldTable, key: &str) -> Option<String> {
-    match h.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
-fn death_field(h: &FieldTable, key: &str) -> Option<String> {
-    let AMQPValue::FieldArray(deaths) = h.inner().get("x-death")? else {
-        return None;
-    };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
-        return None;
-    };
-    header_text(first, key)
-}
-
 /// Describes a dead message from its properties.
 pub fn describe(props: &BasicProperties, bytes: usize) -> DeadLetter {
     let empty = FieldTable::default();
     let h = props.headers().as_ref().unwrap_or(&empty);
     let id = props.message_id().as_ref().map(|m| m.as_str().to_string());
     let pool = header_text(h, POOL_HEADER).or_else(|| {
-        death_field(h, "queue").and_then(|q| q.strip_prefix(POOL_QUEUE_PREFIX).map(str::to_string))
+        first_death(h).and_then(|d| d.queue.strip_prefix(POOL_QUEUE_PREFIX).map(str::to_string))
     });
     match header_text(h, REASON_HEADER) {
         Some(reason) => DeadLetter {
@@ -62,7 +45,7 @@ pub fn describe(props: &BasicProperties, bytes: usize) -> DeadLetter {
             bytes,
         },
         None => {
-            let why = death_field(h, "reason").unwrap_or_else(|| "unknown".into());
+            let why = first_death(h).map_or_else(|| "unknown".into(), |d| d.reason);
             let reason = match why.as_str() {
                 "delivery_limit" => {
                     "delivery limit reached: the task kept losing its worker".to_string()
@@ -144,7 +127,10 @@ impl Client {
                 continue;
             };
             let props = d.properties.clone().with_headers(FieldTable::default());
-            match publish_confirmed(ch, TASKS_EXCHANGE, &pool, &d.data, props, true).await {
+            match publish_confirmed(ch, TASKS_EXCHANGE, &pool, &d.data, props, true)
+                .await
+                .map_err(ClientError::from)
+            {
                 Ok(()) => {
                     d.acker.ack(BasicAckOptions::default()).await?;
                     done.push(label);

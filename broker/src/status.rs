@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use serde::Serialize;
 
-use crate::client::redact_url;
+use crate::amqp::{self, redact_url};
 use crate::protocol::{Heartbeat, RunningTask};
 use crate::topology;
 
@@ -334,26 +334,9 @@ pub fn worker_status(hb: &Heartbeat, now: DateTime<Utc>) -> WorkerStatus {
 
 /// Ready count and consumer count of a queue; `None` when it does not exist.
 async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<(u64, u32)>, StatusError> {
-    // A passive declare of a missing queue closes the channel: one channel each.
-    let channel = conn.create_channel().await?;
-    let res = channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match res {
-        Ok(q) => {
-            let _ = channel.close(200, ShortString::from("bye")).await;
-            Ok(Some((u64::from(q.message_count()), q.consumer_count())))
-        }
-        Err(_) if conn.status().connected() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(amqp::peek(conn, queue)
+        .await?
+        .map(|q| (u64::from(q.message_count()), q.consumer_count())))
 }
 
 /// A pool's figures and, when tasks wait, why.

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use broker::client::{Client, DEFAULT_AMQP_URL};
+use broker::amqp::DEFAULT_AMQP_URL;
+use broker::client::Client;
 use broker::protocol::{Task, TaskResult};
 use broker::topology;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::QueueDeleteOptions;
+use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
 
 /// The broker tests use (`KRILL_AMQP_URL`, default local).
@@ -279,18 +280,7 @@ async fn peek(queue: &str) -> Option<lapin::Queue> {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .ok()?;
-    let ch = conn.create_channel().await.ok()?;
-    let q = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok();
+    let q = broker::amqp::peek(&conn, queue).await.ok().flatten();
     let _ = conn.close(200, ShortString::from("bye")).await;
     q
 }
@@ -343,8 +333,8 @@ pub fn stub_path() -> PathBuf {
         })
 }
 
-/// A transient queue bound to `krill.events` (e.g. `task.<pool>.started`), for
-/// waiting on what workers report.
+/// A transient queue bound to `krill.events` (e.g. `task.<pool>.started`), or
+/// another exchange ([`Events::on`]), for waiting on what workers report.
 #[derive(Debug)]
 pub struct Events {
     _conn: Connection,
@@ -354,60 +344,39 @@ pub struct Events {
 impl Events {
     /// Binds before anything happens, so nothing is missed.
     pub async fn bind(binding: &str) -> Events {
-        use lapin::options::{BasicConsumeOptions, QueueBindOptions};
+        Events::on(topology::EVENTS_EXCHANGE, binding).await
+    }
+
+    /// A transient queue bound to `exchange` with `binding`.
+    pub async fn on(exchange: &str, binding: &str) -> Events {
         let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ reachable");
         let ch = conn.create_channel().await.expect("channel");
         topology::declare_common(&ch).await.expect("declare");
-        let q = ch
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let tap = broker::amqp::tap(&ch, "", &[(exchange, binding)], "")
             .await
-            .expect("queue");
-        ch.queue_bind(
-            q.name().clone(),
-            ShortString::from(topology::EVENTS_EXCHANGE),
-            ShortString::from(binding),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-        let consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+            .expect("tap");
         Events {
             _conn: conn,
-            consumer,
+            consumer: tap.consumer,
         }
+    }
+
+    /// The next message's body as it came, or a panic after `timeout`.
+    pub async fn next_body(&mut self, timeout: Duration) -> Vec<u8> {
+        use futures_util::StreamExt;
+        let d = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .expect("a message in time")
+            .expect("consumer open")
+            .expect("delivery");
+        d.data
     }
 
     /// The next event body as JSON, or a panic after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> serde_json::Value {
-        use futures_util::StreamExt;
-        let d = tokio::time::timeout(timeout, self.consumer.next())
-            .await
-            .expect("an event in time")
-            .expect("consumer open")
-            .expect("delivery");
-        serde_json::from_slice(&d.data).expect("event json")
+        serde_json::from_slice(&self.next_body(timeout).await).expect("event json")
     }
 
     /// Waits for a `task_id`'s event (skipping others).

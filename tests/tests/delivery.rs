@@ -302,7 +302,7 @@ async fn dead_letters_are_listed_with_reasons_and_can_be_replayed() {
         AMQPValue::LongString(LongString::from("test")),
     );
     let props = broker::client::task_properties(&t).with_headers(headers);
-    broker::client::publish_confirmed(
+    broker::amqp::publish_confirmed(
         c.channel(),
         topology::DEAD_EXCHANGE,
         "",

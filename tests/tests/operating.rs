@@ -7,11 +7,7 @@ use std::time::{Duration, Instant};
 
 use broker::protocol::{Heartbeat, Status};
 use broker::topology;
-use futures_util::StreamExt;
-use krill_tests::{amqp_url, bin, client, task, unique_pool, WorkerBuilder};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use krill_tests::{amqp_url, bin, client, task, unique_pool, Events, WorkerBuilder};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -91,56 +87,16 @@ async fn heartbeats_arrive_on_the_events_exchange() {
         .arg("3")
         .start()
         .await;
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ (start it with scripts/test)");
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
-    ch.queue_bind(
-        q.name().clone(),
-        ShortString::from(topology::EVENTS_EXCHANGE),
-        ShortString::from(topology::heartbeat_key(&w.id)),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind");
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("a heartbeat within 10 s (interval 1 s)")
-        .expect("consumer open")
-        .expect("delivery");
-    let hb: Heartbeat = serde_json::from_slice(&delivery.data).expect("a heartbeat");
+    let mut beats = Events::bind(&topology::heartbeat_key(&w.id)).await;
+    // A heartbeat within 10 s (interval 1 s).
+    let body = beats.next_body(Duration::from_secs(10)).await;
+    let hb: Heartbeat = serde_json::from_slice(&body).expect("a heartbeat");
     assert_eq!(hb.worker, w.id);
     assert_eq!(hb.pool, pool_name);
     assert_eq!((hb.slots_total, hb.slots_free), (3, 3));
     assert!(!hb.draining && !hb.stopping);
     assert_eq!(hb.interval_secs, 1);
     assert!(hb.running.is_empty());
-    let _ = conn.close(200, ShortString::from("bye")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,6 @@ use broker::protocol::{LogChunk, SandboxKind, Secret, Status, Stream, Task, Task
 use broker::topology;
 use futures_util::StreamExt;
 use krill_tests::{amqp_url, bin, client, run_task, task, unique_pool, WorkerBuilder, WorkerProc};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 
 /// Every message published on an exchange while it lives (a queue bound to `#`).
@@ -32,39 +30,10 @@ impl Tap {
         let ch = conn.create_channel().await.expect("channel");
         // The exchanges exist once a client connected (`Client::connect` declares them).
         let _ = client().await;
-        let q = ch
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let mut consumer = broker::amqp::tap(&ch, "", &[(exchange, "#")], "")
             .await
-            .expect("tap queue");
-        ch.queue_bind(
-            q.name().clone(),
-            ShortString::from(exchange),
-            ShortString::from("#"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind tap");
-        let mut consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume tap");
+            .expect("tap")
+            .consumer;
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&bodies);
         tokio::spawn(async move {

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use broker::client::DEFAULT_AMQP_URL;
+use broker::amqp::DEFAULT_AMQP_URL;
 use broker::protocol::{Limits, SandboxKind};
 use broker::topology::DEFAULT_POOL;
+use broker::units::{parse_duration, parse_size};
 use clap::{Parser, ValueEnum};
 
 use crate::sandbox::Effective;
@@ -71,10 +72,10 @@ pub struct Config {
     )]
     pub sandbox: Vec<SandboxKind>,
     /// Deadline of tasks that name none.
-    #[arg(long, env = "KRILL_DEFAULT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
+    #[arg(long, env = "KRILL_DEFAULT_TIMEOUT", value_parser = parse_duration, default_value = "1h")]
     pub default_timeout: Duration,
     /// Longest deadline accepted; tasks asking more are rejected.
-    #[arg(long, env = "KRILL_MAX_TIMEOUT", value_parser = humantime::parse_duration, default_value = "6h")]
+    #[arg(long, env = "KRILL_MAX_TIMEOUT", value_parser = parse_duration, default_value = "6h")]
     pub max_timeout: Duration,
     /// Host uids tasks run as, one per sandbox (each gets the gid of the same
     /// number): `auto` (the first free ones from 200000), or a range like
@@ -106,10 +107,10 @@ pub struct Config {
     #[arg(long, env = "KRILL_CONTAINER_RUNTIME")]
     pub container_runtime: Option<String>,
     /// Default memory limit per task (bytes, or like 512m).
-    #[arg(long, env = "KRILL_DEFAULT_MEMORY", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MEMORY)]
+    #[arg(long, env = "KRILL_DEFAULT_MEMORY", value_parser = parse_size, default_value_t = DEFAULT_MEMORY)]
     pub default_memory: u64,
     /// Largest memory limit a task may ask for.
-    #[arg(long, env = "KRILL_MAX_MEMORY", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MAX_MEMORY)]
+    #[arg(long, env = "KRILL_MAX_MEMORY", value_parser = parse_size, default_value_t = DEFAULT_MAX_MEMORY)]
     pub max_memory: u64,
     /// Default CPU limit per task, in cores.
     #[arg(long, env = "KRILL_DEFAULT_CPUS", default_value_t = DEFAULT_CPUS)]
@@ -121,26 +122,26 @@ pub struct Config {
     #[arg(long, env = "KRILL_MAX_PIDS", default_value_t = DEFAULT_MAX_PIDS)]
     pub max_pids: u64,
     /// Default cap on captured stdout and stderr, each.
-    #[arg(long, env = "KRILL_OUTPUT_BYTES", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_OUTPUT_BYTES)]
+    #[arg(long, env = "KRILL_OUTPUT_BYTES", value_parser = parse_size, default_value_t = DEFAULT_OUTPUT_BYTES)]
     pub output_bytes: u64,
     /// Largest output cap a task may ask for.
-    #[arg(long, env = "KRILL_MAX_OUTPUT_BYTES", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
+    #[arg(long, env = "KRILL_MAX_OUTPUT_BYTES", value_parser = parse_size, default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: u64,
     /// Default size of a task's writable work dir and /tmp.
-    #[arg(long, env = "KRILL_DISK", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_DISK)]
+    #[arg(long, env = "KRILL_DISK", value_parser = parse_size, default_value_t = DEFAULT_DISK)]
     pub disk: u64,
     /// Largest work dir a task may ask for.
-    #[arg(long, env = "KRILL_MAX_DISK", value_parser = broker::cli::parse_size, default_value_t = DEFAULT_MAX_DISK)]
+    #[arg(long, env = "KRILL_MAX_DISK", value_parser = parse_size, default_value_t = DEFAULT_MAX_DISK)]
     pub max_disk: u64,
     /// This worker's id (default: host name and a random suffix).
     #[arg(long, env = "KRILL_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Seconds between heartbeats.
-    #[arg(long, env = "KRILL_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, env = "KRILL_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub heartbeat_interval: Duration,
     /// On SIGTERM or drain-and-exit: how long running tasks may take to finish before
     /// they are cancelled.
-    #[arg(long, env = "KRILL_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, env = "KRILL_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,
     /// Address for /metrics, /healthz and /readyz (off when not set).
     #[arg(long, env = "KRILL_METRICS_ADDR")]
@@ -150,7 +151,7 @@ pub struct Config {
     #[arg(long, env = "KRILL_METRICS_FILE")]
     pub metrics_file: Option<PathBuf>,
     /// How often a line is appended to --metrics-file.
-    #[arg(long, env = "KRILL_METRICS_FILE_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
+    #[arg(long, env = "KRILL_METRICS_FILE_INTERVAL", value_parser = parse_duration, default_value = "15s")]
     pub metrics_file_interval: Duration,
     /// Log format of the worker's own logs.
     #[arg(long, env = "KRILL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -98,7 +98,7 @@ async fn serve(
     let conn = Connection::connect(&shared.cfg.amqp_url, props)
         .await
         .map_err(|source| ConnectionError::Connect {
-            url: broker::client::redact_url(&shared.cfg.amqp_url),
+            url: broker::amqp::redact_url(&shared.cfg.amqp_url),
             source,
         })?;
     let consume = conn.create_channel().await?;

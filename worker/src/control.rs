@@ -24,9 +24,7 @@ use broker::topology::{
     REASON_HEADER,
 };
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::oneshot;
@@ -66,36 +64,10 @@ impl Listener {
     pub async fn open(shared: Arc<Shared>, conn: Arc<Connection>) -> Result<Self, ControlError> {
         let ch = conn.create_channel().await?;
         let queue = format!("{CONTROL_QUEUE_PREFIX}{}", shared.id);
-        ch.queue_declare(
-            ShortString::from(queue.as_str()),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-        ch.queue_bind(
-            ShortString::from(queue.as_str()),
-            ShortString::from(CONTROL_EXCHANGE),
-            ShortString::from("#"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let control = ch
-            .basic_consume(
-                ShortString::from(queue.as_str()),
-                ShortString::from(format!("krill-control.{}", shared.id)),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let tag = format!("krill-control.{}", shared.id);
+        let control = broker::amqp::tap(&ch, &queue, &[(CONTROL_EXCHANGE, "#")], &tag)
+            .await?
+            .consumer;
         Ok(Listener {
             shared,
             conn,
@@ -270,7 +242,11 @@ pub fn answer_for(props: &BasicProperties, worker: &str) -> Option<(String, Task
     }
     let reply_to = props.reply_to().as_ref()?.as_str().to_string();
     let id = props.message_id().as_ref()?.as_str().to_string();
-    let (reason, queue, count) = first_death(headers)?;
+    let broker::amqp::Death {
+        reason,
+        queue,
+        count,
+    } = broker::amqp::first_death(headers)?;
     if !queue.starts_with(POOL_QUEUE_PREFIX) {
         return None;
     }
@@ -281,27 +257,6 @@ pub fn answer_for(props: &BasicProperties, worker: &str) -> Option<(String, Task
          the task kept losing its worker; it is kept in krill.dead (see `krill dead list`)"
     ));
     Some((reply_to, result))
-}
-
-/// `(reason, queue, count)` of the most recent entry of the `x-death` header.
-fn first_death(headers: &FieldTable) -> Option<(String, String, i64)> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
-        return None;
-    };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
-        return None;
-    };
-    let text = |k: &str| match first.inner().get(k) {
-        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
-        _ => None,
-    };
-    let count = match first.inner().get("count") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        _ => 0,
-    };
-    Some((text("reason")?, text("queue")?, count))
 }
 
 #[cfg(test)]

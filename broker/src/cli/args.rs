@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::DEFAULT_AMQP_URL;
+use crate::amqp::DEFAULT_AMQP_URL;
 use crate::protocol::SandboxKind;
 use crate::topology::DEFAULT_POOL;
+use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,13 +60,13 @@ pub struct StatusArgs {
     pub json: bool,
     /// Refresh in place every INTERVAL (default 2s) until Ctrl-C.
     #[arg(long, short = 'w', value_name = "INTERVAL", num_args = 0..=1,
-          default_missing_value = "2s", value_parser = humantime::parse_duration)]
+          default_missing_value = "2s", value_parser = parse_duration)]
     pub watch: Option<Duration>,
     /// Also show this pool (repeatable), even when no worker serves it.
     #[arg(long, env = "KRILL_POOL", value_delimiter = ',')]
     pub pool: Vec<String>,
     /// How far back to look for heartbeats (workers silent longer are forgotten).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub since: Duration,
     /// Also list workers that stopped cleanly.
     #[arg(long)]
@@ -94,7 +95,7 @@ pub struct SubmitArgs {
     #[arg(long = "secret", value_name = "K[=V]")]
     pub secret: Vec<String>,
     /// Wall-clock deadline, like `90s` or `10m`.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Sandbox kind (default: the pool's).
     #[arg(long)]
@@ -139,7 +140,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub show_sensitive: bool,
     /// Give up waiting after this long (the task keeps its place).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub wait_timeout: Option<Duration>,
 }
 
@@ -165,7 +166,7 @@ pub struct WaitArgs {
     pub json: bool,
     #[arg(long)]
     pub show_sensitive: bool,
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 }
 
@@ -177,43 +178,9 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// Parses a size like `256m`, `1g`, `512k`, `1048576`, `64MiB` into bytes (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size `{s}`"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit in `{s}` (use k, m or g)")),
-    };
-    let v = n * mult as f64;
-    if !(v >= 1.0 && v < u64::MAX as f64) {
-        return Err(format!("invalid size `{s}`"));
-    }
-    Ok(v as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256m"), Ok(256 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1000"), Ok(1000));
-        assert_eq!(parse_size("0.5k"), Ok(512));
-        assert!(parse_size("12q").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("0").is_err());
-    }
 
     #[test]
     fn cli_parses() {

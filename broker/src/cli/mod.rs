@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{parse_size, Cli, Command, DeadCommand};
+pub use args::{Cli, Command, DeadCommand};
 
 use crate::client::Client;
 

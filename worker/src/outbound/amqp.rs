@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use broker::client::{publish_confirmed, ClientError};
+use broker::amqp::{publish_confirmed, PublishError as AmqpError};
 use broker::protocol::Control;
 use broker::topology::{
     self, CONTENT_TYPE, CONTROL_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, LOGS_EXCHANGE,
@@ -165,7 +165,7 @@ impl AmqpSink {
                 .await
                 {
                     Ok(()) => return Ok(Published::Confirmed),
-                    Err(ClientError::Unroutable(_)) => return Ok(Published::Unroutable),
+                    Err(AmqpError::Unroutable(_)) => return Ok(Published::Unroutable),
                     Err(e) => {
                         tracing::warn!(error = %e, exchange = w.exchange, "publish failed; will retry");
                     }
