@@ -162,7 +162,7 @@ pub struct Config {
     pub allow_degraded_limits: bool,
     /// Containers kept started and waiting for a task, per allowed image, with the
     /// pool's default limits (container sandbox only; 0 disables).
-    #[arg(long, env = "KRILL_PRESTART", default_value_t = crate::sandbox::container::warm::DEFAULT_PRESTART)]
+    #[arg(long, env = "KRILL_PRESTART", default_value_t = crate::sandbox::container::prestart::DEFAULT_PRESTART)]
     pub prestart: u32,
 }
 

@@ -46,7 +46,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .worker_id
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let mut sandboxes = build_sandboxes(&cfg, &id).await?;
+    let sandboxes = build_sandboxes(&cfg, &id).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(&id, &cfg.pool));
     metrics.swept(sandboxes.sweep().await);
     let defaults = cfg

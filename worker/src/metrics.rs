@@ -11,7 +11,7 @@
 //! | `krill_task_run_seconds` | histogram | `sandbox` |
 //! | `krill_task_queue_wait_seconds` | histogram | |
 //! | `krill_sandbox_start_seconds` | histogram | `sandbox` |
-//! | `krill_sandboxes_ready` | gauge | `sandbox` |
+//! | `krill_sandboxes_prestarted` | gauge | `sandbox` |
 //! | `krill_tasks_running` | gauge | |
 //! | `krill_slots_total`, `krill_slots_free` | gauge | |
 //! | `krill_draining` | gauge (0/1) | |
@@ -72,7 +72,7 @@ pub struct Metrics {
     run: Histograms,
     queue_wait: Histogram,
     sandbox_start: Histograms,
-    ready: Family<Kind, Gauge>,
+    prestarted: Family<Kind, Gauge>,
     running: Gauge,
     slots_total: Gauge,
     slots_free: Gauge,
@@ -122,12 +122,12 @@ impl Metrics {
             registry.register(name, help, g.clone());
             g
         };
-        let ready = Family::<Kind, Gauge>::default();
+        let prestarted = Family::<Kind, Gauge>::default();
         registry.register(
-            "krill_sandboxes_ready",
-            "Sandboxes started ahead and waiting for a task (process: helpers in their \
-             cgroup and namespaces; container: pre-started containers)",
-            ready.clone(),
+            "krill_sandboxes_prestarted",
+            "Sandboxes prestarted and waiting for a task (process: helpers in their \
+             cgroup and namespaces; container: containers with their stub waiting)",
+            prestarted.clone(),
         );
         let running = gauge(&mut registry, "krill_tasks_running", "Tasks running now");
         let slots_total = gauge(
@@ -173,7 +173,7 @@ impl Metrics {
             run,
             queue_wait,
             sandbox_start,
-            ready,
+            prestarted,
             running,
             slots_total,
             slots_free,
@@ -234,7 +234,7 @@ impl Metrics {
     pub fn refresh(&self, now: &Snapshot) {
         self.running.set(now.running.len() as i64);
         for (kind, n) in &now.prestarted {
-            self.ready
+            self.prestarted
                 .get_or_create(&Kind {
                     sandbox: kind.as_str(),
                 })

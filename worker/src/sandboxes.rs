@@ -1,4 +1,5 @@
 //! The sandboxes this worker runs, behind one handle the runner and daemon use.
+//! Each sandbox owns what it prestarts (helpers, containers).
 
 use std::sync::Arc;
 
@@ -6,7 +7,7 @@ use broker::protocol::SandboxKind;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::container::warm::{WarmConfig, WarmPool};
+use crate::sandbox::container::prestart::PrestartConfig;
 use crate::sandbox::container::ContainerSandbox;
 use crate::sandbox::process::ProcessSandbox;
 use crate::sandbox::{Event, Outcome, Sandbox, SandboxError, Spec};
@@ -16,8 +17,6 @@ use crate::sandbox::{Event, Outcome, Sandbox, SandboxError, Spec};
 pub struct Sandboxes {
     pub process: Option<Arc<ProcessSandbox>>,
     pub container: Option<Arc<ContainerSandbox>>,
-    /// Pre-started containers (`--prestart`), when the container sandbox is on.
-    pub warm: Option<WarmPool>,
 }
 
 impl Sandboxes {
@@ -37,14 +36,7 @@ impl Sandboxes {
                 )),
             },
             SandboxKind::Container => match &self.container {
-                Some(s) => {
-                    if let Some(warm) = &self.warm {
-                        if let Some(launched) = warm.take(&spec).await {
-                            return launched.run(&spec, events, cancel).await;
-                        }
-                    }
-                    s.run(spec, events, cancel).await
-                }
+                Some(s) => s.run(spec, events, cancel).await,
                 None => Err(SandboxError::Docker(
                     "the container sandbox is not enabled on this worker".into(),
                 )),
@@ -77,23 +69,20 @@ impl Sandboxes {
         p && c
     }
 
-    /// Starts pre-starting `per_image` containers per allowed image with the pool's
+    /// Starts prestarting `per_image` containers per allowed image with the pool's
     /// default limits (after the start-up sweep; nothing without the container sandbox).
     pub fn start_prestart(
-        &mut self,
+        &self,
         per_image: u32,
         defaults: crate::sandbox::Effective,
         worker_id: &str,
     ) {
-        if let (Some(c), true) = (&self.container, per_image > 0) {
-            self.warm = Some(WarmPool::start(
-                c.clone(),
-                WarmConfig {
-                    per_image: per_image as usize,
-                    defaults,
-                    worker_id: worker_id.to_string(),
-                },
-            ));
+        if let Some(c) = &self.container {
+            c.start_prestart(PrestartConfig {
+                per_image: per_image as usize,
+                defaults,
+                worker_id: worker_id.to_string(),
+            });
         }
     }
 
@@ -101,19 +90,16 @@ impl Sandboxes {
     pub fn prestarted(&self) -> Vec<(SandboxKind, usize)> {
         let mut out = Vec::new();
         if let Some(s) = &self.process {
-            out.push((SandboxKind::Process, s.ready_helpers()));
+            out.push((SandboxKind::Process, s.prestarted()));
         }
-        if let Some(w) = &self.warm {
-            out.push((SandboxKind::Container, w.ready_total()));
+        if let Some(s) = &self.container {
+            out.push((SandboxKind::Container, s.prestarted()));
         }
         out
     }
 
-    /// Removes pre-started containers, then waits for background clean-up.
+    /// Removes what the sandboxes prestarted, then waits for background clean-up.
     pub async fn close(&self) {
-        if let Some(w) = &self.warm {
-            w.close().await;
-        }
         if let Some(s) = &self.process {
             s.close().await;
         }

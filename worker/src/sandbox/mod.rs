@@ -137,6 +137,12 @@ pub trait Sandbox: Send + Sync + 'static {
     /// Whether the sandbox's backend is usable right now (for `/readyz`).
     fn ready(&self) -> impl Future<Output = bool> + Send;
 
+    /// How many sandboxes it has prestarted that wait for a task now (single
+    /// use, made ahead of their tasks so the start is off the claim → result path).
+    fn prestarted(&self) -> usize {
+        0
+    }
+
     /// Waits for clean-up work the sandbox moved off the critical path (container
     /// removal after the result is known). Called once at worker shutdown.
     fn close(&self) -> impl Future<Output = ()> + Send {

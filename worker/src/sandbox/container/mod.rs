@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ContainerSandbox::run(spec)
-//!  ├─ launch()                          create + attach + start; from create on a
+//!  ├─ prestart::PrestartPool::take()    a prestarted container that fits the task, if any
+//!  ├─ else launch::Launcher::launch()   create + attach + start; from create on a
 //!  │   ├─ allow-list, inspect image     ContainerGuard owns the container and removes
 //!  │   │  (pull only if allowed)        it on every path, dropped futures included
 //!  │   ├─ create  (limits::create_body: every limit in one place)
@@ -18,51 +19,55 @@
 //!
 //! Secrets travel only in the request on stdin: they are not in the container's
 //! config, so `docker inspect` does not show them. `launch` and `Launched::run`
-//! are separate so that containers can be started ahead of their tasks.
+//! are separate so that containers can be prestarted: the sandbox owns its
+//! prestart pool ([`ContainerSandbox::start_prestart`], `--prestart`) as the
+//! process sandbox owns its prestarted helpers.
+//!
+//! Modules: `settings` (configuration, paths), `launch` (one container up),
+//! `limits` (every Docker setting in one function), `session` (one task in a
+//! launched container), `usage` (cgroup figures), `cleanup` (guards, removal,
+//! sweep), [`prestart`] (the pool).
 
 mod cleanup;
+mod launch;
 mod limits;
+pub mod prestart;
 pub mod scratch;
 mod session;
 mod settings;
 mod usage;
-pub mod warm;
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-};
 use bollard::Docker;
-use broker::protocol::{Enforcement, SandboxKind};
-use futures_util::StreamExt;
+use broker::protocol::SandboxKind;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
 
 pub use cleanup::ContainerGuard;
 pub use limits::{LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD};
 pub use session::{LaunchTimings, Launched};
+use settings::Settings;
 pub use settings::{
     ContainerConfig, SweepScope, Tuning, DEFAULT_CGROUP_ROOT, DEFAULT_IMAGE, DEFAULT_KILL_GRACE,
     DEFAULT_NETWORK, DEFAULT_NOFILE, DEFAULT_PATH, DEFAULT_STUB_PATH, FALLBACK_USER, OUTPUT_DIR,
     STUB_TARGET, SWEEP_GRACE, TMP_DIR, WORK_DIR,
 };
-pub(crate) use settings::{ImageFacts, Settings};
 
-use super::uids;
 use super::{Event, Outcome, Sandbox, SandboxError, Spec};
+use bollard::errors::Error as DockerError;
 use cleanup::Cleanup;
+use launch::Launcher;
+use prestart::{PrestartConfig, PrestartPool};
+use tracing::warn;
 
-/// The container sandbox.
+/// The container sandbox: launches a container per task, fresh or prestarted.
 #[derive(Debug)]
 pub struct ContainerSandbox {
-    docker: Docker,
-    settings: Arc<Settings>,
-    cleanup: Cleanup,
+    launcher: Arc<Launcher>,
+    /// Containers prestarted for tasks to come (`--prestart`), once started.
+    prestart: OnceLock<PrestartPool>,
 }
 
 impl ContainerSandbox {
@@ -116,7 +121,7 @@ impl ContainerSandbox {
                 None
             }
         };
-        Ok(ContainerSandbox {
+        let launcher = Launcher {
             cleanup: Cleanup {
                 docker: docker.clone(),
                 tracker: TaskTracker::new(),
@@ -128,183 +133,45 @@ impl ContainerSandbox {
                 tuning,
                 scratch,
             }),
+        };
+        Ok(ContainerSandbox {
+            launcher: Arc::new(launcher),
+            prestart: OnceLock::new(),
         })
     }
 
     pub fn config(&self) -> &ContainerConfig {
-        &self.settings.cfg
+        &self.launcher.settings.cfg
     }
 
     pub fn tuning(&self) -> &Tuning {
-        &self.settings.tuning
+        &self.launcher.settings.tuning
     }
 
     /// The allow-listed image for `requested` (`None`: the default image).
     pub fn allowed_image(&self, requested: Option<&str>) -> Result<String, SandboxError> {
-        match requested {
-            None => self
-                .settings
-                .cfg
-                .images
-                .first()
-                .cloned()
-                .ok_or_else(|| SandboxError::ImageNotAllowed(String::new())),
-            Some(image) if self.settings.cfg.images.iter().any(|i| i == image) => {
-                Ok(image.to_string())
-            }
-            Some(image) => Err(SandboxError::ImageNotAllowed(image.to_string())),
-        }
+        self.launcher.allowed_image(requested)
     }
 
     /// Creates, attaches and starts the container for `spec`; its stub then
     /// waits for the task, which [`Launched::run`] hands over.
     pub async fn launch(&self, spec: &Spec) -> Result<Launched, SandboxError> {
-        let t0 = Instant::now();
-        let image = self.allowed_image(spec.image.as_deref())?;
-        let mut facts = self.image_facts(&image).await?;
-        // Its own uid, held until the container is removed.
-        let lease = match &self.settings.cfg.uids {
-            Some(pool) => Some(pool.lease(uids::LEASE_WAIT).await?),
-            None => None,
-        };
-        if let Some(l) = &lease {
-            (facts.uid, facts.gid) = (l.uid(), l.gid());
-        }
-        let t_image = t0.elapsed();
-
-        let name = container_name(&spec.task_id);
-        // Its disk in total: one tmpfs for /work, /tmp, /dev/shm and volumes.
-        let scratch = match &self.settings.scratch {
-            Some(root) => Some(scratch::Scratch::create(
-                root,
-                &name,
-                spec.limits.disk_bytes,
-                facts.uid,
-                facts.gid,
-                facts.volumes.len(),
-            )?),
-            None => None,
-        };
-        let body = limits::create_body(&self.settings, spec, &image, &facts, scratch.as_ref());
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| match e {
-                DockerError::DockerResponseServerError {
-                    status_code: 404, ..
-                } => SandboxError::ImageMissing(image.clone()),
-                e => SandboxError::Docker(format!("creating the container: {e}")),
-            })?;
-        let guard = ContainerGuard::new(&self.cleanup, created.id, lease, scratch);
-        let id = guard.id().to_string();
-        let enforcement = if created.warnings.is_empty() {
-            Enforcement::Enforced
-        } else {
-            warn!(container_id = %id, warnings = ?created.warnings, "engine did not apply every limit");
-            Enforcement::Degraded
-        };
-        let t_create = t0.elapsed();
-
-        let options = AttachContainerOptionsBuilder::default()
-            .stdin(true)
-            .stdout(true)
-            .stderr(true)
-            .stream(true)
-            .logs(false)
-            .build();
-        let attached = self
-            .docker
-            .attach_container(&id, Some(options))
-            .await
-            .map_err(|e| SandboxError::Docker(format!("attaching to the container: {e}")))?;
-        let t_attach = t0.elapsed();
-
-        self.docker
-            .start_container(&id, None)
-            .await
-            .map_err(|e| SandboxError::Docker(format!("starting the container: {e}")))?;
-        let t_start = t0.elapsed();
-        let timings = LaunchTimings {
-            image: t_image,
-            create: t_create - t_image,
-            attach: t_attach - t_create,
-            start: t_start - t_attach,
-        };
-        debug!(container_id = %id, ?timings, "container launched");
-        Ok(Launched {
-            guard,
-            docker: self.docker.clone(),
-            input: attached.input,
-            output: attached.output,
-            path: facts.path,
-            image_env: facts.env,
-            settings: self.settings.clone(),
-            enforcement,
-            timings,
-        })
+        self.launcher.launch(spec).await
     }
 
-    /// Inspects `image`, pulling it first when it is missing and pulls are allowed.
-    async fn image_facts(&self, image: &str) -> Result<ImageFacts, SandboxError> {
-        let info = match self.docker.inspect_image(image).await {
-            Ok(info) => info,
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) if self.settings.cfg.allow_pull => {
-                self.pull(image).await?;
-                self.docker
-                    .inspect_image(image)
-                    .await
-                    .map_err(|e| SandboxError::Docker(format!("inspecting image {image}: {e}")))?
-            }
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Err(SandboxError::ImageMissing(image.to_string())),
-            Err(e) => {
-                return Err(SandboxError::Docker(format!(
-                    "inspecting image {image}: {e}"
-                )))
-            }
-        };
-        let config = info.config.unwrap_or_default();
-        let (uid, gid) = limits::task_user(config.user.as_deref(), FALLBACK_USER);
-        let mut path = None;
-        let mut env = Vec::new();
-        for entry in config.env.unwrap_or_default() {
-            match entry.split_once('=') {
-                Some(("PATH", value)) => path = Some(value.to_string()),
-                Some((name, _)) if name.is_empty() || name.starts_with("KRILL_") => {}
-                Some((name, value)) => env.push((name.to_string(), value.to_string())),
-                None => {}
-            }
+    /// Starts keeping `cfg.per_image` containers prestarted per allowed image
+    /// (after the start-up sweep; once: later calls change nothing).
+    pub fn start_prestart(&self, cfg: PrestartConfig) {
+        if cfg.per_image > 0 {
+            let _ = self
+                .prestart
+                .set(PrestartPool::start(self.launcher.clone(), cfg));
         }
-        let path = path.unwrap_or_else(|| DEFAULT_PATH.to_string());
-        let volumes = config
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| v.starts_with('/') && !v.starts_with("/.krill"))
-            .collect();
-        Ok(ImageFacts {
-            uid,
-            gid,
-            path,
-            env,
-            volumes,
-        })
     }
 
-    async fn pull(&self, image: &str) -> Result<(), SandboxError> {
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(image)
-            .build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            step.map_err(|e| SandboxError::Docker(format!("pulling image {image}: {e}")))?;
-        }
-        Ok(())
+    /// The prestart pool, once started.
+    pub fn prestart_pool(&self) -> Option<&PrestartPool> {
+        self.prestart.get()
     }
 }
 
@@ -319,24 +186,30 @@ impl Sandbox for ContainerSandbox {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> Result<Outcome, SandboxError> {
-        let launched = self.launch(&spec).await?;
+        let prestarted = match self.prestart.get() {
+            Some(pool) => pool.take(&spec).await,
+            None => None,
+        };
+        let launched = match prestarted {
+            Some(launched) => launched,
+            None => self.launch(&spec).await?,
+        };
         launched.run(&spec, events, cancel).await
     }
 
     async fn sweep(&self) -> Result<usize, SandboxError> {
+        let settings = &self.launcher.settings;
         let removed = self
+            .launcher
             .cleanup
-            .sweep(
-                &self.settings.tuning.sweep,
-                self.settings.tuning.sweep_grace,
-            )
+            .sweep(&settings.tuning.sweep, settings.tuning.sweep_grace)
             .await?;
         // Scratch mounts of containers that are gone (a crashed worker's).
         let mut stale = 0;
-        if let Some(root) = &self.settings.scratch {
-            for (name, dir) in scratch::older_than(root, self.settings.tuning.sweep_grace) {
+        if let Some(root) = &settings.scratch {
+            for (name, dir) in scratch::older_than(root, settings.tuning.sweep_grace) {
                 let gone = matches!(
-                    self.docker.inspect_container(&name, None).await,
+                    self.launcher.docker.inspect_container(&name, None).await,
                     Err(DockerError::DockerResponseServerError {
                         status_code: 404,
                         ..
@@ -352,44 +225,18 @@ impl Sandbox for ContainerSandbox {
     }
 
     async fn ready(&self) -> bool {
-        self.docker.ping().await.is_ok()
+        self.launcher.docker.ping().await.is_ok()
     }
 
+    fn prestarted(&self) -> usize {
+        self.prestart.get().map_or(0, PrestartPool::ready_total)
+    }
+
+    /// Removes the prestarted containers, then waits for every removal.
     async fn close(&self) {
-        self.cleanup.drain().await;
-    }
-}
-
-/// `krill-<task id, sanitised>-<random>`: readable in `docker ps`, never colliding.
-fn container_name(task_id: &str) -> String {
-    let task: String = task_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("krill-{task}-{}", &suffix[..8])
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_names_are_valid_and_unique() {
-        let a = container_name("0192f4c8-7d1e/../x y");
-        let b = container_name("0192f4c8-7d1e/../x y");
-        assert!(a.starts_with("krill-0192f4c8-7d1e_.._x_y-"));
-        assert_ne!(a, b);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        if let Some(pool) = self.prestart.get() {
+            pool.close().await;
+        }
+        self.launcher.cleanup.drain().await;
     }
 }

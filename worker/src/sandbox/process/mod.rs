@@ -81,9 +81,9 @@ pub struct ProcessConfig {
     /// The `krill-sandbox-init` binary (default: next to this executable, else
     /// this executable re-executed).
     pub helper_path: Option<PathBuf>,
-    /// Helpers kept started ahead of their tasks (the worker's slots).
+    /// Helpers kept prestarted for their tasks (the worker's slots).
     pub slots: usize,
-    /// Scratch size of helpers started ahead (the pool's default `disk`; a
+    /// Scratch size of prestarted helpers (the pool's default `disk`; a
     /// task asking another size has its scratch resized).
     pub disk_bytes: u64,
 }
@@ -95,7 +95,7 @@ pub struct ProcessSandbox {
     mine: PathBuf,
     worker_id: String,
     cgroups: Option<Arc<dyn Driver>>,
-    /// Helpers started ahead, one per slot.
+    /// Prestarted helpers, one per slot.
     ready: Arc<Ready>,
     /// Removal of finished tasks' cgroups and dirs, off the path to the result.
     cleanup: tokio_util::task::TaskTracker,
@@ -291,11 +291,6 @@ impl ProcessSandbox {
                 Enforcement::Degraded
             },
         })
-    }
-
-    /// Helpers started ahead and waiting for a task.
-    pub fn ready_helpers(&self) -> usize {
-        self.ready.waiting()
     }
 
     /// Whether the worker that owns `id` is alive (holds its host-wide lock).
@@ -514,6 +509,11 @@ impl Sandbox for ProcessSandbox {
 
     async fn ready(&self) -> bool {
         self.mine.is_dir()
+    }
+
+    /// Helpers prestarted (one per slot) and waiting for a task.
+    fn prestarted(&self) -> usize {
+        self.ready.waiting()
     }
 
     async fn close(&self) {

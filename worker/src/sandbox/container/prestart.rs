@@ -1,13 +1,13 @@
-//! Pre-started single-use containers: for each allow-listed image, a few
+//! Prestarted single-use containers: for each allow-listed image, a few
 //! containers already created, attached and started with the pool's default
 //! limits, each with its krill-stub waiting on stdin for exactly one task.
 //!
 //! ```text
-//! WarmPool::start                       one refill loop per image (TaskTracker)
-//!  └─ refill(image): while ready < size: ContainerSandbox::launch(warm spec)
+//! PrestartPool::start                       one refill loop per image (TaskTracker)
+//!  └─ refill(image): while ready < size: Launcher::launch(prestart spec)
 //!                    then sleep until a take() wakes it, or PRUNE_EVERY passes
 //!                    (drops containers that died while waiting)
-//! WarmPool::take(spec) → Option<Launched>
+//! PrestartPool::take(spec) → Option<Launched>
 //!  ├─ network the pool's containers lack, other disk or output-file sizes → None (fresh)
 //!  ├─ nothing ready for the image → None (fresh); the refill is already running
 //!  ├─ memory / cpus / pids differ → the Engine's update call, then hand over
@@ -20,10 +20,10 @@
 //! removed in the background once the stub reported: never reused. Only the
 //! start is moved off the critical path; what the task can see and do is what a
 //! fresh container gives it, since both come from the same
-//! [`limits::create_body`](super::limits). A pre-started container is labelled
+//! [`limits::create_body`](super::limits). A prestarted container is labelled
 //! like any other (`krill.managed`, `krill.worker`), with `krill.task=prestart-…`
 //! (the task is not known at creation, and labels cannot change): the start-up
-//! sweep removes those a crashed worker left, and [`WarmPool::close`] removes the
+//! sweep removes those a crashed worker left, and [`PrestartPool::close`] removes the
 //! rest at shutdown. A worker that dies leaves no running ones either: the stub's
 //! stdin closes with the worker's attach connection, and the stub exits.
 
@@ -39,13 +39,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{limits, ContainerSandbox, ImageFacts, Launched};
+use super::launch::Launcher;
+use super::limits;
+use super::session::Launched;
+use super::settings::ImageFacts;
 use crate::sandbox::{Effective, Spec};
 
-/// Pre-started containers per image when the container sandbox is on (`--prestart`).
+/// Prestarted containers per image when the container sandbox is on (`--prestart`).
 pub const DEFAULT_PRESTART: u32 = 2;
 /// Prefix of the task id (and so of the name and `krill.task` label) of a
-/// pre-started container.
+/// prestarted container.
 pub const PRESTART_PREFIX: &str = "prestart-";
 /// How often idle containers are checked for having died while waiting (a
 /// task also skips dead ones when it takes one).
@@ -55,15 +58,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How the pool is set up.
 #[derive(Debug, Clone)]
-pub struct WarmConfig {
+pub struct PrestartConfig {
     /// Containers kept ready per image.
     pub per_image: usize,
-    /// The pool's default limits: what pre-started containers are created with.
+    /// The pool's default limits: what prestarted containers are created with.
     pub defaults: Effective,
     pub worker_id: String,
 }
 
-/// How a task's limits compare with the pre-started containers'.
+/// How a task's limits compare with the prestarted containers'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
     /// Same limits: hand over as it is.
@@ -94,8 +97,8 @@ pub fn fit(have: &Effective, want: &Effective, allow_network: bool) -> Fit {
 
 /// Counters, for logs and tests.
 #[derive(Debug, Default)]
-pub struct WarmStats {
-    /// Tasks handed a pre-started container.
+pub struct PrestartStats {
+    /// Tasks handed a prestarted container.
     pub hits: AtomicU64,
     /// … of which after an update of their limits.
     pub updated: AtomicU64,
@@ -105,35 +108,35 @@ pub struct WarmStats {
     pub started: AtomicU64,
 }
 
-/// The pre-started containers of one worker (cheap to clone).
+/// The prestarted containers of one worker (cheap to clone).
 #[derive(Debug, Clone)]
-pub struct WarmPool {
+pub struct PrestartPool {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    sandbox: Arc<ContainerSandbox>,
-    cfg: WarmConfig,
+    launcher: Arc<Launcher>,
+    cfg: PrestartConfig,
     ready: Mutex<HashMap<String, VecDeque<Launched>>>,
     wake: HashMap<String, Notify>,
     stop: CancellationToken,
     loops: TaskTracker,
-    stats: WarmStats,
+    stats: PrestartStats,
 }
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WarmPool")
+        f.debug_struct("PrestartPool")
             .field("per_image", &self.cfg.per_image)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-impl WarmPool {
+impl PrestartPool {
     /// Starts filling a pool of `cfg.per_image` containers for each allow-listed image.
-    pub fn start(sandbox: Arc<ContainerSandbox>, cfg: WarmConfig) -> Self {
-        let images = sandbox.config().images.clone();
+    pub(super) fn start(launcher: Arc<Launcher>, cfg: PrestartConfig) -> Self {
+        let images = launcher.settings.cfg.images.clone();
         let inner = Arc::new(Inner {
             wake: images.iter().map(|i| (i.clone(), Notify::new())).collect(),
             ready: Mutex::new(
@@ -142,28 +145,28 @@ impl WarmPool {
                     .map(|i| (i.clone(), VecDeque::new()))
                     .collect(),
             ),
-            sandbox,
+            launcher,
             cfg,
             stop: CancellationToken::new(),
             loops: TaskTracker::new(),
-            stats: WarmStats::default(),
+            stats: PrestartStats::default(),
         });
         for image in images {
             inner.loops.spawn(refill(inner.clone(), image));
         }
         info!(
             per_image = inner.cfg.per_image,
-            "pre-starting containers for each allowed image"
+            "prestarting containers for each allowed image"
         );
-        WarmPool { inner }
+        PrestartPool { inner }
     }
 
     /// A started container for `spec` with its limits applied, or `None` when the
     /// task needs a fresh one. Never blocks on a container start.
     pub async fn take(&self, spec: &Spec) -> Option<Launched> {
         let inner = &self.inner;
-        let allow_network = inner.sandbox.config().allow_network;
-        let image = inner.sandbox.allowed_image(spec.image.as_deref()).ok()?;
+        let allow_network = inner.launcher.settings.cfg.allow_network;
+        let image = inner.launcher.allowed_image(spec.image.as_deref()).ok()?;
         let fit = fit(&inner.cfg.defaults, &spec.limits, allow_network);
         let taken = match fit {
             Fit::Fresh => None,
@@ -171,7 +174,7 @@ impl WarmPool {
         };
         let Some(launched) = taken else {
             inner.stats.misses.fetch_add(1, Ordering::Relaxed);
-            debug!(task_id = %spec.task_id, ?fit, "no pre-started container for this task");
+            debug!(task_id = %spec.task_id, ?fit, "no prestarted container for this task");
             return None;
         };
         if let Some(wake) = inner.wake.get(&image) {
@@ -181,21 +184,21 @@ impl WarmPool {
             let id = launched.id().to_string();
             if let Err(e) = self.update(&id, spec).await {
                 warn!(container_id = %launched.id(), error = %e,
-                    "could not apply the task's limits to a pre-started container; starting a fresh one");
+                    "could not apply the task's limits to a prestarted container; starting a fresh one");
                 inner.stats.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             inner.stats.updated.fetch_add(1, Ordering::Relaxed);
         }
         inner.stats.hits.fetch_add(1, Ordering::Relaxed);
-        debug!(task_id = %spec.task_id, container_id = %launched.id(), ?fit, "task handed a pre-started container");
+        debug!(task_id = %spec.task_id, container_id = %launched.id(), ?fit, "task handed a prestarted container");
         Some(launched)
     }
 
-    /// Applies `spec`'s memory, cpu and pids limits to a pre-started container,
+    /// Applies `spec`'s memory, cpu and pids limits to a prestarted container,
     /// computed by the same function that writes a fresh container's.
     async fn update(&self, id: &str, spec: &Spec) -> Result<(), bollard::errors::Error> {
-        let sandbox = &self.inner.sandbox;
+        let launcher = &self.inner.launcher;
         // Only the limits are read from it; the image facts shape mounts and the user.
         let facts = ImageFacts {
             uid: 0,
@@ -204,7 +207,7 @@ impl WarmPool {
             env: Vec::new(),
             volumes: Vec::new(),
         };
-        let hc = limits::host_config(&sandbox.settings, spec, &facts, None);
+        let hc = limits::host_config(&launcher.settings, spec, &facts, None);
         let body = ContainerUpdateBody {
             memory: hc.memory,
             memory_swap: hc.memory_swap,
@@ -212,7 +215,7 @@ impl WarmPool {
             pids_limit: hc.pids_limit,
             ..Default::default()
         };
-        sandbox.docker.update_container(id, body).await
+        launcher.docker.update_container(id, body).await
     }
 
     /// Containers ready for `image` now.
@@ -225,7 +228,7 @@ impl WarmPool {
         self.inner.lock().values().map(VecDeque::len).sum()
     }
 
-    pub fn stats(&self) -> &WarmStats {
+    pub fn stats(&self) -> &PrestartStats {
         &self.inner.stats
     }
 
@@ -250,7 +253,7 @@ impl WarmPool {
             hits = s.hits.load(Ordering::Relaxed),
             updated = s.updated.load(Ordering::Relaxed),
             misses = s.misses.load(Ordering::Relaxed),
-            "pre-started containers removed"
+            "prestarted containers removed"
         );
     }
 }
@@ -286,7 +289,7 @@ impl Inner {
             if alive(&mut l) {
                 return Some(l);
             }
-            warn!(container_id = %l.id(), "a pre-started container died while waiting; dropping it");
+            warn!(container_id = %l.id(), "a prestarted container died while waiting; dropping it");
         }
         None
     }
@@ -297,7 +300,7 @@ impl Inner {
             q.retain_mut(|l| {
                 let ok = alive(l);
                 if !ok {
-                    warn!(container_id = %l.id(), "a pre-started container died while waiting; replacing it");
+                    warn!(container_id = %l.id(), "a prestarted container died while waiting; replacing it");
                 }
                 ok
             });
@@ -328,21 +331,21 @@ async fn refill(inner: Arc<Inner>, image: String) {
             // Not cut short at shutdown: a create whose answer is never read
             // leaves a container no guard owns. `close()` waits for it instead,
             // and the container is removed like the other idle ones.
-            let launched = inner.sandbox.launch(&spec).await;
+            let launched = inner.launcher.launch(&spec).await;
             if inner.stop.is_cancelled() {
                 return;
             }
             match launched {
                 Ok(l) => {
                     inner.stats.started.fetch_add(1, Ordering::Relaxed);
-                    debug!(%image, container_id = %l.id(), timings = ?l.timings(), "pre-started a container");
+                    debug!(%image, container_id = %l.id(), timings = ?l.timings(), "prestarted a container");
                     if let Some(q) = inner.lock().get_mut(&image) {
                         q.push_back(l);
                     }
                     backoff = Duration::from_millis(500);
                 }
                 Err(e) => {
-                    warn!(%image, error = %e, retry_in = ?backoff, "could not pre-start a container");
+                    warn!(%image, error = %e, retry_in = ?backoff, "could not prestart a container");
                     tokio::select! {
                         _ = inner.stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
