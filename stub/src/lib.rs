@@ -18,7 +18,8 @@
 //!
 //! ## Layout
 //! - [`codec`]: frame encoding/decoding and the typed messages.
-//! - [`files`]: reading an output-variable file safely (no symlink, FIFO or huge file).
+//! - [`files`]: reading an output-variable file safely (no symlink, FIFO, hard link or huge
+//!   file): the one `read_capped`, used by the stub and the worker.
 
 pub mod codec;
 pub mod files;
@@ -27,4 +28,4 @@ pub use codec::{
     decode_frame, encode_frame, read_frame, ExitStatus, FrameDecoder, FrameError, FromStub,
     Request, ToStub, HEADER_LEN, MAX_REQUEST_BYTES,
 };
-pub use files::read_capped;
+pub use files::{read_capped, FileError};

@@ -145,16 +145,12 @@ pub fn run(chan: &mut Channel, req: &Request) -> Result<(), String> {
         }
     };
     let cap = req.output_file_cap;
-    chan.send(&FromStub::Outputs(read_capped(
-        &files.output,
-        cap,
-        "KRILL_OUTPUT",
-    )))?;
-    chan.send(&FromStub::SensitiveFinal(read_capped(
-        &files.sensitive,
-        cap,
-        "KRILL_SENSITIVE_OUTPUT",
-    )))?;
+    chan.send(&FromStub::Outputs(
+        read_capped(&files.output, cap, "KRILL_OUTPUT").map_err(|e| e.to_string()),
+    ))?;
+    chan.send(&FromStub::SensitiveFinal(
+        read_capped(&files.sensitive, cap, "KRILL_SENSITIVE_OUTPUT").map_err(|e| e.to_string()),
+    ))?;
     chan.send(&FromStub::Exit(status))
 }
 

@@ -26,14 +26,14 @@
 
 mod addmask;
 mod capture;
-mod file;
 mod mask;
 mod vars;
 
 pub use addmask::{AddMaskFilter, AddMaskWarning, ADD_MASK_PREFIX, MAX_ADD_MASK_LINE};
 pub use capture::Capture;
-pub use file::{read_capped, FileError};
 pub use mask::{
     MaskError, MaskSet, MaskStream, MASK, MAX_MASK_BYTES, MAX_MASK_VALUES, MIN_MASK_LEN,
 };
+/// The one safe read of a file the script wrote (the stub's, shared).
+pub use stub::files::{read_capped, FileError};
 pub use vars::{parse, Parsed, VarError, MAX_NAME_LEN};

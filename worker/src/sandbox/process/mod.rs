@@ -256,10 +256,11 @@ impl ProcessSandbox {
         };
         let exit = decide(stopped, report, oom_kills)?;
         let krill = dir.path.join("krill");
-        let outputs = read_capped(&krill, OUTPUT_FILE, spec.limits.output_file_bytes)
+        let cap = spec.limits.output_file_bytes;
+        let outputs = read_capped(&krill.join(OUTPUT_FILE), cap, "KRILL_OUTPUT")
             .map(bytes::Bytes::from)
             .map_err(|e| e.to_string());
-        let sensitive = read_capped(&krill, SENSITIVE_FILE, spec.limits.output_file_bytes)
+        let sensitive = read_capped(&krill.join(SENSITIVE_FILE), cap, "KRILL_SENSITIVE_OUTPUT")
             .map(bytes::Bytes::from)
             .map_err(|e| e.to_string());
         self.cleanup.spawn(async move {

@@ -42,9 +42,13 @@ impl SensitiveWatch {
             return None;
         }
         self.seen = Some(stamp);
-        read_capped(&self.dir, SENSITIVE_FILE, self.cap)
-            .ok()
-            .map(Bytes::from)
+        read_capped(
+            &self.dir.join(SENSITIVE_FILE),
+            self.cap,
+            "KRILL_SENSITIVE_OUTPUT",
+        )
+        .ok()
+        .map(Bytes::from)
     }
 }
 
