@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use broker::amqp::DEFAULT_AMQP_URL;
-use broker::protocol::{Limits, SandboxKind};
+use broker::protocol::{Limits, SandboxKind, TaskError};
 use broker::topology::DEFAULT_POOL;
 use broker::units::{parse_duration, parse_size};
 use clap::{Parser, ValueEnum};
@@ -167,12 +167,13 @@ pub struct Config {
 }
 
 /// What the pool allows: defaults for what a task does not set, maxima for what it does.
+/// (Which images a container task may use is the container sandbox's own
+/// allow-list: `ContainerConfig::images`.)
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub kinds: Vec<SandboxKind>,
     pub defaults: Effective,
     pub max: Effective,
-    pub images: Vec<String>,
     pub allow_network: bool,
     /// Default cap on captured stdout and on stderr, each.
     pub output_bytes: u64,
@@ -229,7 +230,6 @@ impl Config {
                 output_file_bytes: OUTPUT_FILE_BYTES,
                 network: self.allow_network,
             },
-            images: self.images.clone(),
             allow_network: self.allow_network,
             output_bytes: self.output_bytes.min(self.max_output_bytes),
             max_output_bytes: self.max_output_bytes,
@@ -237,9 +237,48 @@ impl Config {
     }
 }
 
+/// Why a task cannot run on this pool: it is answered `rejected` with this text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Invalid(#[from] TaskError),
+    #[error("this pool does not run the {kind} sandbox (it runs: {runs})")]
+    KindNotRun { kind: SandboxKind, runs: String },
+    #[error("timeout of {asked}s is above this pool's maximum of {max}s")]
+    TimeoutAboveMax { asked: u64, max: u64 },
+    #[error("{name} {asked} is above this pool's maximum of {max}")]
+    AboveMax {
+        name: &'static str,
+        asked: u64,
+        max: u64,
+    },
+    #[error("cpus {asked} is above this pool's maximum of {max}")]
+    CpusAboveMax { asked: f64, max: f64 },
+    #[error("network access was asked for but this pool does not allow it")]
+    NetworkNotAllowed,
+}
+
 impl Policy {
+    /// The sandbox kind a task runs in (its own, else the pool's default), or
+    /// why this pool does not run it.
+    pub fn kind(&self, asked: Option<SandboxKind>) -> Result<SandboxKind, PolicyError> {
+        let kind = asked.unwrap_or(self.kinds[0]);
+        if self.kinds.contains(&kind) {
+            return Ok(kind);
+        }
+        Err(PolicyError::KindNotRun {
+            kind,
+            runs: self
+                .kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
     /// The cap on captured stdout and on stderr for a task, or why it is refused.
-    pub fn output_cap(&self, limits: &Limits) -> Result<u64, String> {
+    pub fn output_cap(&self, limits: &Limits) -> Result<u64, PolicyError> {
         bounded(
             "output_bytes",
             limits.output_bytes,
@@ -249,15 +288,15 @@ impl Policy {
     }
 
     /// The limits a task runs under, or why it cannot run on this pool.
-    pub fn effective(&self, limits: &Limits) -> Result<Effective, String> {
+    pub fn effective(&self, limits: &Limits) -> Result<Effective, PolicyError> {
         let d = &self.defaults;
         let m = &self.max;
         let timeout = match limits.timeout_secs {
             Some(s) if Duration::from_secs(s) > m.timeout => {
-                return Err(format!(
-                    "timeout of {s}s is above this pool's maximum of {}s",
-                    m.timeout.as_secs()
-                ))
+                return Err(PolicyError::TimeoutAboveMax {
+                    asked: s,
+                    max: m.timeout.as_secs(),
+                })
             }
             Some(s) => Duration::from_secs(s),
             None => d.timeout,
@@ -272,16 +311,16 @@ impl Policy {
         let disk_bytes = bounded("disk_bytes", limits.disk_bytes, d.disk_bytes, m.disk_bytes)?;
         let cpus = match limits.cpus {
             Some(c) if c > m.cpus => {
-                return Err(format!(
-                    "cpus {c} is above this pool's maximum of {}",
-                    m.cpus
-                ))
+                return Err(PolicyError::CpusAboveMax {
+                    asked: c,
+                    max: m.cpus,
+                })
             }
             Some(c) => c,
             None => d.cpus,
         };
         if limits.network && !self.allow_network {
-            return Err("network access was asked for but this pool does not allow it".into());
+            return Err(PolicyError::NetworkNotAllowed);
         }
         Ok(Effective {
             timeout,
@@ -295,9 +334,18 @@ impl Policy {
     }
 }
 
-fn bounded(name: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64, String> {
+fn bounded(
+    name: &'static str,
+    asked: Option<u64>,
+    default: u64,
+    max: u64,
+) -> Result<u64, PolicyError> {
     match asked {
-        Some(v) if v > max => Err(format!("{name} {v} is above this pool's maximum of {max}")),
+        Some(v) if v > max => Err(PolicyError::AboveMax {
+            name,
+            asked: v,
+            max,
+        }),
         Some(v) => Ok(v),
         None => Ok(default),
     }
@@ -323,7 +371,7 @@ mod tests {
             ..Limits::default()
         };
         let err = p.effective(&too_long).expect_err("over the maximum");
-        assert!(err.contains("maximum of 3600s"), "{err}");
+        assert!(err.to_string().contains("maximum of 3600s"), "{err}");
         let net = Limits {
             network: true,
             ..Limits::default()

@@ -52,7 +52,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let defaults = cfg
         .policy()
         .effective(&Default::default())
-        .map_err(anyhow::Error::msg)?;
+        .context("the pool's default limits")?;
     sandboxes.start_prestart(cfg.prestart, defaults, &id);
     let (chan_tx, chan_rx) = watch::channel(None);
     let give_up = CancellationToken::new();

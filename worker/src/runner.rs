@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::cancel::Cancel;
-use crate::config::Policy;
+use crate::config::{Policy, PolicyError};
 use crate::outbound::Outbound;
 use crate::output::{
     parse as parse_vars, AddMaskFilter, Capture, MaskError, MaskSet, MaskStream, MAX_MASK_BYTES,
@@ -63,7 +63,11 @@ pub async fn run(ctx: &RunCtx, task: Task, attempt: u32, cancel: Cancel) -> Task
                 }
             }
         }
-        match unmaskable.map_or_else(|| prepare(ctx, &task), Err) {
+        let prepared = match unmaskable {
+            Some(reason) => Err(reason),
+            None => prepare(ctx, &task).map_err(|e| e.to_string()),
+        };
+        match prepared {
             Err(reason) => {
                 tracing::info!(%reason, "task rejected");
                 result.error = Some(masks.mask_str(&reason));
@@ -81,36 +85,17 @@ pub async fn run(ctx: &RunCtx, task: Task, attempt: u32, cancel: Cancel) -> Task
     .await
 }
 
-/// Checks the task against the pool and builds the sandbox spec.
-fn prepare(ctx: &RunCtx, task: &Task) -> Result<(SandboxKind, Spec, u64), String> {
-    task.validate().map_err(|e| e.to_string())?;
+/// Checks the task against the pool and builds the sandbox spec. (The image
+/// is checked by the container sandbox, against its own allow-list.)
+fn prepare(ctx: &RunCtx, task: &Task) -> Result<(SandboxKind, Spec, u64), PolicyError> {
+    task.validate()?;
     let policy = &ctx.policy;
-    let kind = task.sandbox.unwrap_or(policy.kinds[0]);
-    if !policy.kinds.contains(&kind) {
-        return Err(format!(
-            "this pool does not run the {kind} sandbox (it runs: {})",
-            policy
-                .kinds
-                .iter()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    let kind = policy.kind(task.sandbox)?;
     let limits = policy.effective(&task.limits)?;
     let output_cap = policy.output_cap(&task.limits)?;
     let image = match kind {
         SandboxKind::Process => None,
-        SandboxKind::Container => {
-            let image = task
-                .image
-                .clone()
-                .unwrap_or_else(|| policy.images[0].clone());
-            if !policy.images.contains(&image) {
-                return Err(SandboxError::ImageNotAllowed(image).to_string());
-            }
-            Some(image)
-        }
+        SandboxKind::Container => task.image.clone(),
     };
     let env = task
         .env
@@ -162,12 +147,13 @@ async fn execute(
     result.warnings.extend(pumped.warnings);
     match outcome {
         Err(e) => {
-            tracing::warn!(error = %masks.mask_str(&e.to_string()), "sandbox failed");
+            let text = masks.mask_str(&crate::error::chain(&e));
+            tracing::warn!(error = %text, "sandbox failed");
             result.status = match e {
                 SandboxError::ImageNotAllowed(_) => Status::Rejected,
                 _ => Status::SandboxError,
             };
-            result.error = Some(masks.mask_str(&e.to_string()));
+            result.error = Some(text);
             finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
         }
         Ok(outcome) => {

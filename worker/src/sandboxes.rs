@@ -31,15 +31,11 @@ impl Sandboxes {
         match kind {
             SandboxKind::Process => match &self.process {
                 Some(s) => s.run(spec, events, cancel).await,
-                None => Err(SandboxError::Setup(
-                    "the process sandbox is not enabled on this worker".into(),
-                )),
+                None => Err(SandboxError::NotEnabled(SandboxKind::Process)),
             },
             SandboxKind::Container => match &self.container {
                 Some(s) => s.run(spec, events, cancel).await,
-                None => Err(SandboxError::Docker(
-                    "the container sandbox is not enabled on this worker".into(),
-                )),
+                None => Err(SandboxError::NotEnabled(SandboxKind::Container)),
             },
         }
     }
@@ -122,7 +118,7 @@ fn log_sweep(kind: &str, r: Result<usize, SandboxError>) -> usize {
             n
         }
         Err(e) => {
-            tracing::warn!(sandbox = kind, error = %e, "sweep failed");
+            tracing::warn!(sandbox = kind, error = %crate::error::chain(&e), "sweep failed");
             0
         }
     }

@@ -31,7 +31,9 @@ pub struct Spec {
     /// The task's env and secrets, merged (no `KRILL_*` names; the sandbox adds those).
     pub env: Vec<(String, String)>,
     pub limits: Effective,
-    /// Container image (container sandbox only), already checked against the allow-list.
+    /// Container image as the task asked for it (`None`: the sandbox's default);
+    /// the container sandbox checks it against its allow-list. `None` for the
+    /// process sandbox.
     pub image: Option<String>,
 }
 
@@ -100,20 +102,55 @@ pub struct Outcome {
 }
 
 /// What went wrong on the sandbox's side (never the script's own failure).
+/// Variants with a `source` keep their cause: show them with
+/// [`crate::error::chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The task's image is not on the allow-list: the task is rejected.
     #[error("image `{0}` is not allowed on this pool")]
     ImageNotAllowed(String),
     #[error("image `{0}` is not present on this worker and pulling is disabled")]
     ImageMissing(String),
+    #[error("the {0} sandbox is not enabled on this worker")]
+    NotEnabled(SandboxKind),
+    /// A call to the container engine failed (`step` says which).
+    #[error("docker: {step}")]
+    Engine {
+        step: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The container or its stub misbehaved (no engine error behind it).
     #[error("docker: {0}")]
     Docker(String),
+    /// A step of the process sandbox's set-up failed on an I/O error.
+    #[error("setting up the process sandbox: {step}")]
+    SetupIo {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process sandbox cannot be set up (its helper said why, or a check failed).
     #[error("setting up the process sandbox: {0}")]
     Setup(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Uids(#[from] uids::UidError),
+}
+
+impl SandboxError {
+    /// A failed engine call at `step`.
+    pub fn engine(step: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> SandboxError {
+        let step = step.into();
+        move |source| SandboxError::Engine { step, source }
+    }
+
+    /// A set-up step of the process sandbox that failed on `source`.
+    pub fn setup_io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+        let step = step.into();
+        move |source| SandboxError::SetupIo { step, source }
+    }
 }
 
 /// A kind of sandbox.

@@ -61,7 +61,7 @@ impl Cleanup {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| SandboxError::Docker(format!("listing containers: {e}")))?;
+            .map_err(SandboxError::engine("listing containers"))?;
         let mut removed = 0;
         for c in found {
             let Some(id) = c.id.clone() else { continue };
@@ -239,8 +239,6 @@ pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), SandboxError
             status_code: 409,
             message,
         }) if message.contains("already in progress") => Ok(()),
-        Err(e) => Err(SandboxError::Docker(format!(
-            "removing container {id}: {e}"
-        ))),
+        Err(e) => Err(SandboxError::engine(format!("removing container {id}"))(e)),
     }
 }

@@ -86,7 +86,7 @@ impl Launcher {
                 DockerError::DockerResponseServerError {
                     status_code: 404, ..
                 } => SandboxError::ImageMissing(image.clone()),
-                e => SandboxError::Docker(format!("creating the container: {e}")),
+                e => SandboxError::engine("creating the container")(e),
             })?;
         let guard = ContainerGuard::new(&self.cleanup, created.id, lease, scratch);
         let id = guard.id().to_string();
@@ -109,13 +109,13 @@ impl Launcher {
             .docker
             .attach_container(&id, Some(options))
             .await
-            .map_err(|e| SandboxError::Docker(format!("attaching to the container: {e}")))?;
+            .map_err(SandboxError::engine("attaching to the container"))?;
         let t_attach = t0.elapsed();
 
         self.docker
             .start_container(&id, None)
             .await
-            .map_err(|e| SandboxError::Docker(format!("starting the container: {e}")))?;
+            .map_err(SandboxError::engine("starting the container"))?;
         let t_start = t0.elapsed();
         let timings = LaunchTimings {
             image: t_image,
@@ -148,16 +148,12 @@ impl Launcher {
                 self.docker
                     .inspect_image(image)
                     .await
-                    .map_err(|e| SandboxError::Docker(format!("inspecting image {image}: {e}")))?
+                    .map_err(SandboxError::engine(format!("inspecting image {image}")))?
             }
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => return Err(SandboxError::ImageMissing(image.to_string())),
-            Err(e) => {
-                return Err(SandboxError::Docker(format!(
-                    "inspecting image {image}: {e}"
-                )))
-            }
+            Err(e) => return Err(SandboxError::engine(format!("inspecting image {image}"))(e)),
         };
         let config = info.config.unwrap_or_default();
         let (uid, gid) = limits::task_user(config.user.as_deref(), FALLBACK_USER);
@@ -193,7 +189,7 @@ impl Launcher {
             .build();
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
-            step.map_err(|e| SandboxError::Docker(format!("pulling image {image}: {e}")))?;
+            step.map_err(SandboxError::engine(format!("pulling image {image}")))?;
         }
         Ok(())
     }

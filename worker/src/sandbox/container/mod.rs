@@ -102,14 +102,14 @@ impl ContainerSandbox {
             )));
         }
         let docker = Docker::connect_with_defaults()
-            .map_err(|e| SandboxError::Docker(format!("connecting to the engine: {e}")))?
+            .map_err(SandboxError::engine("connecting to the engine"))?
             .negotiate_version()
             .await
-            .map_err(|e| SandboxError::Docker(format!("the engine does not answer: {e}")))?;
+            .map_err(SandboxError::engine("the engine does not answer"))?;
         docker
             .ping()
             .await
-            .map_err(|e| SandboxError::Docker(format!("the engine does not answer: {e}")))?;
+            .map_err(SandboxError::engine("the engine does not answer"))?;
         let scratch = match scratch::usable(
             &tuning.scratch_root,
             std::env::var("DOCKER_HOST").ok().as_deref(),

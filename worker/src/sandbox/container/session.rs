@@ -202,7 +202,7 @@ type FileResult = Result<Bytes, String>;
 impl Run<'_> {
     fn docker_err(&self, what: &str) -> impl FnOnce(DockerError) -> SandboxError + '_ {
         let what = what.to_string();
-        move |e| SandboxError::Docker(format!("{what} (container {}): {e}", short(self.id)))
+        move |e| SandboxError::engine(format!("{what} (container {})", short(self.id)))(e)
     }
 
     async fn drive(

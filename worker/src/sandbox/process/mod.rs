@@ -210,7 +210,7 @@ impl ProcessSandbox {
         let sandbox_id = format!("{}/{}", self.worker_id, dir.name);
         if let Some(cg) = &cg {
             cg.apply(&spec.limits)
-                .map_err(|e| SandboxError::Setup(format!("limiting the task cgroup: {e}")))?;
+                .map_err(SandboxError::setup_io("limiting the task cgroup"))?;
         }
         let config = message::frame(&Self::task_config(&spec, &dir))
             .map_err(|e| SandboxError::Setup(format!("encoding the task config: {e}")))?;

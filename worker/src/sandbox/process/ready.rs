@@ -231,7 +231,7 @@ impl Launcher {
         let cgroup = match &self.cgroups {
             Some(d) => Some(
                 TaskCgroup::create(d.clone(), format!("{}/{name}", self.worker_id))
-                    .map_err(|e| SandboxError::Setup(format!("creating the task cgroup: {e}")))?,
+                    .map_err(SandboxError::setup_io("creating the task cgroup"))?,
             ),
             None => None,
         };
@@ -267,8 +267,7 @@ impl Launcher {
         // The command holds the helper's end of the socket: close this copy, or
         // the status would never reach end-of-file.
         drop(cmd);
-        let child = spawned
-            .map_err(|e| SandboxError::Setup(format!("starting the sandbox helper: {e}")))?;
+        let child = spawned.map_err(SandboxError::setup_io("starting the sandbox helper"))?;
         // Small: fits the socket's buffer, so this blocking write returns at once.
         ours.write_all(&first)?;
         ours.set_nonblocking(true)?;
