@@ -13,6 +13,8 @@
 //! - [`cli`]: the `krill` command line (args, submit/wait/logs, status, print).
 //! - `bin/krill.rs`: the CLI binary, thin over [`cli`].
 
+#![forbid(unsafe_code)]
+
 pub mod amqp;
 pub mod bulk;
 pub mod cli;

@@ -32,7 +32,7 @@ fn test_image() -> String {
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("worker/ has a parent")
+        .expect("tests/ has a parent")
         .to_path_buf()
 }
 
@@ -564,7 +564,7 @@ fn p50(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Measures a trivial task's phases (p50 of 20 runs); prints, asserts nothing.
-/// `cargo test -p worker --test container -- --ignored --nocapture latency`
+/// `cargo test -p krill-tests --test container -- --ignored --nocapture latency`
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: run explicitly"]
 async fn latency_of_a_trivial_task() {
@@ -678,7 +678,7 @@ async fn the_default_sweep_removes_stopped_containers_of_any_worker() {
 /// The hostile suite's timing-sensitive cases, many at once, to reproduce races
 /// under load (run it beside `yes > /dev/null` loops or a build); prints the
 /// outcomes, asserts the expected ones.
-/// `cargo test -p worker --test container -- --ignored --nocapture races_under_load`
+/// `cargo test -p krill-tests --test container -- --ignored --nocapture races_under_load`
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "stress: run explicitly, under load"]
 async fn races_under_load() {
