@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{SandboxKind, Status};
+use super::result::Status;
+use super::task::SandboxKind;
 
 /// A task's life-cycle step, published on `krill.events` as `task.<pool>.<state>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

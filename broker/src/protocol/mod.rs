@@ -16,11 +16,8 @@ pub use events::{Heartbeat, LogChunk, RunningTask, Stream, TaskEvent, TaskState}
 pub use result::{Enforcement, OutputVar, Status, TaskResult, Timings, Usage};
 pub use task::{
     valid_env_name, valid_id, Limits, SandboxKind, Secret, Task, TaskError, DEFAULT_INTERPRETER,
-    MAX_ID_LEN,
+    MAX_ID_LEN, PROTOCOL_VERSION,
 };
-
-/// The protocol version this crate speaks; messages with another version are rejected.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The largest task message a worker accepts, in bytes (script, env and secrets included).
 pub const MAX_TASK_BYTES: usize = 4 * 1024 * 1024;

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::PROTOCOL_VERSION;
+/// The protocol version this crate speaks; messages with another version are rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The interpreter used when a task names none: the script is passed as a file
 /// (`sh -e /path/to/script`), so a failing command stops it, as in CI runners.

@@ -19,7 +19,15 @@ use seccompiler::{
 
 use super::numbers::number;
 use super::policy::{self, Action, Cond, Op, Rule};
-use super::SeccompError;
+
+/// What can go wrong building a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp filters are not built for the {0} architecture")]
+    Arch(String),
+    #[error("compiling the seccomp filter: {0}")]
+    Compile(String),
+}
 
 /// Compiled filters, in the order they must be installed.
 #[derive(Debug, Clone)]
@@ -186,6 +194,8 @@ mod tests {
     }
 
     #[test]
+    // The SAFETY comment stands above the closure the unsafe block is.
+    #[allow(clippy::undocumented_unsafe_blocks)]
     fn refused_calls_get_their_errno_and_allowed_ones_work() {
         let f = Filters::build(false).expect("compiles");
         // SAFETY (each closure): raw syscalls with harmless arguments; the

@@ -20,13 +20,4 @@ pub mod docker;
 pub mod numbers;
 pub mod policy;
 
-pub use bpf::Filters;
-
-/// What can go wrong building a filter.
-#[derive(Debug, thiserror::Error)]
-pub enum SeccompError {
-    #[error("seccomp filters are not built for the {0} architecture")]
-    Arch(String),
-    #[error("compiling the seccomp filter: {0}")]
-    Compile(String),
-}
+pub use bpf::{Filters, SeccompError};
