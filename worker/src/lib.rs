@@ -23,6 +23,7 @@
 //! - [`intake`]: what a delivery is and how it is settled; decoding it into a task (pure).
 //! - [`control`]: the control queue, the cancellation stream, dead-letter notifications.
 //! - [`runner`]: one task: check it against the policy, sandbox, stream and mask output, outputs, result.
+//! - [`pump`]: the runner's output pump: mask, capture, live log chunks through outbound.
 //! - [`sandboxes`]: the enabled sandboxes behind one handle.
 //! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
 //! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
@@ -48,6 +49,7 @@ pub mod intake;
 pub mod metrics;
 pub mod outbound;
 pub mod output;
+pub mod pump;
 pub mod runner;
 pub mod sandbox;
 pub mod sandboxes;
