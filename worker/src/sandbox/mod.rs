@@ -102,8 +102,9 @@ pub struct Outcome {
 }
 
 /// What went wrong on the sandbox's side (never the script's own failure).
-/// Variants with a `source` keep their cause: show them with
-/// [`crate::error::chain`].
+/// Variants with a `source` keep their cause, and (so the text a result or a
+/// caller shows says why) also print it; [`crate::error::chain`] does not
+/// print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The task's image is not on the allow-list: the task is rejected.
@@ -114,7 +115,7 @@ pub enum SandboxError {
     #[error("the {0} sandbox is not enabled on this worker")]
     NotEnabled(SandboxKind),
     /// A call to the container engine failed (`step` says which).
-    #[error("docker: {step}")]
+    #[error("docker: {step}: {source}")]
     Engine {
         step: String,
         #[source]
@@ -124,7 +125,7 @@ pub enum SandboxError {
     #[error("docker: {0}")]
     Docker(String),
     /// A step of the process sandbox's set-up failed on an I/O error.
-    #[error("setting up the process sandbox: {step}")]
+    #[error("setting up the process sandbox: {step}: {source}")]
     SetupIo {
         step: String,
         #[source]
