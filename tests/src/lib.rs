@@ -114,6 +114,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// Lets the worker's process-sandbox tasks see `gates` (a read-only bind
+    /// at the same path: files the test makes there later show up inside).
+    pub fn gates(self, gates: &Gates) -> Self {
+        let dir = gates.dir.display().to_string();
+        self.arg("--process-bind").arg(&dir)
+    }
+
     /// Starts the worker and waits until it consumes its pool queue.
     pub async fn start(self) -> WorkerProc {
         let work_dir = std::env::temp_dir().join(format!("krill-test-{}", self.id));
@@ -272,6 +279,67 @@ impl Drop for WorkerProc {
             }
         }
         let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// A directory on the host that the tasks of a worker started with
+/// [`WorkerBuilder::gates`] can see: a test makes a file in it to let a script
+/// that waits for it go on. Process-sandbox tasks see nothing else of the host,
+/// so this is the only way a test's files reach them. Removed on drop.
+#[derive(Debug)]
+pub struct Gates {
+    pub dir: PathBuf,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gates {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PathBuf::from(format!(
+            "/var/tmp/krill-gates-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        std::fs::create_dir_all(&dir).expect("gate dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Gates { dir }
+    }
+
+    /// Where gate `name` is (on the host and in the task's view).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Shell that waits until gate `name` is open.
+    pub fn wait(&self, name: &str) -> String {
+        format!(
+            "while [ ! -e {} ]; do sleep 0.1; done",
+            self.path(name).display()
+        )
+    }
+
+    /// Shell that waits until gate `name` is open, `secs` seconds at most.
+    pub fn wait_at_most(&self, name: &str, secs: u32) -> String {
+        format!(
+            "i=0; while [ ! -e {p} ] && [ $i -lt {n} ]; do sleep 0.1; i=$((i+1)); done",
+            p = self.path(name).display(),
+            n = secs * 10
+        )
+    }
+
+    /// Opens gate `name`.
+    pub fn open(&self, name: &str) {
+        std::fs::write(self.path(name), b"").expect("gate file");
+    }
+}
+
+impl Drop for Gates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use broker::protocol::{Status, TaskResult};
 use broker::topology;
-use krill_tests::{amqp_url, bin, client, task, unique_pool, Events, WorkerBuilder, WorkerProc};
+use krill_tests::{
+    amqp_url, bin, client, task, unique_pool, Events, Gates, WorkerBuilder, WorkerProc,
+};
 
 const T: Duration = Duration::from_secs(120);
 /// How long the broker stays away in the restart scenarios.
@@ -38,34 +40,6 @@ async fn broker_faults() {
     krill_submit_survives_a_broker_restart().await;
     flow_control_slows_the_worker_down(&mut restore).await;
     a_task_longer_than_consumer_timeout_runs_once(&mut restore).await;
-}
-
-/// A file on the host a task waits for: the test decides when the task ends
-/// (scripts see the host read-only, so a file created later shows up inside).
-struct Gate(std::path::PathBuf);
-
-impl Gate {
-    fn new() -> Self {
-        Gate(std::path::PathBuf::from(format!(
-            "/var/tmp/krill-test-gate-{}",
-            uuid::Uuid::new_v4().simple()
-        )))
-    }
-
-    /// The shell that waits for the gate.
-    fn wait(&self) -> String {
-        format!("while [ ! -e {} ]; do sleep 0.1; done", self.0.display())
-    }
-
-    fn open(&self) {
-        std::fs::write(&self.0, b"").expect("gate file");
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 fn alive(w: &mut WorkerProc) -> bool {
@@ -105,21 +79,22 @@ async fn running_tasks_survive_a_broker_restart() {
     let pool = unique_pool("restart");
     let key = topology::task_event_key(&pool, "started");
     let mut events = Events::bind(&key).await;
+    // Files the test makes later show up inside the tasks: their gates.
+    let gates = Gates::new();
     let mut w = WorkerBuilder::new(&pool)
         .arg("--concurrency")
         .arg("2")
+        .gates(&gates)
         .start()
         .await;
     let c = Arc::new(client().await);
-    let early_gate = Gate::new();
-    let late_gate = Gate::new();
     let early = task(&format!(
         "echo early-start; {}; echo early-done",
-        early_gate.wait()
+        gates.wait("early")
     ));
     let late = task(&format!(
         "echo late-start; {}; echo late-done",
-        late_gate.wait()
+        gates.wait("late")
     ));
     c.submit(&pool, &early).await.expect("submit");
     c.submit(&pool, &late).await.expect("submit");
@@ -135,7 +110,7 @@ async fn running_tasks_survive_a_broker_restart() {
 
     let t0 = Instant::now();
     rabbitmq::stop().await;
-    early_gate.open(); // finishes while the broker is away
+    gates.open("early"); // finishes while the broker is away
     tokio::time::sleep(AWAY).await;
     rabbitmq::start().await;
     eprintln!("(a) broker away for {:?}", t0.elapsed());
@@ -147,7 +122,7 @@ async fn running_tasks_survive_a_broker_restart() {
         "(a) worker consuming again {:?} after the stop",
         t0.elapsed()
     );
-    late_gate.open(); // finishes once the worker is back
+    gates.open("late"); // finishes once the worker is back
 
     let mut results = Vec::new();
     for h in waits {
@@ -176,9 +151,12 @@ async fn running_tasks_survive_a_broker_restart() {
 async fn krill_submit_survives_a_broker_restart() {
     let pool = unique_pool("restart-cli");
     let mut events = Events::bind(&topology::task_event_key(&pool, "started")).await;
-    let mut w = WorkerBuilder::new(&pool).start().await;
-    let gate = Gate::new();
-    let script = format!("echo cli-start; {}; echo cli-done; exit 3", gate.wait());
+    let gates = Gates::new();
+    let mut w = WorkerBuilder::new(&pool).gates(&gates).start().await;
+    let script = format!(
+        "echo cli-start; {}; echo cli-done; exit 3",
+        gates.wait("go")
+    );
     let cli = tokio::process::Command::new(bin("krill"))
         .env("KRILL_AMQP_URL", amqp_url())
         .env("KRILL_POOL", &pool)
@@ -191,7 +169,7 @@ async fn krill_submit_survives_a_broker_restart() {
     events.next(T).await;
     let t0 = Instant::now();
     rabbitmq::stop().await;
-    gate.open();
+    gates.open("go");
     tokio::time::sleep(AWAY).await;
     rabbitmq::start().await;
     let out = tokio::time::timeout(T, cli.wait_with_output())
@@ -219,15 +197,15 @@ async fn krill_submit_survives_a_broker_restart() {
 async fn flow_control_slows_the_worker_down(restore: &mut rabbitmq::Restore) {
     let pool = unique_pool("flow");
     let mut events = Events::bind(&topology::task_event_key(&pool, "started")).await;
-    let mut w = WorkerBuilder::new(&pool).start().await;
+    let gates = Gates::new();
+    let mut w = WorkerBuilder::new(&pool).gates(&gates).start().await;
     let c = client().await;
-    let gate = Gate::new();
-    let t = task(&format!("{}; echo flow-done", gate.wait()));
+    let t = task(&format!("{}; echo flow-done", gates.wait("go")));
     c.submit(&pool, &t).await.expect("submit");
     started(&mut events, &t.id).await;
     tokio::task::block_in_place(|| restore.memory_alarm());
     let alarm = Instant::now();
-    gate.open();
+    gates.open("go");
     // The task ends during the alarm; its result cannot be published until it clears.
     let blocked = c.wait(&t.id, Some(Duration::from_secs(10))).await;
     assert!(

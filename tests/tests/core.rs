@@ -201,7 +201,8 @@ async fn concurrency_never_exceeds_the_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_cannot_read_a_root_only_file() {
-    // Not under /tmp: the process sandbox gives each task a private /tmp.
+    // Bound into the view (tasks see nothing else of the host), so that the
+    // file's mode is what refuses the read.
     let dir =
         std::path::Path::new("/var/tmp").join(format!("krill-root-only-{}", krill_tests::new_id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -212,7 +213,11 @@ async fn a_script_cannot_read_a_root_only_file() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     let pool = unique_pool("perm");
-    let _w = WorkerBuilder::new(&pool).start().await;
+    let _w = WorkerBuilder::new(&pool)
+        .arg("--process-bind")
+        .arg(&dir.display().to_string())
+        .start()
+        .await;
     let c = client().await;
     let r = run_task(&c, &pool, &task(&format!("id -u; cat {}", file.display()))).await;
     assert_eq!(r.status, Status::Failed, "{r:?}");
@@ -252,4 +257,54 @@ async fn environment_is_clean_and_secrets_reach_the_script() {
         r.stdout
     );
     assert!(r.stdout.contains("TOKEN=***"));
+}
+
+/// `--process-rootfs` with a task image exported to a directory (scripts/images
+/// --export-rootfs): a process task sees the image's tools, not the host's, and
+/// one submitted to the image's containers sees the same ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_rootfs_shows_the_images_tools() {
+    let dir = std::path::PathBuf::from("/var/tmp/krill-test-rootfs-python");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ok = std::process::Command::new(root.join("scripts/images"))
+        .args([
+            "--export-rootfs",
+            "krill/python:1",
+            &dir.display().to_string(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "scripts/images --export-rootfs failed");
+    let pool = unique_pool("rootfs");
+    let _w = WorkerBuilder::new(&pool)
+        .arg("--sandbox")
+        .arg("process,container")
+        .arg("--image")
+        .arg("krill/python:1")
+        .arg("--process-rootfs")
+        .arg(&dir.display().to_string())
+        .start()
+        .await;
+    let c = client().await;
+    // gcc and cargo are on the host, not in the image.
+    let script = "for t in gcc cargo python3; do command -v $t >/dev/null && echo \"has $t\" || echo \"no $t\"; done; \
+                  python3 -c 'import sys; print(sys.version.split()[0])'";
+    let mut seen = Vec::new();
+    for kind in [
+        broker::protocol::SandboxKind::Process,
+        broker::protocol::SandboxKind::Container,
+    ] {
+        let mut t = task(script);
+        t.sandbox = Some(kind);
+        let r = run_task(&c, &pool, &t).await;
+        assert_eq!(r.status, Status::Succeeded, "{kind:?}: {r:?}");
+        assert!(
+            r.stdout.contains("no gcc") && r.stdout.contains("no cargo"),
+            "{kind:?}: {}",
+            r.stdout
+        );
+        assert!(r.stdout.contains("has python3"), "{kind:?}: {}", r.stdout);
+        seen.push(r.stdout);
+    }
+    assert_eq!(seen[0], seen[1], "the two sandboxes show different tools");
 }

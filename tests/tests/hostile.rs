@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::protocol::{SandboxKind, Status, Task, TaskResult};
+use broker::protocol::{Landlock, SandboxKind, Status, Task, TaskResult};
 use futures_util::stream::{self, StreamExt};
 use krill_tests::{client, task, unique_pool, WorkerBuilder, WorkerProc};
 
@@ -34,9 +34,64 @@ const CASE_DEADLINE: Duration = Duration::from_secs(90);
 /// is moved off the result's path).
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(30);
 const IMAGE: &str = "krill/base:1";
-/// A world-readable file the suite puts on the host (not under /tmp, which is
-/// private to each task).
-const WORLD_READABLE: &str = "/var/tmp/krill-hostile-world-readable";
+/// A world-readable file the suite puts on the host, in a directory of its own
+/// (mode 0755, like a team's configuration under /srv).
+fn world_readable() -> PathBuf {
+    PathBuf::from("/srv/krill-hostile/world-readable")
+}
+
+/// Where mounts may be in a process-sandbox task's view.
+fn allowed_mount_point(p: &str) -> bool {
+    matches!(
+        p,
+        "/" | "/usr"
+            | "/bin"
+            | "/sbin"
+            | "/work"
+            | "/tmp"
+            | "/krill"
+            | "/dev"
+            | "/dev/shm"
+            | "/proc"
+    ) || p.starts_with("/lib")
+        || p.starts_with("/etc/")
+        || p.starts_with("/proc/")
+}
+
+/// What a process task's /proc/self/mountinfo may not name: the host's work
+/// dirs (the tests' are /tmp/krill-test-<worker>), worker ids, the engine's files.
+fn mountinfo_leaks(text: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let (root, point) = (f[3], f[4]);
+        if !allowed_mount_point(point)
+            || root.contains("krill-test")
+            || root.contains("/w-")
+            || line.contains("/var/lib/docker")
+            || line.contains("/srv")
+            || line.contains("/home")
+        {
+            bad.push(line.to_string());
+        }
+    }
+    bad
+}
+
+/// The host's network interfaces' hardware addresses (all but loopback's).
+fn host_macs() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty() && a != "00:00:00:00:00:00")
+        .collect()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sb {
@@ -580,21 +635,102 @@ fn cases() -> Vec<Case> {
             followup: None,
         },
         Case {
-            name: "read a world-readable host file",
-            script: format!("cat {WORLD_READABLE}"),
+            name: "read a world-readable host file in a directory of its own",
+            script: format!("cat {}; ls {}", world_readable().display(), world_readable().parent().unwrap().display()),
             tweak: no_tweak,
-            status: [SUCCEEDED, FAILED],
+            status: [FAILED, FAILED],
+            check: |r, _| need(!r.stdout.contains("visible") && !r.stdout.contains("world-readable"), "visible", r),
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "list the host's users under /home",
+            script: "ls -A /home || true".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, _| {
+                let host: Vec<String> = std::fs::read_dir("/home")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                need(
+                    !r.stdout.lines().any(|l| host.iter().any(|h| h == l.trim())),
+                    "the host's /home is visible",
+                    r,
+                )
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "the host's network interfaces in /sys/class/net",
+            script: "ls /sys/class/net || true; cat /sys/class/net/*/address || true".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
+            check: |r, sb| {
+                let macs = host_macs();
+                need(
+                    !macs.iter().any(|m| r.stdout.contains(m.as_str())),
+                    &format!("a host address ({macs:?}) is visible"),
+                    r,
+                )?;
+                if sb == Sb::Process {
+                    // No /sys at all.
+                    need(r.stderr.contains("No such file"), "a /sys is there", r)?;
+                }
+                Ok(())
+            },
+            weakness: [None, None],
+            followup: None,
+        },
+        Case {
+            name: "names of the host's directories in /proc/self/mountinfo",
+            script: "cat /proc/self/mountinfo".into(),
+            tweak: no_tweak,
+            status: [SUCCEEDED, SUCCEEDED],
             check: |r, sb| match sb {
-                Sb::Process => need(r.stdout.contains("visible"), "not visible", r),
-                Sb::Container => need(!r.stdout.contains("visible"), "visible", r),
+                Sb::Process => {
+                    let bad = mountinfo_leaks(&r.stdout);
+                    need(bad.is_empty(), &format!("mountinfo names {bad:?}"), r)?;
+                    need(r.stdout.contains(" /krill "), "no /krill mount", r)
+                }
+                // Docker's own mount table names its storage (overlay layers,
+                // the container's hosts and resolv.conf under /var/lib/docker).
+                Sb::Container => need(
+                    r.stdout.contains("/var/lib/docker"),
+                    "no longer names /var/lib/docker: update the weakness",
+                    r,
+                ),
             },
             weakness: [
-                Some(
-                    "the process sandbox shows the host's filesystem read-only: what any \
-                     unprivileged user may read, a task may read",
-                ),
                 None,
+                Some(
+                    "a container's mountinfo names the engine's storage paths \
+                     (/var/lib/docker/overlay2/…, /var/lib/docker/containers/<id>/hosts)",
+                ),
             ],
+            followup: None,
+        },
+        Case {
+            name: "Landlock: write where mount and mode allow it, outside scratch and outputs",
+            // /proc/self/comm is the task's own and writable by it: only the
+            // fence refuses it. Its scratch and output files stay writable.
+            script: "echo ok > \"$HOME/f\"; echo ok > /tmp/f; echo k=v >> \"$KRILL_OUTPUT\"; \
+                     echo pwned > /proc/self/comm; echo comm=$(cat /proc/self/comm)".into(),
+            tweak: no_tweak,
+            // Containers have no Landlock: writing their own comm is allowed.
+            status: [FAILED, &[Status::Succeeded, Status::Failed]],
+            check: |r, sb| match sb {
+                Sb::Process => {
+                    need(r.landlock == Some(Landlock::Full), "landlock not applied", r)?;
+                    need(r.stderr.contains("/proc/self/comm: Permission denied"), "comm was written", r)?;
+                    need(r.output("k") == Some("v"), "the output file was not writable", r)
+                }
+                Sb::Container => need(r.landlock.is_none(), "a container says landlock", r),
+            },
+            weakness: [None, None],
             followup: None,
         },
         Case {
@@ -825,8 +961,12 @@ async fn suite_on(sb: Sb, runtime: Option<&'static str>) {
     if let Some(rt) = runtime {
         b = b.arg("--container-runtime").arg(rt);
     }
-    std::fs::write(WORLD_READABLE, "visible\n").unwrap();
-    std::fs::set_permissions(WORLD_READABLE, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = world_readable();
+    let dir = file.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&file, "visible\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let worker = Arc::new(b.start().await);
     let mut all = cases();
     all.extend(kernel::cases());
@@ -903,7 +1043,8 @@ async fn hostile_scripts_in_the_container_sandbox_under_runsc() {
 
 /// A SIGKILLed worker (a crash) takes its running task down with it: the task's
 /// helper dies by its parent-death signal and takes the pid namespace along.
-/// The worker's next start sweeps the task's cgroup and work dir.
+/// The worker's next start sweeps the task's cgroup and work dir (any live
+/// worker on the host may take the cgroup first: its worker's lock is free).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_crash_kills_its_process_tasks_and_the_next_start_sweeps() {
     let pool = unique_pool("hostile-crash");
@@ -939,13 +1080,8 @@ async fn a_worker_crash_kills_its_process_tasks_and_the_next_start_sweeps() {
         assert!(Instant::now() < until, "outlived the worker: {left:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stale = leftovers(&t.id, Some(&unique), Sb::Process, &w.work_dir);
-    assert!(
-        stale
-            .as_deref()
-            .is_some_and(|s| s.contains("cgroup") && s.contains("work dir")),
-        "a crash leaves the cgroup and work dir for the sweep: {stale:?}"
-    );
+    // What is left (its cgroup, its work dir) goes at the next start, if a
+    // live worker on this host has not taken the cgroup already.
     w.restart(&b).await;
     let until = Instant::now() + CLEANUP_DEADLINE;
     while let Some(what) = leftovers(&t.id, Some(&unique), Sb::Process, &w.work_dir) {

@@ -4,8 +4,6 @@
 //! unsafe output files, short values, and `--follow` streaming live.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +11,9 @@ use std::time::{Duration, Instant};
 use broker::protocol::{LogChunk, SandboxKind, Secret, Status, Stream, Task, TaskResult};
 use broker::topology;
 use futures_util::StreamExt;
-use krill_tests::{amqp_url, bin, client, run_task, task, unique_pool, WorkerBuilder, WorkerProc};
+use krill_tests::{
+    amqp_url, bin, client, run_task, task, unique_pool, Gates, WorkerBuilder, WorkerProc,
+};
 use lapin::{Connection, ConnectionProperties};
 
 /// Every message published on an exchange while it lives (a queue bound to `#`).
@@ -87,22 +87,6 @@ fn live_text(chunks: &[LogChunk], stream: Stream) -> String {
         .filter(|c| c.stream == stream)
         .map(|c| c.data.as_str())
         .collect()
-}
-
-/// A directory the sandboxed script can see (not /tmp: tasks get a private one).
-fn gate_dir() -> PathBuf {
-    let dir = PathBuf::from("/var/tmp").join(format!("krill-gate-{}", krill_tests::new_id()));
-    std::fs::create_dir_all(&dir).expect("gate dir");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
-/// Shell that waits (up to 30 s) for `path` to exist.
-fn wait_for_file(path: &std::path::Path) -> String {
-    format!(
-        "i=0; while [ ! -e {p} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
-        p = path.display()
-    )
 }
 
 // ---------------------------------------------------------------- leak scan
@@ -629,13 +613,12 @@ fn expect_line(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_follow_streams_while_the_task_runs() {
     let pool = unique_pool("follow");
-    let _w = WorkerBuilder::new(&pool).start().await;
-    let gates = gate_dir();
-    let gate = gates.join("go");
+    let gates = Gates::new();
+    let _w = WorkerBuilder::new(&pool).gates(&gates).start().await;
     let script = format!(
         "echo first-line; echo err-line >&2; {}; echo second-line; \
          echo 'k=v' >> \"$KRILL_OUTPUT\"; echo 'tok=sensitive-value' >> \"$KRILL_SENSITIVE_OUTPUT\"; exit 5",
-        wait_for_file(&gate)
+        gates.wait_at_most("go", 30)
     );
     let mut child = krill_cmd(&pool)
         .args(["submit", "--follow", "--", &script])
@@ -649,7 +632,7 @@ async fn submit_follow_streams_while_the_task_runs() {
     expect_line(&err, "err-line");
     // Seen while the task is still waiting for the gate.
     assert!(child.try_wait().expect("try_wait").is_none());
-    std::fs::write(&gate, "").expect("gate");
+    gates.open("go");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(5));
     let rest: Vec<String> = out.try_iter().collect();
@@ -661,20 +644,18 @@ async fn submit_follow_streams_while_the_task_runs() {
         !err.iter().any(|l| l.contains("sensitive-value")),
         "{err:?}"
     );
-    let _ = std::fs::remove_dir_all(&gates);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_attaches_to_a_running_task_and_leaves_its_result() {
     let pool = unique_pool("logs");
-    let _w = WorkerBuilder::new(&pool).start().await;
+    let gates = Gates::new();
+    let _w = WorkerBuilder::new(&pool).gates(&gates).start().await;
     let c = client().await;
-    let gates = gate_dir();
-    let (go1, go2) = (gates.join("one"), gates.join("two"));
     let t: Task = task(&format!(
         "{}; echo first-line; {}; echo second-line; echo 'k=v' >> \"$KRILL_OUTPUT\"; exit 6",
-        wait_for_file(&go1),
-        wait_for_file(&go2)
+        gates.wait_at_most("one", 30),
+        gates.wait_at_most("two", 30)
     ));
     c.submit(&pool, &t).await.expect("submit");
     let mut child = krill_cmd(&pool)
@@ -687,10 +668,10 @@ async fn logs_follow_attaches_to_a_running_task_and_leaves_its_result() {
     let err = lines(child.stderr.take().expect("stderr"));
     // Bound: now the first line can come.
     expect_line(&err, "following");
-    std::fs::write(&go1, "").expect("gate");
+    gates.open("one");
     expect_line(&out, "first-line");
     assert!(child.try_wait().expect("try_wait").is_none());
-    std::fs::write(&go2, "").expect("gate");
+    gates.open("two");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(6));
     assert_eq!(out.try_iter().collect::<Vec<_>>(), ["second-line"]);
@@ -703,5 +684,4 @@ async fn logs_follow_attaches_to_a_running_task_and_leaves_its_result() {
         .expect("result still there");
     assert_eq!(r.exit_code, Some(6));
     assert_eq!(r.stdout, "first-line\nsecond-line\n");
-    let _ = std::fs::remove_dir_all(&gates);
 }

@@ -90,6 +90,16 @@ pub struct Config {
     /// (default: `krill-sandbox-init` next to this binary, else this binary).
     #[arg(long, env = "KRILL_SANDBOX_HELPER")]
     pub sandbox_helper: Option<PathBuf>,
+    /// Extra read-only binds into the process sandbox's view, `SRC` or
+    /// `SRC:DST` (repeat the flag; in KRILL_PROCESS_BINDS, comma-separated).
+    /// Paths are absolute and contain neither `,` nor `:`.
+    #[arg(long = "process-bind", env = "KRILL_PROCESS_BINDS", value_delimiter = ',', value_parser = parse_bind)]
+    pub process_binds: Vec<(PathBuf, PathBuf)>,
+    /// A root filesystem (e.g. a task image exported with `scripts/images
+    /// --export-rootfs`) whose top-level directories the process sandbox's
+    /// tasks see instead of the host's /usr, /bin, /sbin and /lib*.
+    #[arg(long, env = "KRILL_PROCESS_ROOTFS")]
+    pub process_rootfs: Option<PathBuf>,
     /// Images container tasks may use, comma-separated; the first is the default.
     #[arg(long = "image", env = "KRILL_IMAGES", value_delimiter = ',', default_value = DEFAULT_IMAGES)]
     pub images: Vec<String>,
@@ -332,6 +342,10 @@ impl Policy {
             network: limits.network,
         })
     }
+}
+
+fn parse_bind(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    crate::sandbox::process::fs::parse_bind(s)
 }
 
 fn bounded(

@@ -26,11 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::liveness::Liveness;
 use crate::outbound::{AmqpSink, Outbound};
 use crate::runner::RunCtx;
 use crate::sandbox::container::{ContainerConfig, ContainerSandbox, Tuning};
 use crate::sandbox::process::{ProcessConfig, ProcessSandbox};
 use crate::sandbox::uids::UidPool;
+use crate::sandbox::REAP_EVERY;
 use crate::sandboxes::Sandboxes;
 use crate::worker::Shared;
 
@@ -46,13 +48,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .worker_id
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let sandboxes = build_sandboxes(&cfg, &id).await?;
+    let liveness = match Liveness::acquire(&id) {
+        Ok(l) => Some(Arc::new(l)),
+        Err(e) if cfg.sandbox.contains(&SandboxKind::Process) => {
+            return Err(anyhow::Error::new(e).context("process sandbox"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "no host-wide worker lock: containers of dead workers are swept by age only");
+            None
+        }
+    };
+    let sandboxes = build_sandboxes(&cfg, &id, liveness.clone()).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(&id, &cfg.pool));
     metrics.swept(sandboxes.sweep().await);
     let defaults = cfg
         .policy()
         .effective(&Default::default())
         .context("the pool's default limits")?;
+    // A sandbox that cannot run a task stops the worker here, not every task later.
+    sandboxes.probe(&defaults, &id).await?;
     sandboxes.start_prestart(cfg.prestart, defaults, &id);
     let (chan_tx, chan_rx) = watch::channel(None);
     let give_up = CancellationToken::new();
@@ -88,6 +103,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         handlers.clone(),
     ));
     loops.spawn(heartbeat_loop(shared.clone()));
+    loops.spawn(reap_loop(shared.clone()));
     if let Some(listener) = http {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz");
         loops.spawn(crate::http::serve(listener, shared.clone()));
@@ -172,10 +188,29 @@ fn claim_uids(cfg: &Config, id: &str) -> anyhow::Result<Arc<UidPool>> {
     Ok(pool)
 }
 
-async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
+/// Every [`REAP_EVERY`]: removes what dead workers on this host left.
+async fn reap_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.root.cancelled() => return,
+            _ = tokio::time::sleep(REAP_EVERY) => {}
+        }
+        let n = shared.run.sandboxes.reap().await;
+        shared.run.metrics.swept(n);
+    }
+}
+
+async fn build_sandboxes(
+    cfg: &Config,
+    id: &str,
+    liveness: Option<Arc<Liveness>>,
+) -> anyhow::Result<Sandboxes> {
     let mut s = Sandboxes::default();
     let uids = claim_uids(cfg, id).context("sandbox uids")?;
     if cfg.sandbox.contains(&SandboxKind::Process) {
+        let liveness = liveness
+            .clone()
+            .context("the process sandbox needs the host-wide worker lock")?;
         let p = ProcessSandbox::new(&ProcessConfig {
             uids: uids.clone(),
             work_root: cfg.work_dir.clone(),
@@ -184,6 +219,9 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
             helper_path: cfg.sandbox_helper.clone(),
             slots: cfg.concurrency as usize,
             disk_bytes: cfg.disk,
+            binds: cfg.process_binds.clone(),
+            rootfs: cfg.process_rootfs.clone(),
+            liveness,
         })
         .context("process sandbox")?;
         s.process = Some(Arc::new(p));
@@ -205,6 +243,7 @@ async fn build_sandboxes(cfg: &Config, id: &str) -> anyhow::Result<Sandboxes> {
             },
             Tuning {
                 runtime: cfg.container_runtime.clone(),
+                liveness,
                 ..Tuning::default()
             },
         )

@@ -36,6 +36,7 @@
 //! - [`snapshot`]: the worker as heartbeats and metrics report it (plain data).
 //! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
 //! - [`error`]: an error printed with its causes.
+//! - [`liveness`]: the host-wide lock every worker holds; what a dead worker left is swept.
 
 pub mod cancel;
 pub mod config;
@@ -46,6 +47,7 @@ pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod intake;
+pub mod liveness;
 pub mod metrics;
 pub mod outbound;
 pub mod output;

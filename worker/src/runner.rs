@@ -157,6 +157,7 @@ fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, can
     result.sandbox_id = Some(outcome.sandbox_id);
     result.usage = outcome.usage;
     result.limits = outcome.enforcement;
+    result.landlock = outcome.landlock;
     // Sensitive values first, so they are masked in everything built below.
     let mut outputs = Vec::new();
     match outcome.sensitive {

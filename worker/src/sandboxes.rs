@@ -52,6 +52,31 @@ impl Sandboxes {
         n
     }
 
+    /// Removes what dead workers on this host left (periodic); returns the count.
+    pub async fn reap(&self) -> usize {
+        let mut n = 0;
+        if let Some(s) = &self.process {
+            n += log_sweep("process", s.reap().await);
+        }
+        if let Some(s) = &self.container {
+            n += log_sweep("container", s.reap().await);
+        }
+        n
+    }
+
+    /// Runs one trivial task in the process sandbox with the pool's default
+    /// limits: a worker whose sandbox cannot run anything says so at start.
+    pub async fn probe(
+        &self,
+        defaults: &crate::sandbox::Effective,
+        worker_id: &str,
+    ) -> Result<(), SandboxError> {
+        if let Some(s) = &self.process {
+            s.probe(defaults, worker_id).await?;
+        }
+        Ok(())
+    }
+
     /// Whether every enabled sandbox's backend answers.
     pub async fn ready(&self) -> bool {
         let p = match &self.process {

@@ -13,7 +13,7 @@ mod task;
 
 pub use control::Control;
 pub use events::{Heartbeat, LogChunk, RunningTask, Stream, TaskEvent, TaskState};
-pub use result::{Enforcement, OutputVar, Status, TaskResult, Timings, Usage};
+pub use result::{Enforcement, Landlock, OutputVar, Status, TaskResult, Timings, Usage};
 pub use task::{
     valid_env_name, valid_id, Limits, SandboxKind, Secret, Task, TaskError, DEFAULT_INTERPRETER,
     MAX_ID_LEN, PROTOCOL_VERSION,

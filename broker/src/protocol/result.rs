@@ -84,6 +84,20 @@ pub enum Enforcement {
     Degraded,
 }
 
+/// How much of the process sandbox's Landlock fence (reads and executes only
+/// inside the task's view, writes only to its scratch and output files) the
+/// kernel applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Landlock {
+    /// Every rule and scope.
+    Full,
+    /// An older Landlock ABI: the rights it knows.
+    Partial,
+    /// Not applied: the kernel has no Landlock (or it is disabled).
+    Off,
+}
+
 /// When the task was queued, started and finished.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +175,9 @@ pub struct TaskResult {
     pub attempt: u32,
     #[serde(default)]
     pub limits: Enforcement,
+    /// Process sandbox: whether its Landlock fence was applied (absent for containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock: Option<Landlock>,
     #[serde(default)]
     pub timings: Timings,
     #[serde(default)]
@@ -193,6 +210,7 @@ impl TaskResult {
             sandbox_id: None,
             attempt: 1,
             limits: Enforcement::Enforced,
+            landlock: None,
             timings: Timings::default(),
             usage: Usage::default(),
         }

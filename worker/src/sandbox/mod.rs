@@ -14,10 +14,14 @@ pub mod uids;
 use std::future::Future;
 use std::time::Duration;
 
-use broker::protocol::{Enforcement, SandboxKind, Stream, Usage};
+use broker::protocol::{Enforcement, Landlock, SandboxKind, Stream, Usage};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// How often a worker removes what dead workers left (so within this, plus one
+/// sweep's time, of any worker's death something is removed).
+pub const REAP_EVERY: Duration = Duration::from_secs(15);
 
 /// Everything a sandbox needs to run one task. Values in `env` may be secrets:
 /// never log them.
@@ -99,6 +103,8 @@ pub struct Outcome {
     /// Container id, or the cgroup/process id.
     pub sandbox_id: String,
     pub enforcement: Enforcement,
+    /// Process sandbox: how much of its Landlock fence applied.
+    pub landlock: Option<Landlock>,
 }
 
 /// What went wrong on the sandbox's side (never the script's own failure).
@@ -134,6 +140,17 @@ pub enum SandboxError {
     /// The process sandbox cannot be set up (its helper said why, or a check failed).
     #[error("setting up the process sandbox: {0}")]
     Setup(String),
+    /// The sandbox cannot run any task as configured (found at start).
+    #[error("{0}")]
+    Unusable(String),
+    /// The process sandbox's start-up probe task could not run (`fix` says
+    /// what to check).
+    #[error("the process sandbox cannot run a task ({fix}): {source}")]
+    Probe {
+        fix: &'static str,
+        #[source]
+        source: Box<SandboxError>,
+    },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -168,9 +185,15 @@ pub trait Sandbox: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<Outcome, SandboxError>> + Send;
 
-    /// Removes what a crashed worker left behind (containers, cgroups, work dirs);
-    /// returns how many were removed.
+    /// Removes what a crashed worker left behind (containers, cgroups, work dirs),
+    /// this worker's own from an earlier life under the same id included; called
+    /// once at start-up, before any task. Returns how many were removed.
     fn sweep(&self) -> impl Future<Output = Result<usize, SandboxError>> + Send;
+
+    /// Removes what dead workers on this host left (found by their free lock),
+    /// never anything of this worker's that it may still be using; called
+    /// periodically ([`REAP_EVERY`]). Returns how many were removed.
+    fn reap(&self) -> impl Future<Output = Result<usize, SandboxError>> + Send;
 
     /// Whether the sandbox's backend is usable right now (for `/readyz`).
     fn ready(&self) -> impl Future<Output = bool> + Send;

@@ -1,5 +1,14 @@
 //! Removing task containers: a guard that removes its container on every path
-//! (dropped included), and the sweep of what crashed workers left.
+//! (dropped included), and the sweep of what crashed workers left: at start-up
+//! and every [`REAP_EVERY`](crate::sandbox::REAP_EVERY) after.
+//!
+//! A container is swept when (never one this sandbox holds):
+//! - it is of this worker's host set ([`LABEL_HOST`]) and its worker holds no
+//!   lock (dead: SIGKILL, OOM kill, crash), running or not; or it is this
+//!   worker's own from an earlier life under the same id (start-up only);
+//! - it has not been running for [`Tuning::sweep_grace`](super::Tuning) (exited,
+//!   dead, or created and never started), whoever made it;
+//! - the scope says so ([`SweepScope`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,9 +21,10 @@ use bollard::Docker;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::limits::{LABEL_MANAGED, LABEL_WORKER};
+use super::limits::{LABEL_HOST, LABEL_MANAGED, LABEL_WORKER};
 use super::scratch::Scratch;
 use super::settings::SweepScope;
+use crate::liveness::Liveness;
 use crate::sandbox::uids::UidLease;
 use crate::sandbox::SandboxError;
 
@@ -28,6 +38,8 @@ pub(super) struct Cleanup {
     pub tracker: TaskTracker,
     /// Containers this sandbox created and has not removed yet; the sweep skips them.
     pub live: Arc<Mutex<HashSet<String>>>,
+    /// This worker's host-wide lock (see [`Tuning::liveness`](super::Tuning)).
+    pub liveness: Option<Arc<Liveness>>,
 }
 
 impl Cleanup {
@@ -47,26 +59,65 @@ impl Cleanup {
             }
             self.live().remove(&id);
         }
+        // Anything else of this worker's (a create whose answer never came back).
+        if let Some(l) = &self.liveness {
+            match self
+                .list(&[
+                    format!("{LABEL_WORKER}={}", l.id),
+                    format!("{LABEL_HOST}={}", l.host),
+                ])
+                .await
+            {
+                Ok(found) => {
+                    for c in found {
+                        if let Some(id) = c.id {
+                            let _ = remove(&self.docker, &id).await;
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "listing this worker's containers at close"),
+            }
+        }
     }
 
-    /// Removes the containers labelled `krill.managed=true` that `scope` covers,
-    /// except this sandbox's own; returns how many were removed.
-    pub async fn sweep(&self, scope: &SweepScope, grace: Duration) -> Result<usize, SandboxError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+    /// Managed containers with every label in `labels` (`k=v`).
+    async fn list(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, SandboxError> {
+        let mut wanted = vec![format!("{LABEL_MANAGED}=true")];
+        wanted.extend_from_slice(labels);
+        let filters = HashMap::from([("label", wanted)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
-        let found = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
-            .map_err(SandboxError::engine("listing containers"))?;
+            .map_err(SandboxError::engine("listing containers"))
+    }
+
+    /// Removes the containers labelled `krill.managed=true` that are swept (see
+    /// the module's doc), except this sandbox's own; `startup`: nothing of this
+    /// worker's runs yet. Returns how many were removed.
+    pub async fn sweep(
+        &self,
+        scope: &SweepScope,
+        grace: Duration,
+        startup: bool,
+    ) -> Result<usize, SandboxError> {
+        let found = self.list(&[]).await?;
         let mut removed = 0;
         for c in found {
             let Some(id) = c.id.clone() else { continue };
-            if self.live().contains(&id) || !self.covers(scope, grace, &c).await {
+            if self.live().contains(&id) {
                 continue;
+            }
+            let dead = self.dead_workers(&c, startup);
+            if !dead && !self.covers(scope, grace, &c).await {
+                continue;
+            }
+            if dead {
+                let worker = c.labels.as_ref().and_then(|l| l.get(LABEL_WORKER));
+                debug!(container_id = %id, ?worker, "removing a container of a dead worker");
             }
             match remove(&self.docker, &id).await {
                 Ok(()) => removed += 1,
@@ -74,6 +125,22 @@ impl Cleanup {
             }
         }
         Ok(removed)
+    }
+
+    /// Whether `c` belongs to a dead worker of this host set, or (`startup`) to
+    /// this worker's earlier life.
+    fn dead_workers(&self, c: &ContainerSummary, startup: bool) -> bool {
+        let (Some(l), Some(labels)) = (&self.liveness, c.labels.as_ref()) else {
+            return false;
+        };
+        if labels.get(LABEL_HOST) != Some(&l.host) {
+            return false;
+        }
+        match labels.get(LABEL_WORKER) {
+            Some(w) if *w == l.id => startup,
+            Some(w) => !l.alive(w),
+            None => false,
+        }
     }
 
     /// Whether `scope` covers the container `c`.

@@ -138,7 +138,7 @@ impl Launcher {
     }
 
     /// Inspects `image`, pulling it first when it is missing and pulls are allowed.
-    async fn image_facts(&self, image: &str) -> Result<ImageFacts, SandboxError> {
+    pub async fn image_facts(&self, image: &str) -> Result<ImageFacts, SandboxError> {
         let info = match self.docker.inspect_image(image).await {
             Ok(info) => info,
             Err(DockerError::DockerResponseServerError {

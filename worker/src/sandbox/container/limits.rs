@@ -64,6 +64,9 @@ pub const LABEL_MANAGED: &str = "krill.managed";
 pub const LABEL_TASK: &str = "krill.task";
 /// Label with the worker id.
 pub const LABEL_WORKER: &str = "krill.worker";
+/// Label with the id of the set of workers that share the creating worker's
+/// lock directory ([`crate::liveness`]): within it, a worker's liveness is its lock.
+pub const LABEL_HOST: &str = "krill.host";
 
 /// The whole create request for one task container.
 pub(super) fn create_body(
@@ -73,11 +76,14 @@ pub(super) fn create_body(
     facts: &ImageFacts,
     scratch: Option<&Scratch>,
 ) -> ContainerCreateBody {
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_TASK.to_string(), spec.task_id.clone()),
         (LABEL_WORKER.to_string(), spec.worker_id.clone()),
     ]);
+    if let Some(l) = &cfg.tuning.liveness {
+        labels.insert(LABEL_HOST.to_string(), l.host.clone());
+    }
     ContainerCreateBody {
         image: Some(image.to_string()),
         user: Some(format!("{}:{}", facts.uid, facts.gid)),

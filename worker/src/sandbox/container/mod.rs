@@ -35,6 +35,7 @@ pub mod prestart;
 pub mod scratch;
 mod session;
 mod settings;
+pub mod stub;
 mod usage;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cleanup::ContainerGuard;
-pub use limits::{LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD};
+pub use limits::{LABEL_HOST, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD};
 pub use session::{LaunchTimings, Launched};
 use settings::Settings;
 pub use settings::{
@@ -86,21 +87,7 @@ impl ContainerSandbox {
                 "the container sandbox's image allow-list is empty",
             )));
         }
-        let meta = tokio::fs::metadata(&cfg.stub_path).await.map_err(|e| {
-            SandboxError::Io(std::io::Error::new(
-                e.kind(),
-                format!(
-                    "krill-stub at {} (build it with scripts/build-stub): {e}",
-                    cfg.stub_path.display()
-                ),
-            ))
-        })?;
-        if !meta.is_file() {
-            return Err(SandboxError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("krill-stub at {} is not a file", cfg.stub_path.display()),
-            )));
-        }
+        stub::check(&cfg.stub_path).map_err(SandboxError::Unusable)?;
         let docker = Docker::connect_with_defaults()
             .map_err(SandboxError::engine("connecting to the engine"))?
             .negotiate_version()
@@ -126,6 +113,7 @@ impl ContainerSandbox {
                 docker: docker.clone(),
                 tracker: TaskTracker::new(),
                 live: Arc::new(Mutex::new(Default::default())),
+                liveness: tuning.liveness.clone(),
             },
             docker,
             settings: Arc::new(Settings {
@@ -134,10 +122,60 @@ impl ContainerSandbox {
                 scratch,
             }),
         };
-        Ok(ContainerSandbox {
+        let sandbox = ContainerSandbox {
             launcher: Arc::new(launcher),
             prestart: OnceLock::new(),
-        })
+        };
+        sandbox.check_images().await?;
+        Ok(sandbox)
+    }
+
+    /// Removes what the sweep covers (see cleanup.rs; `startup`: nothing of
+    /// this worker's runs yet), then the scratch mounts of containers that are
+    /// gone (a crashed worker's).
+    async fn sweep_all(&self, startup: bool) -> Result<usize, SandboxError> {
+        let settings = &self.launcher.settings;
+        let removed = self
+            .launcher
+            .cleanup
+            .sweep(&settings.tuning.sweep, settings.tuning.sweep_grace, startup)
+            .await?;
+        let mut stale = 0;
+        if let Some(root) = &settings.scratch {
+            for (name, dir) in scratch::older_than(root, settings.tuning.sweep_grace) {
+                let gone = matches!(
+                    self.launcher.docker.inspect_container(&name, None).await,
+                    Err(DockerError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    })
+                );
+                if gone {
+                    scratch::remove_stale(&dir);
+                    stale += 1;
+                }
+            }
+        }
+        Ok(removed + stale)
+    }
+
+    /// Every allowed image is on the engine (pulled first when pulls are
+    /// allowed): a worker that cannot serve one says so at start.
+    async fn check_images(&self) -> Result<(), SandboxError> {
+        for image in &self.launcher.settings.cfg.images {
+            match self.launcher.image_facts(image).await {
+                Ok(_) => {}
+                Err(SandboxError::ImageMissing(i)) => {
+                    return Err(SandboxError::Unusable(format!(
+                        "the allowed image `{i}` is not on the engine: build it (scripts/images \
+                         builds krill/base:1 and krill/python:1), drop it from --image, or \
+                         pass --allow-pull"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ContainerConfig {
@@ -198,30 +236,11 @@ impl Sandbox for ContainerSandbox {
     }
 
     async fn sweep(&self) -> Result<usize, SandboxError> {
-        let settings = &self.launcher.settings;
-        let removed = self
-            .launcher
-            .cleanup
-            .sweep(&settings.tuning.sweep, settings.tuning.sweep_grace)
-            .await?;
-        // Scratch mounts of containers that are gone (a crashed worker's).
-        let mut stale = 0;
-        if let Some(root) = &settings.scratch {
-            for (name, dir) in scratch::older_than(root, settings.tuning.sweep_grace) {
-                let gone = matches!(
-                    self.launcher.docker.inspect_container(&name, None).await,
-                    Err(DockerError::DockerResponseServerError {
-                        status_code: 404,
-                        ..
-                    })
-                );
-                if gone {
-                    scratch::remove_stale(&dir);
-                    stale += 1;
-                }
-            }
-        }
-        Ok(removed + stale)
+        self.sweep_all(true).await
+    }
+
+    async fn reap(&self) -> Result<usize, SandboxError> {
+        self.sweep_all(false).await
     }
 
     async fn ready(&self) -> bool {

@@ -26,6 +26,11 @@
 //! sweep removes those a crashed worker left, and [`PrestartPool::close`] removes the
 //! rest at shutdown. A worker that dies leaves no running ones either: the stub's
 //! stdin closes with the worker's attach connection, and the stub exits.
+//!
+//! A container that dies while it waits is reported with its reason (what it
+//! printed, its exit code, the engine's error) and its image's refill backs off
+//! (0.5 s doubling to 30 s) until a prestarted container of it is used again:
+//! a stub or image that cannot run does not start containers in a tight loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +57,7 @@ pub const DEFAULT_PRESTART: u32 = 2;
 pub const PRESTART_PREFIX: &str = "prestart-";
 /// How often idle containers are checked for having died while waiting (a
 /// task also skips dead ones when it takes one).
-pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
+pub const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// Longest pause between failed refills of one image.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -118,6 +123,9 @@ struct Inner {
     launcher: Arc<Launcher>,
     cfg: PrestartConfig,
     ready: Mutex<HashMap<String, VecDeque<Launched>>>,
+    /// Pre-started containers of each image that died before use, since one was
+    /// last used: the refill waits longer before each new start.
+    deaths: Mutex<HashMap<String, u32>>,
     wake: HashMap<String, Notify>,
     stop: CancellationToken,
     loops: TaskTracker,
@@ -145,6 +153,7 @@ impl PrestartPool {
                     .map(|i| (i.clone(), VecDeque::new()))
                     .collect(),
             ),
+            deaths: Mutex::new(HashMap::new()),
             launcher,
             cfg,
             stop: CancellationToken::new(),
@@ -177,6 +186,8 @@ impl PrestartPool {
             debug!(task_id = %spec.task_id, ?fit, "no prestarted container for this task");
             return None;
         };
+        // A container of this image lived to be used: its refill is healthy.
+        inner.lock_deaths().remove(&image);
         if let Some(wake) = inner.wake.get(&image) {
             wake.notify_one();
         }
@@ -263,6 +274,44 @@ impl Inner {
         self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_deaths(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.deaths.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a death of `image`'s container and reports why (off this thread:
+    /// the engine is asked), then removes what is left of it.
+    fn died(self: &Arc<Self>, image: &str, l: Launched, seen: String) {
+        *self.lock_deaths().entry(image.to_string()).or_default() += 1;
+        let retry_in = self.backoff(image);
+        let docker = self.launcher.docker.clone();
+        let image = image.to_string();
+        self.loops.spawn(async move {
+            let id = l.id().to_string();
+            let state = docker
+                .inspect_container(&id, None)
+                .await
+                .ok()
+                .and_then(|i| i.state);
+            let exit = state.as_ref().and_then(|s| s.exit_code);
+            let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+            let engine = state
+                .and_then(|s| s.error)
+                .filter(|e| !e.is_empty())
+                .unwrap_or_default();
+            warn!(container_id = %id, %image, ?exit, oom_killed = oom, engine_error = %engine,
+                output = %seen.trim(), ?retry_in, "a prestarted container died before use; its refill backs off");
+            drop(l);
+        });
+    }
+
+    /// How long `image`'s refill waits before its next start.
+    fn backoff(&self, image: &str) -> Duration {
+        match self.lock_deaths().get(image).copied().unwrap_or(0) {
+            0 => Duration::ZERO,
+            n => (Duration::from_millis(500) * 2u32.saturating_pow(n.min(16) - 1)).min(MAX_BACKOFF),
+        }
+    }
+
     fn count(&self, image: &str) -> usize {
         self.lock().get(image).map_or(0, VecDeque::len)
     }
@@ -281,39 +330,75 @@ impl Inner {
     }
 
     /// The oldest ready container of `image` that is still alive; dead ones
-    /// (removed by another worker's sweep, killed, engine restarted) are dropped.
-    fn pop_alive(&self, image: &str) -> Option<Launched> {
-        let mut ready = self.lock();
-        let q = ready.get_mut(image)?;
-        while let Some(mut l) = q.pop_front() {
-            if alive(&mut l) {
-                return Some(l);
+    /// (removed by another worker's sweep, killed, engine restarted, a stub
+    /// that cannot run) are reported and dropped.
+    fn pop_alive(self: &Arc<Self>, image: &str) -> Option<Launched> {
+        let mut dead = Vec::new();
+        let found = {
+            let mut ready = self.lock();
+            let q = ready.get_mut(image)?;
+            let mut found = None;
+            while let Some(mut l) = q.pop_front() {
+                match alive(&mut l) {
+                    Ok(()) => {
+                        found = Some(l);
+                        break;
+                    }
+                    Err(seen) => dead.push((l, seen)),
+                }
             }
-            warn!(container_id = %l.id(), "a prestarted container died while waiting; dropping it");
+            found
+        };
+        for (l, seen) in dead {
+            self.died(image, l, seen);
         }
-        None
+        found
     }
 
-    /// Drops ready containers that died while waiting (removing what is left of them).
-    fn prune(&self, image: &str) {
+    /// Drops ready containers that died while waiting (reported, and what is
+    /// left of them removed).
+    fn prune(self: &Arc<Self>, image: &str) {
+        let mut dead = Vec::new();
         if let Some(q) = self.lock().get_mut(image) {
-            q.retain_mut(|l| {
-                let ok = alive(l);
-                if !ok {
-                    warn!(container_id = %l.id(), "a prestarted container died while waiting; replacing it");
+            let mut keep = VecDeque::new();
+            while let Some(mut l) = q.pop_front() {
+                match alive(&mut l) {
+                    Ok(()) => keep.push_back(l),
+                    Err(seen) => dead.push((l, seen)),
                 }
-                ok
-            });
+            }
+            *q = keep;
+        }
+        for (l, seen) in dead {
+            self.died(image, l, seen);
         }
     }
 }
 
 /// Whether a waiting container's attach stream is still open and silent: the
 /// stub writes nothing before its request, so anything ready to read (data or
-/// the end of the stream) means the container died or was removed. Polls once,
-/// without blocking.
-fn alive(l: &mut Launched) -> bool {
-    l.output.next().now_or_never().is_none()
+/// the end of the stream) means the container died or was removed; the error
+/// is what was read. Polls without blocking.
+fn alive(l: &mut Launched) -> Result<(), String> {
+    let mut seen = String::new();
+    loop {
+        match l.output.next().now_or_never() {
+            None if seen.is_empty() => return Ok(()),
+            None => return Err(seen),
+            Some(None) => {
+                if seen.is_empty() {
+                    seen.push_str("(the attach stream ended)");
+                }
+                return Err(seen);
+            }
+            Some(Some(Ok(out))) if seen.len() < 4096 => {
+                seen.push_str(String::from_utf8_lossy(&out.into_bytes()).trim());
+                seen.push(' ');
+            }
+            Some(Some(Ok(_))) => return Err(seen),
+            Some(Some(Err(e))) => return Err(format!("{seen}(attach stream: {e})")),
+        }
+    }
 }
 
 /// Keeps `image`'s pool full until the pool stops.
@@ -327,6 +412,15 @@ async fn refill(inner: Arc<Inner>, image: String) {
             let spec = inner.spec(&image);
             if inner.stop.is_cancelled() {
                 return;
+            }
+            // Its containers die before use: not again at once.
+            let wait = inner.backoff(&image);
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = inner.stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                inner.prune(&image);
             }
             // Not cut short at shutdown: a create whose answer is never read
             // leaves a container no guard owns. `close()` waits for it instead,

@@ -186,6 +186,7 @@ impl Launched {
                 usage,
                 sandbox_id: id.clone(),
                 enforcement,
+                landlock: None,
             });
         (result, guard)
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::scratch;
+use crate::liveness::Liveness;
 use crate::sandbox::uids::UidPool;
 
 /// The default allow-list: the base image built by `scripts/images`.
@@ -113,6 +114,10 @@ pub struct Tuning {
     /// Where each container's scratch tmpfs is mounted on the host (see
     /// [`scratch`](super::scratch); used when the engine shares this worker's mounts).
     pub scratch_root: PathBuf,
+    /// This worker's host-wide lock: containers are labelled with its host set
+    /// (`krill.host`), and a container of that set whose worker holds no lock
+    /// is removed by any sweep, running or not. `None`: by age only.
+    pub liveness: Option<Arc<Liveness>>,
 }
 
 impl Default for Tuning {
@@ -126,6 +131,7 @@ impl Default for Tuning {
             sweep: SweepScope::Abandoned,
             sweep_grace: SWEEP_GRACE,
             scratch_root: PathBuf::from(scratch::DEFAULT_SCRATCH_ROOT),
+            liveness: None,
         }
     }
 }

@@ -45,7 +45,7 @@ use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::message::{read_frame, Report, SandboxConfig, TaskConfig, READY, STATUS_FD};
+use super::message::{read_frame, ready_line, Report, SandboxConfig, TaskConfig, STATUS_FD};
 
 /// argv[0] of the helper.
 pub const ARG0: &str = "krill-sandbox-init";
@@ -201,7 +201,7 @@ fn enter_sandbox(cfg: &SandboxConfig) -> Result<(), String> {
 }
 
 fn prepare_namespaces(cfg: &SandboxConfig) -> Result<(), String> {
-    super::fs::build_view(cfg)?;
+    super::fs::build_view(cfg, HOSTNAME)?;
     nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
     if cfg.net_ns {
         loopback_up()?;
@@ -262,19 +262,18 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
         // SAFETY: restoring the default disposition runs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigDfl) };
     }
-    let none: Option<&str> = None;
-    if let Err(e) = nix::mount::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        none,
-    ) {
-        report(status, &Report::Error(format!("mounting /proc: {e}")));
+    if let Err(e) = super::special::mount_proc() {
+        report(status, &Report::Error(e));
         return 1;
     }
+    // The second fence, made ahead: the script enforces it on itself.
+    let fence = match super::fence::Fence::prepare() {
+        Ok(f) => f,
+        Err(e) => {
+            report(status, &Report::Error(e));
+            return 1;
+        }
+    };
     // The status pipe must not reach the script.
     // SAFETY: fcntl on a descriptor this process owns.
     unsafe {
@@ -289,7 +288,7 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
         }
     };
     // Everything is in place: wait for the task.
-    let _ = status.write_all(format!("{READY}\n").as_bytes());
+    let _ = status.write_all(ready_line(fence.state).as_bytes());
     let task: TaskConfig = match read_frame(status, "task config") {
         Ok(t) => t,
         Err(e) => {
@@ -299,12 +298,12 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
         }
     };
     if task.disk_bytes != sandbox.disk_bytes {
-        if let Err(e) = super::fs::resize_scratch(sandbox, task.disk_bytes) {
+        if let Err(e) = super::fs::resize_scratch(task.disk_bytes) {
             report(status, &Report::Error(e));
             return 1;
         }
     }
-    let script = match spawn_script(sandbox, &task, &filters) {
+    let script = match spawn_script(sandbox, &task, &filters, fence) {
         Ok(pid) => {
             // Only the task's processes hold its output pipes now.
             let _ = null_stdio(&[1, 2]);
@@ -361,6 +360,7 @@ fn spawn_script(
     sandbox: &SandboxConfig,
     cfg: &TaskConfig,
     filters: &crate::sandbox::seccomp::Filters,
+    fence: super::fence::Fence,
 ) -> std::io::Result<Pid> {
     let (program, args) = cfg
         .argv
@@ -396,8 +396,8 @@ fn spawn_script(
     let filters = filters.clone();
     let oom_adj = CString::new("/proc/self/oom_score_adj").map_err(std::io::Error::other)?;
     // SAFETY: the closure only calls async-signal-safe functions (setrlimit,
-    // open/write/close, prctl, setgroups, setgid, setuid) on data prepared before
-    // the fork, and allocates nothing.
+    // open/write/close, prctl, setgroups, setgid, setuid, landlock_restrict_self)
+    // on data prepared before the fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             let err = std::io::Error::last_os_error;
@@ -446,6 +446,8 @@ fn spawn_script(
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(err());
             }
+            // Landlock before seccomp: the allow-list need not have its syscall.
+            fence.restrict()?;
             // Last: from here on only the allow-list's syscalls reach the kernel.
             filters.install()?;
             Ok(())

@@ -12,8 +12,23 @@ use serde::{Deserialize, Serialize};
 /// The helper's status channel to the worker (a copy of the stdin socket).
 pub const STATUS_FD: i32 = 3;
 /// The line the init writes on [`STATUS_FD`] once the task's view is built
-/// and it waits for the task.
+/// and it waits for the task: `ready landlock=<full|partial|off>`.
 pub const READY: &str = "ready";
+
+/// The `ready` line, with how much of the Landlock fence applies.
+pub fn ready_line(landlock: super::fence::State) -> String {
+    format!("{READY} landlock={}\n", landlock.as_str())
+}
+
+/// Parses a `ready` line: the Landlock state, or `None` when it is not one.
+pub fn parse_ready(line: &str) -> Option<super::fence::State> {
+    let rest = line.strip_prefix(READY)?;
+    match rest.trim().strip_prefix("landlock=") {
+        Some(s) => super::fence::State::parse(s),
+        None if rest.trim().is_empty() => Some(super::fence::State::Off),
+        None => None,
+    }
+}
 
 /// What the helper needs before its task is known: the first frame on its
 /// stdin, sent as it starts.
@@ -21,7 +36,6 @@ pub const READY: &str = "ready";
 pub struct SandboxConfig {
     pub uid: u32,
     pub gid: u32,
-    pub work_root: PathBuf,
     pub task_dir: PathBuf,
     /// Size of the scratch tmpfs until the task says otherwise.
     pub disk_bytes: u64,
@@ -30,6 +44,20 @@ pub struct SandboxConfig {
     pub net_ns: bool,
     /// The cgroup's `cgroup.procs` files (one per hierarchy), joined first.
     pub cgroup_procs: Vec<PathBuf>,
+    /// What the task's root is made of.
+    pub view: ViewConfig,
+}
+
+/// What the task's root is made of: part of the helper's first frame, the
+/// same for every task of a worker (built by [`super::fs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewConfig {
+    /// `--process-rootfs`: a whole root (e.g. a task image exported with
+    /// `docker export`) whose top-level directories the view shows; `None`:
+    /// the host's program directories (`/usr`, `/bin`, `/sbin`, `/lib*`).
+    pub rootfs: Option<PathBuf>,
+    /// `--process-bind`: extra read-only binds, (source on the host, target in the view).
+    pub binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// The task: the second frame, sent when it is claimed (never on disk or argv:

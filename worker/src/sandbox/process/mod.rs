@@ -1,8 +1,9 @@
 //! Process sandbox: the script runs as an unprivileged user in fresh mount, pid,
 //! ipc, uts (and, unless it may use the network, net) namespaces, in a cgroup
-//! that limits its memory, processes and cpu, with the host read-only, a private
-//! tmpfs for its home, /tmp and /dev/shm, no capabilities, no_new_privs, a
-//! seccomp filter, a clean environment and stdin from /dev/null.
+//! that limits its memory, processes and cpu, in a minimal root of its own (the
+//! host's program directories read-only, a private tmpfs for its home, /tmp and
+//! /dev/shm; see [`fs`]), fenced by Landlock ([`fence`]), with no capabilities,
+//! no_new_privs, a seccomp filter, a clean environment and stdin from /dev/null.
 //!
 //! ```text
 //! worker ──posix_spawn──▶ krill-sandbox-init (joins the cgroup, unshares) ──fork──▶ init (pid 1) ──▶ script
@@ -21,18 +22,25 @@
 //!     krill/script                 root 0644: the script
 //!     krill/output                 task user 0600: $KRILL_OUTPUT
 //!     krill/sensitive_output       task user 0600: $KRILL_SENSITIVE_OUTPUT
-//!     home/                        mount point of the task's private $HOME
-//!     scratch/                     mount point of its tmpfs (inside its namespace only)
+//!     scratch/                     mount point of its tmpfs  ┐ inside its mount
+//!     root/                        mount point of its root   ┘ namespace only
 //! ```
+//!
+//! The task sees `krill/` as `/krill` and its scratch as `/work` (`$HOME`),
+//! `/tmp` and `/dev/shm`.
 
 pub mod cgroup;
 pub mod cgroupns;
+mod fence;
 pub mod fs;
 pub mod init;
 mod layout;
 pub mod message;
+mod mounts;
 mod pump;
 mod ready;
+mod special;
+mod sweep;
 
 use std::fs::{self as stdfs, File};
 use std::os::unix::fs::PermissionsExt;
@@ -40,7 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::protocol::{Enforcement, SandboxKind, Usage};
+use broker::protocol::{Enforcement, Landlock, SandboxKind, Usage};
 use nix::unistd::Uid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
@@ -51,20 +59,24 @@ use self::cgroup::Driver;
 pub use self::layout::NOFILE;
 use self::layout::{OUTPUT_FILE, SENSITIVE_FILE};
 use self::message::{Report, TaskConfig};
-use self::ready::{Helper, Launcher, Ready, TaskDir};
+use self::ready::{Helper, Launcher, Ready};
+use self::sweep::{lock, mount_work_tmpfs, unmount_work_tmpfs};
 use super::uids::UidPool;
-use super::{Event, Exit, Outcome, Sandbox, SandboxError, Spec};
+use super::{Effective, Event, Exit, Outcome, Sandbox, SandboxError, Spec};
+use crate::liveness::Liveness;
 use crate::output::read_capped;
+use broker::protocol::DEFAULT_INTERPRETER;
 
 /// Time between SIGTERM and SIGKILL when a task is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How long output is still read after the script's namespace is gone.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+/// Deadline of the start-up probe task.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What to check when the start-up probe task fails.
+const PROBE_FIX: &str = "check --sandbox-helper, --process-rootfs and --process-bind";
 /// PATH given to scripts.
 pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Host-wide directory of live workers' locks: a task cgroup whose worker holds
-/// no lock here belongs to a dead worker and is swept.
-pub const LOCK_DIR: &str = "/run/krill/workers";
 
 /// Process sandbox configuration.
 #[derive(Debug, Clone)]
@@ -86,6 +98,14 @@ pub struct ProcessConfig {
     /// Scratch size of prestarted helpers (the pool's default `disk`; a
     /// task asking another size has its scratch resized).
     pub disk_bytes: u64,
+    /// `--process-bind`: extra read-only binds (host source, target in the view).
+    pub binds: Vec<(PathBuf, PathBuf)>,
+    /// `--process-rootfs`: a directory whose top-level directories make the
+    /// task's programs instead of the host's /usr, /bin, /sbin, /lib*.
+    pub rootfs: Option<PathBuf>,
+    /// This worker's host-wide lock: a task cgroup or work dir whose worker
+    /// holds none belongs to a dead worker and is swept.
+    pub liveness: Arc<Liveness>,
 }
 
 /// Runs scripts as an unprivileged user in namespaces and a cgroup on this host.
@@ -101,8 +121,8 @@ pub struct ProcessSandbox {
     cleanup: tokio_util::task::TaskTracker,
     /// This worker's work dir is a tmpfs it mounted (unmounted on drop).
     mounted: bool,
+    liveness: Arc<Liveness>,
     _lock: File,
-    _host_lock: File,
 }
 
 impl ProcessSandbox {
@@ -116,16 +136,28 @@ impl ProcessSandbox {
                     .into(),
             ));
         }
+        if let Some(dir) = &cfg.rootfs {
+            if !dir.join("usr").is_dir() && !dir.join("bin").is_dir() {
+                return Err(SandboxError::Setup(format!(
+                    "--process-rootfs {}: not a root filesystem (no usr/ or bin/ in it; \
+                     export one with `scripts/images --export-rootfs krill/python:1 DIR`)",
+                    dir.display()
+                )));
+            }
+        }
+        let view = message::ViewConfig {
+            rootfs: cfg.rootfs.clone(),
+            binds: cfg.binds.clone(),
+        };
         let root = cfg.work_root.clone();
         stdfs::create_dir_all(&root)?;
         stdfs::set_permissions(&root, stdfs::Permissions::from_mode(0o711))?;
+        // Locked before the dir exists: a sweeping worker never takes it for a dead one's.
+        let work_lock = lock(&root.join(format!("{}.lock", cfg.worker_id)))?;
         let mine = root.join(&cfg.worker_id);
         stdfs::create_dir_all(&mine)?;
         stdfs::set_permissions(&mine, stdfs::Permissions::from_mode(0o711))?;
         let mounted = mount_work_tmpfs(&mine);
-        let work_lock = lock(&root.join(format!("{}.lock", cfg.worker_id)))?;
-        stdfs::create_dir_all(LOCK_DIR)?;
-        let host_lock = lock(&PathBuf::from(LOCK_DIR).join(format!("{}.lock", cfg.worker_id)))?;
         let cgroups = choose_limits(
             cgroup::detect_host().and_then(|d| {
                 d.init(&cfg.worker_id)
@@ -142,9 +174,9 @@ impl ProcessSandbox {
                 cgroups: cgroups.clone(),
                 worker_id: cfg.worker_id.clone(),
                 uids: cfg.uids.clone(),
-                work_root: root.clone(),
                 mine: mine.clone(),
                 disk_bytes: cfg.disk_bytes,
+                view,
             },
             cfg.slots,
         );
@@ -156,15 +188,15 @@ impl ProcessSandbox {
             mine,
             worker_id: cfg.worker_id.clone(),
             cgroups,
+            liveness: cfg.liveness.clone(),
             _lock: work_lock,
-            _host_lock: host_lock,
         })
     }
 
-    /// What the init is told when the task is claimed.
-    fn task_config(spec: &Spec, dir: &TaskDir) -> TaskConfig {
-        let krill = dir.inner.join("krill");
-        let home = dir.inner.join("home");
+    /// What the init is told when the task is claimed (paths in the task's view).
+    fn task_config(spec: &Spec) -> TaskConfig {
+        let krill = PathBuf::from(layout::TASK_MOUNT);
+        let home = PathBuf::from(layout::HOME);
         let mut env = spec.env.clone();
         env.extend([
             ("PATH".to_string(), TASK_PATH.to_string()),
@@ -204,6 +236,7 @@ impl ProcessSandbox {
             status: mut status_r,
             config: mut config_w,
             uid,
+            landlock,
             ..
         } = self.ready.take(!spec.limits.network).await?;
         dir.claim(&spec.task_id, &spec.script)?;
@@ -212,7 +245,7 @@ impl ProcessSandbox {
             cg.apply(&spec.limits)
                 .map_err(SandboxError::setup_io("limiting the task cgroup"))?;
         }
-        let config = message::frame(&Self::task_config(&spec, &dir))
+        let config = message::frame(&Self::task_config(&spec))
             .map_err(|e| SandboxError::Setup(format!("encoding the task config: {e}")))?;
         let helper = child.id().map(|p| p as i32).unwrap_or(0);
         // Dropping the write half afterwards shuts it down.
@@ -291,97 +324,71 @@ impl ProcessSandbox {
             } else {
                 Enforcement::Degraded
             },
+            landlock: Some(match landlock {
+                fence::State::Full => Landlock::Full,
+                fence::State::Partial => Landlock::Partial,
+                fence::State::Off => Landlock::Off,
+            }),
         })
     }
 
-    /// Whether the worker that owns `id` is alive (holds its host-wide lock).
-    fn worker_alive(&self, id: &str) -> bool {
-        if id == self.worker_id {
-            return true;
-        }
-        let path = PathBuf::from(LOCK_DIR).join(format!("{id}.lock"));
-        match File::open(&path) {
-            Ok(f) => {
-                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Removes task cgroups of dead workers, and this worker's own from an
-    /// earlier life under the same id (nothing runs yet when the sweep runs).
-    fn sweep_cgroups(&self) -> usize {
-        let Some(driver) = &self.cgroups else {
-            return 0;
+    /// Removes dead workers' task cgroups and work dirs, and (`startup`) this
+    /// worker's own from an earlier life (see [`sweep`]).
+    fn sweep_leftovers(&self, startup: bool) -> Result<usize, SandboxError> {
+        let cgroups = match &self.cgroups {
+            Some(d) => sweep::cgroups(d.as_ref(), &self.worker_id, &self.liveness, startup),
+            None => 0,
         };
-        let mut removed = 0;
-        for k in driver.krill_dirs() {
-            let Ok(workers) = stdfs::read_dir(&k) else {
-                continue;
-            };
-            for w in workers.flatten() {
-                let worker = w.file_name().to_string_lossy().into_owned();
-                let mine = worker == self.worker_id;
-                if !w.path().is_dir() || (!mine && self.worker_alive(&worker)) {
-                    continue;
-                }
-                for t in stdfs::read_dir(w.path()).into_iter().flatten().flatten() {
-                    if t.path().is_dir() {
-                        let name = format!("{worker}/{}", t.file_name().to_string_lossy());
-                        if cgroup::remove(driver.as_ref(), &name).is_ok() {
-                            removed += 1;
-                        }
-                    }
-                }
-                if !mine {
-                    let _ = stdfs::remove_dir(w.path());
+        Ok(cgroups + sweep::work_dirs(&self.root, &self.mine, startup)?)
+    }
+
+    /// Runs `exit 0` with the default interpreter and the pool's default limits:
+    /// the helper starts, the view is built, the fence applies and a program
+    /// runs, or the error says what is missing.
+    pub async fn probe(&self, defaults: &Effective, worker_id: &str) -> Result<(), SandboxError> {
+        let spec = Spec {
+            task_id: format!("probe-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            worker_id: worker_id.to_string(),
+            script: "exit 0".into(),
+            interpreter: DEFAULT_INTERPRETER.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            limits: Effective {
+                timeout: PROBE_TIMEOUT,
+                network: false,
+                ..defaults.clone()
+            },
+            image: None,
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let output = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(ev) = rx.recv().await {
+                if let Event::Output(_, b) = ev {
+                    out.extend_from_slice(&b);
                 }
             }
-        }
-        // Lock files of dead workers.
-        for e in stdfs::read_dir(LOCK_DIR).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".lock") {
-                if !self.worker_alive(id) {
-                    let _ = stdfs::remove_file(e.path());
-                }
+            out
+        });
+        let ran = self.run_task(spec, tx, CancellationToken::new()).await;
+        let out = output.await.unwrap_or_default();
+        let out = String::from_utf8_lossy(&out);
+        match ran {
+            Ok(o) if o.exit == Exit::Code(0) => {
+                tracing::info!(landlock = ?o.landlock, "process sandbox probe ran");
+                Ok(())
             }
-        }
-        removed
-    }
-}
-
-/// Mounts a tmpfs on this worker's work dir, unless one is there already: each
-/// task's few files (script, output files) then cost no disk inode work, and
-/// their memory is charged to the task's cgroup. Where mounting is not allowed
-/// the dir stays on its filesystem. Returns whether the dir is a tmpfs mount.
-fn mount_work_tmpfs(dir: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let dev = |p: &std::path::Path| stdfs::metadata(p).map(|m| m.dev()).ok();
-    if let Some(parent) = dir.parent() {
-        if dev(dir).is_some() && dev(dir) != dev(parent) {
-            return true; // already a mount point (an earlier life of this worker)
+            Ok(o) => Err(SandboxError::Unusable(format!(
+                "the process sandbox cannot run a task: `{}` ended with {:?}: {} ({PROBE_FIX})",
+                DEFAULT_INTERPRETER.join(" "),
+                o.exit,
+                out.trim()
+            ))),
+            Err(e) => Err(SandboxError::Probe {
+                fix: PROBE_FIX,
+                source: Box::new(e),
+            }),
         }
     }
-    match nix::mount::mount(
-        Some("tmpfs"),
-        dir,
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("mode=0711"),
-    ) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e,
-                "could not mount a tmpfs on the work dir; task dirs stay on its filesystem");
-            false
-        }
-    }
-}
-
-/// Unmounts a work dir's tmpfs (lazily: a dying task may still hold it).
-fn unmount_work_tmpfs(dir: &std::path::Path) {
-    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
 }
 
 impl Drop for ProcessSandbox {
@@ -472,40 +479,13 @@ impl Sandbox for ProcessSandbox {
         // Helpers waiting from before would be swept with their cgroups.
         let stale = self.ready.clear();
         let _ = tokio::task::spawn_blocking(move || drop(stale)).await;
-        let mut removed = self.sweep_cgroups();
-        // Work dirs of workers whose lock is free belong to dead workers; this
-        // worker's own leftovers come from an earlier life under the same id.
-        for entry in stdfs::read_dir(&self.root)? {
-            let entry = entry?;
-            let path = entry.path();
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            if path == self.mine {
-                for t in stdfs::read_dir(&path)?.flatten() {
-                    removed += 1;
-                    let _ = stdfs::remove_dir_all(t.path());
-                }
-                continue;
-            }
-            let lock_path = self
-                .root
-                .join(format!("{}.lock", entry.file_name().to_string_lossy()));
-            let free = match File::open(&lock_path) {
-                Ok(f) => {
-                    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
-                }
-                Err(_) => true,
-            };
-            if free {
-                removed += stdfs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
-                unmount_work_tmpfs(&path);
-                let _ = stdfs::remove_dir_all(&path);
-                let _ = stdfs::remove_file(&lock_path);
-            }
-        }
+        let removed = self.sweep_leftovers(true)?;
         self.ready.refill();
         Ok(removed)
+    }
+
+    async fn reap(&self) -> Result<usize, SandboxError> {
+        self.sweep_leftovers(false)
     }
 
     async fn ready(&self) -> bool {
@@ -522,31 +502,6 @@ impl Sandbox for ProcessSandbox {
         self.cleanup.spawn_blocking(move || drop(waiting));
         self.cleanup.close();
         self.cleanup.wait().await;
-    }
-}
-
-/// Takes an exclusive flock on `path`, held for the life of the returned file.
-/// A worker restarted right after a crash may find the lock still held for a
-/// moment by its predecessor's dying sandbox processes: it retries this long.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-fn lock(path: &std::path::Path) -> Result<File, SandboxError> {
-    let f = File::create(path)?;
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(held) => {
-                std::mem::forget(held);
-                return Ok(f);
-            }
-            Err((_, e)) if std::time::Instant::now() >= deadline => {
-                return Err(SandboxError::Setup(format!(
-                    "locking {} (is another worker running with this id?): {e}",
-                    path.display()
-                )))
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
-        }
     }
 }
 

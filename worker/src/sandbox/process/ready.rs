@@ -72,18 +72,16 @@ impl Helper {
 ///
 /// ```text
 /// <task>.<unique>/   root 0711 (`<unique>` until the task is known)
-///   krill/script     root 0644: the script
-///   krill/output     task user 0600: $KRILL_OUTPUT
-///   krill/sensitive_output   task user 0600: $KRILL_SENSITIVE_OUTPUT
-///   home/            mount point of the task's private $HOME
-///   scratch/         mount point of its tmpfs (inside its namespace only)
+///   krill/script     root 0644: the script              ┐ the task's
+///   krill/output     task user 0600: $KRILL_OUTPUT      │ /krill
+///   krill/sensitive_output   task user 0600             ┘
+///   scratch/         mount point of its tmpfs  ┐ inside its mount
+///   root/            mount point of its root   ┘ namespace only
 /// ```
 #[derive(Debug)]
 pub struct TaskDir {
     /// Where it is on the host now.
     pub path: PathBuf,
-    /// Where the task sees it (its path when the helper bound it).
-    pub inner: PathBuf,
     /// Its name on the host now.
     pub name: String,
 }
@@ -93,7 +91,6 @@ impl TaskDir {
         let dir = parent.join(name);
         let guard = TaskDir {
             path: dir.clone(),
-            inner: dir.clone(),
             name: name.to_string(),
         };
         stdfs::create_dir(&dir)?;
@@ -110,7 +107,7 @@ impl TaskDir {
                 .open(&path)?;
             nix::unistd::chown(&path, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
         }
-        for sub in ["home", "scratch"] {
+        for sub in ["scratch", "root"] {
             stdfs::create_dir(dir.join(sub))?;
             stdfs::set_permissions(dir.join(sub), stdfs::Permissions::from_mode(0o700))?;
         }
@@ -162,6 +159,8 @@ pub struct Prepared {
     pub ready: bool,
     /// The uid its task runs as: held until every process of the task is gone.
     pub uid: UidLease,
+    /// How much of the Landlock fence its init could prepare (from `ready`).
+    pub landlock: super::fence::State,
 }
 
 impl Prepared {
@@ -191,8 +190,9 @@ impl Prepared {
             )));
         }
         let line = String::from_utf8_lossy(&line);
-        if line == message::READY {
+        if let Some(landlock) = message::parse_ready(&line) {
             self.ready = true;
+            self.landlock = landlock;
             return Ok(());
         }
         Err(SandboxError::Setup(match message::Report::parse(&line) {
@@ -213,11 +213,12 @@ pub struct Launcher {
     pub worker_id: String,
     /// The uids tasks run as (one per sandbox).
     pub uids: Arc<UidPool>,
-    /// Root of every worker's work dirs, and this worker's own.
-    pub work_root: PathBuf,
+    /// This worker's work dir.
     pub mine: PathBuf,
     /// Scratch size until the task says otherwise (the pool's default).
     pub disk_bytes: u64,
+    /// What the task's root is made of.
+    pub view: message::ViewConfig,
 }
 
 impl Launcher {
@@ -238,8 +239,7 @@ impl Launcher {
         let first = message::frame(&SandboxConfig {
             uid: task_uid.as_raw(),
             gid: task_gid.as_raw(),
-            work_root: self.work_root.clone(),
-            task_dir: dir.inner.clone(),
+            task_dir: dir.path.clone(),
             disk_bytes: self.disk_bytes,
             nofile: NOFILE,
             net_ns,
@@ -247,6 +247,7 @@ impl Launcher {
                 .as_ref()
                 .map(|cg| cg.procs_files().to_vec())
                 .unwrap_or_default(),
+            view: self.view.clone(),
         })
         .map_err(SandboxError::Setup)?;
         let (mut ours, theirs) = UnixStream::pair()?;
@@ -280,6 +281,7 @@ impl Launcher {
             config,
             ready: false,
             uid,
+            landlock: super::fence::State::Off,
         })
     }
 }
