@@ -52,10 +52,12 @@ fn allowed_mount_point(p: &str) -> bool {
             | "/krill"
             | "/dev"
             | "/dev/shm"
+            | "/dev/mqueue"
             | "/proc"
     ) || p.starts_with("/lib")
         || p.starts_with("/etc/")
         || p.starts_with("/proc/")
+        || p.starts_with("/sys/fs/cgroup")
 }
 
 /// What a process task's /proc/self/mountinfo may not name: the host's work

@@ -9,6 +9,7 @@
 //! /etc /proc /krill                                read
 //! /krill/output /krill/sensitive_output            read, write, truncate
 //! /dev                                             read, write, ioctl on devices
+//! /dev/mqueue (the task's own ipc namespace)       make, use and remove queues
 //! /work /tmp /dev/shm                              everything but device nodes
 //! /                                                list
 //! ```
@@ -86,6 +87,7 @@ impl Fence {
         let scratch = all & !(AccessFs::MakeChar | AccessFs::MakeBlock);
         let dev = read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
         let output = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
+        let mqueue = output | AccessFs::ReadDir | AccessFs::MakeReg | AccessFs::RemoveFile;
         let e = |e: landlock::RulesetError| format!("landlock: {e}");
         let mut rules: Vec<(String, BitFlags<AccessFs>)> = vec![
             ("/".into(), AccessFs::ReadDir.into()),
@@ -96,6 +98,8 @@ impl Fence {
             (format!("{TASK_MOUNT}/{SENSITIVE_FILE}"), output),
             ("/dev".into(), dev),
             ("/dev/shm".into(), scratch),
+            // POSIX message queues (mq_open makes a file in this filesystem).
+            ("/dev/mqueue".into(), mqueue),
             (HOME.into(), scratch),
             ("/tmp".into(), scratch),
         ];

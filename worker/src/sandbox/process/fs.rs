@@ -15,7 +15,8 @@
 //! /work             $HOME and the working directory ┐ one private tmpfs of
 //! /tmp              mode 1777                       │ `disk_bytes` (three
 //! /dev/shm          mode 1777                       ┘ binds of it)
-//! /dev              a tmpfs with null zero full random urandom tty only
+//! /dev              a tmpfs with null zero full random urandom tty only, and
+//!                   mqueue (the task's own ipc namespace's message queues)
 //! /krill            the task's own dir: script (read-only by mode) and the
 //!                   output files, noexec
 //! /proc             its own pid namespace (mounted by the init, [`mount_proc`](super::special::mount_proc));

@@ -1,5 +1,5 @@
 //! The view's special filesystems: the task's minimal `/dev` (built by the
-//! helper with the root) and its `/proc` (mounted by its init, in its own pid
+//! helper with the root; `/dev/mqueue` is its ipc namespace's queues) and its `/proc` (mounted by its init, in its own pid
 //! namespace), with the kernel's knobs read-only and its most revealing files
 //! masked.
 
@@ -95,6 +95,18 @@ pub(super) fn minimal_dev(dev: &Path, shm: &Path) -> Result<()> {
     let shm_dir = dev.join("shm");
     fs::create_dir(&shm_dir).map_err(|e| e.to_string())?;
     bind(shm, &shm_dir, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    // The task's own ipc namespace's POSIX message queues (their mq_open works
+    // on this filesystem: Landlock lets the task use it through this path).
+    let mqueue = dev.join("mqueue");
+    fs::create_dir(&mqueue).map_err(|e| e.to_string())?;
+    mount(
+        Some("mqueue"),
+        &mqueue,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(ctx(|| "mounting /dev/mqueue".into()))?;
     let none: Option<&str> = None;
     // No more device nodes may be created or used under /dev from now on.
     mount(
