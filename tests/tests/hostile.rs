@@ -168,9 +168,11 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "fork bomb",
-            // `exec`: waiting needs no fork, which the full pids budget may
-            // refuse (the script would then fail instead of timing out).
-            script: "b() { b | b & }; b; exec sleep 30".into(),
+            // The script itself forks once, first (`b &`: a plain `b` forks
+            // the pipeline's two halves, and the first half's bomb could take
+            // the pids before the second fork, failing the script instead of
+            // timing it out), and `exec`: waiting needs no fork.
+            script: "b() { b | b & }; b & exec sleep 30".into(),
             tweak: |t| {
                 t.limits.timeout_secs = Some(4);
                 t.limits.pids = Some(64);
