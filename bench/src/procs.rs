@@ -136,6 +136,7 @@ impl Env {
             .env("KRILL_SANDBOX", &opts.sandbox)
             .env("KRILL_WORK_DIR", &work_dir)
             .env("KRILL_STUB_PATH", &self.stub)
+            .env("KRILL_ALLOW_UNSIGNED", "true")
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

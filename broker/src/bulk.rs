@@ -45,6 +45,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::client::{open_named, task_properties, ClientError};
 use crate::protocol::{Task, TaskResult};
 use crate::topology;
+use crate::trust::Credentials;
 
 /// Prefix of a bulk client's reply queue; the rest is a random UUID.
 pub const CLIENT_REPLY_PREFIX: &str = "krill.reply.client.";
@@ -63,6 +64,7 @@ pub struct BulkClient {
     waiters: Waiters,
     window: Arc<Semaphore>,
     reader: tokio::task::JoinHandle<()>,
+    creds: Credentials,
 }
 
 /// One submitted task: its publish confirm and, later, its result.
@@ -101,7 +103,14 @@ impl BulkClient {
             waiters,
             window: Arc::new(Semaphore::new(window.max(1))),
             reader,
+            creds: Credentials::default(),
         })
+    }
+
+    /// Seals and signs every task with `creds` from now on.
+    pub fn with_credentials(mut self, creds: Credentials) -> Self {
+        self.creds = creds;
+        self
     }
 
     /// The queue results come back on (`reply_to` of every task this client submits).
@@ -117,7 +126,7 @@ impl BulkClient {
             return Err(ClientError::Pool(pool.to_string()));
         }
         task.validate()?;
-        let body = serde_json::to_vec(task)?;
+        let (body, headers) = self.creds.prepare_task(pool, &self.reply_queue, task)?;
         let permit = self
             .window
             .clone()
@@ -126,8 +135,9 @@ impl BulkClient {
             .map_err(|_| ClientError::Nacked)?;
         let (tx, rx) = oneshot::channel();
         self.lock().insert(task.id.clone(), tx);
-        let props =
-            task_properties(task).with_reply_to(ShortString::from(self.reply_queue.as_str()));
+        let props = task_properties(task)
+            .with_reply_to(ShortString::from(self.reply_queue.as_str()))
+            .with_headers(headers);
         let published = self
             .channel
             .basic_publish(

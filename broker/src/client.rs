@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::amqp::{self, publish_confirmed, redact_url};
 use crate::protocol::{Control, LogChunk, Task, TaskEvent, TaskResult, TaskState};
 use crate::topology::{self, CONTENT_TYPE};
+use crate::trust::{Credentials, TrustError};
 
 /// How long `wait` keeps trying to reconnect to a broker that went away.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
@@ -47,6 +48,8 @@ pub enum ClientError {
     NoTopology,
     #[error("serializing: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("signing or sealing: {0}")]
+    Trust(#[from] TrustError),
 }
 
 impl From<amqp::PublishError> for ClientError {
@@ -59,12 +62,15 @@ impl From<amqp::PublishError> for ClientError {
     }
 }
 
-/// A connection to the broker for submitters.
+/// A connection to the broker for submitters. With [`Credentials`] (see
+/// [`Client::with_credentials`]) it seals secrets to the pool key and signs
+/// every task and control message it sends.
 #[derive(Debug)]
 pub struct Client {
     url: String,
     conn: Connection,
     channel: Channel,
+    creds: Credentials,
 }
 
 /// The AMQP properties of a task message.
@@ -141,7 +147,19 @@ impl Client {
             url: url.to_string(),
             conn,
             channel,
+            creds: Credentials::default(),
         })
+    }
+
+    /// Seals and signs with `creds` from now on.
+    pub fn with_credentials(mut self, creds: Credentials) -> Self {
+        self.creds = creds;
+        self
+    }
+
+    /// What this client seals and signs with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
     }
 
     /// The channel (publisher confirms on), for callers that need more.
@@ -157,13 +175,14 @@ impl Client {
         }
         task.validate()?;
         topology::declare_reply_queue(&self.channel, &task.id).await?;
-        let body = serde_json::to_vec(task)?;
+        let reply_to = topology::reply_queue(&task.id);
+        let (body, headers) = self.creds.prepare_task(pool, &reply_to, task)?;
         publish_confirmed(
             &self.channel,
             topology::TASKS_EXCHANGE,
             pool,
             &body,
-            task_properties(task),
+            task_properties(task).with_headers(headers),
             true,
         )
         .await
@@ -330,9 +349,14 @@ impl Client {
 
     async fn control(&self, key: &str, msg: &Control) -> Result<(), ClientError> {
         let body = serde_json::to_vec(msg)?;
+        let validity = match msg {
+            Control::Cancel { .. } => crate::trust::CANCEL_VALIDITY,
+            Control::Drain { .. } | Control::Resume { .. } => crate::trust::CONTROL_VALIDITY,
+        };
         let props = BasicProperties::default()
             .with_content_type(ShortString::from(CONTENT_TYPE))
-            .with_delivery_mode(2);
+            .with_delivery_mode(2)
+            .with_headers(self.creds.control_headers(key, &body, validity));
         // A nack means the broker did not take the message: a stream member
         // of `krill.cancellations` that is not up yet (a broker just started)
         // nacks. Control messages are idempotent, so publishing again is safe.

@@ -9,6 +9,7 @@
 //! - [`bulk`]: submit many tasks at once, results on one reply queue per client.
 //! - [`dead`]: the dead-letter queue: list with reasons, replay.
 //! - [`status`]: what the pool is doing (heartbeat stream + queue depths), for `krill status`.
+//! - [`trust`]: signatures, sealed secrets and outputs, key files, trusted keys (pure).
 //! - [`schema`]: the JSON Schema of every wire message (`broker/schema/`).
 //! - [`cli`]: the `krill` command line (args, submit/wait/logs, status, print).
 //! - `bin/krill.rs`: the CLI binary, thin over [`cli`].
@@ -24,4 +25,5 @@ pub mod protocol;
 pub mod schema;
 pub mod status;
 pub mod topology;
+pub mod trust;
 pub mod units;

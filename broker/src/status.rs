@@ -466,6 +466,7 @@ mod tests {
             id: "t".into(),
             started_at: now,
             sandbox: SandboxKind::Process,
+            submitter: None,
         });
         let w = worker_status(&lost, now);
         assert!(w.running.is_empty(), "a lost worker runs nothing");

@@ -14,6 +14,7 @@
 //! | `krill.heartbeats` | stream queue, bound to `krill.events` with `worker.*.heartbeat` | recent heartbeats, so `krill status` sees workers that went silent |
 //! | `krill.dead.notify` | quorum queue on `krill.dead` | workers answer tasks RabbitMQ dead-lettered (delivery limit) |
 //! | `krill.cancellations` | stream on `krill.control` (`cancel.#`) | every cancel of the last 24 h, replayed by each worker at start |
+//! | `krill.claims.<pool>` | stream, published to directly | claims of signed tasks: the first claim of a message in stream order runs it (replay protection) |
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -59,6 +60,16 @@ pub const REASON_HEADER: &str = "x-krill-reason";
 pub const WORKER_HEADER: &str = "x-krill-worker";
 /// Header carrying the pool of a message a worker dead-lettered.
 pub const POOL_HEADER: &str = "x-krill-pool";
+/// Header carrying the human-readable detail of a trust rejection (the reason
+/// code is in [`REASON_HEADER`]); never a secret.
+pub const DETAIL_HEADER: &str = "x-krill-detail";
+/// Header carrying the name of the key that signed a dead-lettered task.
+pub const SUBMITTER_HEADER: &str = "x-krill-submitter";
+/// Prefix of a pool's claims stream.
+pub const CLAIMS_STREAM_PREFIX: &str = "krill.claims.";
+/// How long claims are kept (`x-max-age`): above the longest validity a pool
+/// accepts plus clock skew (`broker::trust::MAX_VALIDITY`, `CLOCK_SKEW`).
+pub const CLAIMS_RETENTION: &str = "2D";
 /// Header RabbitMQ's quorum queues set on redelivered messages.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Content type of every message.
@@ -72,6 +83,36 @@ pub fn pool_queue(pool: &str) -> String {
 /// Name of the per-task reply queue `krill wait` reads.
 pub fn reply_queue(task_id: &str) -> String {
     format!("{REPLY_QUEUE_PREFIX}{task_id}")
+}
+
+/// Name of a pool's claims stream (replay protection of signed tasks).
+pub fn claims_stream(pool: &str) -> String {
+    format!("{CLAIMS_STREAM_PREFIX}{pool}")
+}
+
+/// The arguments of a claims stream.
+pub fn claims_stream_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), long("stream"));
+    args.insert(short("x-max-age"), long(CLAIMS_RETENTION));
+    args.insert(
+        short("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(4 << 20),
+    );
+    args
+}
+
+/// Declares a pool's claims stream. Idempotent. Like the heartbeat stream, a
+/// failure closes `channel`: use a channel of its own.
+pub async fn declare_claims(channel: &Channel, pool: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            short(&claims_stream(pool)),
+            QueueDeclareOptions::durable(),
+            claims_stream_arguments(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Routing key of a task event.
@@ -335,6 +376,7 @@ mod tests {
         assert_eq!(reply_queue("abc"), "krill.reply.abc");
         assert_eq!(task_event_key("p", "finished"), "task.p.finished");
         assert_eq!(heartbeat_key("w1"), "worker.w1.heartbeat");
+        assert_eq!(claims_stream("p"), "krill.claims.p");
         assert!(valid_pool("default"));
         assert!(valid_pool("gpu-2"));
         assert!(!valid_pool(""));

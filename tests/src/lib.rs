@@ -16,6 +16,8 @@ use lapin::options::QueueDeleteOptions;
 use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
 
+pub mod trust;
+
 /// The broker tests use (`KRILL_AMQP_URL`, default local).
 pub fn amqp_url() -> String {
     std::env::var("KRILL_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_string())
@@ -157,6 +159,9 @@ impl WorkerProc {
             // Fresh containers carry the task's label, which the leftover checks
             // look for; tests of pre-started containers pass --prestart themselves.
             .env("KRILL_PRESTART", "0")
+            // Tests of signing pass --trusted-keys (and KRILL_ALLOW_UNSIGNED=false);
+            // every other test runs an open pool, as before signing existed.
+            .env("KRILL_ALLOW_UNSIGNED", "true")
             .envs(b.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&b.args)
             .stdin(Stdio::null())
@@ -260,6 +265,7 @@ impl Drop for WorkerProc {
                     .build()
                 {
                     rt.block_on(delete_queue(&topology::pool_queue(&pool)));
+                    rt.block_on(delete_queue(&topology::claims_stream(&pool)));
                 }
             })
             .join();

@@ -240,7 +240,7 @@ async fn environment_is_clean_and_secrets_reach_the_script() {
     t.env.insert("STAGE".into(), "prod".into());
     t.secrets.insert(
         "TOKEN".into(),
-        broker::protocol::Secret("s3cr3t-value".into()),
+        broker::protocol::Secret("s3cr3t-value".into()).into(),
     );
     let r = run_task(&c, &pool, &t).await;
     assert_eq!(r.status, Status::Succeeded, "{r:?}");

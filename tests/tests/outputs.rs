@@ -146,8 +146,10 @@ async fn leak_scan(w: &WorkerProc, sandbox: Option<SandboxKind>, image: Option<&
     let mut t = task(LEAKY_SCRIPT);
     t.sandbox = sandbox;
     t.image = image.map(str::to_string);
-    t.secrets.insert("SECRET".into(), Secret(SECRET.into()));
-    t.secrets.insert("MULTI".into(), Secret(MULTI.into()));
+    t.secrets
+        .insert("SECRET".into(), Secret(SECRET.into()).into());
+    t.secrets
+        .insert("MULTI".into(), Secret(MULTI.into()).into());
     let r = run_task(&c, &w.pool, &t).await;
     let id = t.id.clone();
     logs.wait_for("the last log chunk", |bodies| {
@@ -552,7 +554,7 @@ async fn short_values_are_not_masked_and_warned_by_name_only() {
         r#"echo "pin $PIN"; echo '::add-mask::q%Y'; echo 'tiny=k@W' >> "$KRILL_SENSITIVE_OUTPUT"
 echo 'long=long-enough' >> "$KRILL_SENSITIVE_OUTPUT"; echo 'q%Y k@W long-enough'"#,
     );
-    t.secrets.insert("PIN".into(), Secret("z!X".into()));
+    t.secrets.insert("PIN".into(), Secret("z!X".into()).into());
     let r = run_task(&c, &pool, &t).await;
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     assert_eq!(r.stdout, "pin z!X\nq%Y k@W ***\n");

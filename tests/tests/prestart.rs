@@ -117,7 +117,7 @@ fn rich_task() -> Task {
     );
     t.env.insert("WHO".into(), "world".into());
     t.secrets
-        .insert("TOKEN".into(), Secret("tok-5up3r-s3cret".into()));
+        .insert("TOKEN".into(), Secret("tok-5up3r-s3cret".into()).into());
     t
 }
 

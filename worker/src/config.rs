@@ -174,6 +174,30 @@ pub struct Config {
     /// pool's default limits (container sandbox only; 0 disables).
     #[arg(long, env = "KRILL_PRESTART", default_value_t = crate::sandbox::container::prestart::DEFAULT_PRESTART)]
     pub prestart: u32,
+    /// Keys whose signed tasks (and control messages) this worker obeys, one per
+    /// line with their restrictions (see the README). Unsigned tasks are then
+    /// rejected unless --allow-unsigned.
+    #[arg(long, env = "KRILL_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Also run unsigned tasks and obey unsigned control messages (a development
+    /// pool: anyone who may publish to krill.tasks runs code here; every result
+    /// says so). Needed to start without --trusted-keys.
+    #[arg(long, env = "KRILL_ALLOW_UNSIGNED")]
+    pub allow_unsigned: bool,
+    /// The pool's X25519 key file(s) that open sealed secrets, comma-separated or
+    /// repeated (several during a key rotation).
+    #[arg(long = "pool-key", env = "KRILL_POOL_KEY", value_delimiter = ',')]
+    pub pool_keys: Vec<PathBuf>,
+    /// Reject tasks whose secrets are not sealed to the pool key.
+    #[arg(long, env = "KRILL_REQUIRE_SEALED_SECRETS")]
+    pub require_sealed_secrets: bool,
+    /// Longest validity (`not_after` - now) a signed task may have (at most 24h).
+    #[arg(long, env = "KRILL_MAX_VALIDITY", value_parser = parse_duration, default_value = "24h")]
+    pub max_validity: Duration,
+    /// Append one JSON line per trust decision (task accepted, rejected, finished;
+    /// control obeyed or refused) to this file. Never a secret or an output value.
+    #[arg(long, env = "KRILL_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 /// What the pool allows: defaults for what a task does not set, maxima for what it does.
@@ -211,6 +235,25 @@ impl Config {
         }
         if self.sandbox.contains(&SandboxKind::Container) && self.images.is_empty() {
             return Err("the container sandbox needs at least one --image".into());
+        }
+        if self.trusted_keys.is_none() && !self.allow_unsigned {
+            return Err(
+                "give --trusted-keys FILE (this worker then runs only tasks signed by \
+                        those keys) or --allow-unsigned (an open pool: anyone who may publish \
+                        to krill.tasks runs code on it)"
+                    .into(),
+            );
+        }
+        if self.require_sealed_secrets && self.pool_keys.is_empty() {
+            return Err(
+                "--require-sealed-secrets needs --pool-key (the key that opens them)".into(),
+            );
+        }
+        if self.max_validity > broker::trust::MAX_VALIDITY || self.max_validity.is_zero() {
+            return Err(format!(
+                "--max-validity must be above 0 and at most {}s",
+                broker::trust::MAX_VALIDITY.as_secs()
+            ));
         }
         Ok(())
     }
@@ -266,6 +309,8 @@ pub enum PolicyError {
     CpusAboveMax { asked: f64, max: f64 },
     #[error("network access was asked for but this pool does not allow it")]
     NetworkNotAllowed,
+    #[error("secret `{0}` is sealed and this worker did not open it (no --pool-key opens it)")]
+    SealedSecret(String),
 }
 
 impl Policy {
@@ -399,7 +444,27 @@ mod tests {
     fn config_checks() {
         assert!(config(&["--pool", "Bad Pool"]).validate().is_err());
         assert!(config(&["--concurrency", "0"]).validate().is_err());
-        assert!(config(&[]).validate().is_ok());
+        let e = config(&[])
+            .validate()
+            .expect_err("neither keys nor --allow-unsigned");
+        assert!(
+            e.contains("--trusted-keys") && e.contains("--allow-unsigned"),
+            "{e}"
+        );
+        assert!(config(&["--allow-unsigned"]).validate().is_ok());
+        assert!(config(&["--trusted-keys", "/k"]).validate().is_ok());
+        assert!(config(&["--allow-unsigned", "--require-sealed-secrets"])
+            .validate()
+            .is_err());
+        assert!(config(&["--allow-unsigned", "--max-validity", "3d"])
+            .validate()
+            .is_err());
+        assert_eq!(
+            config(&["--pool-key", "/a,/b", "--pool-key", "/c"])
+                .pool_keys
+                .len(),
+            3
+        );
         assert_eq!(
             config(&["--sandbox", "container,process"]).sandbox,
             vec![SandboxKind::Container, SandboxKind::Process]

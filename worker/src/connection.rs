@@ -9,6 +9,7 @@
 //!      ├─ the outbound sink gets the channels; connected heartbeat
 //!      ├─ control::Listener::run           control queue, cancellation stream, dead notify
 //!      │   (claims wait until the cancellation stream caught up, at most CANCEL_CATCH_UP)
+//!      ├─ trust::Claims::follow            the pool's claims stream (signed tasks; logged if it ends)
 //!      └─ consumer::claim                  until the worker stops or the connection breaks
 //! ```
 
@@ -20,7 +21,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::consumer::{self, ClaimError};
 use crate::control::{self, ControlError};
@@ -115,6 +116,17 @@ async fn serve(
     tracing::info!("connected to the broker");
     shared.run.metrics.connected();
     shared.send_heartbeat(false).await;
+    // The pool's claims stream, read from the oldest claim that can still
+    // matter, for as long as this connection lives (a pool with trusted keys).
+    let _claims = shared.trust.claims.clone().map(|claims| {
+        let conn = conn.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            if let Err(e) = claims.follow(conn).await {
+                tracing::warn!(consumer = "claims stream", error = %e,
+                    "side consumer ended; signed tasks cannot be claimed until the connection is made again");
+            }
+        }))
+    });
     let (caught_up_tx, caught_up) = tokio::sync::oneshot::channel();
     let control = listener.run(caught_up_tx);
     tokio::pin!(control);

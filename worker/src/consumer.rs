@@ -9,15 +9,19 @@
 //!  └─ select! { root stop | shutdown | drain change | delivery | connection health }
 //!       delivery → wait for a free slot → handlers.spawn(handle(delivery, slot))
 //! handle(shared, incoming, slot)                   one per delivery; the slot is held until the ack
-//!  ├─ intake::decode → Bad → `rejected` result (where it can be answered) + dead letter
-//!  └─ Task → decide():
+//!  ├─ gate::Gate::open: the signature (refused → rejected + dead letter, nothing made)
+//!  ├─ intake::decode → Bad → Gate::malformed: `rejected` result (where it can be answered) + dead letter
+//!  └─ Task → Gate::admit (key's restrictions, sealed secrets opened) → decide():
 //!       Resend (finished here) | Adopted (running here) | Answer (worker_lost, cancelled)
-//!       Run → runner::run → Outbound::finish_result → remember → finish()
+//!       Run → Gate::claim → runner::run → Outbound::finish_result → remember → finish()
 //! finish(): Outbound::result (confirmed) → finished event → ack (not when the result was given up)
 //! ```
 //!
-//! [`decide`] does no I/O; [`handle`] talks to the broker only through the
-//! outbound sink and the delivery's [`Settle`]: both are tested in memory.
+//! Every result leaves through `Outbound::finish_result` with the task's
+//! [`Stamp`](crate::outbound::Stamp) (its signer's name, the trust warnings,
+//! sensitive outputs sealed to the submitter). [`decide`] does no I/O;
+//! [`handle`] talks to the broker only through the outbound sink and the
+//! delivery's [`Settle`]: both are tested in memory.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,6 +37,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::Cancel;
+use crate::gate::{Delivery, Gate};
 use crate::intake::{decode, Incoming, Intake, Settle};
 use crate::runner;
 use crate::state::Running;
@@ -148,13 +153,14 @@ pub enum Decision {
     Run,
 }
 
-/// Decides what a task needs (no I/O; an adoption swaps the running task's
-/// delivery for this one).
+/// Decides what a task signed by `signer` needs (no I/O; an adoption swaps the
+/// running task's delivery for this one).
 pub fn decide(
     shared: &Shared,
     task: &Task,
     attempt: u32,
     redelivered: bool,
+    signer: Option<&broker::trust::PublicKey>,
     settle: &Arc<dyn Settle>,
 ) -> Decision {
     let id = &task.id;
@@ -180,7 +186,7 @@ pub fn decide(
             );
         }
     }
-    if shared.tasks.is_cancelled(id) {
+    if shared.tasks.is_cancelled(id, signer) {
         return answer(Status::Cancelled, "cancelled before it started");
     }
     Decision::Run
@@ -194,21 +200,21 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
         redelivered,
         settle,
     } = incoming;
-    let (task, reply_to, attempt, redelivered) = match decode(&props, &data, redelivered) {
+    let d = Delivery {
+        data: &data,
+        props: &props,
+        settle: &settle,
+    };
+    let Some(mut gate) = Gate::open(&shared, d, redelivered).await else {
+        return;
+    };
+    let (mut task, reply_to, attempt, redelivered) = match decode(&props, &data, redelivered) {
         Intake::Bad {
             reason,
             id,
             reply_to,
         } => {
-            tracing::warn!(%reason, task_id = ?id, "malformed task message");
-            shared.run.metrics.finished(Status::Rejected, None);
-            if let (Some(id), Some(reply_to)) = (&id, &reply_to) {
-                let mut result = TaskResult::rejected(id.clone(), reason.clone());
-                result.worker = Some(shared.id.clone());
-                let result = shared.run.outbound.finish_result(result);
-                shared.run.outbound.result(&result, reply_to).await;
-            }
-            dead_letter(&shared, &data, &props, &reason, settle.as_ref()).await;
+            gate.malformed(&shared, d, &reason, id, reply_to).await;
             return;
         }
         Intake::Task {
@@ -218,8 +224,20 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
             redelivered,
         } => (task, reply_to, attempt, redelivered),
     };
+    if !gate.admit(&shared, d, &mut task).await {
+        return;
+    }
     let id = task.id.clone();
-    match decide(&shared, &task, attempt, redelivered, &settle) {
+    let stamp = gate.stamp(task.reply_key.clone());
+    let signer = gate.signer();
+    match decide(
+        &shared,
+        &task,
+        attempt,
+        redelivered,
+        signer.as_ref(),
+        &settle,
+    ) {
         Decision::Resend(result) => {
             tracing::info!(task_id = %id, "redelivered task already finished here; sending its result again");
             finish(&shared, &result, &reply_to, &settle).await;
@@ -229,19 +247,25 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
         }
         Decision::Answer(result) => {
             shared.run.metrics.finished(result.status, None);
-            let result = shared.run.outbound.finish_result(*result);
+            let result = shared.run.outbound.finish_result(*result, &stamp);
+            gate.finished(&shared, &result);
             shared.tasks.remember(&result, &reply_to);
             finish(&shared, &result, &reply_to, &settle).await;
         }
         Decision::Run => {
+            if !gate.claim(&shared, d, &task, attempt).await {
+                return;
+            }
             let cancel = Cancel::child_of(&shared.root);
-            let settle = Arc::new(Mutex::new(settle));
+            let settle = Arc::new(Mutex::new(settle.clone()));
             let kind = task.sandbox.unwrap_or(shared.run.policy.kinds[0]);
             shared.tasks.start(
                 &id,
                 Running {
                     started_at: Utc::now(),
                     sandbox: kind,
+                    submitter: stamp.submitter.clone(),
+                    signer,
                     cancel: cancel.clone(),
                     settle: settle.clone(),
                 },
@@ -252,18 +276,18 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
                 metrics.queued(waited);
             }
             let ran = std::time::Instant::now();
+            let out = &shared.run.outbound;
             // The started event goes out while the task starts (joined, not
             // spawned: it is sent before the finished event can be).
             let ((), result) = tokio::join!(
-                shared
-                    .run
-                    .outbound
-                    .event(&id, State::Started, None, attempt),
+                out.event_by(&id, State::Started, None, attempt, stamp.submitter.clone()),
                 runner::run(&shared.run, *task, attempt, cancel)
             );
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
-            let result = shared.run.outbound.finish_result(result);
+            // Before it is remembered or sent anywhere: only ciphertext leaves.
+            let result = out.finish_result(result, &stamp);
+            gate.finished(&shared, &result);
             // Remember before forgetting it runs: a redelivery in between must find one or the other.
             shared.tasks.remember(&result, &reply_to);
             shared.tasks.finish(&id);
@@ -295,26 +319,6 @@ async fn finish(
             // answers from the result (here) or as worker_lost (elsewhere).
             tracing::warn!(task_id = %result.id, error = %e, "ack failed; the broker will redeliver");
         }
-    }
-}
-
-/// Sends a copy of the message to the dead letters with the reason, then acks
-/// it. If that is impossible, rejects it without requeue so RabbitMQ
-/// dead-letters it.
-async fn dead_letter(
-    shared: &Shared,
-    data: &[u8],
-    props: &lapin::BasicProperties,
-    reason: &str,
-    settle: &dyn Settle,
-) {
-    let res = if shared.run.outbound.dead_letter(data, props, reason).await {
-        settle.ack().await
-    } else {
-        settle.reject().await
-    };
-    if let Err(e) = res {
-        tracing::warn!(error = %e, "could not settle a malformed message; the broker will redeliver it");
     }
 }
 
@@ -448,6 +452,8 @@ mod tests {
             Running {
                 started_at: Utc::now(),
                 sandbox: broker::protocol::SandboxKind::Process,
+                submitter: None,
+                signer: None,
                 cancel: Cancel::child_of(&shared.root),
                 settle: running.clone(),
             },
@@ -580,7 +586,7 @@ mod tests {
         assert_eq!((attempt, redelivered), (2, true));
         let settle: Arc<dyn Settle> = Arc::new(MemorySettle::default());
         assert!(matches!(
-            decide(&shared, &task, attempt, redelivered, &settle),
+            decide(&shared, &task, attempt, redelivered, None, &settle),
             Decision::Answer(r) if r.status == Status::WorkerLost && r.attempt == 2
         ));
     }

@@ -8,10 +8,16 @@
 //! Listener::open(shared, conn)                 declares and consumes the control queue
 //! Listener::run(caught_up)                     until the control queue ends (the connection is re-made)
 //!  ├─ control queue krill.control.worker.<id>  Control → apply(): cancel a task, drain, resume
-//!  ├─ cancellations (stream, from "first")     Cancel → TaskState::cancel; the marker → caught up
+//!  ├─ cancellations (stream, from "first")     Cancel → TaskState::cancel_by; the marker → caught up
 //!  └─ dead notify                              answer_for() → Outbound::answer, then ack
 //!     (these two failing is logged, and costs what they do, not the connection)
 //! ```
+//!
+//! Every control message is checked first (`trust::control::decide`): signed
+//! by a trusted key with the control right (or unsigned on an
+//! `--allow-unsigned` pool) it is obeyed; a cancel signed by a key without it
+//! stops only tasks that key signed; anything else is ignored with a warning,
+//! a metric and an audit line (where it concerns this worker).
 //!
 //! [`apply`] and [`answer_for`] hold the decisions and do no I/O: they are
 //! tested without a broker.
@@ -29,6 +35,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::oneshot;
 
+use crate::trust::control::{self as trust_control, Decision};
 use crate::worker::Shared;
 
 /// Stream consumers must bound their unacked deliveries.
@@ -37,6 +44,9 @@ const STREAM_PREFETCH: u16 = 500;
 const DEAD_NOTIFY_PREFETCH: u16 = 16;
 /// The reason a cancelled task's result gives.
 pub const CANCELLED_BY_REQUEST: &str = "cancelled by request (krill cancel)";
+/// Task id prefix of the marker a worker publishes to learn it has caught up
+/// with the cancellation stream (never a request).
+pub const SYNC_MARKER_PREFIX: &str = "krill-sync.";
 
 /// Why the control consumers stopped.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +106,8 @@ impl Listener {
         tokio::select! {
             r = async {
                 while let Some(d) = self.control.next().await {
-                    apply(&shared, &d?.data);
+                    let d = d?;
+                    apply(&shared, d.routing_key.as_str(), &d.properties, &d.data);
                 }
                 Err(ControlError::Ended("control queue"))
             } => r,
@@ -114,9 +125,9 @@ async fn logged(
     }
 }
 
-/// What a control message does on this worker (no I/O: it changes the
-/// worker's state only).
-pub fn apply(shared: &Shared, data: &[u8]) {
+/// What a control message does on this worker, once its signature is
+/// checked (no I/O: it changes the worker's state only).
+pub fn apply(shared: &Shared, routing_key: &str, props: &BasicProperties, data: &[u8]) {
     let cmd = match serde_json::from_slice::<Control>(data) {
         Ok(c) => c,
         Err(e) => {
@@ -124,22 +135,55 @@ pub fn apply(shared: &Shared, data: &[u8]) {
             return;
         }
     };
+    // This worker's own catch-up marker is not a request.
+    if matches!(&cmd, Control::Cancel { task_id } if task_id.starts_with(SYNC_MARKER_PREFIX)) {
+        return;
+    }
+    // Decided and recorded only when it concerns this worker: a drain/resume
+    // addressed to it, a cancel of a task running here (a cancel of a task not
+    // seen yet is remembered, and checked against its signer when it comes).
+    let concerns = match &cmd {
+        Control::Cancel { task_id } => shared.tasks.is_running(task_id),
+        Control::Drain { worker } | Control::Resume { worker } => {
+            Control::addresses(worker, &shared.id)
+        }
+    };
+    if !concerns && !matches!(cmd, Control::Cancel { .. }) {
+        return;
+    }
+    let (decision, key) = trust_control::decide(&shared.trust, routing_key, props, data, &cmd);
+    if concerns {
+        let metrics = &shared.run.metrics.trust;
+        trust_control::record(&shared.trust, metrics, routing_key, &cmd, &decision, key);
+    }
+    let Some(by) = obeyed_by(decision) else {
+        return;
+    };
     match cmd {
         Control::Cancel { task_id } => {
-            let here = shared.tasks.cancel(&task_id, CANCELLED_BY_REQUEST);
+            let here = shared.tasks.cancel_by(&task_id, CANCELLED_BY_REQUEST, by);
             tracing::info!(%task_id, running_here = here, "cancel received");
         }
         // `send_replace`: the flag changes even while no claim loop watches it
         // (between connections, or before claims start).
-        Control::Drain { worker } if Control::addresses(&worker, &shared.id) => {
+        Control::Drain { .. } => {
             tracing::info!("drain requested");
             shared.draining.send_replace(true);
         }
-        Control::Resume { worker } if Control::addresses(&worker, &shared.id) => {
+        Control::Resume { .. } => {
             tracing::info!("resume requested");
             shared.draining.send_replace(false);
         }
-        Control::Drain { .. } | Control::Resume { .. } => {}
+    }
+}
+
+/// Who a decision obeys: `Some(None)` an operator (anything), `Some(Some(key))`
+/// a key without the control right (its own tasks), `None` nobody.
+fn obeyed_by(decision: Decision) -> Option<Option<broker::trust::PublicKey>> {
+    match decision {
+        Decision::Ignore(_) => None,
+        Decision::Obey => Some(None),
+        Decision::OwnTasks(key) => Some(Some(key)),
     }
 }
 
@@ -167,7 +211,11 @@ async fn cancellations(
             args,
         )
         .await?;
-    let marker = format!("krill-sync.{}.{}", shared.id, uuid::Uuid::new_v4().simple());
+    let marker = format!(
+        "{SYNC_MARKER_PREFIX}{}.{}",
+        shared.id,
+        uuid::Uuid::new_v4().simple()
+    );
     shared
         .run
         .outbound
@@ -183,10 +231,17 @@ async fn cancellations(
                     let _ = tx.send(());
                 }
             }
-            Ok(Control::Cancel { task_id }) => {
-                let here = shared.tasks.cancel(&task_id, CANCELLED_BY_REQUEST);
-                if here {
-                    tracing::info!(%task_id, "cancelled a running task");
+            Ok(Control::Cancel { task_id }) if task_id.starts_with(SYNC_MARKER_PREFIX) => {}
+            Ok(cmd @ Control::Cancel { .. }) => {
+                // Audited by the control queue's copy where it concerns a
+                // running task (this stream replays a whole day at start).
+                let rk = d.routing_key.as_str();
+                let (decision, _) =
+                    trust_control::decide(&shared.trust, rk, &d.properties, &d.data, &cmd);
+                if let (Some(by), Control::Cancel { task_id }) = (obeyed_by(decision), cmd) {
+                    if shared.tasks.cancel_by(&task_id, CANCELLED_BY_REQUEST, by) {
+                        tracing::info!(%task_id, "cancelled a running task");
+                    }
                 }
             }
             _ => {}
@@ -282,11 +337,18 @@ mod tests {
             Running {
                 started_at: chrono::Utc::now(),
                 sandbox: broker::protocol::SandboxKind::Process,
+                submitter: None,
+                signer: None,
                 cancel: cancel.clone(),
                 settle: Arc::new(std::sync::Mutex::new(settle)),
             },
         );
         cancel
+    }
+
+    /// An unsigned control message, as an `--allow-unsigned` pool obeys it.
+    fn send(shared: &Shared, data: &[u8]) {
+        apply(shared, "test", &BasicProperties::default(), data);
     }
 
     fn json(c: &Control) -> Vec<u8> {
@@ -297,7 +359,7 @@ mod tests {
     fn cancel_stops_a_running_task_with_its_reason_and_is_remembered_for_later_ones() {
         let (sink, shared) = setup();
         let cancel = running(&shared, "t1");
-        apply(
+        send(
             &shared,
             &json(&Control::Cancel {
                 task_id: "t1".into(),
@@ -305,14 +367,14 @@ mod tests {
         );
         assert!(cancel.token().is_cancelled());
         assert_eq!(cancel.reason().as_deref(), Some(CANCELLED_BY_REQUEST));
-        apply(
+        send(
             &shared,
             &json(&Control::Cancel {
                 task_id: "t2".into(),
             }),
         );
         assert!(
-            shared.tasks.is_cancelled("t2"),
+            shared.tasks.is_cancelled("t2", None),
             "a queued task is cancelled when it comes"
         );
         assert!(sink.sent().is_empty(), "control sends nothing itself");
@@ -321,30 +383,30 @@ mod tests {
     #[test]
     fn drain_and_resume_obey_only_what_addresses_this_worker() {
         let (_, shared) = setup();
-        apply(
+        send(
             &shared,
             &json(&Control::Drain {
                 worker: Some("someone-else".into()),
             }),
         );
         assert!(!shared.is_draining());
-        apply(
+        send(
             &shared,
             &json(&Control::Drain {
                 worker: Some("w-test".into()),
             }),
         );
         assert!(shared.is_draining());
-        apply(
+        send(
             &shared,
             &json(&Control::Resume {
                 worker: Some("someone-else".into()),
             }),
         );
         assert!(shared.is_draining());
-        apply(&shared, &json(&Control::Resume { worker: None }));
+        send(&shared, &json(&Control::Resume { worker: None }));
         assert!(!shared.is_draining());
-        apply(&shared, &json(&Control::Drain { worker: None }));
+        send(&shared, &json(&Control::Drain { worker: None }));
         assert!(shared.is_draining(), "a drain of all workers");
     }
 
@@ -352,10 +414,89 @@ mod tests {
     fn malformed_control_messages_change_nothing() {
         let (_, shared) = setup();
         let cancel = running(&shared, "t1");
-        apply(&shared, br#"{"action":"cancel","task_id":"t1","extra":1}"#);
-        apply(&shared, b"\xff");
+        send(&shared, br#"{"action":"cancel","task_id":"t1","extra":1}"#);
+        send(&shared, b"\xff");
         assert!(!cancel.token().is_cancelled());
         assert!(!shared.is_draining());
+    }
+
+    /// A pool trusting `alice` (no control right) and `ops` (control).
+    fn trusted() -> (
+        Arc<Shared>,
+        broker::trust::Identity,
+        broker::trust::Identity,
+    ) {
+        use broker::trust::{Identity, TrustedKeys};
+        let alice = Identity::generate("alice").expect("key");
+        let ops = Identity::generate("ops").expect("key");
+        let mut trust = crate::trust::Trust::open("w-test", "p-test");
+        let lines = format!("{}\n{} control\n", alice.public_line(), ops.public_line());
+        trust.policy.trusted = TrustedKeys::parse(&lines).expect("keys");
+        trust.policy.allow_unsigned = false;
+        let shared = crate::worker::for_tests_with(Arc::new(MemorySink::default()), trust);
+        (shared, alice, ops)
+    }
+
+    /// `c` on routing key `rk`, signed by `by` (unsigned without).
+    fn signed(shared: &Shared, by: Option<&broker::trust::Identity>, rk: &str, c: &Control) {
+        let body = json(c);
+        let creds = broker::trust::Credentials::new(by.cloned(), None);
+        let headers = creds.control_headers(rk, &body, std::time::Duration::from_secs(60));
+        let props = BasicProperties::default().with_headers(headers);
+        apply(shared, rk, &props, &body);
+    }
+
+    #[test]
+    fn on_a_trusted_pool_only_a_control_key_drains_and_only_once_per_message() {
+        let (shared, alice, ops) = trusted();
+        let drain = Control::Drain { worker: None };
+        signed(&shared, None, "drain.all", &drain);
+        assert!(!shared.is_draining(), "unsigned: ignored");
+        signed(&shared, Some(&alice), "drain.all", &drain);
+        assert!(!shared.is_draining(), "no control right: ignored");
+        let body = json(&drain);
+        let creds = broker::trust::Credentials::new(Some(ops.clone()), None);
+        let minute = std::time::Duration::from_secs(60);
+        let other = BasicProperties::default().with_headers(creds.control_headers(
+            "drain.other",
+            &body,
+            minute,
+        ));
+        apply(&shared, "drain.all", &other, &body);
+        assert!(!shared.is_draining(), "signed for another routing key");
+        let props = BasicProperties::default().with_headers(creds.control_headers(
+            "drain.all",
+            &body,
+            minute,
+        ));
+        apply(&shared, "drain.all", &props, &body);
+        assert!(shared.is_draining(), "the control key is obeyed");
+        shared.draining.send_replace(false);
+        apply(&shared, "drain.all", &props, &body);
+        assert!(
+            !shared.is_draining(),
+            "the same signed message again is a replay"
+        );
+        let ignored = shared.run.metrics.encode();
+        assert!(
+            ignored.contains("krill_control_ignored_total{reason=\"not_allowed:control\"} 1"),
+            "{ignored}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_signed_without_the_control_right_stops_only_the_signers_own_tasks() {
+        let (shared, alice, ops) = trusted();
+        let theirs = running(&shared, "t1");
+        let cancel = |id: &str| Control::Cancel { task_id: id.into() };
+        signed(&shared, None, "cancel.t1", &cancel("t1"));
+        assert!(!theirs.token().is_cancelled(), "unsigned: ignored");
+        signed(&shared, Some(&alice), "cancel.t1", &cancel("t1"));
+        assert!(!theirs.token().is_cancelled(), "not alice's task");
+        assert!(!shared.tasks.is_cancelled("t1", None));
+        assert!(shared.tasks.is_cancelled("t1", Some(&alice.public())));
+        signed(&shared, Some(&ops), "cancel.t1", &cancel("t1"));
+        assert!(theirs.token().is_cancelled(), "the control key's cancel");
     }
 
     fn dead_props(reason: &str, queue: &str, krill_reason: bool) -> BasicProperties {

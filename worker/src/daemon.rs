@@ -48,6 +48,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .worker_id
         .clone()
         .unwrap_or_else(|| format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let trust = crate::trust::Trust::from_config(&cfg, &id)?;
+    if trust.policy.allow_unsigned {
+        tracing::warn!(
+            "--allow-unsigned: unsigned tasks run here; anyone who may publish to krill.tasks runs code on this pool"
+        );
+    }
     let liveness = match Liveness::acquire(&id) {
         Ok(l) => Some(Arc::new(l)),
         Err(e) if cfg.sandbox.contains(&SandboxKind::Process) => {
@@ -83,7 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         outbound,
         metrics,
     };
-    let shared = Arc::new(Shared::new(&id, &host, cfg, run));
+    let shared = Arc::new(Shared::new(&id, &host, cfg, run).with_trust(trust));
     tracing::info!(worker = %id, pool = %shared.pool, slots = shared.cfg.concurrency,
         sandboxes = ?shared.cfg.sandbox, "worker starting");
 

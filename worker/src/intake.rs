@@ -1,7 +1,8 @@
 //! What a delivery is: its bytes, its properties and how to settle it
 //! ([`Incoming`], [`Settle`]), and decoding it into a task or into the reason
-//! it cannot be one ([`decode`], pure). The first step of every delivery: a
-//! check that must come before anything else (a signature, say) goes here.
+//! it cannot be one ([`decode`], pure), and the dead-letter way out
+//! ([`dead_letter`]). The signature is checked before decoding, by
+//! [`gate`](crate::gate).
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,8 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 
+use crate::outbound::Outbound;
+
 /// How a delivery is settled with the broker: lapin's `Acker`, or
 /// [`MemorySettle`] in tests.
 pub trait Settle: Send + Sync + fmt::Debug {
@@ -20,6 +23,8 @@ pub trait Settle: Send + Sync + fmt::Debug {
     fn ack(&self) -> BoxFuture<'_, Result<(), lapin::Error>>;
     /// Rejects without requeue: RabbitMQ dead-letters it.
     fn reject(&self) -> BoxFuture<'_, Result<(), lapin::Error>>;
+    /// Gives it back to the queue (it is redelivered, counted as a redelivery).
+    fn requeue(&self) -> BoxFuture<'_, Result<(), lapin::Error>>;
 }
 
 impl Settle for lapin::Acker {
@@ -41,6 +46,17 @@ impl Settle for lapin::Acker {
             .map(drop)
         })
     }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
+        Box::pin(async move {
+            self.nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(drop)
+        })
+    }
 }
 
 /// Counts how a delivery was settled (tests).
@@ -48,6 +64,7 @@ impl Settle for lapin::Acker {
 pub struct MemorySettle {
     acks: AtomicUsize,
     rejects: AtomicUsize,
+    requeues: AtomicUsize,
 }
 
 impl MemorySettle {
@@ -57,6 +74,11 @@ impl MemorySettle {
             self.acks.load(Ordering::Relaxed),
             self.rejects.load(Ordering::Relaxed),
         )
+    }
+
+    /// Requeues so far.
+    pub fn requeues(&self) -> usize {
+        self.requeues.load(Ordering::Relaxed)
     }
 }
 
@@ -68,6 +90,11 @@ impl Settle for MemorySettle {
 
     fn reject(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
         self.rejects.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
+        self.requeues.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }
 }
@@ -153,12 +180,7 @@ pub fn decode(props: &BasicProperties, data: &[u8], redelivered: bool) -> Intake
         Ok(t) => t,
         Err(e) => {
             // Answer if the id can still be found.
-            let id = serde_json::from_slice::<serde_json::Value>(data)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-                .filter(|i| broker::protocol::valid_id(i))
-                .or(fallback_id);
-            return bad(format!("invalid task message: {e}"), id);
+            return bad(format!("invalid task message: {e}"), id_of(props, data));
         }
     };
     if task.version != PROTOCOL_VERSION {
@@ -189,6 +211,43 @@ pub fn decode(props: &BasicProperties, data: &[u8], redelivered: bool) -> Intake
         reply_to,
         attempt: count.saturating_add(1),
         redelivered: redelivered || count > 0,
+    }
+}
+
+/// The id of a message that may not parse as a task: its body's `id`, else
+/// its `message_id` (only a valid task id).
+pub fn id_of(props: &BasicProperties, data: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        .filter(|i| broker::protocol::valid_id(i))
+        .or_else(|| {
+            props
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_string())
+                .filter(|m| broker::protocol::valid_id(m))
+        })
+}
+
+/// Sends a copy of the message to the dead letters with `reason` (and the
+/// `extra` headers), then acks it. If that is impossible, rejects it without
+/// requeue so RabbitMQ dead-letters it.
+pub async fn dead_letter(
+    out: &Outbound,
+    data: &[u8],
+    props: &BasicProperties,
+    reason: &str,
+    extra: Vec<(String, String)>,
+    settle: &dyn Settle,
+) {
+    let res = if out.dead_letter_with(data, props, reason, extra).await {
+        settle.ack().await
+    } else {
+        settle.reject().await
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "could not settle a dead-lettered message; the broker will redeliver it");
     }
 }
 

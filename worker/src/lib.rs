@@ -5,10 +5,10 @@
 //! A task's way through the worker, from the delivery to the ack, walks forward:
 //!
 //! ```text
-//! connection ─▶ consumer ─▶ intake ─▶ runner ─▶ sandboxes ─▶ sandbox::{process,container}
-//!   (control)      │                    │  ◀── events ──┘
-//!                  │                    └─▶ output (mask, capture, outputs) ─▶ outbound (log chunks)
-//!                  └─▶ outbound (result, finished event) ─▶ ack
+//! connection ─▶ consumer ─▶ gate/intake ─▶ runner ─▶ sandboxes ─▶ sandbox::{process,container}
+//!   (control)      │     (trust)           │  ◀── events ──┘
+//!                  │                       └─▶ output (mask, capture, outputs) ─▶ outbound (log chunks)
+//!                  └─▶ outbound (result sealed + stamped, finished event) ─▶ ack
 //! ```
 //!
 //! Binary side (wiring):
@@ -20,14 +20,19 @@
 //!
 //! One delivery's way:
 //! - [`consumer`]: claims tasks (prefetch = free slots), decides what each delivery needs, acks after the result is confirmed.
+//! - [`gate`]: the trust checks in the order a delivery meets them (signature, admit, claim),
+//!   and what a refusal does (rejected result, dead letter with its reason, audit line).
 //! - [`intake`]: what a delivery is and how it is settled; decoding it into a task (pure).
+//! - [`trust`]: signatures, trusted keys, sealed secrets, replay protection (the claims
+//!   stream), the audit file: every check made before a task may run (pure where it can be).
 //! - [`control`]: the control queue, the cancellation stream, dead-letter notifications.
 //! - [`runner`]: one task: check it against the policy, sandbox, stream and mask output, outputs, result.
 //! - [`pump`]: the runner's output pump: mask, capture, live log chunks through outbound.
 //! - [`sandboxes`]: the enabled sandboxes behind one handle.
 //! - [`sandbox`]: the sandbox trait, `container` (bollard) and `process` (nix).
 //! - [`output`]: output-variable parser, streaming secret masker, capped capture (pure).
-//! - [`outbound`]: every message the worker sends, built and published in one place (a sink trait).
+//! - [`outbound`]: every message the worker sends, built and published in one place (a sink
+//!   trait); results leave sealed and stamped (`outbound::stamp`).
 //!
 //! Shared state:
 //! - [`worker`]: the state the loops and tasks share ([`worker::Shared`]).
@@ -45,6 +50,7 @@ pub mod consumer;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod intake;
 pub mod liveness;
@@ -58,4 +64,5 @@ pub mod sandboxes;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
+pub mod trust;
 pub mod worker;

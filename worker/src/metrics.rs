@@ -19,6 +19,7 @@
 //! | `krill_broker_reconnects_total` | counter | |
 //! | `krill_leftovers_swept_total` | counter | |
 //! | `krill_worker_info` | info | `worker`, `pool`, `version` |
+//! | `krill_trust_rejections_total`, `krill_control_ignored_total`, `krill_claim_seconds` | see `trust::TrustMetrics` | `reason` |
 
 use std::io::Write as _;
 use std::path::Path;
@@ -81,6 +82,8 @@ pub struct Metrics {
     reconnects: Counter,
     swept: Counter,
     was_connected: AtomicBool,
+    /// Rejections, ignored control messages, claim times.
+    pub trust: crate::trust::TrustMetrics,
 }
 
 /// The label value of a sandbox kind, or `none` (rejected before a sandbox was chosen).
@@ -167,6 +170,7 @@ impl Metrics {
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
             ]),
         );
+        let trust = crate::trust::TrustMetrics::register(&mut registry);
         Metrics {
             registry,
             finished,
@@ -182,6 +186,7 @@ impl Metrics {
             reconnects,
             swept,
             was_connected: AtomicBool::new(false),
+            trust,
         }
     }
 

@@ -44,7 +44,11 @@ pub async fn run(ctx: &RunCtx, task: Task, attempt: u32, cancel: Cancel) -> Task
         result.timings.started_at = Some(started_at);
         let mut unmaskable = None;
         for (name, secret) in &task.secrets {
-            match masks.add(secret.expose()) {
+            // Sealed values are opened at intake; one still sealed is refused in `prepare`.
+            let Some(value) = secret.plain() else {
+                continue;
+            };
+            match masks.add(value) {
                 Ok(()) => {}
                 Err(e @ MaskError::TooShort) => result.warnings.push(not_masked("secret", name, e)),
                 // A secret that cannot be masked must not run: fail closed.
@@ -79,6 +83,9 @@ pub async fn run(ctx: &RunCtx, task: Task, attempt: u32, cancel: Cancel) -> Task
 /// is checked by the container sandbox, against its own allow-list.)
 fn prepare(ctx: &RunCtx, task: &Task) -> Result<(SandboxKind, Spec, u64), PolicyError> {
     task.validate()?;
+    if let Some((name, _)) = task.secrets.iter().find(|(_, v)| v.is_sealed()) {
+        return Err(PolicyError::SealedSecret(name.clone()));
+    }
     let policy = &ctx.policy;
     let kind = policy.kind(task.sandbox)?;
     let limits = policy.effective(&task.limits)?;
@@ -94,7 +101,7 @@ fn prepare(ctx: &RunCtx, task: &Task) -> Result<(SandboxKind, Spec, u64), Policy
         .chain(
             task.secrets
                 .iter()
-                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+                .map(|(k, v)| (k.clone(), v.plain().unwrap_or_default().to_string())),
         )
         .collect();
     Ok((
@@ -174,6 +181,7 @@ fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, can
                     name,
                     value,
                     sensitive: true,
+                    sealed: None,
                 });
             }
             result.output_errors.extend(
@@ -194,6 +202,7 @@ fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, can
                 name,
                 value: masks.mask_str(&value),
                 sensitive: false,
+                sealed: None,
             });
             // Plain outputs first, in the order set; sensitive ones after.
             let mut all: Vec<OutputVar> = plain.collect();

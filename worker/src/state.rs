@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker::protocol::{RunningTask, SandboxKind, TaskResult};
+use broker::trust::PublicKey;
 use chrono::{DateTime, Utc};
 
 use crate::cancel::Cancel;
@@ -35,7 +36,7 @@ fn result_bytes(r: &TaskResult) -> usize {
         + r.stderr.len()
         + r.outputs
             .iter()
-            .map(|o| o.name.len() + o.value.len())
+            .map(|o| o.name.len() + o.value.len() + o.sealed.as_ref().map_or(0, String::len))
             .sum::<usize>()
         + 256
 }
@@ -45,16 +46,28 @@ fn result_bytes(r: &TaskResult) -> usize {
 pub struct Running {
     pub started_at: DateTime<Utc>,
     pub sandbox: SandboxKind,
+    /// The name of the key that signed it (None: unsigned).
+    pub submitter: Option<String>,
+    /// The key that signed it: it may cancel it without the control right.
+    pub signer: Option<PublicKey>,
     pub cancel: Cancel,
     /// The delivery to settle when it ends (replaced if the broker redelivers it to us).
     pub settle: Arc<Mutex<Arc<dyn Settle>>>,
 }
 
+/// Cancelled ids: when, and by whom (None: an operator; Some(key): a key
+/// without the control right, which may cancel only tasks it signed), oldest
+/// first in the queue.
+type Cancelled = (
+    HashMap<String, (Instant, Option<PublicKey>)>,
+    VecDeque<String>,
+);
+
 /// Shared task state of one worker.
 #[derive(Debug, Default)]
 pub struct TaskState {
     running: Mutex<HashMap<String, Running>>,
-    cancelled: Mutex<(HashMap<String, Instant>, VecDeque<String>)>,
+    cancelled: Mutex<Cancelled>,
     recent: Mutex<Recent>,
 }
 
@@ -89,10 +102,16 @@ impl TaskState {
                 id: id.clone(),
                 started_at: r.started_at,
                 sandbox: r.sandbox,
+                submitter: r.submitter.clone(),
             })
             .collect();
         v.sort_by_key(|t| t.started_at);
         v
+    }
+
+    /// Whether task `id` runs here now.
+    pub fn is_running(&self, id: &str) -> bool {
+        lock(&self.running).contains_key(id)
     }
 
     pub fn running_count(&self) -> usize {
@@ -108,17 +127,32 @@ impl TaskState {
 
     /// Records a cancellation; stops the task if it runs here. Returns whether it ran here.
     pub fn cancel(&self, id: &str, reason: &str) -> bool {
+        self.cancel_by(id, reason, None)
+    }
+
+    /// Records a cancellation by `by` (None: an operator; Some(key): only a task
+    /// that key signed is cancelled); stops the task if it runs here and `by` may.
+    pub fn cancel_by(&self, id: &str, reason: &str, by: Option<PublicKey>) -> bool {
         {
             let mut c = lock(&self.cancelled);
             let (set, order) = &mut *c;
-            if set.insert(id.to_string(), Instant::now()).is_none() {
-                order.push_back(id.to_string());
+            match set.get_mut(id) {
+                // An operator's cancel is not narrowed by a later one of a key.
+                Some(entry) => {
+                    if entry.1.is_some() {
+                        *entry = (Instant::now(), by);
+                    }
+                }
+                None => {
+                    set.insert(id.to_string(), (Instant::now(), by));
+                    order.push_back(id.to_string());
+                }
             }
             while order.len() > CANCEL_MEMORY_MAX
                 || order
                     .front()
                     .and_then(|f| set.get(f))
-                    .is_some_and(|t| t.elapsed() > CANCEL_MEMORY)
+                    .is_some_and(|(t, _)| t.elapsed() > CANCEL_MEMORY)
             {
                 if let Some(old) = order.pop_front() {
                     set.remove(&old);
@@ -126,19 +160,19 @@ impl TaskState {
             }
         }
         match lock(&self.running).get(id) {
-            Some(r) => {
+            Some(r) if by.is_none() || by == r.signer => {
                 r.cancel.cancel(reason);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    pub fn is_cancelled(&self, id: &str) -> bool {
-        lock(&self.cancelled)
-            .0
-            .get(id)
-            .is_some_and(|t| t.elapsed() <= CANCEL_MEMORY)
+    /// Whether task `id`, signed by `signer`, was cancelled by someone who may.
+    pub fn is_cancelled(&self, id: &str, signer: Option<&PublicKey>) -> bool {
+        lock(&self.cancelled).0.get(id).is_some_and(|(t, by)| {
+            t.elapsed() <= CANCEL_MEMORY && (by.is_none() || by.as_ref() == signer)
+        })
     }
 
     /// Remembers a result (and where it goes) for redeliveries. A result already

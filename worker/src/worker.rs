@@ -20,6 +20,8 @@ pub struct Shared {
     pub cfg: Config,
     pub run: RunCtx,
     pub tasks: TaskState,
+    /// Signatures, trusted keys, pool keys, claims, audit.
+    pub trust: crate::trust::Trust,
     /// Cancelled last, when every loop must end.
     pub root: CancellationToken,
     /// Cancelled on SIGTERM: stop claiming for good.
@@ -40,6 +42,7 @@ impl Shared {
             host: host.to_string(),
             run,
             tasks: TaskState::default(),
+            trust: crate::trust::Trust::open(id, &cfg.pool),
             root: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             draining: watch::channel(false).0,
@@ -47,6 +50,12 @@ impl Shared {
             started: Instant::now(),
             cfg,
         }
+    }
+
+    /// The same with `trust` (the keys and rules from the flags) instead of an open pool.
+    pub fn with_trust(mut self, trust: crate::trust::Trust) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// Whether the worker is not claiming tasks (drained or shutting down).
@@ -89,6 +98,15 @@ impl Shared {
 /// the sandboxes.
 #[cfg(test)]
 pub(crate) fn for_tests(sink: Arc<dyn crate::outbound::Sink>) -> Arc<Shared> {
+    for_tests_with(sink, crate::trust::Trust::open("w-test", "p-test"))
+}
+
+/// [`for_tests`] with `trust` (keys, rules) instead of an open pool.
+#[cfg(test)]
+pub(crate) fn for_tests_with(
+    sink: Arc<dyn crate::outbound::Sink>,
+    trust: crate::trust::Trust,
+) -> Arc<Shared> {
     use clap::Parser as _;
     let cfg = Config::parse_from(["krill-worker", "--worker-id", "w-test", "--pool", "p-test"]);
     let run = RunCtx {
@@ -98,5 +116,5 @@ pub(crate) fn for_tests(sink: Arc<dyn crate::outbound::Sink>) -> Arc<Shared> {
         outbound: crate::outbound::Outbound::new(sink, "w-test", "p-test"),
         metrics: Arc::new(crate::metrics::Metrics::new("w-test", "p-test")),
     };
-    Arc::new(Shared::new("w-test", "test-host", cfg, run))
+    Arc::new(Shared::new("w-test", "test-host", cfg, run).with_trust(trust))
 }

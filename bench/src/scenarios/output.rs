@@ -36,7 +36,7 @@ async fn output_task(
 ) -> anyhow::Result<(f64, usize, bool)> {
     let mut t = task(&output_script(bytes));
     for (k, v) in secrets {
-        t.secrets.insert(k.clone(), Secret(v.clone()));
+        t.secrets.insert(k.clone(), Secret(v.clone()).into());
     }
     t.limits.output_bytes = cap;
     let t0 = Instant::now();

@@ -20,6 +20,14 @@ pub struct Cli {
     /// RabbitMQ URL.
     #[arg(long, env = "KRILL_AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true)]
     pub amqp_url: String,
+    /// Key file that signs tasks and control messages and opens sealed outputs
+    /// (default: ~/.config/krill/key, when it exists; `krill keys new` makes one).
+    #[arg(long, env = "KRILL_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// The pool's public key, a file or the base64 key itself: secrets are sealed
+    /// to it (default: ~/.config/krill/pool.pub, when it exists).
+    #[arg(long, env = "KRILL_POOL_PUBLIC_KEY", global = true)]
+    pub pool_public_key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +59,32 @@ pub enum Command {
     },
     /// Show workers (live, draining, lost), their running tasks and each pool's depth.
     Status(StatusArgs),
+    /// Make and show keys: your signing key, a pool's key pair.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a signing key (Ed25519, plus X25519 for sealed outputs) and print
+    /// the line to paste into a worker's trusted-keys file.
+    New {
+        /// Where to write it (default: --key / KRILL_KEY, else ~/.config/krill/key).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The key's name in trusted-keys files, results and audit lines
+        /// (default: user@host).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the public line of your key again.
+    Show,
+    /// Make a pool's key pair (X25519): FILE for the workers (--pool-key),
+    /// FILE.pub for submitters (--pool-public-key).
+    NewPool {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 //! out, 130 cancelled, 137 OOM-killed, 125 for anything on krill's side.
 
 mod args;
+pub mod keys;
 mod print;
 mod status;
 mod submit;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{Cli, Command, DeadCommand};
+pub use args::{Cli, Command, DeadCommand, KeysCommand};
 
 use crate::client::Client;
 
@@ -33,20 +34,27 @@ pub async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let url = cli.amqp_url.clone();
+    let key = cli.key.clone();
+    let creds = || keys::credentials(cli.key.as_deref(), cli.pool_public_key.as_deref());
+    let connect = |creds: crate::trust::Credentials| {
+        let url = url.clone();
+        async move { Ok::<_, anyhow::Error>(Client::connect(&url).await?.with_credentials(creds)) }
+    };
     match cli.command {
-        Command::Submit(args) => submit::submit(&url, *args).await,
-        Command::Wait(args) => submit::wait(&url, args).await,
+        Command::Keys(cmd) => keys::run(cmd, key),
+        Command::Submit(args) => submit::submit(connect(creds()?).await?, *args).await,
+        Command::Wait(args) => submit::wait(connect(creds()?).await?, args).await,
         Command::Logs(args) => submit::logs(&url, args).await,
         Command::Status(args) => status::status(&url, args).await,
         Command::Cancel { id } => {
-            let client = Client::connect(&url).await?;
+            let client = connect(creds()?).await?;
             client.cancel(&id).await?;
             eprintln!("krill: cancel sent for {id}");
             client.close().await;
             Ok(0)
         }
         Command::Drain { worker, all } => {
-            let client = Client::connect(&url).await?;
+            let client = connect(creds()?).await?;
             let target = target(worker, all)?;
             client.drain(target.as_deref()).await?;
             eprintln!(
@@ -56,9 +64,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             client.close().await;
             Ok(0)
         }
-        Command::Dead(cmd) => dead(&url, cmd).await,
+        Command::Dead(cmd) => dead(connect(creds()?).await?, cmd).await,
         Command::Resume { worker, all } => {
-            let client = Client::connect(&url).await?;
+            let client = connect(creds()?).await?;
             let target = target(worker, all)?;
             client.resume(target.as_deref()).await?;
             eprintln!(
@@ -79,8 +87,7 @@ fn target(worker: Option<String>, all: bool) -> anyhow::Result<Option<String>> {
     }
 }
 
-async fn dead(url: &str, cmd: DeadCommand) -> anyhow::Result<u8> {
-    let client = Client::connect(url).await?;
+async fn dead(client: Client, cmd: DeadCommand) -> anyhow::Result<u8> {
     match cmd {
         DeadCommand::List { json } => {
             let list = client.dead_list().await?;
@@ -100,7 +107,10 @@ async fn dead(url: &str, cmd: DeadCommand) -> anyhow::Result<u8> {
                         d.id.as_deref().unwrap_or("-"),
                         d.pool.as_deref().unwrap_or("-"),
                         d.by,
-                        d.reason
+                        match &d.detail {
+                            Some(detail) => format!("{}: {detail}", d.reason),
+                            None => d.reason.clone(),
+                        }
                     );
                 }
             }

@@ -7,8 +7,9 @@ use crate::protocol::{Status, TaskResult};
 /// The result as it may be shown: sensitive values `***` unless asked otherwise.
 pub fn for_display(result: &TaskResult, show_sensitive: bool) -> TaskResult {
     let mut shown = result.clone();
-    if !show_sensitive {
-        for o in shown.outputs.iter_mut().filter(|o| o.sensitive) {
+    for o in shown.outputs.iter_mut().filter(|o| o.sensitive) {
+        // Still sealed: not opened (no key, or another key's); shown as `***`.
+        if !show_sensitive || o.sealed.is_some() {
             o.value = "***".into();
         }
     }

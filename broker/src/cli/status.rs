@@ -123,10 +123,11 @@ pub fn table(report: &Report, all: bool) -> String {
             for t in &w.running {
                 let _ = writeln!(
                     out,
-                    "    └ {}  {}  running {}",
+                    "    └ {}  {}  running {}  by {}",
                     t.id,
                     t.sandbox.as_str(),
-                    since(t.started_at, now)
+                    since(t.started_at, now),
+                    t.submitter.as_deref().unwrap_or("(unsigned)")
                 );
             }
             if w.state == WorkerState::Lost && !w.last_running.is_empty() {
@@ -262,7 +263,12 @@ mod tests {
             slots_total: 2,
             slots_free: 2,
             draining: true,
-            running: Vec::new(),
+            running: vec![crate::protocol::RunningTask {
+                id: "t-42".into(),
+                started_at: now,
+                sandbox: crate::protocol::SandboxKind::Process,
+                submitter: Some("alice".into()),
+            }],
             uptime_secs: 10,
             interval_secs: 5,
             stopping: false,
@@ -278,5 +284,6 @@ mod tests {
         let t = table(&report, false);
         assert!(t.contains("DRAINING"), "{t}");
         assert!(t.contains("is draining"), "{t}");
+        assert!(t.contains("t-42  process  running 0s  by alice"), "{t}");
     }
 }

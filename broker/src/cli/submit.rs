@@ -54,7 +54,7 @@ pub fn build_task(args: &SubmitArgs) -> anyhow::Result<Task> {
                 })?,
             ),
         };
-        task.secrets.insert(k, Secret(v));
+        task.secrets.insert(k, Secret(v).into());
     }
     task.sandbox = args.sandbox;
     task.image = args.image.clone();
@@ -72,9 +72,21 @@ pub fn build_task(args: &SubmitArgs) -> anyhow::Result<Task> {
     Ok(task)
 }
 
-pub async fn submit(url: &str, args: SubmitArgs) -> anyhow::Result<u8> {
+pub async fn submit(client: Client, args: SubmitArgs) -> anyhow::Result<u8> {
     let task = build_task(&args)?;
-    let client = Client::connect(url).await?;
+    let creds = client.credentials();
+    if creds.identity.is_none() {
+        eprintln!(
+            "krill: no signing key (KRILL_KEY, or `krill keys new`): the task goes unsigned; \
+             a pool with trusted keys dead-letters it without an answer"
+        );
+    }
+    if creds.pool_public_key.is_none() && !task.secrets.is_empty() {
+        eprintln!(
+            "krill: no pool public key (--pool-public-key): secrets travel in plain text \
+             and a pool that requires sealed secrets rejects them"
+        );
+    }
     let follower = if args.follow {
         Some(client.follow(&task.id).await?)
     } else {
@@ -98,8 +110,9 @@ pub async fn submit(url: &str, args: SubmitArgs) -> anyhow::Result<u8> {
         }
         None => client.wait(&task.id, args.wait_timeout).await?,
     };
+    let code = report(&client, result, args.json, args.show_sensitive, args.follow);
     client.close().await;
-    Ok(report(&result, args.json, args.show_sensitive, args.follow))
+    Ok(code)
 }
 
 /// What a follower printed.
@@ -156,11 +169,11 @@ where
     Ok(value)
 }
 
-pub async fn wait(url: &str, args: WaitArgs) -> anyhow::Result<u8> {
-    let client = Client::connect(url).await?;
+pub async fn wait(client: Client, args: WaitArgs) -> anyhow::Result<u8> {
     let result = client.wait(&args.id, args.timeout).await?;
+    let code = report(&client, result, args.json, args.show_sensitive, false);
     client.close().await;
-    Ok(report(&result, args.json, args.show_sensitive, false))
+    Ok(code)
 }
 
 /// `krill logs ID --follow`: the task's live output from now on, then its
@@ -179,7 +192,7 @@ pub async fn logs(url: &str, args: LogsArgs) -> anyhow::Result<u8> {
         Peek::Done(result) => {
             eprintln!("krill: task {id} has already finished; its output from the result:");
             client.close().await;
-            return Ok(report(&result, false, false, false));
+            return Ok(print_result(&result, false, false, false));
         }
         Peek::Pending => {}
     }
@@ -204,7 +217,7 @@ pub async fn logs(url: &str, args: LogsArgs) -> anyhow::Result<u8> {
     client.close().await;
     if let Some(result) = result {
         live.note_gaps(&follower, id);
-        return Ok(report(&result, false, false, true));
+        return Ok(print_result(&result, false, false, true));
     }
     match event {
         Some(ev) => {
@@ -240,8 +253,40 @@ fn print_chunk(chunk: &crate::protocol::LogChunk, live: &mut Live) -> anyhow::Re
     Ok(())
 }
 
+/// Opens sealed outputs with the client's key when they are to be shown, then
+/// prints the result and returns the exit code mirroring it.
+fn report(
+    client: &Client,
+    mut result: TaskResult,
+    json: bool,
+    show_sensitive: bool,
+    output_already_shown: bool,
+) -> u8 {
+    if show_sensitive && result.outputs.iter().any(|o| o.sealed.is_some()) {
+        match client.credentials().identity.as_deref() {
+            Some(id) => {
+                for name in crate::trust::open_result_outputs(&mut result, id) {
+                    eprintln!(
+                        "krill: sensitive output `{name}` is sealed to another key than {}; shown as ***",
+                        id.name
+                    );
+                }
+            }
+            None => eprintln!(
+                "krill: sensitive outputs are sealed and no key (KRILL_KEY) opens them; shown as ***"
+            ),
+        }
+    }
+    print_result(&result, json, show_sensitive, output_already_shown)
+}
+
 /// Prints the result and returns the exit code mirroring it.
-fn report(result: &TaskResult, json: bool, show_sensitive: bool, output_already_shown: bool) -> u8 {
+fn print_result(
+    result: &TaskResult,
+    json: bool,
+    show_sensitive: bool,
+    output_already_shown: bool,
+) -> u8 {
     if json {
         let shown = print::for_display(result, show_sensitive);
         match serde_json::to_string_pretty(&shown) {

@@ -35,6 +35,9 @@ pub struct TaskEvent {
     pub pool: String,
     pub state: TaskState,
     pub worker: String,
+    /// The name of the trusted key that signed the task (absent: unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     /// Masked, for `finished` events whose result has an `error`.
@@ -51,6 +54,9 @@ pub struct RunningTask {
     pub id: String,
     pub started_at: DateTime<Utc>,
     pub sandbox: SandboxKind,
+    /// The name of the trusted key that signed it (absent: unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
 }
 
 /// A worker's heartbeat, published every few seconds on `krill.events` as `worker.<id>.heartbeat`.

@@ -15,8 +15,8 @@ pub use control::Control;
 pub use events::{Heartbeat, LogChunk, RunningTask, Stream, TaskEvent, TaskState};
 pub use result::{Enforcement, Landlock, OutputVar, Status, TaskResult, Timings, Usage};
 pub use task::{
-    valid_env_name, valid_id, Limits, SandboxKind, Secret, Task, TaskError, DEFAULT_INTERPRETER,
-    MAX_ID_LEN, PROTOCOL_VERSION,
+    valid_env_name, valid_id, Limits, SandboxKind, Sealed, Secret, SecretValue, Task, TaskError,
+    DEFAULT_INTERPRETER, MAX_ID_LEN, PROTOCOL_VERSION,
 };
 
 /// The largest task message a worker accepts, in bytes (script, env and secrets included).

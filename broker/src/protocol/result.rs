@@ -67,10 +67,16 @@ impl std::fmt::Display for Status {
 #[serde(deny_unknown_fields)]
 pub struct OutputVar {
     pub name: String,
+    /// The value; empty when it is `sealed`.
     pub value: String,
     /// Set through `$KRILL_SENSITIVE_OUTPUT`: masked everywhere but in this field.
     #[serde(default)]
     pub sensitive: bool,
+    /// A sensitive value sealed to the task's `reply_key`: base64 of a libsodium
+    /// sealed box of the value's UTF-8 bytes (`value` is then empty). Opened by
+    /// the submitter's X25519 secret key (`krill wait --show-sensitive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 /// Whether the sandbox could apply every limit it was asked for.
@@ -165,6 +171,9 @@ pub struct TaskResult {
     /// The worker that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The name of the trusted key that signed the task (absent: unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxKind>,
     /// Container id (container sandbox) or cgroup/pid (process sandbox).
@@ -206,6 +215,7 @@ impl TaskResult {
             warnings: Vec::new(),
             error: None,
             worker: None,
+            submitter: None,
             sandbox: None,
             sandbox_id: None,
             attempt: 1,
@@ -262,6 +272,7 @@ mod tests {
             name: "answer".into(),
             value: "42".into(),
             sensitive: false,
+            sealed: None,
         });
         let json = serde_json::to_string(&r).expect("serializes");
         assert!(json.contains(r#""status":"failed""#), "{json}");

@@ -56,8 +56,9 @@ impl std::str::FromStr for SandboxKind {
     }
 }
 
-/// A secret value: serialized as itself on the wire, but `Debug` and `Display`
-/// print `**REDACTED**` so it cannot leak through a log line by accident.
+/// A secret value in plain text: serialized as itself on the wire, but `Debug`
+/// and `Display` print `**REDACTED**` so it cannot leak through a log line by
+/// accident, and wiped from memory when dropped.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(pub String);
@@ -66,6 +67,54 @@ impl Secret {
     /// The value itself; call only where it is handed to the sandbox or the masker.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// A secret sealed to the pool's X25519 key: base64 of a libsodium sealed box
+/// (`crypto_box_seal`: X25519 + XSalsa20-Poly1305) whose plaintext is
+/// `krill-secret-v1\n<NAME>\n<signer's x-krill-key, or empty>\n<value>`
+/// (see `broker::trust::seal`). Only a worker holding the pool key opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// Base64 (standard, padded) of the sealed box.
+    pub sealed: String,
+}
+
+/// A secret on the wire: a plain string, or `{"sealed": "<base64>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretValue {
+    /// Plain text: visible to anyone who can read the queue (and on the broker's disk).
+    Plain(Secret),
+    /// Sealed to the pool key: the broker holds only ciphertext.
+    Sealed(Sealed),
+}
+
+impl SecretValue {
+    /// The plain value, when it is one (a worker opens sealed values at intake).
+    pub fn plain(&self) -> Option<&str> {
+        match self {
+            SecretValue::Plain(s) => Some(s.expose()),
+            SecretValue::Sealed(_) => None,
+        }
+    }
+
+    /// Whether the value is sealed.
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, SecretValue::Sealed(_))
+    }
+}
+
+impl From<Secret> for SecretValue {
+    fn from(s: Secret) -> Self {
+        SecretValue::Plain(s)
     }
 }
 
@@ -136,8 +185,9 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Secret environment variables: given to the script, masked in every output.
+    /// Each is a plain string or `{"sealed": "<base64>"}` (sealed to the pool key).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secrets: BTreeMap<String, Secret>,
+    pub secrets: BTreeMap<String, SecretValue>,
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
@@ -148,6 +198,10 @@ pub struct Task {
     /// When the submitter queued it (for the queue-wait figure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_at: Option<DateTime<Utc>>,
+    /// The submitter's X25519 public key (base64): the worker seals every
+    /// sensitive output value to it, so only the submitter can read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_key: Option<String>,
 }
 
 fn default_interpreter() -> Vec<String> {
@@ -179,6 +233,10 @@ pub enum TaskError {
     ZeroLimit(&'static str),
     #[error("image is only meaningful for the container sandbox")]
     ImageWithoutContainer,
+    #[error("reply_key is not base64 of a 32-byte X25519 public key")]
+    ReplyKey,
+    #[error("sealed value of `{0}` is not base64")]
+    SealedEncoding(String),
 }
 
 /// Whether `name` is a valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes.
@@ -215,6 +273,7 @@ impl Task {
             limits: Limits::default(),
             retry_on_worker_loss: false,
             submitted_at: None,
+            reply_key: None,
         }
     }
 
@@ -236,12 +295,11 @@ impl Task {
         if self.interpreter.iter().any(|a| a.contains('\0')) {
             return Err(TaskError::InterpreterNul);
         }
-        for (name, value) in self
-            .env
-            .iter()
-            .map(|(k, v)| (k, v.as_str()))
-            .chain(self.secrets.iter().map(|(k, v)| (k, v.expose())))
-        {
+        for (name, value) in self.env.iter().map(|(k, v)| (k, v.as_str())).chain(
+            self.secrets
+                .iter()
+                .map(|(k, v)| (k, v.plain().unwrap_or(""))),
+        ) {
             if !valid_env_name(name) {
                 return Err(TaskError::EnvName(name.clone()));
             }
@@ -272,6 +330,16 @@ impl Task {
         }
         if self.image.is_some() && self.sandbox == Some(SandboxKind::Process) {
             return Err(TaskError::ImageWithoutContainer);
+        }
+        if let Some(k) = &self.reply_key {
+            crate::trust::BoxPublicKey::from_b64(k).map_err(|_| TaskError::ReplyKey)?;
+        }
+        for (name, v) in &self.secrets {
+            if let SecretValue::Sealed(s) = v {
+                if crate::trust::unb64(&s.sealed).is_none_or(|b| b.is_empty()) {
+                    return Err(TaskError::SealedEncoding(name.clone()));
+                }
+            }
         }
         Ok(())
     }
@@ -311,10 +379,38 @@ mod tests {
     fn secrets_do_not_debug_print() {
         let mut t = Task::new("a", "true");
         t.secrets
-            .insert("TOKEN".into(), Secret("hunter2-very-secret".into()));
+            .insert("TOKEN".into(), Secret("hunter2-very-secret".into()).into());
         let dbg = format!("{t:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("**REDACTED**"));
+    }
+
+    #[test]
+    fn secrets_are_plain_strings_or_sealed_objects() {
+        let t: Task = serde_json::from_str(
+            r#"{"version":1,"id":"a","script":"x","secrets":{"A":"plain-value","B":{"sealed":"AAAA"}}}"#,
+        )
+        .expect("parses");
+        assert_eq!(t.secrets["A"].plain(), Some("plain-value"));
+        assert!(t.secrets["B"].is_sealed());
+        t.validate().expect("valid");
+        let back = serde_json::to_string(&t).expect("json");
+        assert!(back.contains(r#""B":{"sealed":"AAAA"}"#), "{back}");
+        let err = serde_json::from_str::<Task>(
+            r#"{"version":1,"id":"a","script":"x","secrets":{"B":{"sealed":"AAAA","x":1}}}"#,
+        );
+        assert!(err.is_err());
+        let mut t = t;
+        t.secrets.insert(
+            "C".into(),
+            SecretValue::Sealed(Sealed {
+                sealed: "!!".into(),
+            }),
+        );
+        assert_eq!(t.validate(), Err(TaskError::SealedEncoding("C".into())));
+        t.secrets.remove("C");
+        t.reply_key = Some("short".into());
+        assert_eq!(t.validate(), Err(TaskError::ReplyKey));
     }
 
     #[test]

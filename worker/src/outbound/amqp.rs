@@ -115,6 +115,14 @@ impl Wire {
                 mandatory: false,
                 confirmed: true,
             },
+            Outgoing::Claim { stream, body } => Wire {
+                exchange: "",
+                key: stream.clone(),
+                body: body.clone(),
+                props: json_props(),
+                mandatory: true,
+                confirmed: true,
+            },
             Outgoing::CancelMarker(marker) => Wire {
                 exchange: CONTROL_EXCHANGE,
                 key: topology::control_key("cancel", marker),
@@ -135,6 +143,9 @@ fn dead_props(dead: &DeadLetter) -> BasicProperties {
     headers.insert(ShortString::from(REASON_HEADER), text(&dead.reason));
     headers.insert(ShortString::from(WORKER_HEADER), text(&dead.worker));
     headers.insert(ShortString::from(POOL_HEADER), text(&dead.pool));
+    for (name, value) in &dead.extra {
+        headers.insert(ShortString::from(name.as_str()), text(value));
+    }
     dead.props
         .clone()
         .with_headers(FieldTable::from(headers.inner().clone()))

@@ -98,6 +98,7 @@ impl Sink for MemorySink {
                     | Outgoing::Answer { .. }
                     | Outgoing::DeadLetter(_)
                     | Outgoing::CancelMarker(_)
+                    | Outgoing::Claim { .. }
             );
             if self.refusing.load(Ordering::Relaxed) {
                 return if confirmed {

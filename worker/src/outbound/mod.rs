@@ -6,8 +6,9 @@
 //! consumer, runner (log pump), control, daemon
 //!        │  typed calls: result(), event(), log(), heartbeat(), dead_letter(), …
 //!        ▼
-//!   Outbound (this module: builds the protocol messages; the hooks for what
-//!        │    changes a result before it leaves sit in `finish_result`)
+//!   Outbound (this module: builds the protocol messages; what changes a
+//!        │    result before it leaves sits in `finish_result`: stamp.rs seals
+//!        │    sensitive outputs to the submitter, names the signer)
 //!        ▼  one Outgoing value per message
 //!   dyn Sink ── AmqpSink (amqp.rs: the broker's names, properties, confirms,
 //!            │             retries across reconnects; the only user of lapin here)
@@ -21,6 +22,7 @@
 
 pub mod amqp;
 pub mod memory;
+pub mod stamp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use crate::snapshot::Snapshot;
 
 pub use amqp::{AmqpSink, Channels};
 pub use memory::MemorySink;
+pub use stamp::Stamp;
 
 /// How long a dead letter may take to be confirmed before the message is
 /// rejected instead (RabbitMQ then dead-letters it itself, without the reason).
@@ -66,6 +69,9 @@ pub enum Outgoing {
     /// A cancel of a task id no task has, on the cancellation stream: reading
     /// it back tells that everything before it was read (confirmed).
     CancelMarker(String),
+    /// A claim of a signed task, appended to the pool's claims stream
+    /// (confirmed, mandatory: a missing stream is unroutable).
+    Claim { stream: String, body: Vec<u8> },
 }
 
 /// A message to dead-letter, as it was delivered, and why.
@@ -77,6 +83,8 @@ pub struct DeadLetter {
     pub reason: String,
     pub worker: String,
     pub pool: String,
+    /// More headers (`x-krill-detail`, `x-krill-submitter` of a trust refusal).
+    pub extra: Vec<(String, String)>,
 }
 
 /// What became of a publish.
@@ -147,9 +155,11 @@ impl Outbound {
 
     /// The last step before a result leaves the worker: what is returned is
     /// what is remembered for redeliveries, published and described in the
-    /// finished event. Whatever must change a result on its way out (sealing
-    /// sensitive values, bounding its size) belongs here.
-    pub fn finish_result(&self, result: TaskResult) -> Arc<TaskResult> {
+    /// finished event. Whatever must change a result on its way out belongs
+    /// here: the task's [`Stamp`] (its signer's name, the trust warnings, and
+    /// every sensitive value sealed to the submitter: only ciphertext leaves).
+    pub fn finish_result(&self, mut result: TaskResult, stamp: &Stamp) -> Arc<TaskResult> {
+        stamp.apply(&mut result);
         Arc::new(result)
     }
 
@@ -194,12 +204,27 @@ impl Outbound {
         result: Option<&TaskResult>,
         attempt: u32,
     ) {
+        let submitter = result.and_then(|r| r.submitter.clone());
+        self.event_by(task_id, state, result, attempt, submitter)
+            .await;
+    }
+
+    /// [`Outbound::event`] naming the key that signed the task (`submitter`).
+    pub async fn event_by(
+        &self,
+        task_id: &str,
+        state: State,
+        result: Option<&TaskResult>,
+        attempt: u32,
+        submitter: Option<String>,
+    ) {
         let ev = TaskEvent {
             version: PROTOCOL_VERSION,
             task_id: task_id.to_string(),
             pool: self.pool.clone(),
             state,
             worker: self.worker.clone(),
+            submitter,
             status: result.map(|r| r.status),
             error: result.and_then(|r| r.error.clone()),
             attempt,
@@ -237,12 +262,24 @@ impl Outbound {
     /// Sends a copy of a message to the dead letters with `reason`; true once
     /// confirmed within [`DEAD_LETTER_TIMEOUT`].
     pub async fn dead_letter(&self, data: &[u8], props: &BasicProperties, reason: &str) -> bool {
+        self.dead_letter_with(data, props, reason, Vec::new()).await
+    }
+
+    /// [`Outbound::dead_letter`] with more headers.
+    pub async fn dead_letter_with(
+        &self,
+        data: &[u8],
+        props: &BasicProperties,
+        reason: &str,
+        extra: Vec<(String, String)>,
+    ) -> bool {
         let msg = Outgoing::DeadLetter(Box::new(DeadLetter {
             data: data.to_vec(),
             props: props.clone(),
             reason: reason.to_string(),
             worker: self.worker.clone(),
             pool: self.pool.clone(),
+            extra,
         }));
         matches!(
             tokio::time::timeout(DEAD_LETTER_TIMEOUT, self.sink.send(msg)).await,
@@ -256,6 +293,16 @@ impl Outbound {
             .send(Outgoing::CancelMarker(marker.to_string()))
             .await
             .map(|_| ())
+    }
+
+    /// Appends a claim to `stream` (the pool's claims stream), confirmed.
+    pub async fn claim(&self, stream: &str, body: Vec<u8>) -> Result<Published, PublishError> {
+        self.sink
+            .send(Outgoing::Claim {
+                stream: stream.to_string(),
+                body,
+            })
+            .await
     }
 
     async fn best_effort(&self, msg: Outgoing) {
