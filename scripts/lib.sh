@@ -8,6 +8,7 @@
 #   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
+#   krill_ensure_keys KRILL ETC  # your signing key, the pool key pair, trusted-keys
 #
 # Safe to source from scripts running under `set -euo pipefail`; it does not
 # change the caller's shell options. Tunables (environment):
@@ -409,4 +410,40 @@ CONF
     sleep 1
   done
   krill_log "private RabbitMQ ready on $KRILL_AMQP_URL"
+}
+
+# ------------------------------------------------------------------- keys --
+
+# krill_ensure_keys KRILL_BIN ETC_DIR: the local user's signing key (KRILL_KEY,
+# else ~/.config/krill/key; made when missing), the pool's key pair
+# ETC_DIR/pool.key (+ .pub, also copied to ~/.config/krill/pool.pub where the
+# CLI finds it) and ETC_DIR/trusted-keys listing the user's key with the control
+# right. Idempotent: existing keys are kept, the user's line is added once.
+# Sets KRILL_UP_KEY to the user's key file.
+krill_ensure_keys() {
+  local krill=$1 etc=$2
+  local keydir="${XDG_CONFIG_HOME:-$HOME/.config}/krill"
+  local key="${KRILL_KEY:-$keydir/key}"
+  if [[ ! -f $key ]]; then
+    krill_log "making your signing key: $key"
+    "$krill" keys new --out "$key" >/dev/null || krill_die "krill keys new failed"
+  fi
+  install -d -m 0755 "$etc"
+  if [[ ! -f $etc/pool.key ]]; then
+    krill_log "making the pool's key pair: $etc/pool.key (+ .pub)"
+    "$krill" keys new-pool --out "$etc/pool.key" >/dev/null || krill_die "krill keys new-pool failed"
+  fi
+  install -d -m 0700 "$keydir"
+  install -m 0644 "$etc/pool.key.pub" "$keydir/pool.pub"
+  local line
+  line="$("$krill" --key "$key" keys show 2>/dev/null)" || krill_die "cannot read $key"
+  local trusted=$etc/trusted-keys
+  if ! grep -qF -- "$(cut -d' ' -f1-2 <<<"$line")" "$trusted" 2>/dev/null; then
+    krill_log "trusting your key in $trusted (with the control right)"
+    if [[ ! -f $trusted ]]; then
+      printf '# Keys whose signed tasks this pool runs: type, public key, name, restrictions.\n' >"$trusted"
+    fi
+    printf '%s control\n' "$line" >>"$trusted"
+  fi
+  KRILL_UP_KEY=$key
 }
