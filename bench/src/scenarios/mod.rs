@@ -1,9 +1,10 @@
-//! Scenarios 1-5 of issue 8. Each measures Krill and its alternative in the
+//! Scenarios 1-5 of issue 8, and 6 of issue 13 (signing and sealing). Each measures Krill and its alternative in the
 //! same run and adds rows and goals to the report.
 
 mod containers;
 mod output;
 mod process;
+mod trust;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use crate::report::Report;
 pub use containers::containers;
 pub use output::{memory, output};
 pub use process::{latency, throughput};
+pub use trust::trust;
 
 /// Sizes and switches of a run.
 #[derive(Debug, Clone)]
