@@ -413,6 +413,9 @@ pub fn stub_path() -> PathBuf {
 pub struct Events {
     _conn: Connection,
     consumer: lapin::Consumer,
+    /// Events [`Events::wait_task`] read while waiting for another task's, kept
+    /// for a later `wait_task` (two tasks' events arrive in either order).
+    skipped: std::collections::VecDeque<serde_json::Value>,
 }
 
 impl Events {
@@ -434,6 +437,7 @@ impl Events {
         Events {
             _conn: conn,
             consumer: tap.consumer,
+            skipped: std::collections::VecDeque::new(),
         }
     }
 
@@ -453,8 +457,14 @@ impl Events {
         serde_json::from_slice(&self.next_body(timeout).await).expect("event json")
     }
 
-    /// Waits for a `task_id`'s event (skipping others).
+    /// Waits for a `task_id`'s event; other tasks' events read meanwhile are
+    /// kept for their own `wait_task`, oldest first.
     pub async fn wait_task(&mut self, task_id: &str, timeout: Duration) -> serde_json::Value {
+        if let Some(i) = self.skipped.iter().position(|v| v["task_id"] == task_id) {
+            if let Some(v) = self.skipped.remove(i) {
+                return v;
+            }
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -462,6 +472,7 @@ impl Events {
             if v["task_id"] == task_id {
                 return v;
             }
+            self.skipped.push_back(v);
         }
     }
 }
