@@ -98,6 +98,16 @@ struct Stopped {
     timed_out: bool,
 }
 
+/// The script (stub's frame) or the whole container (exit code 137) ended by
+/// SIGKILL: with the memory limit reached, that kill is the limit's.
+fn killed_by_sigkill(end: &End, exit_code: Option<i64>) -> bool {
+    match end {
+        End::Exit(ExitStatus::Signal(9)) => true,
+        End::StreamEnded => exit_code == Some(137),
+        _ => false,
+    }
+}
+
 /// How the script ended, by the rule: the worker's cancel, then the worker's
 /// deadline, then an OOM kill in the container, then the stub's exit frame, then
 /// the container's own exit code. `Err` is a sandbox error's text.
@@ -353,6 +363,7 @@ impl Run<'_> {
             Some(r) => r.usage.clone(),
             None => self.stats_usage().await.unwrap_or_default(),
         };
+        let hit_limit = reading.as_ref().is_some_and(|r| r.hit_limit);
         let mut oom = reading.and_then(|r| r.oom_kills).map(|n| n > 0);
         match &end {
             End::Exit(_) => {
@@ -384,7 +395,7 @@ impl Run<'_> {
                 exit_code = exit_code.or(state.exit_code.filter(|_| state.running == Some(false)));
             }
         }
-        let oom = oom.unwrap_or(false);
+        let oom = oom.unwrap_or(false) || (hit_limit && killed_by_sigkill(&end, exit_code));
 
         let exit = decide(stopped, oom, &end, exit_code).map_err(|text| {
             SandboxError::Docker(match &end {
@@ -573,6 +584,15 @@ mod tests {
     fn a_script_that_recovered_from_an_oom_kill_in_a_child_succeeded() {
         let ok = End::Exit(ExitStatus::Code(0));
         assert_eq!(decide(NONE, true, &ok, None), Ok(Exit::Code(0)));
+    }
+
+    #[test]
+    fn a_sigkill_at_the_memory_limit_is_the_limits_whoever_sent_it() {
+        assert!(killed_by_sigkill(&End::Exit(ExitStatus::Signal(9)), None));
+        assert!(killed_by_sigkill(&End::StreamEnded, Some(137)));
+        assert!(!killed_by_sigkill(&End::Exit(ExitStatus::Signal(15)), None));
+        assert!(!killed_by_sigkill(&End::Exit(ExitStatus::Code(137)), None));
+        assert!(!killed_by_sigkill(&End::StreamEnded, Some(143)));
     }
 
     #[test]

@@ -19,6 +19,13 @@ pub(super) struct CgroupReading {
     pub usage: Usage,
     /// How many processes the kernel OOM-killed in the container, if known.
     pub oom_kills: Option<u64>,
+    /// The container's memory use reached its limit (v1 `memory.failcnt`, v2
+    /// `memory.events` `max`/`oom`, or a peak within 1/16 of the limit): a
+    /// SIGKILL then is the memory limit's, even when the kill was not the
+    /// kernel's own — gVisor's sentry kills the task that runs it out of memory
+    /// by its own accounting, a little before the host's cgroup would (seen
+    /// here: peak 62.1 MiB of 64, `failcnt` 0, `oom_kill` 0).
+    pub hit_limit: bool,
 }
 
 /// Reads the container's cgroup under `root` (usually `/sys/fs/cgroup`), or `None`
@@ -32,6 +39,13 @@ pub(super) fn read_cgroup(root: &Path, id: &str) -> Option<CgroupReading> {
                 peak_memory_bytes: number(&dir.join("memory.peak")),
             },
             oom_kills: keyed(&dir.join("memory.events"), "oom_kill"),
+            hit_limit: ["max", "oom"]
+                .iter()
+                .any(|k| keyed(&dir.join("memory.events"), k).unwrap_or(0) > 0)
+                || near(
+                    number(&dir.join("memory.peak")),
+                    number(&dir.join("memory.max")),
+                ),
         });
     }
     let memory = find_dir(&root.join("memory"), id)?;
@@ -46,6 +60,11 @@ pub(super) fn read_cgroup(root: &Path, id: &str) -> Option<CgroupReading> {
             peak_memory_bytes: number(&memory.join("memory.max_usage_in_bytes")),
         },
         oom_kills: keyed(&memory.join("memory.oom_control"), "oom_kill"),
+        hit_limit: number(&memory.join("memory.failcnt")).unwrap_or(0) > 0
+            || near(
+                number(&memory.join("memory.max_usage_in_bytes")),
+                number(&memory.join("memory.limit_in_bytes")),
+            ),
     })
 }
 
@@ -75,6 +94,14 @@ fn find_dir(controller: &Path, id: &str) -> Option<PathBuf> {
     ]
     .into_iter()
     .find(|d| d.is_dir())
+}
+
+/// A peak within 1/16 of the limit (no limit, or an unreadable one: not near).
+fn near(peak: Option<u64>, limit: Option<u64>) -> bool {
+    match (peak, limit) {
+        (Some(p), Some(l)) => l > 0 && p >= l - l / 16,
+        _ => false,
+    }
 }
 
 fn number(path: &Path) -> Option<u64> {
@@ -111,6 +138,16 @@ mod tests {
     }
 
     #[test]
+    fn a_peak_close_to_the_limit_counts_as_reaching_it() {
+        let mib = 1 << 20;
+        assert!(near(Some(62 * mib + mib / 10), Some(64 * mib)));
+        assert!(!near(Some(40 * mib), Some(64 * mib)));
+        assert!(!near(Some(40 * mib), None));
+        assert!(!near(None, Some(64 * mib)));
+        assert!(!near(Some(0), Some(0)));
+    }
+
+    #[test]
     fn reads_a_fake_v1_and_v2_tree() {
         let root = std::env::temp_dir().join(format!("krill-cg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -120,11 +157,13 @@ mod tests {
         std::fs::create_dir_all(&cpu).unwrap();
         std::fs::write(mem.join("memory.max_usage_in_bytes"), "4096\n").unwrap();
         std::fs::write(mem.join("memory.oom_control"), "under_oom 0\noom_kill 1\n").unwrap();
+        std::fs::write(mem.join("memory.failcnt"), "3\n").unwrap();
         std::fs::write(cpu.join("cpuacct.usage"), "2500000\n").unwrap();
         let r = read_cgroup(&root.join("v1"), "abc").unwrap();
         assert_eq!(r.usage.peak_memory_bytes, Some(4096));
         assert_eq!(r.usage.cpu_time_ms, Some(2));
         assert_eq!(r.oom_kills, Some(1));
+        assert!(r.hit_limit);
         assert!(read_cgroup(&root.join("v1"), "other").is_none());
 
         let v2 = root.join("v2");
@@ -138,6 +177,7 @@ mod tests {
         assert_eq!(r.usage.peak_memory_bytes, Some(8192));
         assert_eq!(r.usage.cpu_time_ms, Some(7));
         assert_eq!(r.oom_kills, Some(0));
+        assert!(r.hit_limit, "memory.events oom 1");
         std::fs::remove_dir_all(root).unwrap();
     }
 }
