@@ -1,5 +1,6 @@
-//! The runner's output pump: takes a sandbox's raw events, filters
-//! `::add-mask::`, masks, captures (capped) and sends live log chunks through
+//! The runner's output pump: takes a sandbox's raw events, passes them
+//! through the output [`Pipeline`] (`::add-mask::`, masking on bytes and on
+//! text, failing closed), captures (capped) and sends live log chunks through
 //! the outbound sink; times the first event as the sandbox's start.
 
 use std::sync::Arc;
@@ -11,29 +12,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::outbound::Outbound;
-use crate::output::{
-    parse as parse_vars, AddMaskFilter, Capture, MaskError, MaskSet, MaskStream, MAX_MASK_BYTES,
-    MAX_MASK_VALUES, MIN_MASK_LEN,
-};
+use crate::output::{escape_log, Capture, MaskSet, Notes, Pipeline};
 use crate::sandbox::Event;
 
 /// Live log chunks are published at least this often while output flows.
 pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// … or as soon as this many bytes are pending.
 pub const LOG_FLUSH_BYTES: usize = 64 * 1024;
-
-/// The warning for a value that is not masked: names the variable, never the value.
-pub(crate) fn not_masked(what: &str, name: &str, e: MaskError) -> String {
-    match e {
-        MaskError::TooShort => {
-            format!("{what} `{name}` is shorter than {MIN_MASK_LEN} bytes and is not masked")
-        }
-        MaskError::Full => format!(
-            "{what} `{name}` is not masked: the task has too many values to mask \
-             (at most {MAX_MASK_VALUES} values, {MAX_MASK_BYTES} bytes)"
-        ),
-    }
-}
 
 /// Times a sandbox's first event as its start (`krill_sandbox_start_seconds`).
 pub(crate) struct FirstOutput {
@@ -47,10 +32,14 @@ pub(crate) struct FirstOutput {
 pub(crate) struct Pumped {
     pub(crate) stdout: Capture,
     pub(crate) stderr: Capture,
-    pub(crate) warnings: Vec<String>,
+    pub(crate) warnings: Notes,
+    /// Invalid UTF-8 was replaced.
+    pub(crate) lossy: bool,
+    /// Masking failed closed and the rest of the output was withheld.
+    pub(crate) withheld: bool,
 }
 
-/// Takes raw sandbox events: filters `::add-mask::`, masks, captures, publishes live chunks.
+/// Takes raw sandbox events: masks them through the [`Pipeline`], captures, publishes live chunks.
 ///
 /// Live chunks carry exactly the bytes the result keeps: once a stream reaches
 /// the output cap, nothing more of it is published, and one marker line saying
@@ -60,12 +49,11 @@ pub(crate) struct Pumped {
 pub(crate) struct Pump {
     task_id: String,
     masks: MaskSet,
-    add_mask: AddMaskFilter,
-    out_mask: MaskStream,
-    err_mask: MaskStream,
+    pipeline: Pipeline,
+    /// The marker saying the output is withheld went out.
+    withheld_marked: bool,
     stdout: Capture,
     stderr: Capture,
-    warnings: Vec<String>,
     outbound: Outbound,
     seq: u64,
     pending: Option<(Stream, Vec<u8>, DateTime<Utc>)>,
@@ -74,7 +62,6 @@ pub(crate) struct Pump {
     carry: [Vec<u8>; 2],
     /// End of output: flush everything, hold nothing back.
     finishing: bool,
-    scratch: Vec<u8>,
     /// Taken at the first event.
     pub(crate) first_output: Option<FirstOutput>,
 }
@@ -83,19 +70,16 @@ impl Pump {
     pub(crate) fn new(task_id: String, masks: MaskSet, cap: u64, outbound: Outbound) -> Self {
         Pump {
             task_id,
-            add_mask: AddMaskFilter::new(masks.clone()),
-            out_mask: masks.stream(),
-            err_mask: masks.stream(),
+            pipeline: Pipeline::new(masks.clone()),
+            withheld_marked: false,
             masks,
             stdout: Capture::new(usize::try_from(cap).unwrap_or(usize::MAX)),
             stderr: Capture::new(usize::try_from(cap).unwrap_or(usize::MAX)),
-            warnings: Vec::new(),
             outbound,
             seq: 0,
             pending: None,
             carry: [Vec::new(), Vec::new()],
             finishing: false,
-            scratch: Vec::new(),
             first_output: None,
         }
     }
@@ -111,7 +95,13 @@ impl Pump {
                     }
                     match ev {
                         Some(Event::Output(stream, bytes)) => self.output(stream, &bytes).await,
-                        Some(Event::Sensitive(content)) => self.sensitive(&content),
+                        Some(Event::Sensitive(content)) => self.sensitive(&content).await,
+                        Some(Event::Diagnostic(text)) => {
+                            let text = self.masks.mask_str(&String::from_utf8_lossy(
+                                &self.masks.mask_bytes(&text),
+                            ));
+                            tracing::warn!(text = %escape_log(&text), "the sandbox's helper wrote to its stderr");
+                        }
                         None => break,
                     }
                 }
@@ -119,15 +109,12 @@ impl Pump {
             }
         }
         // End of output: flush what each stage held back.
-        let mut rest = Vec::new();
-        for w in self.add_mask.finish(&mut rest) {
-            self.warnings.push(w.to_string());
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut rest = Vec::new();
+            self.pipeline.finish(stream, &mut rest);
+            self.emit(stream, &rest).await;
         }
-        let mut masked = self.out_mask.push(&rest);
-        masked.extend(self.out_mask.finish());
-        self.emit(Stream::Stdout, &masked).await;
-        let masked = self.err_mask.finish();
-        self.emit(Stream::Stderr, &masked).await;
+        self.mark_withheld().await;
         self.finishing = true;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let carry = std::mem::take(&mut self.carry[slot(stream)]);
@@ -139,41 +126,41 @@ impl Pump {
         Pumped {
             stdout: self.stdout,
             stderr: self.stderr,
-            warnings: self.warnings,
+            lossy: self.pipeline.lossy(),
+            withheld: self.pipeline.withheld().is_some(),
+            warnings: self.pipeline.take_warnings(),
         }
     }
 
-    fn sensitive(&mut self, content: &Bytes) {
-        let generation = self.masks.generation();
-        for (name, value) in parse_vars(content).vars {
-            if let Err(e) = self.masks.add(&value) {
-                let w = not_masked("sensitive output", &name, e);
-                if !self.warnings.contains(&w) {
-                    self.warnings.push(w);
-                }
-            }
-        }
+    async fn sensitive(&mut self, content: &Bytes) {
         // Output printed before the value was written but not published yet
         // is masked too (what was already published cannot be).
-        if self.masks.generation() != generation {
+        if self.pipeline.sensitive(content) {
             if let Some((_, data, _)) = &mut self.pending {
                 *data = self.masks.mask_bytes(data);
             }
         }
+        self.mark_withheld().await;
     }
 
     async fn output(&mut self, stream: Stream, bytes: &[u8]) {
-        let masked = match stream {
-            Stream::Stdout => {
-                self.scratch.clear();
-                for w in self.add_mask.push(bytes, &mut self.scratch) {
-                    self.warnings.push(w.to_string());
-                }
-                self.out_mask.push(&self.scratch)
-            }
-            Stream::Stderr => self.err_mask.push(bytes),
-        };
+        let mut masked = Vec::with_capacity(bytes.len());
+        self.pipeline.push(stream, bytes, &mut masked);
         self.emit(stream, &masked).await;
+        self.mark_withheld().await;
+    }
+
+    /// Once masking failed closed: one marker line on the live stderr stream.
+    async fn mark_withheld(&mut self) {
+        if self.withheld_marked {
+            return;
+        }
+        let Some(why) = self.pipeline.withheld() else {
+            return;
+        };
+        self.withheld_marked = true;
+        let marker = format!("\nkrill: {why}\n");
+        self.live(Stream::Stderr, marker.as_bytes()).await;
     }
 
     /// Captures masked bytes and publishes what the capture kept.
@@ -286,6 +273,7 @@ fn incomplete_tail(data: &[u8]) -> usize {
 mod tests {
     use super::*;
     use crate::outbound::MemorySink;
+    use crate::output::{not_masked, MaskError};
 
     #[tokio::test]
     async fn the_pump_sends_masked_chunks_through_the_sink_and_ends_with_eof() {

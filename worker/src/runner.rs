@@ -13,8 +13,10 @@ use tracing::Instrument;
 use crate::cancel::Cancel;
 use crate::config::{Policy, PolicyError};
 use crate::outbound::Outbound;
-use crate::output::{parse as parse_vars, Capture, MaskError, MaskSet};
-use crate::pump::{not_masked, FirstOutput, Pump};
+use crate::output::{
+    escape_log, not_masked, parse as parse_vars, register_sensitive, MaskError, MaskSet, Notes,
+};
+use crate::pump::{FirstOutput, Pump, Pumped};
 use crate::sandbox::{Exit, Outcome, SandboxError, Spec};
 use crate::sandboxes::Sandboxes;
 
@@ -63,8 +65,9 @@ pub async fn run(ctx: &RunCtx, task: Task, attempt: u32, cancel: Cancel) -> Task
         };
         match prepared {
             Err(reason) => {
-                tracing::info!(%reason, "task rejected");
-                result.error = Some(masks.mask_str(&reason));
+                let reason = masks.mask_str(&reason);
+                tracing::info!(reason = %escape_log(&reason), "task rejected");
+                result.error = Some(reason);
             }
             Ok((kind, spec, output_cap)) => {
                 result.sandbox = Some(kind);
@@ -140,60 +143,71 @@ async fn execute(
         kind,
         handed_at: std::time::Instant::now(),
     });
-    let (outcome, pumped) = tokio::join!(sandbox_run, pump.run(rx));
-    result.warnings.extend(pumped.warnings);
+    let (outcome, mut pumped) = tokio::join!(sandbox_run, pump.run(rx));
+    let mut notes = Lists {
+        warnings: Notes::from(std::mem::take(&mut result.warnings)),
+        errors: Notes::new(),
+    };
+    notes.warnings.extend(std::mem::take(&mut pumped.warnings));
     match outcome {
         Err(e) => {
             let text = masks.mask_str(&crate::error::chain(&e));
-            tracing::warn!(error = %text, "sandbox failed");
+            tracing::warn!(error = %escape_log(&text), "sandbox failed");
             result.status = match e {
                 SandboxError::ImageNotAllowed(_) => Status::Rejected,
                 _ => Status::SandboxError,
             };
             result.error = Some(text);
-            finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
+            finish_output(result, masks, generation, pumped, notes, false);
         }
         Ok(outcome) => {
-            apply_outcome(result, masks, outcome, cancel);
-            finish_output(result, masks, generation, pumped.stdout, pumped.stderr);
+            let withhold = apply_outcome(result, masks, outcome, cancel, &mut notes);
+            finish_output(result, masks, generation, pumped, notes, withhold);
         }
     }
 }
 
-fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, cancel: &Cancel) {
+/// The result's bounded lists while it is built.
+struct Lists {
+    warnings: Notes,
+    errors: Notes,
+}
+
+/// Fills in the outcome; returns whether the whole output must be withheld
+/// (a final sensitive value could not be masked: it may have been printed).
+fn apply_outcome(
+    result: &mut TaskResult,
+    masks: &MaskSet,
+    outcome: Outcome,
+    cancel: &Cancel,
+    notes: &mut Lists,
+) -> bool {
     result.sandbox_id = Some(outcome.sandbox_id);
     result.usage = outcome.usage;
     result.limits = outcome.enforcement;
     result.landlock = outcome.landlock;
     // Sensitive values first, so they are masked in everything built below.
     let mut outputs = Vec::new();
+    let mut withhold = false;
     match outcome.sensitive {
         Ok(bytes) => {
             let parsed = parse_vars(&bytes);
-            for (name, value) in parsed.vars {
-                if let Err(e) = masks.add(&value) {
-                    let w = not_masked("sensitive output", &name, e);
-                    if !result.warnings.contains(&w) {
-                        result.warnings.push(w);
-                    }
-                }
-                outputs.push(OutputVar {
-                    name,
-                    value,
-                    sensitive: true,
-                    sealed: None,
-                });
+            if let Some(why) = register_sensitive(masks, &parsed, &mut notes.warnings) {
+                notes.warnings.push_unique(why);
+                withhold = true;
             }
-            result.output_errors.extend(
-                parsed
-                    .errors
-                    .into_iter()
-                    .map(|e| format!("KRILL_SENSITIVE_OUTPUT: {e}")),
-            );
+            for e in &parsed.errors {
+                notes.errors.push(format!("KRILL_SENSITIVE_OUTPUT: {e}"));
+            }
+            notes.errors.omit(parsed.errors_omitted as u64);
+            outputs.extend(parsed.vars.into_iter().map(|(name, value)| OutputVar {
+                name,
+                value,
+                sensitive: true,
+                sealed: None,
+            }));
         }
-        Err(e) => result
-            .output_errors
-            .push(format!("KRILL_SENSITIVE_OUTPUT: {e}")),
+        Err(e) => notes.errors.push(format!("KRILL_SENSITIVE_OUTPUT: {e}")),
     }
     match outcome.outputs {
         Ok(bytes) => {
@@ -208,14 +222,12 @@ fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, can
             let mut all: Vec<OutputVar> = plain.collect();
             all.append(&mut outputs);
             outputs = all;
-            result.output_errors.extend(
-                parsed
-                    .errors
-                    .into_iter()
-                    .map(|e| format!("KRILL_OUTPUT: {e}")),
-            );
+            for e in &parsed.errors {
+                notes.errors.push(format!("KRILL_OUTPUT: {e}"));
+            }
+            notes.errors.omit(parsed.errors_omitted as u64);
         }
-        Err(e) => result.output_errors.push(format!("KRILL_OUTPUT: {e}")),
+        Err(e) => notes.errors.push(format!("KRILL_OUTPUT: {e}")),
     }
     // A name is shown everywhere (and never masked): one holding a secret is dropped.
     outputs.retain(|o| {
@@ -226,7 +238,7 @@ fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, can
             } else {
                 "KRILL_OUTPUT"
             };
-            result.output_errors.push(format!(
+            notes.errors.push(format!(
                 "{file}: a variable name contains a masked value; the variable is dropped"
             ));
         }
@@ -255,34 +267,39 @@ fn apply_outcome(result: &mut TaskResult, masks: &MaskSet, outcome: Outcome, can
     };
     result.status = status;
     result.error = error.map(|e| masks.mask_str(&e));
+    withhold
 }
 
 /// Re-masks the captured text with every mask known at the end (a sensitive output
 /// set after a value was printed still hides it in the result) — unless no mask
 /// was added since the output started (`generation`): the capture was masked as
-/// it flowed, and the kept output is neither scanned nor copied again.
+/// it flowed, and the kept output is neither scanned nor copied again. With
+/// `withhold` (a value could not be masked) no output is kept at all.
 fn finish_output(
     result: &mut TaskResult,
     masks: &MaskSet,
     generation: u64,
-    stdout: Capture,
-    stderr: Capture,
+    pumped: Pumped,
+    mut notes: Lists,
+    withhold: bool,
 ) {
-    let truncated = stdout.truncated() || stderr.truncated();
-    let (out, lossy_out) = stdout.into_text();
-    let (err, lossy_err) = stderr.into_text();
-    if masks.generation() == generation {
+    let truncated = pumped.stdout.truncated() || pumped.stderr.truncated() || pumped.withheld;
+    let (out, lossy_out) = pumped.stdout.into_text();
+    let (err, lossy_err) = pumped.stderr.into_text();
+    if withhold {
+        result.stdout = String::new();
+        result.stderr = String::new();
+    } else if masks.generation() == generation {
         result.stdout = out;
         result.stderr = err;
     } else {
         result.stdout = masks.mask_str(&out);
         result.stderr = masks.mask_str(&err);
     }
-    result.truncated = truncated;
-    result.lossy = lossy_out || lossy_err;
-    result.output_errors = result
-        .output_errors
-        .iter()
-        .map(|e| masks.mask_str(e))
-        .collect();
+    result.truncated = truncated || withhold;
+    result.lossy = pumped.lossy || lossy_out || lossy_err;
+    notes.errors.map(|e| masks.mask_str(e));
+    notes.warnings.map(|w| masks.mask_str(w));
+    result.output_errors = notes.errors.into_vec("output errors");
+    result.warnings = notes.warnings.into_vec("warnings");
 }

@@ -7,9 +7,16 @@
 //! only holds back the first bytes of a line while they could still become the
 //! prefix, and the value of an `::add-mask::` line until its newline.
 //!
-//! An `::add-mask::` line longer than [`MAX_ADD_MASK_LINE`] bytes is dropped
-//! (never shown, not registered) with a warning, so memory stays bounded.
-//! Warnings give the stdout line number, never the value.
+//! Masking fails closed: a value that cannot be masked — its line is longer
+//! than [`MAX_ADD_MASK_LINE`] bytes, the task already registered
+//! [`MAX_ADD_MASK_VALUES`] values or [`MAX_ADD_MASK_BYTES`] bytes this way, or
+//! the task's whole [`MaskSet`] is full — is never shown, and nothing after
+//! its line is either: the filter withholds the rest of stdout (and tells the
+//! caller, which withholds the rest of stderr too), with a warning. Only a
+//! value shorter than [`MIN_MASK_LEN`](super::MIN_MASK_LEN) is let through
+//! unmasked (masking `a` would hide nothing), with a warning. Memory stays
+//! bounded, and so does the masker's work (see [`MaskSet`]). Warnings give the
+//! stdout line number, never the value.
 
 use std::fmt;
 
@@ -19,6 +26,10 @@ use super::mask::{MaskError, MaskSet};
 pub const ADD_MASK_PREFIX: &[u8] = b"::add-mask::";
 /// Longest `::add-mask::` line kept (prefix and value, without the newline).
 pub const MAX_ADD_MASK_LINE: usize = 64 * 1024;
+/// Most values one task registers with `::add-mask::`.
+pub const MAX_ADD_MASK_VALUES: usize = 1000;
+/// Most bytes (summed over its values) one task registers with `::add-mask::`.
+pub const MAX_ADD_MASK_BYTES: usize = 1024 * 1024;
 
 /// An `::add-mask::` line whose value is not masked. Never holds the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,21 +43,38 @@ pub enum AddMaskWarning {
         /// 1-based stdout line.
         line: u64,
     },
-    /// The line was too long to hold; it was dropped.
+    /// The line was too long to hold: the rest of the output is withheld.
     #[error(
-        "`::add-mask::` on stdout line {line}: line is longer than {} bytes; it was dropped and its value is not masked",
+        "`::add-mask::` on stdout line {line}: line is longer than {} bytes, so its value cannot be masked; the rest of the output is withheld",
         MAX_ADD_MASK_LINE
     )]
     TooLong {
         /// 1-based stdout line.
         line: u64,
     },
-    /// The mask set is full.
-    #[error("`::add-mask::` on stdout line {line}: too many values to mask; value is not masked")]
+    /// The task reached its `::add-mask::` cap: the rest of the output is withheld.
+    #[error(
+        "`::add-mask::` on stdout line {line}: the task registered too many values this way (at most {} values, {} bytes), so this one cannot be masked; the rest of the output is withheld",
+        MAX_ADD_MASK_VALUES,
+        MAX_ADD_MASK_BYTES
+    )]
+    Capped {
+        /// 1-based stdout line.
+        line: u64,
+    },
+    /// The task's mask set is full: the rest of the output is withheld.
+    #[error("`::add-mask::` on stdout line {line}: too many values to mask, so this one cannot be masked; the rest of the output is withheld")]
     Full {
         /// 1-based stdout line.
         line: u64,
     },
+}
+
+impl AddMaskWarning {
+    /// Whether the output after this line is withheld (masking failed closed).
+    pub fn withholds(&self) -> bool {
+        !matches!(self, AddMaskWarning::TooShort { .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +87,8 @@ enum State {
     Capture,
     /// In an `::add-mask::` line that grew too long: drop it.
     Discard,
+    /// A value could not be masked: nothing more is shown.
+    Withheld,
 }
 
 /// Removes `::add-mask::` lines from stdout and registers their values.
@@ -70,6 +100,11 @@ pub struct AddMaskFilter {
     line_len: usize,
     /// 1-based number of the current line.
     line: u64,
+    /// Values and bytes registered so far (against the per-task cap).
+    values: usize,
+    bytes: usize,
+    /// Bytes dropped after masking failed closed.
+    withheld: u64,
 }
 
 impl fmt::Debug for AddMaskFilter {
@@ -91,7 +126,20 @@ impl AddMaskFilter {
             buf: Vec::new(),
             line_len: 0,
             line: 1,
+            values: 0,
+            bytes: 0,
+            withheld: 0,
         }
+    }
+
+    /// Whether masking failed closed: every byte from then on is dropped.
+    pub fn is_withholding(&self) -> bool {
+        self.state == State::Withheld
+    }
+
+    /// Bytes dropped since masking failed closed.
+    pub fn withheld_bytes(&self) -> u64 {
+        self.withheld
     }
 
     /// Filters one raw stdout chunk, appending what may be shown to `out`, and
@@ -101,6 +149,10 @@ impl AddMaskFilter {
         let mut rest = chunk;
         while let Some(&byte) = rest.first() {
             match self.state {
+                State::Withheld => {
+                    self.withheld += rest.len() as u64;
+                    rest = &[];
+                }
                 State::LineStart => {
                     if byte == ADD_MASK_PREFIX[self.buf.len()] {
                         self.buf.push(byte);
@@ -134,6 +186,7 @@ impl AddMaskFilter {
                         None => (rest, None),
                     };
                     if self.line_len + part.len() > MAX_ADD_MASK_LINE {
+                        // Fails closed once the line is over (or at the end).
                         self.buf.clear();
                         self.state = State::Discard;
                         continue;
@@ -142,9 +195,17 @@ impl AddMaskFilter {
                     self.line_len += part.len();
                     match end {
                         Some(i) => {
-                            warnings.extend(self.register());
                             rest = &rest[i + 1..];
-                            self.next_line();
+                            match self.register() {
+                                Some(w) if w.withholds() => {
+                                    warnings.push(w);
+                                    self.withhold();
+                                }
+                                w => {
+                                    warnings.extend(w);
+                                    self.next_line();
+                                }
+                            }
                         }
                         None => rest = &[],
                     }
@@ -153,7 +214,7 @@ impl AddMaskFilter {
                     Some(i) => {
                         warnings.push(AddMaskWarning::TooLong { line: self.line });
                         rest = &rest[i + 1..];
-                        self.next_line();
+                        self.withhold();
                     }
                     None => rest = &[],
                 },
@@ -171,6 +232,7 @@ impl AddMaskFilter {
             State::Pass => {}
             State::Capture => warnings.extend(self.register()),
             State::Discard => warnings.push(AddMaskWarning::TooLong { line: self.line }),
+            State::Withheld => {}
         }
         self.buf.clear();
         self.state = State::LineStart;
@@ -179,13 +241,30 @@ impl AddMaskFilter {
         warnings
     }
 
+    fn withhold(&mut self) {
+        self.buf.clear();
+        self.state = State::Withheld;
+    }
+
     fn register(&mut self) -> Option<AddMaskWarning> {
         let value = self.buf.strip_suffix(b"\r").unwrap_or(&self.buf);
         let line = self.line;
-        let warning = match self.set.add_bytes(value) {
-            Ok(()) => None,
-            Err(MaskError::TooShort) => Some(AddMaskWarning::TooShort { line }),
-            Err(MaskError::Full) => Some(AddMaskWarning::Full { line }),
+        let warning = if value.len() < super::MIN_MASK_LEN {
+            Some(AddMaskWarning::TooShort { line })
+        } else if self.values >= MAX_ADD_MASK_VALUES
+            || self.bytes + value.len() > MAX_ADD_MASK_BYTES
+        {
+            Some(AddMaskWarning::Capped { line })
+        } else {
+            match self.set.add_bytes(value) {
+                Ok(()) => {
+                    self.values += 1;
+                    self.bytes += value.len();
+                    None
+                }
+                Err(MaskError::TooShort) => Some(AddMaskWarning::TooShort { line }),
+                Err(MaskError::Full) => Some(AddMaskWarning::Full { line }),
+            }
         };
         self.buf.clear();
         warning
@@ -294,8 +373,10 @@ mod tests {
         line.extend(std::iter::repeat_n(b's', MAX_ADD_MASK_LINE));
         line.extend(b"\nnext\n");
         let (out, warnings) = run(&set, &[&line[..1000], &line[1000..]]);
-        assert_eq!(out, b"next\n");
+        // Fails closed: nothing after the line is shown.
+        assert_eq!(out, b"");
         assert_eq!(warnings, vec![AddMaskWarning::TooLong { line: 1 }]);
+        assert!(warnings[0].withholds());
         assert!(set.is_empty());
         // Exactly at the limit is kept.
         let set = MaskSet::new();
@@ -307,6 +388,59 @@ mod tests {
         let (out, warnings) = run(&set, &[&line]);
         assert_eq!((out, warnings), (vec![], vec![]));
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn past_the_per_task_cap_the_rest_of_stdout_is_withheld() {
+        let set = MaskSet::new();
+        let mut f = AddMaskFilter::new(set.clone());
+        let mut out = Vec::new();
+        let mut text = Vec::new();
+        for i in 0..MAX_ADD_MASK_VALUES {
+            text.extend(format!("::add-mask::value-{i:06}\nline {i}\n").bytes());
+        }
+        text.extend(b"::add-mask::one-too-many\nafter the cap one-too-many\n");
+        let warnings = f.push(&text, &mut out);
+        assert_eq!(
+            warnings,
+            vec![AddMaskWarning::Capped {
+                line: 2 * MAX_ADD_MASK_VALUES as u64 + 1
+            }]
+        );
+        assert!(f.is_withholding());
+        let shown = String::from_utf8(out).expect("utf-8");
+        assert!(shown.ends_with(&format!("line {}\n", MAX_ADD_MASK_VALUES - 1)));
+        assert!(!shown.contains("one-too-many"));
+        assert_eq!(set.len(), MAX_ADD_MASK_VALUES);
+        let mut more = Vec::new();
+        assert!(f.push(b"still withheld\n", &mut more).is_empty());
+        assert!(more.is_empty());
+        assert!(f.withheld_bytes() > 0);
+        // Bytes count as well as values.
+        let set = MaskSet::new();
+        let mut f = AddMaskFilter::new(set);
+        let value = "v".repeat(60_000);
+        let mut out = Vec::new();
+        let mut warnings = Vec::new();
+        for i in 0..20 {
+            warnings.extend(f.push(
+                format!("::add-mask::{i:02}{value}\nok\n").as_bytes(),
+                &mut out,
+            ));
+        }
+        assert_eq!(warnings.len(), 1);
+        assert!(matches!(warnings[0], AddMaskWarning::Capped { .. }));
+        assert!(warnings[0].to_string().contains("withheld"));
+    }
+
+    #[test]
+    fn a_full_mask_set_withholds_too() {
+        let set = MaskSet::new();
+        set.add(&"x".repeat(crate::output::MAX_MASK_BYTES))
+            .expect("fits");
+        let (out, warnings) = run(&set, &[b"a\n::add-mask::secret-1\nsecret-1\n"]);
+        assert_eq!(out, b"a\n");
+        assert_eq!(warnings, vec![AddMaskWarning::Full { line: 2 }]);
     }
 
     #[test]

@@ -18,13 +18,29 @@
 //! text in chunks gives exactly the same bytes as masking it at once, as long as
 //! the set does not change in between (a property test checks this).
 //!
+//! # Cost
+//!
+//! Values arrive one by one while output flows (`::add-mask::`, sensitive
+//! outputs), so rebuilding one automaton over every value at each new one would
+//! cost the worker the square of what the task registers. Instead the values
+//! live in *levels* (a Bentley–Saxe structure): level `i` holds at most
+//! [`LEVEL_BASE`]` << i` bytes in its own automaton. New values are not
+//! compiled when they are registered but when the set is next used, all at once;
+//! they go to the lowest empty level that fits them, taking along every full
+//! level below it. Each registered byte is compiled at most once per level, so
+//! the total compile work is bounded by `bytes × levels` (levels ≤ 12 for the
+//! whole 8 MiB), and a text is scanned once per occupied level. Which tail may
+//! still begin a value is decided with a bounded number of byte comparisons per
+//! push ([`HOLD_BUDGET`]); past that budget the rest is held back, which is
+//! always safe.
+//!
 //! # Limits
 //!
 //! - Values shorter than [`MIN_MASK_LEN`] bytes are refused: masking `a` would
 //!   destroy every log and hide nothing.
 //! - A set holds at most [`MAX_MASK_VALUES`] values and [`MAX_MASK_BYTES`]
 //!   bytes; past that [`MaskSet::add`] fails with [`MaskError::Full`] and the
-//!   caller decides (a script spamming `::add-mask::` gets a warning).
+//!   caller fails closed (the rest of the output is withheld).
 //! - A secret that itself contains `***` could be rebuilt next to a mask
 //!   (`x***` from `x` followed by another secret); no such secret is expected.
 
@@ -43,6 +59,11 @@ pub const MASK: &[u8] = b"***";
 pub const MAX_MASK_VALUES: usize = 10_000;
 /// Most bytes (summed over all values) one set holds.
 pub const MAX_MASK_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of values the lowest level holds; level `i` holds `LEVEL_BASE << i`.
+pub const LEVEL_BASE: usize = 4096;
+/// Byte comparisons one push may spend deciding what to hold back, beyond the
+/// length of the tail it looks at.
+pub const HOLD_BUDGET: usize = 64 * 1024;
 /// Up to this many pattern bytes a DFA is allowed (fast, but its memory grows
 /// with states x alphabet); above it a contiguous NFA is used.
 const DFA_MAX_BYTES: usize = 2048;
@@ -81,8 +102,14 @@ struct State {
     values: BTreeSet<Vec<u8>>,
     bytes: usize,
     generation: u64,
+    /// Registered since the last compile (not in any level yet).
+    pending: Vec<Vec<u8>>,
+    /// `levels[i]` holds at most `LEVEL_BASE << i` bytes.
+    levels: Vec<Option<Arc<Level>>>,
     /// The matcher for some generation; rebuilt lazily when stale.
     compiled: Arc<Compiled>,
+    /// Bytes compiled so far, over all levels and rebuilds (for tests and figures).
+    compiled_bytes: u64,
 }
 
 impl fmt::Debug for MaskSet {
@@ -107,23 +134,28 @@ impl MaskSet {
         self.add_bytes(value.as_bytes())
     }
 
-    /// [`MaskSet::add`] for a value that need not be UTF-8.
+    /// [`MaskSet::add`] for a value that need not be UTF-8. Such a value is
+    /// also registered in its lossy form (invalid bytes as U+FFFD), the form
+    /// it takes in text that leaves the sandbox.
     pub fn add_bytes(&self, value: &[u8]) -> Result<(), MaskError> {
         if value.len() < MIN_MASK_LEN {
             return Err(MaskError::TooShort);
         }
-        let mut new: Vec<&[u8]> = vec![value];
-        for line in value.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.len() >= MIN_MASK_LEN && line != value {
-                new.push(line);
+        let lossy = match String::from_utf8_lossy(value) {
+            std::borrow::Cow::Owned(text) => Some(text.into_bytes()),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        let mut new: Vec<&[u8]> = Vec::new();
+        for whole in std::iter::once(value).chain(lossy.as_deref()) {
+            new.push(whole);
+            for line in whole.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() >= MIN_MASK_LEN && line != whole {
+                    new.push(line);
+                }
             }
         }
-        let mut state = self
-            .inner
-            .state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.write();
         new.sort_unstable();
         new.dedup();
         new.retain(|v| !state.values.contains(*v));
@@ -138,6 +170,7 @@ impl MaskSet {
         }
         for v in new {
             state.values.insert(v.to_vec());
+            state.pending.push(v.to_vec());
         }
         state.bytes += added_bytes;
         state.generation += 1;
@@ -149,12 +182,7 @@ impl MaskSet {
 
     /// How many values (whole values and lines) are registered.
     pub fn len(&self) -> usize {
-        self.inner
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values
-            .len()
+        self.read().values.len()
     }
 
     /// Whether no value is registered.
@@ -162,9 +190,20 @@ impl MaskSet {
         self.len() == 0
     }
 
+    /// Bytes of all registered values.
+    pub fn bytes(&self) -> usize {
+        self.read().bytes
+    }
+
     /// Bumped each time the set grows.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Pattern bytes compiled into automata so far, every rebuild counted: the
+    /// masker's set-up work, which stays within `bytes × levels`.
+    pub fn compiled_bytes(&self) -> u64 {
+        self.read().compiled_bytes
     }
 
     /// Masks a whole text at once (error messages, log lines).
@@ -191,92 +230,164 @@ impl MaskSet {
         MaskStream::new(self.clone())
     }
 
-    /// The matcher for the current generation, built at most once per generation.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The matcher for the current generation, built at most once per
+    /// generation: the values registered since the last build go into the levels.
     fn compiled(&self) -> Arc<Compiled> {
         {
-            let state = self
-                .inner
-                .state
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let state = self.read();
             if state.compiled.generation == state.generation {
                 return Arc::clone(&state.compiled);
             }
         }
-        let mut state = self
-            .inner
-            .state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.write();
         if state.compiled.generation != state.generation {
-            state.compiled = Arc::new(Compiled::build(
-                &state.values,
-                state.bytes,
-                state.generation,
-            ));
+            let batch = std::mem::take(&mut state.pending);
+            let built = insert(&mut state.levels, batch);
+            state.compiled_bytes += built as u64;
+            state.compiled = Arc::new(Compiled::new(&state.levels, state.generation));
         }
         Arc::clone(&state.compiled)
     }
 
     #[cfg(test)]
     pub(crate) fn values(&self) -> Vec<Vec<u8>> {
-        let state = self
-            .inner
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        state.values.iter().cloned().collect()
+        self.read().values.iter().cloned().collect()
+    }
+
+    #[cfg(test)]
+    fn occupied_levels(&self) -> usize {
+        let _ = self.compiled();
+        self.read().levels.iter().flatten().count()
     }
 }
 
-/// An immutable matcher for one generation of a [`MaskSet`].
+/// Puts `batch` in the lowest empty level that can hold it, merging every
+/// occupied level met on the way up into it. Returns the bytes compiled.
+fn insert(levels: &mut Vec<Option<Arc<Level>>>, mut batch: Vec<Vec<u8>>) -> usize {
+    if batch.is_empty() {
+        return 0;
+    }
+    let mut bytes: usize = batch.iter().map(Vec::len).sum();
+    let mut i = 0;
+    loop {
+        if i == levels.len() {
+            levels.push(None);
+        }
+        let cap = LEVEL_BASE.checked_shl(i as u32).unwrap_or(usize::MAX);
+        match levels[i].take() {
+            None if bytes <= cap => {
+                levels[i] = Some(Arc::new(Level::build(batch)));
+                return bytes;
+            }
+            None => {}
+            Some(level) => {
+                bytes += level.bytes;
+                batch.extend(level.sorted.iter().cloned());
+            }
+        }
+        i += 1;
+    }
+}
+
+/// One level's values and their automaton.
+struct Level {
+    /// `None`: the automaton could not be built (the set fails closed).
+    ac: Option<AhoCorasick>,
+    /// The values, sorted, to find the tail that may begin a value.
+    sorted: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Level {
+    fn build(mut values: Vec<Vec<u8>>) -> Self {
+        values.sort_unstable();
+        values.dedup();
+        let bytes = values.iter().map(Vec::len).sum();
+        let kind = (bytes > DFA_MAX_BYTES).then_some(AhoCorasickKind::ContiguousNFA);
+        let build = |kind| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .kind(kind)
+                .build(&values)
+        };
+        let ac = build(kind)
+            .or_else(|_| build(Some(AhoCorasickKind::NoncontiguousNFA)))
+            .ok();
+        Level {
+            ac,
+            sorted: values,
+            bytes,
+        }
+    }
+
+    /// Whether `x` is a proper prefix of some value of this level; adds the
+    /// bytes compared to `spent`.
+    fn is_proper_prefix(&self, x: &[u8], spent: &mut usize) -> bool {
+        // Values starting with `x` are contiguous in sorted order, from the
+        // first value >= x; if that one equals `x`, the next is longer.
+        let i = self.sorted.partition_point(|v| {
+            *spent += common_prefix(v, x) + 1;
+            v.as_slice() < x
+        });
+        self.sorted[i..].iter().take(2).any(|v| {
+            *spent += x.len();
+            v.len() > x.len() && v.starts_with(x)
+        })
+    }
+}
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// An immutable matcher for one generation of a [`MaskSet`]: its levels.
 #[derive(Default)]
 struct Compiled {
     generation: u64,
-    /// `None` when the set is empty.
-    ac: Option<AhoCorasick>,
-    /// The automaton could not be built: mask everything (fail closed).
+    levels: Vec<Arc<Level>>,
+    /// Some level's automaton could not be built: mask everything (fail closed).
     failed: bool,
-    /// The values, sorted, to find the tail that may begin a secret.
-    sorted: Vec<Vec<u8>>,
     /// Whether some value starts with this byte.
     first: Vec<bool>,
     max_len: usize,
 }
 
 impl Compiled {
-    fn build(values: &BTreeSet<Vec<u8>>, bytes: usize, generation: u64) -> Self {
-        let sorted: Vec<Vec<u8>> = values.iter().cloned().collect();
+    fn new(levels: &[Option<Arc<Level>>], generation: u64) -> Self {
+        let levels: Vec<Arc<Level>> = levels.iter().flatten().cloned().collect();
         let mut first = vec![false; 256];
-        for v in &sorted {
+        let mut max_len = 0;
+        for v in levels.iter().flat_map(|l| &l.sorted) {
             if let Some(&b) = v.first() {
                 first[usize::from(b)] = true;
             }
+            max_len = max_len.max(v.len());
         }
-        let max_len = sorted.iter().map(Vec::len).max().unwrap_or(0);
-        let (ac, failed) = if sorted.is_empty() {
-            (None, false)
-        } else {
-            let kind = (bytes > DFA_MAX_BYTES).then_some(AhoCorasickKind::ContiguousNFA);
-            let build = |kind| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::Standard)
-                    .kind(kind)
-                    .build(&sorted)
-            };
-            match build(kind).or_else(|_| build(Some(AhoCorasickKind::NoncontiguousNFA))) {
-                Ok(ac) => (Some(ac), false),
-                Err(_) => (None, true),
-            }
-        };
         Self {
             generation,
-            ac,
-            failed,
-            sorted,
+            failed: levels.iter().any(|l| l.ac.is_none()),
+            levels,
             first,
             max_len,
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.levels.is_empty()
     }
 
     /// Writes into `out` the maximal masked spans of `hay`, sorted, disjoint and
@@ -293,43 +404,50 @@ impl Compiled {
         if carry > 0 {
             out.push((0, carry.min(hay.len())));
         }
-        let Some(ac) = &self.ac else { return };
-        // Overlapping matches come in order of their end; merge with the stack.
-        for m in ac.find_overlapping_iter(hay) {
-            let (mut start, mut end) = (m.start(), m.end());
-            while let Some(&(s, e)) = out.last() {
-                if start > e {
-                    break;
-                }
-                start = start.min(s);
-                end = end.max(e);
-                out.pop();
-            }
-            out.push((start, end));
+        for level in &self.levels {
+            let Some(ac) = &level.ac else { continue };
+            out.extend(ac.find_overlapping_iter(hay).map(|m| (m.start(), m.end())));
         }
+        // By start (one automaton reports overlapping matches by their end).
+        out.sort_unstable();
+        // Merge overlapping and touching spans in place.
+        let mut w = 0;
+        for r in 0..out.len() {
+            let (s, e) = out[r];
+            if w > 0 && s <= out[w - 1].1 {
+                out[w - 1].1 = out[w - 1].1.max(e);
+            } else {
+                out[w] = (s, e);
+                w += 1;
+            }
+        }
+        out.truncate(w);
     }
 
     /// The earliest position from which the rest of `buf` is a proper prefix of
     /// some value (so may still become a match), or `buf.len()`. Everything
-    /// before it is final.
+    /// before it is final. Past [`HOLD_BUDGET`] comparisons the rest is held.
     fn hold(&self, buf: &[u8]) -> usize {
         if self.failed || self.max_len <= 1 {
             return buf.len();
         }
         let lo = buf.len().saturating_sub(self.max_len - 1);
-        (lo..buf.len())
-            .find(|&s| self.first[usize::from(buf[s])] && self.is_proper_prefix(&buf[s..]))
-            .unwrap_or(buf.len())
-    }
-
-    fn is_proper_prefix(&self, x: &[u8]) -> bool {
-        // Values starting with `x` are contiguous in sorted order, from the
-        // first value >= x; if that one equals `x`, the next is longer.
-        let i = self.sorted.partition_point(|v| v.as_slice() < x);
-        self.sorted[i..]
-            .iter()
-            .take(2)
-            .any(|v| v.len() > x.len() && v.starts_with(x))
+        let budget = HOLD_BUDGET + (buf.len() - lo);
+        let mut spent = 0;
+        for s in lo..buf.len() {
+            if !self.first[usize::from(buf[s])] {
+                continue;
+            }
+            if spent > budget
+                || self
+                    .levels
+                    .iter()
+                    .any(|l| l.is_proper_prefix(&buf[s..], &mut spent))
+            {
+                return s;
+            }
+        }
+        buf.len()
     }
 }
 
@@ -415,7 +533,7 @@ impl MaskStream {
     /// Like [`MaskStream::push`], appending to `out`.
     pub fn push_into(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         self.refresh();
-        if self.pending.is_empty() && self.compiled.ac.is_none() && !self.compiled.failed {
+        if self.pending.is_empty() && self.compiled.is_empty() {
             out.extend_from_slice(chunk);
             return;
         }
@@ -665,6 +783,64 @@ mod tests {
     }
 
     #[test]
+    fn values_arriving_one_by_one_are_compiled_in_levels_not_each_time() {
+        // 200 values of 4000 bytes, each used before the next arrives (the
+        // `::add-mask::` pattern): rebuilding everything each time would compile
+        // 200 * 100 * 4000 = 80 MB; the levels compile each byte once per level.
+        let s = MaskSet::new();
+        let mut st = s.stream();
+        let mut values = Vec::new();
+        for i in 0..200u32 {
+            let v = format!("{i:04}{}", "ab".repeat(1998));
+            s.add(&v).expect("room");
+            let out = st.push(format!("x {v} y\n").as_bytes());
+            assert!(!contains(&out, v.as_bytes()));
+            values.push(v);
+        }
+        let total = s.bytes() as u64;
+        assert_eq!(total, 200 * 4000);
+        eprintln!("compiled {} bytes for {total}", s.compiled_bytes());
+        assert!(
+            s.compiled_bytes() <= total * 10,
+            "compiled {} bytes for {total}",
+            s.compiled_bytes()
+        );
+        assert!(s.occupied_levels() <= 12);
+        // Every value is still masked, whatever level it sits in.
+        let text = values.join(" ");
+        let masked = s.mask_str(&text);
+        assert_eq!(masked, vec!["***"; 200].join(" "));
+    }
+
+    #[test]
+    fn a_tail_that_is_expensive_to_decide_is_held_not_scanned_for_ever() {
+        // A 60,000-byte value of one letter and then another: every tail of a
+        // run of that letter is a candidate; deciding each one fully would
+        // cost the square of the value's length per push.
+        let value = format!("{}b", "a".repeat(60_000));
+        let s = set(&[&value]);
+        let mut st = s.stream();
+        let line = format!("{}c", "a".repeat(59_999));
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            st.push_into(line.as_bytes(), &mut out);
+            assert!(st.held_back() < value.len());
+        }
+        st.push_into(value.as_bytes(), &mut out);
+        st.finish_into(&mut out);
+        assert!(!contains(&out, value.as_bytes()));
+        assert_eq!(out.len(), 20 * line.len() + MASK.len());
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_masked_in_its_lossy_form_too() {
+        let s = MaskSet::new();
+        s.add_bytes(b"ab\xffcd").expect("long enough");
+        assert_eq!(s.mask_bytes(b"x ab\xffcd y"), b"x *** y");
+        assert_eq!(s.mask_str("x ab\u{fffd}cd y"), "x *** y");
+    }
+
+    #[test]
     fn non_utf8_bytes_pass_through() {
         let s = set(&["secret"]);
         let out = stream_all(&s, &[b"\xff\xfe sec", b"ret \x00\xc3"]);
@@ -688,10 +864,15 @@ mod tests {
                 0..20,
             ),
             cuts in proptest::collection::vec(0usize..200, 0..10),
+            split_levels in any::<bool>(),
         ) {
             let s = MaskSet::new();
-            for v in &secrets {
+            for (i, v) in secrets.iter().enumerate() {
                 s.add(v).expect("long enough");
+                if split_levels && i % 2 == 0 {
+                    // Compile now: the values end up in several levels.
+                    let _ = s.mask_str("");
+                }
             }
             // Text built from random bytes and whole secrets.
             let mut text = Vec::new();

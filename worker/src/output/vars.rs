@@ -19,6 +19,9 @@ use std::fmt;
 
 /// Longest variable name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+/// Error messages kept per file; the rest are only counted
+/// ([`Parsed::errors_omitted`]).
+pub const MAX_ERRORS: usize = 100;
 
 /// What is wrong with a line of an output file. Never holds a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,8 +72,16 @@ pub enum VarError {
 pub struct Parsed {
     /// `(name, value)` in the order names were first set; the last value wins.
     pub vars: Vec<(String, String)>,
-    /// One message per malformed line; none holds a value.
+    /// One message per malformed line, at most [`MAX_ERRORS`]; none holds a value.
     pub errors: Vec<String>,
+    /// Malformed lines past [`MAX_ERRORS`], counted, not described.
+    pub errors_omitted: usize,
+    /// What was written as a value but did not become one: the body of a
+    /// multi-line value not closed (yet), a value under an invalid name or not
+    /// UTF-8, a line of neither form. For the sensitive file these are masked
+    /// too: the script meant them as secrets (and a heredoc still being
+    /// written is masked from its first line). Never shown.
+    pub stray: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for Parsed {
@@ -80,6 +91,8 @@ impl fmt::Debug for Parsed {
         f.debug_struct("Parsed")
             .field("names", &names)
             .field("errors", &self.errors)
+            .field("errors_omitted", &self.errors_omitted)
+            .field("stray", &self.stray.len())
             .finish()
     }
 }
@@ -91,11 +104,15 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         vars: Vec::new(),
         index: HashMap::new(),
         errors: Vec::new(),
+        errors_omitted: 0,
+        stray: Vec::new(),
     };
     parser.run();
     Parsed {
         vars: parser.vars,
         errors: parser.errors.iter().map(ToString::to_string).collect(),
+        errors_omitted: parser.errors_omitted,
+        stray: parser.stray,
     }
 }
 
@@ -104,9 +121,19 @@ struct Parser<'a> {
     vars: Vec<(String, String)>,
     index: HashMap<String, usize>,
     errors: Vec<VarError>,
+    errors_omitted: usize,
+    stray: Vec<Vec<u8>>,
 }
 
 impl Parser<'_> {
+    fn error(&mut self, e: VarError) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(e);
+        } else {
+            self.errors_omitted += 1;
+        }
+    }
+
     fn run(&mut self) {
         while let Some((line, text)) = self.lines.next() {
             if text.is_empty() {
@@ -119,14 +146,18 @@ impl Parser<'_> {
                     self.single(line, &text[..e], &text[e + 1..]);
                 }
                 (_, Some(h)) => self.heredoc(line, &text[..h], &text[h + 2..]),
-                _ => self.errors.push(VarError::Malformed { line }),
+                _ => {
+                    self.stray.push(text.to_vec());
+                    self.error(VarError::Malformed { line });
+                }
             }
         }
     }
 
     fn single(&mut self, line: usize, name: &[u8], value: &[u8]) {
         let Some(name) = valid_name(name) else {
-            self.errors.push(VarError::BadName { line });
+            self.stray.push(value.to_vec());
+            self.error(VarError::BadName { line });
             return;
         };
         self.set(line, name, value);
@@ -135,7 +166,7 @@ impl Parser<'_> {
     fn heredoc(&mut self, line: usize, name: &[u8], delim: &[u8]) {
         let name = valid_name(name);
         if delim.is_empty() {
-            self.errors.push(match name {
+            self.error(match name {
                 Some(name) => VarError::EmptyDelimiter {
                     line,
                     name: name.to_owned(),
@@ -161,15 +192,22 @@ impl Parser<'_> {
             value.extend_from_slice(text);
         }
         match (closed, name) {
-            (false, _) => self.errors.push(VarError::Unterminated { line }),
-            (true, None) => self.errors.push(VarError::BadName { line }),
+            (false, _) => {
+                self.stray.push(value);
+                self.error(VarError::Unterminated { line });
+            }
+            (true, None) => {
+                self.stray.push(value);
+                self.error(VarError::BadName { line });
+            }
             (true, Some(name)) => self.set(line, name, &value),
         }
     }
 
     fn set(&mut self, line: usize, name: &str, value: &[u8]) {
         let Ok(value) = std::str::from_utf8(value) else {
-            self.errors.push(VarError::NotUtf8 {
+            self.stray.push(value.to_vec());
+            self.error(VarError::NotUtf8 {
                 line,
                 name: name.to_owned(),
             });
@@ -336,6 +374,30 @@ mod tests {
             assert!(!e.contains("TOPSECRET"), "{e}");
         }
         assert!(!format!("{p:?}").contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn errors_are_bounded_and_counted() {
+        let text = "bad line\n".repeat(MAX_ERRORS + 1000) + "ok=1\n";
+        let p = parse(text.as_bytes());
+        assert_eq!(p.errors.len(), MAX_ERRORS);
+        assert_eq!(p.errors_omitted, 1000);
+        assert_eq!(vars(&p), [("ok", "1")]);
+    }
+
+    #[test]
+    fn what_did_not_become_a_value_is_kept_as_stray_for_masking() {
+        let p = parse(b"9x=badname-value\nnot a var\nT<<EOF\nfirst line\nsecond");
+        assert_eq!(
+            p.stray,
+            vec![
+                b"badname-value".to_vec(),
+                b"not a var".to_vec(),
+                b"first line\nsecond".to_vec()
+            ]
+        );
+        assert!(p.vars.is_empty());
+        assert!(!format!("{p:?}").contains("first line"));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub enum Event {
     /// it changed, before any output read after the change, so its values are
     /// masked before anything printed later leaves the worker.
     Sensitive(Bytes),
+    /// Text the sandbox's own machinery wrote (the container stub's stderr):
+    /// never shown to the submitter; the runner logs it masked and escaped.
+    Diagnostic(Bytes),
 }
 
 /// How the script ended.

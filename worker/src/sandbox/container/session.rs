@@ -349,12 +349,11 @@ impl Run<'_> {
             ?end,
             "task ended in container"
         );
-        if !stub_stderr.is_empty() {
-            warn!(
-                container_id = %short(self.id),
-                stderr = %String::from_utf8_lossy(&stub_stderr),
-                "krill-stub wrote to its stderr"
-            );
+        if !stub_stderr.is_empty() && events_open {
+            // Logged by the runner, which knows every value to mask.
+            let _ = events
+                .send(Event::Diagnostic(Bytes::from(stub_stderr.clone())))
+                .await;
         }
 
         // The container still runs unless it died: read its cgroup before it goes.
