@@ -28,17 +28,38 @@ struct Recent {
     bytes: usize,
 }
 
-/// Bytes of recent results kept at most (their stdout, stderr and outputs).
+/// Bytes of recent results kept at most (every byte each one holds).
 pub const RECENT_BYTES: usize = 64 << 20;
 
+/// What a kept result costs: every string it holds, each list entry's own
+/// overhead, and the fixed part (ids, timings, usage), so that no field (a
+/// long `output_errors` or `warnings` list, a large `error`) escapes the bound.
 fn result_bytes(r: &TaskResult) -> usize {
-    r.stdout.len()
+    const ENTRY: usize = std::mem::size_of::<String>();
+    let list = |v: &[String]| v.iter().map(|s| s.len() + ENTRY).sum::<usize>();
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    std::mem::size_of::<TaskResult>()
+        + r.id.len()
+        + r.stdout.len()
         + r.stderr.len()
         + r.outputs
             .iter()
-            .map(|o| o.name.len() + o.value.len() + o.sealed.as_ref().map_or(0, String::len))
+            .map(|o| {
+                o.name.len()
+                    + o.value.len()
+                    + o.sealed.as_ref().map_or(0, String::len)
+                    + std::mem::size_of_val(o)
+            })
             .sum::<usize>()
-        + 256
+        + list(&r.output_errors)
+        + list(&r.warnings)
+        + opt(&r.error)
+        + opt(&r.worker)
+        + opt(&r.sandbox_id)
+        + opt(&r.submitter)
+        // The map key, the order entry and the reply queue name.
+        + 3 * r.id.len()
+        + 128
 }
 
 /// A task this worker is running.
@@ -223,5 +244,22 @@ mod tests {
             "the oldest went to stay under the bound"
         );
         assert!(lock(&state.recent).bytes <= RECENT_BYTES + big.len());
+    }
+
+    #[test]
+    fn every_field_counts_towards_the_bound() {
+        let state = TaskState::default();
+        for i in 0..10 {
+            let mut r = TaskResult::new(format!("t{i}"), Status::Succeeded);
+            // No stdout at all: only lists and the error.
+            r.output_errors = vec!["e".repeat(1 << 20); 8];
+            r.warnings = vec!["w".repeat(1 << 20); 4];
+            r.error = Some("x".repeat(4 << 20));
+            state.remember(&r, "q");
+        }
+        let bytes = lock(&state.recent).bytes;
+        assert!(bytes <= RECENT_BYTES + (17 << 20), "{bytes}");
+        assert!(state.recent("t0").is_none(), "the oldest went");
+        assert!(result_bytes(&TaskResult::new("t", Status::Succeeded)) > 128);
     }
 }

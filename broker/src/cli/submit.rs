@@ -225,7 +225,7 @@ pub async fn logs(url: &str, args: LogsArgs) -> anyhow::Result<u8> {
             eprintln!(
                 "krill: task {id} {status}{}{} (its result went to another waiter)",
                 if ev.error.is_some() { ": " } else { "" },
-                ev.error.as_deref().unwrap_or("")
+                print::escape(ev.error.as_deref().unwrap_or(""))
             );
             let mut r = TaskResult::new(id.to_string(), status);
             r.exit_code = None;
