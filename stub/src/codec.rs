@@ -198,11 +198,18 @@ pub struct Request {
     pub path: String,
     /// Cap on each output-variable file, bytes.
     pub output_file_cap: u64,
-    /// Writable work dir: the script's cwd and `HOME`; the script file is written here.
+    /// Writable work dir: the script's cwd and `HOME`.
     pub work_dir: String,
-    /// Directory in which the stub creates the `$KRILL_OUTPUT` and
-    /// `$KRILL_SENSITIVE_OUTPUT` files.
+    /// Root-owned directory (group: the script's gid, setgid, `0710`) in which
+    /// the stub writes the script file (`0644`) and creates the
+    /// `$KRILL_OUTPUT` and `$KRILL_SENSITIVE_OUTPUT` files (`0660`): the script
+    /// can write to them, never rename, replace or link them.
     pub output_dir: String,
+    /// The uid and gid the script runs as. The stub runs as another user
+    /// (root, with only the capabilities to drop privileges and to end the
+    /// script's processes) and drops to these between fork and exec.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl fmt::Debug for Request {
@@ -219,6 +226,8 @@ impl fmt::Debug for Request {
             .field("output_file_cap", &self.output_file_cap)
             .field("work_dir", &self.work_dir)
             .field("output_dir", &self.output_dir)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
             .finish()
     }
 }
@@ -417,6 +426,8 @@ mod tests {
             output_file_cap: 1024,
             work_dir: "/work".into(),
             output_dir: "/.krill/out".into(),
+            uid: 65534,
+            gid: 65534,
         };
         assert!(!format!("{req:?}").contains("s3cr3t"));
         for m in [

@@ -4,11 +4,19 @@
 //! stderr pipes, and a pidfd that becomes readable when the script exits (or a
 //! short timer on kernels without pidfd). Before forwarding any output chunk it
 //! checks whether `$KRILL_SENSITIVE_OUTPUT` changed, and sends its content first.
+//!
+//! The stub runs as another user than the script (root, with only the
+//! capabilities to drop privileges and to signal the script's processes), and
+//! drops to the script's uid and gid between fork and exec: the script cannot
+//! open the stub's descriptors (the worker's attach stream) through
+//! `/proc/<pid>/fd`, signal it, ptrace it or change its limits. When the script
+//! has ended, every other process of the container is killed and gone before
+//! the output files are read, so what is read is final.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +26,9 @@ use stub::{read_capped, ExitStatus, FromStub, Request, ToStub, MAX_REQUEST_BYTES
 
 /// After `Terminate`, how long the script has between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
-/// After the script exits, how long background processes may keep its pipes open.
+/// After the script exits (and every other process of the task was killed, as
+/// the process sandbox's init does), how long the rest of its pipes may take
+/// to reach end-of-file.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// How often the sensitive-output file is checked when no output arrives.
 pub const SENSITIVE_POLL: Duration = Duration::from_millis(100);
@@ -27,8 +37,11 @@ pub const SENSITIVE_POLL: Duration = Duration::from_millis(100);
 pub const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Largest output chunk forwarded in one frame.
 const CHUNK: usize = 64 * 1024;
-/// Name of the script file in the work dir.
-const SCRIPT_NAME: &str = ".krill-script";
+/// Name of the script file in the output dir.
+const SCRIPT_NAME: &str = "script";
+/// How long every process of the task may take to be gone after SIGKILL
+/// before the output files are given up.
+pub const END_WAIT: Duration = Duration::from_secs(5);
 
 /// The stub's stdin (messages from the worker) and stdout (frames to it).
 pub struct Channel {
@@ -122,7 +135,7 @@ struct Files {
 /// Runs the request's script to its end and sends every frame up to `Exit`.
 /// An `Err` is the stub's own failure (the caller reports it as `StubError`).
 pub fn run(chan: &mut Channel, req: &Request) -> Result<(), String> {
-    set_loginuid();
+    set_loginuid(req.uid);
     let files = prepare(req)?;
     let mut cmd = command(req, &files, chan)?;
     let status = match cmd.spawn() {
@@ -144,48 +157,151 @@ pub fn run(chan: &mut Channel, req: &Request) -> Result<(), String> {
             })
         }
     };
+    // Nothing of the task may still write to the files while they are read.
+    let ended = end_every_process(END_WAIT);
     let cap = req.output_file_cap;
-    chan.send(&FromStub::Outputs(
-        read_capped(&files.output, cap, "KRILL_OUTPUT").map_err(|e| e.to_string()),
-    ))?;
-    chan.send(&FromStub::SensitiveFinal(
-        read_capped(&files.sensitive, cap, "KRILL_SENSITIVE_OUTPUT").map_err(|e| e.to_string()),
-    ))?;
+    let read = |path: &Path, name: &str| match &ended {
+        Ok(()) => read_capped(path, cap, name).map_err(|e| e.to_string()),
+        Err(why) => Err(format!("{name} was not read: {why}")),
+    };
+    chan.send(&FromStub::Outputs(read(&files.output, "KRILL_OUTPUT")))?;
+    chan.send(&FromStub::SensitiveFinal(read(
+        &files.sensitive,
+        "KRILL_SENSITIVE_OUTPUT",
+    )))?;
     chan.send(&FromStub::Exit(status))
 }
 
-/// Sets this process's audit login uid (inherited by the script) to its own
-/// uid. The kernel lets any process set an unset login uid once, without
-/// privileges, so a script started with it unset could forge it; once set, it
-/// takes `CAP_AUDIT_CONTROL` (which no task has) to change. Where it is set
-/// already (the engine was started from a login session) or immutable, the
-/// write fails and nothing changes: the task cannot change it either.
-fn set_loginuid() {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+/// Sets this process's audit login uid (inherited by the script) to the
+/// script's uid. The kernel lets any process set an unset login uid once,
+/// without privileges, so a script started with it unset could forge it; once
+/// set, it takes `CAP_AUDIT_CONTROL` (which no task has) to change. Where it
+/// is set already (the engine was started from a login session), immutable,
+/// or `/proc` is read-only (the container's is: see `limits.rs`), the write
+/// fails and nothing changes: the task cannot change it either.
+fn set_loginuid(uid: u32) {
     let _ = std::fs::write("/proc/self/loginuid", uid.to_string());
 }
 
-/// Writes the script file and creates the empty output files.
+/// SIGKILLs every process of the container but docker-init (pid 1) and the
+/// stub itself — what `kill(-1)` reaches: the stub may signal the script's
+/// processes, nothing outside its pid namespace — and waits until none of them
+/// runs (a zombie waiting for docker-init to reap it no longer writes).
+fn end_every_process(limit: Duration) -> Result<(), String> {
+    let me = std::process::id();
+    if !own_pid_namespace() {
+        return Err(
+            "krill-stub is not in the container's own pid namespace, so it cannot \
+                    make sure every process of the task is gone"
+                .into(),
+        );
+    }
+    let until = Instant::now() + limit;
+    loop {
+        kill_all();
+        let left = running_others(me);
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "{left} process(es) of the task were still running {} s after SIGKILL",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGKILL to every process the stub may signal but docker-init and itself:
+/// every process of the task, `setsid` or not, and nothing outside the
+/// container's pid namespace.
+///
+/// Only inside the container's own pid namespace (the stub is its pid 1, or
+/// docker-init's child there): run anywhere else, `kill(-1)` by root would
+/// reach the whole host, so it is not sent.
+fn kill_all() {
+    if own_pid_namespace() {
+        // SAFETY: kill(2) takes two integers, pid -1 meaning every process the
+        // caller may signal except init and the caller.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+    }
+}
+
+/// Whether the stub is pid 1 of its pid namespace or docker-init's child there.
+fn own_pid_namespace() -> bool {
+    // SAFETY: getpid and getppid cannot fail and have no preconditions.
+    unsafe { libc::getpid() == 1 || libc::getppid() == 1 }
+}
+
+/// Processes in /proc other than pid 1 and `me` that are not zombies.
+fn running_others(me: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != 1 && pid != me)
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the last `)` (the command name may contain one).
+            match stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().chars().next())
+            {
+                Some('Z' | 'X') | None => false,
+                Some(_) => true,
+            }
+        })
+        .count()
+}
+
+/// Writes the script file and creates the empty output files, in the output
+/// dir: the stub owns them; the dir's group (the script's gid, inherited
+/// through its setgid bit) lets the script read the script and write the
+/// output files, and nothing else.
 fn prepare(req: &Request) -> Result<Files, String> {
     let files = Files {
-        script: Path::new(&req.work_dir).join(SCRIPT_NAME),
+        script: Path::new(&req.output_dir).join(SCRIPT_NAME),
         output: Path::new(&req.output_dir).join("output"),
         sensitive: Path::new(&req.output_dir).join("sensitive"),
     };
-    let create = |path: &Path, content: &[u8]| {
-        OpenOptions::new()
+    let same_user = dropped(req);
+    let create = |path: &Path, content: &[u8], mode: u32| {
+        let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .and_then(|mut f| f.write_all(content))
-            .map_err(|e| format!("creating {}: {e}", path.display()))
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        f.write_all(content)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        // Explicitly, past the umask. When the stub already is the script's
+        // user (a container set up the old way), the owner bits are the ones
+        // that count.
+        let mode = if same_user {
+            0o600 | (mode & 0o044)
+        } else {
+            mode
+        };
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))
     };
-    create(&files.script, req.script.as_bytes())?;
-    create(&files.output, b"")?;
-    create(&files.sensitive, b"")?;
+    create(&files.script, req.script.as_bytes(), 0o644)?;
+    create(&files.output, b"", 0o660)?;
+    create(&files.sensitive, b"", 0o660)?;
     Ok(files)
+}
+
+/// Whether the stub already runs as the script's user (nothing to drop).
+fn dropped(req: &Request) -> bool {
+    // SAFETY: these getters cannot fail and have no preconditions.
+    unsafe {
+        libc::getuid() == req.uid
+            && libc::geteuid() == req.uid
+            && libc::getgid() == req.gid
+            && libc::getegid() == req.gid
+    }
 }
 
 /// The script's command: clean environment, own process group, stdin /dev/null.
@@ -194,7 +310,40 @@ fn command(req: &Request, files: &Files, chan: &mut Channel) -> Result<Command, 
         Some(split) => split,
         None => return Err("the request has an empty interpreter".into()),
     };
+    if req.uid == 0 {
+        return Err("refusing to run the script as root".into());
+    }
     let mut cmd = Command::new(program);
+    if !dropped(req) {
+        // Applied by std in the child before it changes directory (the work
+        // dir is the script user's own, 0700): setgroups([]), setgid, setuid.
+        cmd.uid(req.uid).gid(req.gid);
+    }
+    let (uid, gid, drop) = (req.uid, req.gid, !dropped(req));
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (getuid/getgid/getgroups/setuid/prctl) on
+    // integers copied in; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Checked, not assumed: the script runs as its user with no
+            // supplementary group and no way back.
+            if libc::getuid() != uid
+                || libc::geteuid() != uid
+                || libc::getgid() != gid
+                || libc::getegid() != gid
+                || (drop && libc::getgroups(0, std::ptr::null_mut()) != 0)
+            {
+                return Err(io::Error::other("privileges were not dropped"));
+            }
+            if libc::setuid(0) == 0 {
+                return Err(io::Error::other("privileges could be regained"));
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.args(args)
         .arg(&files.script)
         .env_clear()
@@ -317,10 +466,10 @@ fn supervise(
                 return Ok(st);
             }
             if now >= until {
-                group.signal(libc::SIGKILL);
+                kill_all();
                 chan.send(&FromStub::Stderr(
                     b"krill: processes started by the script kept its stdout/stderr open after \
-                      it exited; they were killed and their further output discarded\n"
+                      it exited and SIGKILL; their further output is discarded\n"
                         .to_vec(),
                 ))?;
                 return Ok(st);
@@ -329,6 +478,7 @@ fn supervise(
         if let Some(t) = term_at {
             if !killed && status.is_none() && now >= t + TERM_GRACE {
                 group.signal(libc::SIGKILL);
+                kill_all();
                 killed = true;
             }
         }
@@ -417,6 +567,9 @@ fn supervise(
                     None => ExitStatus::Code(st.code().unwrap_or(-1)),
                 });
                 pidfd = None;
+                // The script is over: so is everything it started (setsid or
+                // not). What they wrote to the pipes is still read.
+                kill_all();
                 drain_until = Some(Instant::now() + DRAIN_GRACE);
             }
         }

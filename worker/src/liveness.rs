@@ -11,18 +11,26 @@
 //! the same engine, a worker in a container with a `/run` of its own) to the
 //! age-based sweep.
 //!
+//! The directory and its parent are root-only (`0700`, the files `0600`; see
+//! [`root_only_dir`]), besides being out of every task's view: a task that
+//! could open a lock file could hold a shared `flock` on it, so that its
+//! worker could not restart and the sweep would take a dead worker for a live
+//! one.
+//!
 //! A dead worker's lock file is removed only while holding its lock, and a
 //! worker that takes a lock checks that the file it locked is still the one at
 //! the path: a lock is never held on a file that was unlinked under it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
+/// Krill's host-wide state: root-only.
+pub const RUN_DIR: &str = "/run/krill";
 /// Host-wide directory of live workers' locks.
 pub const LOCK_DIR: &str = "/run/krill/workers";
 /// Names the set of workers that share [`LOCK_DIR`].
@@ -69,8 +77,9 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Takes this worker's lock in [`LOCK_DIR`].
+    /// Takes this worker's lock in [`LOCK_DIR`] (making `/run/krill` root-only).
     pub fn acquire(id: &str) -> Result<Liveness, LivenessError> {
+        root_only_dir(Path::new(RUN_DIR)).map_err(io("creating", Path::new(RUN_DIR)))?;
         Self::acquire_in(Path::new(LOCK_DIR), Path::new(HOST_ID_FILE), id, LOCK_WAIT)
     }
 
@@ -82,7 +91,7 @@ impl Liveness {
         id: &str,
         wait: Duration,
     ) -> Result<Liveness, LivenessError> {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        root_only_dir(dir).map_err(io("creating", dir))?;
         let host = host_id(host_file)?;
         let path = lock_path(dir, id);
         let deadline = Instant::now() + wait;
@@ -91,8 +100,12 @@ impl Liveness {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&path)
                 .map_err(io("opening", &path))?;
+            // Also when an older worker made it with a wider mode.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io("narrowing", &path))?;
             match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
                 Ok(held) => {
                     // Removed (by a sweeper that found it free) between open and lock?
@@ -155,6 +168,13 @@ impl Liveness {
     }
 }
 
+/// Creates `dir` and narrows it to root only (`0700`), also when it exists
+/// with a wider mode. Only `dir` itself: never its parents (`/run`, `/tmp`).
+pub fn root_only_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 fn lock_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.lock"))
 }
@@ -213,6 +233,23 @@ mod tests {
         let b = Liveness::acquire_in(&w, &host, "b", Duration::ZERO).expect("b again");
         assert!(a.alive("b"));
         drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn lock_files_and_their_dir_are_root_only() {
+        let d = dir();
+        let w = d.join("w");
+        std::fs::create_dir_all(&w).expect("w");
+        std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let old = w.join("a.lock");
+        std::fs::write(&old, b"").expect("old lock");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _a = Liveness::acquire_in(&w, &d.join("host-id"), "a", Duration::ZERO).expect("a");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode(&w), 0o700, "the dir, narrowed");
+        assert_eq!(mode(&old), 0o600, "an older, wider lock file, narrowed");
+        assert_ne!(mode(&d), 0o700, "its parent is left alone");
         let _ = std::fs::remove_dir_all(&d);
     }
 

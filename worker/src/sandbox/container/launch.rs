@@ -131,6 +131,7 @@ impl Launcher {
             output: attached.output,
             path: facts.path,
             image_env: facts.env,
+            script_user: (facts.uid, facts.gid),
             settings: self.settings.clone(),
             enforcement,
             timings,

@@ -7,20 +7,33 @@
 //!   then [`Tuning::network`](super::Tuning::network);
 //! - root filesystem read-only; writable: `/work` (the script's cwd and `HOME`;
 //!   exec allowed, so scripts can build and run things there), `/tmp` (noexec),
-//!   `/dev/shm`, the output dir, and a tmpfs over every `VOLUME` the image declares
-//!   (so no host-disk volume is ever created). Each is a tmpfs of `disk_bytes`
-//!   (the output dir: twice the output-file cap); tmpfs pages count towards the
-//!   memory limit too. Each is owned by the task user: a tmpfs over a directory
-//!   that exists in the image takes that directory's mode (Docker copies it up),
-//!   so `mode=` alone would leave a root-owned 0755 `/tmp` unwritable, and `/work`
-//!   may be 0755 rather than 0700 (harmless: the task user is the only user);
-//! - user: the image's own non-root numeric user, else `65534:65534`; all
-//!   capabilities dropped; `no-new-privileges`; not privileged; Krill's
+//!   `/dev/shm`, and a tmpfs over every `VOLUME` the image declares (so no
+//!   host-disk volume is ever created). Each is a tmpfs of `disk_bytes`; tmpfs
+//!   pages count towards the memory limit too. Each is owned by the task user: a
+//!   tmpfs over a directory that exists in the image takes that directory's mode
+//!   (Docker copies it up), so `mode=` alone would leave a root-owned 0755 `/tmp`
+//!   unwritable, and `/work` may be 0755 rather than 0700 (harmless: the task
+//!   user is the only user);
+//! - the output dir (`/.krill/out`: the script file and the two output files) is
+//!   a tmpfs owned by the stub's user, group the task's gid, `02710`: the script
+//!   can read the script and write the output files the stub creates there
+//!   (`0644`, `0660`), never create, rename, replace or link an entry;
+//! - users: docker-init and krill-stub run as [`stub_user`] with only
+//!   [`STUB_CAPS`] (to drop to the task user, and to end the task's processes);
+//!   the script runs as the task user (its own uid, see [`super::uids`] — or
+//!   the image's own non-root numeric user, else `65534:65534`), with no
+//!   capability (the stub drops to it between fork and exec: `setgroups([])`,
+//!   `setgid`, `setuid`, checked); `no-new-privileges`; not privileged. So the
+//!   script cannot open the attach stream through `/proc/1/fd` or
+//!   `/proc/<stub>/fd`, signal, ptrace or re-limit either; Krill's
 //!   seccomp allow-list ([`crate::sandbox::seccomp`]), not the engine's default
 //!   profile (`AF_NETLINK` route sockets only with network);
 //! - memory = memory + swap = `memory_bytes` (no swap); the kernel OOM-kills
 //!   inside the container when it is exceeded; `oom_score_adj` 1000 so that, under
-//!   host memory pressure, task processes die before the worker;
+//!   host memory pressure, task processes die before the worker, and `/proc`
+//!   read-only so that no process can lower it (`oom_score_adj_min` is only
+//!   pinned where the engine holds `CAP_SYS_RESOURCE`); the same keeps the
+//!   audit login uid from being set;
 //! - cpu: `nano_cpus` from `cpus`; pids: `pids` + [`PIDS_OVERHEAD`] (docker-init
 //!   and the stub); open files: [`Tuning::nofile`](super::Tuning::nofile);
 //!   no core dumps;
@@ -51,6 +64,34 @@ use crate::sandbox::Spec;
 
 /// Processes in a task container besides the script's: docker-init and krill-stub.
 pub const PIDS_OVERHEAD: u64 = 2;
+/// The only capabilities of a task container, held by docker-init and the
+/// stub (uid 0) and lost by the script when the stub drops to its user:
+/// `SETUID`/`SETGID` to drop, `KILL` to signal the script's processes.
+pub const STUB_CAPS: &[&str] = &["SETUID", "SETGID", "KILL"];
+/// Room in the output dir for the script file (the largest request the stub
+/// takes), besides the two output files.
+const SCRIPT_ROOM: u64 = stub::MAX_REQUEST_BYTES as u64;
+/// `/proc` read-only (so no process lowers its `oom_score_adj`), besides
+/// Docker's default read-only paths (which this list replaces).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The uid and gid docker-init and krill-stub run as: another user than any
+/// script, so the script cannot reach their descriptors (the worker's attach
+/// stream) through `/proc`, nor signal or ptrace them. Root, because only
+/// root can drop to another uid in a container (Docker gives a non-root user
+/// no capabilities), with nothing but [`STUB_CAPS`]. The script's own uid is
+/// the slot's (from the uid allocator, [`super::uids`]) or the image's: never 0,
+/// so this stays apart from all of them.
+pub fn stub_user() -> (u32, u32) {
+    (0, 0)
+}
 /// Docker refuses memory limits below this; smaller values are raised to it.
 pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 /// Smallest cpu share, in cpus; smaller or invalid values are raised to it.
@@ -86,7 +127,10 @@ pub(super) fn create_body(
     }
     ContainerCreateBody {
         image: Some(image.to_string()),
-        user: Some(format!("{}:{}", facts.uid, facts.gid)),
+        user: Some({
+            let (uid, gid) = stub_user();
+            format!("{uid}:{gid}")
+        }),
         entrypoint: Some(vec![STUB_TARGET.to_string()]),
         cmd: Some(Vec::new()),
         working_dir: Some(WORK_DIR.to_string()),
@@ -123,13 +167,15 @@ pub(super) fn host_config(
     };
     let disk = limits.disk_bytes.max(MIN_TMPFS_BYTES);
     let owner = format!("uid={},gid={}", facts.uid, facts.gid);
+    let stub_owner = format!("uid={},gid={}", stub_user().0, facts.gid);
     let mut tmpfs = HashMap::from([(
         OUTPUT_DIR.to_string(),
         format!(
-            "rw,noexec,nosuid,nodev,size={},{owner},mode=0700",
+            "rw,noexec,nosuid,nodev,size={},{stub_owner},mode=02710",
             limits
                 .output_file_bytes
                 .saturating_mul(2)
+                .saturating_add(SCRIPT_ROOM)
                 .saturating_add(MIN_TMPFS_BYTES)
         ),
     )]);
@@ -194,6 +240,8 @@ pub(super) fn host_config(
         shm_size: scratch.is_none().then_some(to_i64(disk)),
         mounts: Some(mounts),
         cap_drop: Some(vec!["ALL".to_string()]),
+        cap_add: Some(STUB_CAPS.iter().map(|c| c.to_string()).collect()),
+        readonly_paths: Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()),
         security_opt: Some(vec![
             "no-new-privileges".to_string(),
             seccomp_opt(networked),
@@ -319,6 +367,16 @@ mod tests {
         assert!(tmpfs["/data"].contains("noexec"));
         assert!(hc.binds.is_none());
         assert_eq!(hc.mounts.unwrap()[0].read_only, Some(true));
+        assert_eq!(
+            hc.cap_add,
+            Some(vec!["SETUID".into(), "SETGID".into(), "KILL".into()])
+        );
+        assert!(hc.readonly_paths.unwrap().contains(&"/proc".to_string()));
+        // The output dir is the stub's, its group the task's.
+        assert!(tmpfs["/.krill/out"].contains("uid=0,gid=65534,mode=02710"));
+        let body = create_body(&Settings::default(), &spec(false), "img", &facts(), None);
+        assert_eq!(body.user.as_deref(), Some("0:0"));
+        assert_ne!(stub_user().0, facts().uid);
     }
 
     #[test]

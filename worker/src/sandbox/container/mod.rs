@@ -47,7 +47,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cleanup::ContainerGuard;
-pub use limits::{LABEL_HOST, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD};
+pub use limits::{
+    stub_user, LABEL_HOST, LABEL_MANAGED, LABEL_TASK, LABEL_WORKER, PIDS_OVERHEAD, READONLY_PATHS,
+    STUB_CAPS,
+};
 pub use session::{LaunchTimings, Launched};
 use settings::Settings;
 pub use settings::{

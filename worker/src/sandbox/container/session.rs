@@ -57,6 +57,8 @@ pub struct Launched {
     pub(super) path: String,
     /// The image's other environment variables (defaults under the task's env).
     pub(super) image_env: Vec<(String, String)>,
+    /// The uid and gid the stub drops to for the script.
+    pub(super) script_user: (u32, u32),
     pub(super) settings: Arc<Settings>,
     pub(super) enforcement: Enforcement,
     pub(super) timings: LaunchTimings,
@@ -176,6 +178,7 @@ impl Launched {
             output,
             path,
             image_env,
+            script_user,
             settings,
             enforcement,
             ..
@@ -187,7 +190,14 @@ impl Launched {
             tuning: &settings.tuning,
         };
         let result = run
-            .drive(&mut input, output, (path, image_env), spec, events, cancel)
+            .drive(
+                &mut input,
+                output,
+                (path, image_env, script_user),
+                spec,
+                events,
+                cancel,
+            )
             .await
             .map(|(exit, outputs, sensitive, usage)| Outcome {
                 exit,
@@ -220,7 +230,7 @@ impl Run<'_> {
         &self,
         input: &mut Input,
         mut output: Output,
-        (path, image_env): (String, Vec<(String, String)>),
+        (path, image_env, (uid, gid)): (String, Vec<(String, String)>, (u32, u32)),
         spec: &Spec,
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
@@ -240,6 +250,8 @@ impl Run<'_> {
             output_file_cap: spec.limits.output_file_bytes,
             work_dir: WORK_DIR.to_string(),
             output_dir: OUTPUT_DIR.to_string(),
+            uid,
+            gid,
         };
         let mut frame = Vec::new();
         ToStub::Request(Box::new(request))

@@ -11,11 +11,14 @@
 //!
 //! ```text
 //! helper (root, host pid ns; ignores TERM)
-//!  │  own session, parent-death signal, reads the SandboxConfig, joins the
-//!  │  cgroup, unshares the mount, pid, ipc, uts (and net) namespaces, builds
-//!  │  the filesystem view (fs.rs), sets the host name, brings `lo` up, forks:
+//!  │  own session, parent-death signal, reads the SandboxConfig, sets its
+//!  │  oom_score_adj (1000) and login uid (the task's) for all to inherit,
+//!  │  joins the cgroup, unshares the mount, pid, ipc, uts (and net)
+//!  │  namespaces, builds the filesystem view (fs.rs), sets the host name,
+//!  │  brings `lo` up, forks:
 //!  └─ init = PID 1 of the task's pid ns (root; parent-death signal SIGKILL)
-//!      │  mounts /proc, then waits for the TaskConfig; resizes the scratch
+//!      │  mounts /proc read-only (so neither can be changed by the task),
+//!      │  then waits for the TaskConfig; resizes the scratch
 //!      │  tmpfs if asked, spawns the script, reaps every orphan; when the
 //!      │  script exits it SIGKILLs everything else in the namespace, reaps it,
 //!      │  and reports how the script ended on fd 3
@@ -35,7 +38,6 @@
 //! dies the kernel kills every process in it: no `setsid`, double fork or
 //! trapped signal survives.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -121,6 +123,7 @@ pub fn helper() -> i32 {
         }
     };
     if let Err(e) = null_stdio(&[0])
+        .and_then(|()| inherited_by_the_task(&sandbox))
         .and_then(|()| enter_sandbox(&sandbox))
         .and_then(|()| prepare_namespaces(&sandbox))
     {
@@ -163,6 +166,23 @@ pub fn helper() -> i32 {
             1
         }
     }
+}
+
+/// What the helper sets on itself, while /proc is still writable, for the
+/// init and the script to inherit across fork and exec:
+///
+/// - `oom_score_adj` 1000: under host memory pressure every task process dies
+///   before the worker. Only a process with `CAP_SYS_RESOURCE` could pin it
+///   (`oom_score_adj_min`); the init's read-only /proc is what keeps the task
+///   from lowering it anyway;
+/// - the audit login uid: the task's uid (an unset one could be set once by the
+///   task itself; set, it takes `CAP_AUDIT_CONTROL` to change). Refused only
+///   where it is immutable, which is as good.
+fn inherited_by_the_task(cfg: &SandboxConfig) -> Result<(), String> {
+    std::fs::write("/proc/self/oom_score_adj", "1000")
+        .map_err(|e| format!("setting oom_score_adj: {e}"))?;
+    let _ = std::fs::write("/proc/self/loginuid", cfg.uid.to_string());
+    Ok(())
 }
 
 /// Puts /dev/null on the given standard descriptors.
@@ -262,6 +282,8 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
         // SAFETY: restoring the default disposition runs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigDfl) };
     }
+    // Read-only (see `special::mount_proc`): no task process can lower the
+    // oom_score_adj or set the login uid the helper set (`inherited_by_the_task`).
     if let Err(e) = super::special::mount_proc() {
         report(status, &Report::Error(e));
         return 1;
@@ -385,19 +407,14 @@ fn spawn_script(
         (libc::RLIMIT_FSIZE, cfg.disk_bytes),
         (libc::RLIMIT_NPROC, nproc),
     ];
-    // The audit login uid, set while still root (an unset one could be set
-    // once by the task itself): the task's uid, which it cannot change.
-    let loginuid = CString::new("/proc/self/loginuid").map_err(std::io::Error::other)?;
-    let loginuid_value = uid.to_string();
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
         .unwrap_or(63);
     let filters = filters.clone();
-    let oom_adj = CString::new("/proc/self/oom_score_adj").map_err(std::io::Error::other)?;
     // SAFETY: the closure only calls async-signal-safe functions (setrlimit,
-    // open/write/close, prctl, setgroups, setgid, setuid, landlock_restrict_self)
-    // on data prepared before the fork, and allocates nothing.
+    // prctl, setgroups, setgid, setuid, landlock_restrict_self) on data prepared
+    // before the fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             let err = std::io::Error::last_os_error;
@@ -409,18 +426,6 @@ fn spawn_script(
                 if libc::setrlimit(res, &lim) != 0 {
                     return Err(err());
                 }
-            }
-            // Under host memory pressure the task dies before the worker.
-            let fd = libc::open(oom_adj.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"1000".as_ptr().cast(), 4);
-                libc::close(fd);
-            }
-            let fd = libc::open(loginuid.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                // Refused only where it is immutable, which is as good.
-                libc::write(fd, loginuid_value.as_ptr().cast(), loginuid_value.len());
-                libc::close(fd);
             }
             // No capability can come back: empty bounding and ambient sets.
             libc::prctl(

@@ -35,14 +35,18 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-/// Mounts `/proc` for the current pid namespace (from its init), with the
-/// kernel's knobs read-only and its most revealing files masked.
+/// Mounts `/proc` for the current pid namespace (from its init), read-only as
+/// a whole (so no task process can lower the `oom_score_adj` or set the login
+/// uid the helper set for it to inherit: the kernel lets a process lower its
+/// own `oom_score_adj` down to what it was given, and nothing pins it without
+/// `CAP_SYS_RESOURCE`), with the kernel's knobs bound read-only again and its
+/// most revealing files masked.
 pub fn mount_proc() -> Result<()> {
     mount(
         Some("proc"),
         "/proc",
         Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
     .map_err(ctx(|| "mounting /proc".into()))?;

@@ -121,7 +121,17 @@ pub(super) fn unmount_work_tmpfs(dir: &std::path::Path) {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) fn lock(path: &std::path::Path) -> Result<File, SandboxError> {
-    let f = File::create(path)?;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    // Root-only, like the worker locks in /run/krill (a task that could open it
+    // could hold a shared flock on it).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    // Also when an older worker created it with a wider mode.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock) {
