@@ -242,6 +242,22 @@ impl WorkerProc {
         self.wait_consuming().await;
     }
 
+    /// The worker's pid (0 once it was killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// CPU time (user + system) the worker process itself used so far, in ms
+    /// (its sandboxes' processes are not its own: they are not counted).
+    pub fn cpu_ms(&self) -> u64 {
+        proc_cpu_ms(self.pid())
+    }
+
+    /// The worker's resident memory now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
     /// Keep the pool queue when this handle drops (for tests that hand it over).
     pub fn keep_pool(&mut self) {
         self.delete_pool_on_drop = false;
@@ -475,4 +491,29 @@ impl Events {
             self.skipped.push_back(v);
         }
     }
+}
+
+/// User + system CPU time of process `pid` (itself, not its children), in ms.
+pub fn proc_cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    (ticks(11) + ticks(12)) * 1000 / hz
+}
+
+/// A `kB` line (`VmRSS:`, `VmHWM:`) of `/proc/<pid>/status`.
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
