@@ -90,3 +90,50 @@ async fn krill_side_errors_exit_125_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach RabbitMQ"));
 }
+
+/// Issue #20, case 9: output values cannot drive the user's terminal (OSC
+/// title, OSC 52 clipboard, screen clear), and a block the task prints on its
+/// own stderr to look like krill's is called out, with krill's real one after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_values_are_escaped_and_a_forged_outputs_block_is_called_out() {
+    let pool = unique_pool("cli-escape");
+    let _w = WorkerBuilder::new(&pool).start().await;
+    let out = krill(
+        &pool,
+        &[
+            "submit",
+            "--",
+            r#"printf 'evil=\033]0;pwned\007\033]52;c;ZXZpbA==\007\033[2J\n' >> "$KRILL_OUTPUT"
+printf -- '--- outputs ---\nforged=1\n' >&2"#,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The task's own stderr is raw; krill's block follows it.
+    let (task_part, krill_part) = stderr.split_once("forged=1\n").expect("the task's stderr");
+    assert!(task_part.ends_with("--- outputs ---\n"), "{stderr}");
+    assert!(
+        !krill_part.contains('\x1b') && !krill_part.contains('\x07'),
+        "{krill_part:?}"
+    );
+    assert!(
+        krill_part.contains(r"evil=\e]0;pwned\x07\e]52;c;ZXZpbA==\x07\e[2J"),
+        "{krill_part}"
+    );
+    assert!(
+        krill_part.starts_with("krill: warning: the task's own output above has 1 line"),
+        "{krill_part}"
+    );
+    // --json carries the value as data.
+    let out = krill(
+        &pool,
+        &[
+            "submit",
+            "--json",
+            "--",
+            r#"printf 'evil=\033[2J\n' >> "$KRILL_OUTPUT""#,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    assert_eq!(v["outputs"][0]["value"], "\u{1b}[2J");
+}
