@@ -99,6 +99,21 @@ pub fn rss(pid: u32) -> Rss {
     }
 }
 
+/// User + system CPU time of `pid` itself (not its children), in ms.
+pub fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces): utime and stime are
+    // fields 14 and 15 of the line, 12 and 13 after `) `.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    (ticks(11) + ticks(12)) * 1000 / hz
+}
+
 /// `pid` and its descendants (from `/proc/<pid>/task/*/children`).
 pub fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];

@@ -92,8 +92,36 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
     let (k_max, kept_max, ok2) =
         output_task(&client, &w.pool, bytes, &secrets, Some(64 << 20)).await?;
     let after_max = w.rss();
+    let hostile = hostile_output(&client, &w).await;
     client.close().await;
     w.stop().await;
+    for (label, case) in [
+        (
+            "::add-mask:: flood (500 values of 8000 hex characters, a few ms apart, each printed; masking fails closed past the 1 MiB cap)",
+            hostile.as_ref().ok().map(|h| h.0),
+        ),
+        (
+            "1 MiB of malformed lines in each output file (100 errors kept, the rest counted)",
+            hostile.as_ref().ok().map(|h| h.1),
+        ),
+    ] {
+        let Some(c) = case else { continue };
+        b.report.row(
+            "4",
+            &format!(
+                "{label}: worker CPU per task, ms ({:.1} MiB read, {:.0} ms per MiB)",
+                c.read_mib,
+                c.worker_ms as f64 / c.read_mib.max(1e-9)
+            ),
+            Some(Figure::ms(c.worker_ms as f64)),
+            "the task's own CPU time",
+            c.task_ms.map(|t| Figure::ms(t as f64)),
+        );
+    }
+    if let Err(e) = &hostile {
+        b.report
+            .note(format!("Krill: the hostile output cases failed: {e}"));
+    }
     if !(ok_small && ok1 && ok2) {
         b.report
             .note("Krill: an output task failed or a secret was not masked");
@@ -159,6 +187,49 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
         ),
     );
     Ok(())
+}
+
+/// What one hostile output task cost the worker.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    worker_ms: u64,
+    task_ms: Option<u64>,
+    /// What the task wrote that the worker read: its stdout and output files.
+    read_mib: f64,
+}
+
+/// The `::add-mask::` flood and the many-errors task of issue #20, on the same
+/// worker: what each cost the worker's own CPU, beside the task's.
+async fn hostile_output(
+    client: &BulkClient,
+    w: &crate::procs::Worker,
+) -> anyhow::Result<(Cost, Cost)> {
+    let add_mask = r#"i=0
+while [ $i -lt 500 ]; do
+  hex=$(head -c 4000 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  printf '::add-mask::%s\nv=%s\n' "$hex" "$hex"
+  sleep 0.005
+  i=$((i+1))
+done"#;
+    let errors = r#"yes x | head -c 1048000 >> "$KRILL_OUTPUT"
+yes x | head -c 1048000 >> "$KRILL_SENSITIVE_OUTPUT""#;
+    let mut costs = Vec::new();
+    for (script, read) in [(add_mask, 500.0 * 16_016.0), (errors, 2.0 * 1_048_000.0)] {
+        let mut t = task(script);
+        t.limits.timeout_secs = Some(600);
+        let before = crate::procs::cpu_ms(w.pid());
+        let ticket = client.submit(&w.pool, &t).await?;
+        let r = ticket.result(Some(Duration::from_secs(900))).await?;
+        if r.status != Status::Succeeded {
+            anyhow::bail!("a hostile output task ended {}: {:?}", r.status, r.error);
+        }
+        costs.push(Cost {
+            worker_ms: crate::procs::cpu_ms(w.pid()).saturating_sub(before),
+            task_ms: r.usage.cpu_time_ms,
+            read_mib: read / 1048576.0,
+        });
+    }
+    Ok((costs[0], costs[1]))
 }
 
 /// Scenario 5: the worker's RSS idle and with 8 tasks running; Celery's idle
