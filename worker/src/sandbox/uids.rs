@@ -170,6 +170,17 @@ impl UidPool {
         why: &str,
     ) -> Result<Arc<UidPool>, UidError> {
         std::fs::create_dir_all(lock_dir).map_err(|e| lock_error(lock_dir, e))?;
+        // Root-only, like the worker locks beside it: a task that could open a
+        // lock file could hold a `flock` on it.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let private = std::fs::Permissions::from_mode(0o700);
+            std::fs::set_permissions(lock_dir, private.clone())
+                .map_err(|e| lock_error(lock_dir, e))?;
+            if lock_dir.parent() == Some(Path::new("/run/krill")) {
+                let _ = std::fs::set_permissions("/run/krill", private);
+            }
+        }
         let mut locks = Vec::new();
         let mut uids = VecDeque::new();
         match spec {
