@@ -21,6 +21,7 @@
 //! effort: dropped while there is no connection.
 
 pub mod amqp;
+pub mod budget;
 pub mod memory;
 pub mod stamp;
 
