@@ -517,3 +517,92 @@ pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// A RabbitMQ node of a test's own, on its own port, with settings of its own
+/// (e.g. a small `max_message_size`), so a test can make the broker refuse
+/// things without touching the shared one. Stopped (and its data removed) on drop.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    pub port: u16,
+    pub node: String,
+    base: PathBuf,
+}
+
+impl PrivateBroker {
+    /// Starts a fresh node on `port` with `conf` lines added to its
+    /// `rabbitmq.conf`, waiting until it answers; panics saying why it did not.
+    pub fn start(port: u16, conf: &[&str]) -> PrivateBroker {
+        let host = std::process::Command::new("hostname")
+            .arg("-s")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let node = format!("krill-test-{port}@{host}");
+        let base = PathBuf::from(format!("/tmp/krill-test-broker-{port}"));
+        let b = PrivateBroker { port, node, base };
+        b.stop();
+        let extra = conf.join("\n");
+        let script = format!(
+            r#"set -e
+base={base}
+install -d -o rabbitmq -g rabbitmq "$base"
+rm -rf "$base/mnesia"
+printf 'listeners.tcp.default = {port}\nlog.file.level = warning\n%s\n' '{extra}' > "$base/rabbitmq.conf"
+echo '[].' > "$base/enabled_plugins"
+chown rabbitmq:rabbitmq "$base/rabbitmq.conf" "$base/enabled_plugins"
+cd /tmp
+su rabbitmq -s /bin/sh -c "ulimit -n 65536; RABBITMQ_NODENAME={node} RABBITMQ_NODE_PORT={port} \
+  RABBITMQ_DIST_PORT={dist} RABBITMQ_MNESIA_BASE=$base/mnesia RABBITMQ_LOG_BASE=$base/log \
+  RABBITMQ_CONFIG_FILE=$base/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$base/enabled_plugins \
+  RABBITMQ_PID_FILE=$base/pid rabbitmq-server -detached" >/dev/null 2>&1
+for i in $(seq 1 120); do
+  timeout 20 rabbitmqctl -q -n {node} await_startup >/dev/null 2>&1 && exit 0
+  sleep 1
+done
+echo "the private node {node} did not start; logs in $base/log" >&2
+exit 1"#,
+            base = b.base.display(),
+            node = b.node,
+            dist = u32::from(port) + 20000,
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "a private RabbitMQ node on port {port} (needs root and the rabbitmq-server \
+             package, which scripts/test installs): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    /// Its AMQP URL.
+    pub fn url(&self) -> String {
+        format!("amqp://127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Runs `rabbitmqctl ARGS` against it.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("timeout")
+            .arg("60")
+            .arg("rabbitmqctl")
+            .args(["-q", "-n", &self.node])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl")
+    }
+
+    fn stop(&self) {
+        let _ = self.ctl(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
