@@ -39,6 +39,7 @@
 //! - [`state`]: running tasks, recent cancellations, recent results.
 //! - [`cancel`]: a task's cancellation token and its reason, as one value.
 //! - [`snapshot`]: the worker as heartbeats and metrics report it (plain data).
+//! - [`health`]: whether results still go out (degraded when they cannot).
 //! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
 //! - [`error`]: an error printed with its causes.
 //! - [`liveness`]: the host-wide lock every worker holds; what a dead worker left is swept.
@@ -51,6 +52,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod gate;
+pub mod health;
 pub mod http;
 pub mod intake;
 pub mod liveness;
