@@ -255,7 +255,7 @@ mod tests {
             r.output_errors = vec!["e".repeat(1 << 20); 8];
             r.warnings = vec!["w".repeat(1 << 20); 4];
             r.error = Some("x".repeat(4 << 20));
-            state.remember(&r, "q");
+            state.remember(&Arc::new(r), "q");
         }
         let bytes = lock(&state.recent).bytes;
         assert!(bytes <= RECENT_BYTES + (17 << 20), "{bytes}");
