@@ -58,6 +58,9 @@ pub enum WorkerState {
     Live,
     /// Heartbeating, not claiming (`krill drain`, or shutting down).
     Draining,
+    /// Heartbeating, not claiming because something is wrong with it (it
+    /// cannot publish results); it claims again once that is over.
+    Degraded,
     /// Its heartbeat stopped without a goodbye (crashed, killed, cut off).
     Lost,
     /// Sent its last heartbeat on a clean exit.
@@ -69,14 +72,18 @@ impl WorkerState {
         match self {
             WorkerState::Live => "live",
             WorkerState::Draining => "draining",
+            WorkerState::Degraded => "degraded",
             WorkerState::Lost => "lost",
             WorkerState::Stopped => "stopped",
         }
     }
 
-    /// Whether the worker is still up (live or draining).
+    /// Whether the worker is still up (live, draining or degraded).
     pub fn is_up(self) -> bool {
-        matches!(self, WorkerState::Live | WorkerState::Draining)
+        matches!(
+            self,
+            WorkerState::Live | WorkerState::Draining | WorkerState::Degraded
+        )
     }
 }
 
@@ -103,6 +110,9 @@ pub struct WorkerStatus {
     /// tasks end as `worker_lost`, or run again if they allow it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub last_running: Vec<RunningTask>,
+    /// Why it is degraded (`cannot publish results`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// One pool: its queue and the workers serving it.
@@ -121,6 +131,9 @@ pub struct PoolStatus {
     pub consumers: u32,
     pub workers_live: u32,
     pub workers_draining: u32,
+    /// Up, not claiming because they cannot publish results.
+    #[serde(default)]
+    pub workers_degraded: u32,
     pub workers_lost: u32,
     pub workers_stopped: u32,
     /// Slots of the live (not draining) workers.
@@ -309,6 +322,8 @@ pub fn worker_status(hb: &Heartbeat, now: DateTime<Utc>) -> WorkerStatus {
         WorkerState::Stopped
     } else if silent > LOST_AFTER_INTERVALS * hb.interval_secs.max(1) {
         WorkerState::Lost
+    } else if hb.degraded.is_some() {
+        WorkerState::Degraded
     } else if hb.draining {
         WorkerState::Draining
     } else {
@@ -329,6 +344,7 @@ pub fn worker_status(hb: &Heartbeat, now: DateTime<Utc>) -> WorkerStatus {
         last_seen: hb.sent_at,
         silent_secs: silent,
         last_running: if up { Vec::new() } else { hb.running.clone() },
+        degraded: hb.degraded.clone().filter(|_| up),
     }
 }
 
@@ -368,6 +384,7 @@ pub fn pool_status(pool: &str, depth: Option<(u64, u32)>, workers: &[WorkerStatu
         consumers,
         workers_live: count(WorkerState::Live),
         workers_draining: count(WorkerState::Draining),
+        workers_degraded: count(WorkerState::Degraded),
         workers_lost: count(WorkerState::Lost),
         workers_stopped: count(WorkerState::Stopped),
         slots_total,
@@ -382,7 +399,13 @@ pub fn pool_status(pool: &str, depth: Option<(u64, u32)>, workers: &[WorkerStatu
 /// Why the ready tasks of a pool are not starting (None when none wait).
 fn why_waiting(p: &PoolStatus) -> Option<String> {
     if !p.exists {
-        if p.workers_live + p.workers_draining + p.workers_lost + p.workers_stopped > 0 {
+        if p.workers_live
+            + p.workers_draining
+            + p.workers_degraded
+            + p.workers_lost
+            + p.workers_stopped
+            > 0
+        {
             // Seen only through old heartbeats of a pool whose queue is gone.
             return None;
         }
@@ -396,7 +419,13 @@ fn why_waiting(p: &PoolStatus) -> Option<String> {
     }
     let n = p.ready;
     let tasks = if n == 1 { "task waits" } else { "tasks wait" };
-    Some(if p.workers_live == 0 && p.workers_draining == 0 {
+    Some(if p.workers_live == 0 && p.workers_degraded > 0 {
+        format!(
+            "{n} {tasks}: every worker of pool `{}` that is up is degraded ({} cannot publish \
+             results; they claim again once results go out)",
+            p.pool, p.workers_degraded
+        )
+    } else if p.workers_live == 0 && p.workers_draining == 0 {
         let lost = if p.workers_lost > 0 {
             format!(" ({} lost)", p.workers_lost)
         } else {
@@ -436,6 +465,7 @@ mod tests {
             slots_total: 2,
             slots_free: 2,
             draining: false,
+            degraded: None,
             running: Vec::new(),
             uptime_secs: 1,
             interval_secs: 5,

@@ -32,8 +32,18 @@ pub const DEFAULT_PIDS: u64 = 256;
 pub const DEFAULT_MAX_PIDS: u64 = 4096;
 /// Default cap on captured stdout and on stderr, each: 10 MiB.
 pub const DEFAULT_OUTPUT_BYTES: u64 = 10 << 20;
-/// Default largest output cap a task may ask for: 64 MiB.
-pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
+/// Default largest output cap a task may ask for: 48 MiB (stdout and stderr at
+/// that cap, and both output files, fit a result under RabbitMQ's default
+/// `max_message_size` with room to spare).
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 48 << 20;
+/// RabbitMQ's default `max_message_size` (3.8 to 3.13; 4.x defaults to 16 MiB).
+pub const DEFAULT_BROKER_MAX_MESSAGE: u64 = 128 << 20;
+/// What a result holds besides stdout, stderr and the output files, at most
+/// (ids, timings, the bounded `warnings` and `output_errors`, the error): the
+/// start-up check counts it.
+pub const RESULT_OVERHEAD: u64 = 256 << 10;
+/// How long results may fail to go out before the worker is degraded.
+pub const DEFAULT_DEGRADED_AFTER: Duration = crate::health::DEFAULT_DEGRADED_AFTER;
 /// Default size of a task's writable work dir and /tmp: 256 MiB.
 pub const DEFAULT_DISK: u64 = 256 << 20;
 /// Default largest work dir a task may ask for: 4 GiB.
@@ -143,6 +153,15 @@ pub struct Config {
     /// Largest work dir a task may ask for.
     #[arg(long, env = "KRILL_MAX_DISK", value_parser = parse_size, default_value_t = DEFAULT_MAX_DISK)]
     pub max_disk: u64,
+    /// The broker's `max_message_size` (set the two together): every result
+    /// is cut to fit well below it, and a pool whose output caps could not fit
+    /// is refused at start.
+    #[arg(long, env = "KRILL_BROKER_MAX_MESSAGE_BYTES", value_parser = parse_size, default_value_t = DEFAULT_BROKER_MAX_MESSAGE)]
+    pub broker_max_message_bytes: u64,
+    /// How long results may fail to be published before the worker stops
+    /// claiming, says `degraded` in its heartbeat and fails /readyz.
+    #[arg(long, env = "KRILL_DEGRADED_AFTER", value_parser = parse_duration, default_value = "60s")]
+    pub degraded_after: Duration,
     /// This worker's id (default: host name and a random suffix).
     #[arg(long, env = "KRILL_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -255,7 +274,32 @@ impl Config {
                 broker::trust::MAX_VALIDITY.as_secs()
             ));
         }
+        let budget = self.result_budget();
+        let need = self
+            .max_output_bytes
+            .saturating_mul(2)
+            .saturating_add(2 * OUTPUT_FILE_BYTES)
+            .saturating_add(RESULT_OVERHEAD);
+        if need > budget {
+            let most = budget.saturating_sub(2 * OUTPUT_FILE_BYTES + RESULT_OVERHEAD) / 2;
+            return Err(format!(
+                "--max-output-bytes {}: a result with stdout and stderr at that cap and both \
+                 output files full takes {need} bytes, more than the {budget} a result may use \
+                 under the broker's max_message_size of {} (--broker-max-message-bytes); lower \
+                 --max-output-bytes to at most {most}, or raise the broker's max_message_size \
+                 and --broker-max-message-bytes with it",
+                self.max_output_bytes, self.broker_max_message_bytes
+            ));
+        }
         Ok(())
+    }
+
+    /// The most serialized bytes one result may take: the broker's
+    /// `max_message_size` less room for the message's properties and slack
+    /// (1/16 of it, at least 64 KiB).
+    pub fn result_budget(&self) -> u64 {
+        let max = self.broker_max_message_bytes;
+        max.saturating_sub((max / 16).max(64 << 10))
     }
 
     /// The pool policy this configuration sets.
@@ -469,5 +513,33 @@ mod tests {
             config(&["--sandbox", "container,process"]).sandbox,
             vec![SandboxKind::Container, SandboxKind::Process]
         );
+    }
+
+    #[test]
+    fn output_caps_that_cannot_fit_a_result_are_refused_at_start() {
+        // The defaults fit RabbitMQ's default 128 MiB.
+        let c = config(&[]);
+        assert_eq!(c.result_budget(), 120 << 20);
+        assert!(c.validate().is_ok());
+        // 64 MiB each of stdout and stderr alone is 128 MiB.
+        let err = config(&["--max-output-bytes", "64m"])
+            .validate()
+            .expect_err("cannot fit");
+        assert!(err.contains("--max-output-bytes 67108864"), "{err}");
+        assert!(err.contains("at most"), "{err}");
+        // A RabbitMQ 4 broker (16 MiB) needs smaller caps.
+        assert!(config(&["--broker-max-message-bytes", "16m"])
+            .validate()
+            .is_err());
+        assert!(config(&[
+            "--broker-max-message-bytes",
+            "16m",
+            "--max-output-bytes",
+            "6m",
+            "--output-bytes",
+            "1m"
+        ])
+        .validate()
+        .is_ok());
     }
 }

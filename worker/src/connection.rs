@@ -112,7 +112,11 @@ async fn serve(
     declare_heartbeat_stream(&conn).await;
     let conn = Arc::new(conn);
     let listener = control::Listener::open(shared.clone(), conn.clone()).await?;
-    let _ = chan_tx.send(Some(Channels { confirm, fast }));
+    let _ = chan_tx.send(Some(Channels {
+        confirm,
+        fast,
+        conn: conn.clone(),
+    }));
     tracing::info!("connected to the broker");
     shared.run.metrics.connected();
     shared.send_heartbeat(false).await;

@@ -76,8 +76,20 @@ pub async fn claim(
     let mut consumer: Option<Consumer> = None;
     let mut cancelling = false;
     let mut health = tokio::time::interval(HEALTH_EVERY);
+    let mut was_degraded = None;
     loop {
-        let want = !shared.is_draining();
+        // A worker that cannot publish results stops claiming until it can.
+        let degraded = shared.degraded();
+        if degraded != was_degraded {
+            match degraded {
+                Some(why) => tracing::error!(reason = why, after = ?shared.health.after(),
+                    "degraded: no more claims until results go out again"),
+                None => tracing::info!("results go out again: claiming"),
+            }
+            was_degraded = degraded;
+            shared.send_heartbeat(false).await;
+        }
+        let want = !shared.is_draining() && degraded.is_none();
         if want && consumer.is_none() {
             generation += 1;
             let tag = format!("krill-worker.{}.{generation}", shared.id);
@@ -94,7 +106,9 @@ pub async fn claim(
             cancelling = false;
         } else if !want && !cancelling {
             if let Some(c) = &consumer {
-                tracing::info!("draining: no more claims");
+                if degraded.is_none() {
+                    tracing::info!("draining: no more claims");
+                }
                 channel
                     .basic_cancel(c.tag(), BasicCancelOptions::default())
                     .await?;

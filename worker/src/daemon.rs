@@ -13,7 +13,9 @@
 //!
 //! SIGTERM/SIGINT: stop claiming at once; running tasks get `--shutdown-grace` to
 //! finish, then are cancelled ("worker shutdown"); every result is published; exit 0.
-//! A second signal cancels at once.
+//! A second signal cancels at once. Whatever is stuck (a broker that takes
+//! nothing, an engine that does not answer), the process ends within the grace
+//! plus [`EXIT_BOUND`]: a watchdog thread exits it with status 1 then.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,9 @@ use crate::worker::Shared;
 /// How long results may still take to publish after the grace period before the
 /// worker gives up on an unreachable broker (those tasks are redelivered).
 pub const PUBLISH_GRACE: Duration = Duration::from_secs(30);
+/// After the grace period, the longest a stopping worker lives: publishing
+/// ([`PUBLISH_GRACE`]) and closing the sandboxes, then the watchdog ends it.
+pub const EXIT_BOUND: Duration = Duration::from_secs(45);
 
 /// Runs the worker until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -77,11 +82,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     sandboxes.start_prestart(cfg.prestart, defaults, &id);
     let (chan_tx, chan_rx) = watch::channel(None);
     let give_up = CancellationToken::new();
-    let outbound = Outbound::new(
-        Arc::new(AmqpSink::new(chan_rx, give_up.clone())),
-        &id,
-        &cfg.pool,
+    let health = Arc::new(crate::health::Health::new(cfg.degraded_after));
+    let sink = AmqpSink::new(
+        chan_rx,
+        give_up.clone(),
+        health.clone(),
+        cfg.broker_max_message_bytes,
     );
+    let outbound =
+        Outbound::new(Arc::new(sink), &id, &cfg.pool).with_result_budget(cfg.result_budget());
     let run = RunCtx {
         worker_id: id.clone(),
         policy: Arc::new(cfg.policy()),
@@ -89,7 +98,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         outbound,
         metrics,
     };
-    let shared = Arc::new(Shared::new(&id, &host, cfg, run).with_trust(trust));
+    let shared = Arc::new(
+        Shared::new(&id, &host, cfg, run)
+            .with_trust(trust)
+            .with_health(health),
+    );
     tracing::info!(worker = %id, pool = %shared.pool, slots = shared.cfg.concurrency,
         sandboxes = ?shared.cfg.sandbox, "worker starting");
 
@@ -131,6 +144,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!(running = shared.tasks.running_count(), grace = ?shared.cfg.shutdown_grace,
         "shutting down: no more claims; running tasks may finish");
+    exit_watchdog(shared.cfg.shutdown_grace + EXIT_BOUND);
     shared.shutdown.cancel();
     handlers.close();
     tokio::select! {
@@ -267,6 +281,26 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             _ = shared.root.cancelled() => return,
             _ = tick.tick() => shared.send_heartbeat(false).await,
         }
+    }
+}
+
+/// Ends the process after `limit`, from a thread of its own (so neither a busy
+/// runtime nor a stuck await can keep it up): unacked tasks go back to the
+/// queue, sandboxes die with their helpers or are swept at the next start.
+fn exit_watchdog(limit: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("krill-exit-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(?limit, "shutdown took too long; exiting now");
+            eprintln!(
+                "krill-worker: shutdown took longer than {limit:?}; exiting (unacked tasks go \
+                 back to the queue)"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no shutdown watchdog");
     }
 }
 

@@ -1,5 +1,6 @@
 //! The worker's HTTP endpoints (on `--metrics-addr`): `/healthz` (the process is
-//! up), `/readyz` (connected to RabbitMQ and every enabled sandbox usable) and
+//! up), `/readyz` (connected to RabbitMQ, every enabled sandbox usable, and
+//! results going out: not degraded) and
 //! `/metrics` (Prometheus/OpenMetrics text).
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::worker::Shared;
 
 /// Liveness: answers while the process is up.
 pub const HEALTHZ: &str = "/healthz";
-/// Readiness: connected to RabbitMQ and every enabled sandbox usable.
+/// Readiness: connected to RabbitMQ, every enabled sandbox usable, not degraded.
 pub const READYZ: &str = "/readyz";
 /// Prometheus metrics.
 pub const METRICS: &str = "/metrics";
@@ -55,13 +56,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let sandboxes = tokio::time::timeout(READY_TIMEOUT, shared.run.sandboxes.ready())
         .await
         .unwrap_or(false);
+    let degraded = shared.degraded();
     let body = format!(
-        "broker: {}\nsandboxes: {}\ndraining: {}\n",
+        "broker: {}\nsandboxes: {}\ndraining: {}\ndegraded: {}\n",
         if broker { "connected" } else { "not connected" },
         if sandboxes { "ready" } else { "not ready" },
         shared.is_draining(),
+        degraded.unwrap_or("no"),
     );
-    let code = if broker && sandboxes {
+    let code = if broker && sandboxes && degraded.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

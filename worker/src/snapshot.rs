@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub slots_free: u32,
     /// Not claiming tasks (drained or shutting down).
     pub draining: bool,
+    /// Not claiming because something is wrong (`cannot publish results`).
+    pub degraded: Option<String>,
     /// Running tasks, oldest first.
     pub running: Vec<RunningTask>,
     pub uptime: Duration,

@@ -7,6 +7,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::runner::RunCtx;
 use crate::snapshot::Snapshot;
 use crate::state::TaskState;
@@ -31,6 +32,8 @@ pub struct Shared {
     /// One permit per slot; held by a task from delivery to ack.
     pub slots: Arc<Semaphore>,
     pub started: Instant,
+    /// Whether results still go out (the sink reports to it).
+    pub health: Arc<Health>,
 }
 
 impl Shared {
@@ -48,6 +51,7 @@ impl Shared {
             draining: watch::channel(false).0,
             slots: Arc::new(Semaphore::new(cfg.concurrency as usize)),
             started: Instant::now(),
+            health: Arc::new(Health::new(cfg.degraded_after)),
             cfg,
         }
     }
@@ -56,6 +60,18 @@ impl Shared {
     pub fn with_trust(mut self, trust: crate::trust::Trust) -> Self {
         self.trust = trust;
         self
+    }
+
+    /// The same, reporting `health` (the one the outbound sink updates).
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Why the worker does not claim although nobody told it to stop, if it
+    /// does not: it cannot publish results.
+    pub fn degraded(&self) -> Option<&'static str> {
+        self.health.degraded()
     }
 
     /// Whether the worker is not claiming tasks (drained or shutting down).
@@ -76,6 +92,7 @@ impl Shared {
             slots_total: self.cfg.concurrency,
             slots_free: self.slots_free(),
             draining: self.is_draining(),
+            degraded: self.degraded().map(str::to_string),
             running: self.tasks.running(),
             uptime: self.started.elapsed(),
             heartbeat_interval: self.cfg.heartbeat_interval,

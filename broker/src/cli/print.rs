@@ -248,6 +248,7 @@ mod tests {
                 name: (*n).into(),
                 value: (*v).into(),
                 sensitive: false,
+                sealed: None,
             })
             .collect();
         r

@@ -88,7 +88,10 @@ pub fn table(report: &Report, all: bool) -> String {
         rows.push([
             w.id.clone(),
             w.pool.clone(),
-            w.state.as_str().to_uppercase(),
+            match &w.degraded {
+                Some(why) => format!("DEGRADED ({why})"),
+                None => w.state.as_str().to_uppercase(),
+            },
             if w.state.is_up() {
                 format!("{}/{}", w.slots_free, w.slots_total)
             } else {
@@ -160,13 +163,18 @@ pub fn table(report: &Report, all: bool) -> String {
         .pools
         .iter()
         .filter(|p| {
-            all || p.exists || p.workers_live + p.workers_draining > 0 || p.waiting.is_some()
+            all || p.exists
+                || p.workers_live + p.workers_draining + p.workers_degraded > 0
+                || p.waiting.is_some()
         })
         .collect();
     for p in &pools {
         let mut workers = format!("{} live", p.workers_live);
         if p.workers_draining > 0 {
             let _ = write!(workers, ", {} draining", p.workers_draining);
+        }
+        if p.workers_degraded > 0 {
+            let _ = write!(workers, ", {} degraded", p.workers_degraded);
         }
         if p.workers_lost > 0 {
             let _ = write!(workers, ", {} lost", p.workers_lost);
@@ -263,6 +271,7 @@ mod tests {
             slots_total: 2,
             slots_free: 2,
             draining: true,
+            degraded: None,
             running: vec![crate::protocol::RunningTask {
                 id: "t-42".into(),
                 started_at: now,

@@ -80,6 +80,10 @@ pub struct Heartbeat {
     /// Set on the last heartbeat of a worker that is exiting.
     #[serde(default)]
     pub stopping: bool,
+    /// Why the worker does not claim tasks although nobody told it to stop
+    /// (`cannot publish results`); absent while it is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     pub sent_at: DateTime<Utc>,
 }
 

@@ -8,7 +8,15 @@
 //! finished while the broker was down is published once it is back. Log chunks,
 //! events and heartbeats are best effort: dropped while there is no connection
 //! (followers see a gap in `seq`).
+//!
+//! A message the broker refuses for good — bigger than its `max_message_size`
+//! (checked before sending, and answered 406 by the broker), or otherwise
+//! invalid (406) — is not retried: [`PublishError::Refused`]. A refusal
+//! closes the channel it came on; the next publish opens another one on the
+//! same connection. Result publishes report to [`Health`]: failing for long,
+//! the worker is degraded.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::amqp::{publish_confirmed, PublishError as AmqpError};
@@ -18,13 +26,14 @@ use broker::topology::{
     POOL_HEADER, REASON_HEADER, WORKER_HEADER,
 };
 use futures_util::future::BoxFuture;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeadLetter, Outgoing, PublishError, Published, Sink};
+use super::{DeadLetter, Health, Outgoing, PublishError, Published, Sink};
 
 /// The channels of the current connection.
 #[derive(Debug, Clone)]
@@ -33,6 +42,17 @@ pub struct Channels {
     pub confirm: Channel,
     /// No confirms: events, heartbeats and log chunks.
     pub fast: Channel,
+    /// Their connection: a channel the broker closed is opened again on it.
+    pub conn: Arc<Connection>,
+}
+
+/// Channels opened again on the current connection after the broker closed
+/// the ones in [`Channels`].
+#[derive(Debug, Default)]
+struct Reopened {
+    conn: Option<Arc<Connection>>,
+    confirm: Option<Channel>,
+    fast: Option<Channel>,
 }
 
 /// Publishes to RabbitMQ on the current connection's channels; cheap to clone.
@@ -40,6 +60,10 @@ pub struct Channels {
 pub struct AmqpSink {
     rx: watch::Receiver<Option<Channels>>,
     give_up: CancellationToken,
+    health: Arc<Health>,
+    /// The broker's `max_message_size`: a bigger body is refused before sending.
+    max_message: usize,
+    reopened: Arc<tokio::sync::Mutex<Reopened>>,
 }
 
 /// One message as it goes on the wire.
@@ -50,6 +74,8 @@ struct Wire {
     props: BasicProperties,
     mandatory: bool,
     confirmed: bool,
+    /// A task's result (or answer): what [`Health`] is about.
+    result: bool,
 }
 
 fn json_props() -> BasicProperties {
@@ -69,6 +95,7 @@ impl Wire {
             props: json_props(),
             mandatory: false,
             confirmed: false,
+            result: false,
         };
         Ok(match msg {
             Outgoing::Result { result, reply_to } => Wire {
@@ -81,6 +108,7 @@ impl Wire {
                     .with_message_id(ShortString::from(format!("{}.result", result.id))),
                 mandatory: true,
                 confirmed: true,
+                result: true,
             },
             Outgoing::Answer { result, reply_to } => Wire {
                 exchange: "",
@@ -91,6 +119,7 @@ impl Wire {
                     .with_correlation_id(ShortString::from(result.id.as_str())),
                 mandatory: true,
                 confirmed: true,
+                result: true,
             },
             Outgoing::Event(ev) => best_effort(
                 EVENTS_EXCHANGE,
@@ -114,6 +143,7 @@ impl Wire {
                 props: dead_props(dead),
                 mandatory: false,
                 confirmed: true,
+                result: false,
             },
             Outgoing::Claim { stream, body } => Wire {
                 exchange: "",
@@ -122,6 +152,7 @@ impl Wire {
                 props: json_props(),
                 mandatory: true,
                 confirmed: true,
+                result: false,
             },
             Outgoing::CancelMarker(marker) => Wire {
                 exchange: CONTROL_EXCHANGE,
@@ -132,6 +163,7 @@ impl Wire {
                 props: json_props(),
                 mandatory: false,
                 confirmed: true,
+                result: false,
             },
         })
     }
@@ -151,22 +183,99 @@ fn dead_props(dead: &DeadLetter) -> BasicProperties {
         .with_headers(FieldTable::from(headers.inner().clone()))
 }
 
+/// Whether the broker refused a message for good: a 406 (`PRECONDITION_FAILED`:
+/// over `max_message_size`, or invalid) would come back for the same message.
+fn refused_for_good(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
+}
+
 impl AmqpSink {
     /// A sink reading channels from `rx`; confirmed publishes stop retrying once
-    /// `give_up` is cancelled.
-    pub fn new(rx: watch::Receiver<Option<Channels>>, give_up: CancellationToken) -> Self {
-        AmqpSink { rx, give_up }
+    /// `give_up` is cancelled; result publishes report to `health`; bodies over
+    /// `max_message` bytes are refused without being sent.
+    pub fn new(
+        rx: watch::Receiver<Option<Channels>>,
+        give_up: CancellationToken,
+        health: Arc<Health>,
+        max_message: u64,
+    ) -> Self {
+        AmqpSink {
+            rx,
+            give_up,
+            health,
+            max_message: usize::try_from(max_message).unwrap_or(usize::MAX),
+            reopened: Arc::default(),
+        }
     }
 
-    /// Publishes with confirms, retrying across reconnects until confirmed.
+    /// A channel to publish on: the connection's own, or, once the broker
+    /// closed that one (a refused message does), another opened on the same
+    /// connection. `None` while the connection itself is down.
+    async fn usable(&self, chs: &Channels, confirm: bool) -> Option<Channel> {
+        let own = if confirm { &chs.confirm } else { &chs.fast };
+        if own.status().connected() {
+            return Some(own.clone());
+        }
+        if !chs.conn.status().connected() {
+            return None;
+        }
+        let mut r = self.reopened.lock().await;
+        if !r.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &chs.conn)) {
+            *r = Reopened {
+                conn: Some(chs.conn.clone()),
+                ..Reopened::default()
+            };
+        }
+        let slot = if confirm { &mut r.confirm } else { &mut r.fast };
+        if let Some(c) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Some(c.clone());
+        }
+        let opened = async {
+            let c = chs.conn.create_channel().await?;
+            if confirm {
+                c.confirm_select(ConfirmSelectOptions::default()).await?;
+            }
+            Ok::<_, lapin::Error>(c)
+        }
+        .await;
+        match opened {
+            Ok(c) => {
+                tracing::info!(
+                    confirm,
+                    "the broker closed a publishing channel; opened another"
+                );
+                *slot = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a publishing channel");
+                None
+            }
+        }
+    }
+
+    /// Publishes with confirms, retrying across reconnects until confirmed
+    /// (not when the broker refuses the message for good).
     async fn confirmed(&self, w: &Wire) -> Result<Published, PublishError> {
+        if w.body.len() > self.max_message {
+            return Err(PublishError::Refused(format!(
+                "the message of {} bytes is over the broker's max_message_size of {} bytes",
+                w.body.len(),
+                self.max_message
+            )));
+        }
         let mut rx = self.rx.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
             let current = rx.borrow_and_update().clone();
-            if let Some(ch) = current {
-                match publish_confirmed(
-                    &ch.confirm,
+            let channel = match &current {
+                Some(chs) => self.usable(chs, true).await,
+                None => None,
+            };
+            match channel {
+                Some(ch) => match publish_confirmed(
+                    &ch,
                     w.exchange,
                     &w.key,
                     &w.body,
@@ -175,12 +284,23 @@ impl AmqpSink {
                 )
                 .await
                 {
-                    Ok(()) => return Ok(Published::Confirmed),
-                    Err(AmqpError::Unroutable(_)) => return Ok(Published::Unroutable),
+                    Ok(()) => {
+                        self.went_out(w);
+                        return Ok(Published::Confirmed);
+                    }
+                    Err(AmqpError::Unroutable(_)) => {
+                        self.went_out(w);
+                        return Ok(Published::Unroutable);
+                    }
+                    Err(AmqpError::Amqp(e)) if refused_for_good(&e) => {
+                        return Err(PublishError::Refused(e.to_string()));
+                    }
                     Err(e) => {
+                        self.did_not_go_out(w);
                         tracing::warn!(error = %e, exchange = w.exchange, "publish failed; will retry");
                     }
-                }
+                },
+                None => self.did_not_go_out(w),
             }
             // Wait for a new connection, or a little, then try again.
             tokio::select! {
@@ -193,14 +313,32 @@ impl AmqpSink {
         }
     }
 
-    /// Publishes without confirms; dropped when there is no connection.
+    fn went_out(&self, w: &Wire) {
+        if w.result {
+            self.health.published();
+        }
+    }
+
+    fn did_not_go_out(&self, w: &Wire) {
+        if w.result {
+            self.health.failed();
+        }
+    }
+
+    /// Publishes without confirms; dropped when there is no connection (or
+    /// when it is over the broker's size limit).
     async fn fast(&self, w: Wire) -> Published {
         let current = self.rx.borrow().clone();
-        let Some(ch) = current else {
+        let Some(chs) = current else {
+            return Published::Dropped;
+        };
+        if w.body.len() > self.max_message {
+            return Published::Dropped;
+        }
+        let Some(ch) = self.usable(&chs, false).await else {
             return Published::Dropped;
         };
         let res = ch
-            .fast
             .basic_publish(
                 ShortString::from(w.exchange),
                 ShortString::from(w.key),

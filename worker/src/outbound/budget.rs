@@ -26,6 +26,8 @@ use broker::protocol::{OutputVar, Status, TaskResult};
 const WARNING_ROOM: usize = 1024;
 /// Longest `error` kept when the fixed part of a result is over the budget.
 pub const MAX_ERROR_BYTES: usize = 4096;
+/// Longest worker or sandbox id a small result keeps.
+const SMALL_FIELD: usize = 256;
 /// Output names listed in the warning, at most.
 const NAMES_LISTED: usize = 10;
 
@@ -58,13 +60,11 @@ fn prefix_within(s: &str, max: usize) -> usize {
     s.len()
 }
 
-/// Bytes one output variable takes in the `outputs` array (without the comma).
+/// Bytes one output variable takes in the `outputs` array (without the comma):
+/// serialized, so that every field counts (a sealed value's ciphertext too).
+/// Output values are small (two files of at most 1 MiB each).
 fn var_len(o: &OutputVar) -> usize {
-    // {"name":…,"value":…,"sensitive":false}
-    r#"{"name":,"value":,"sensitive":}"#.len()
-        + json_str_len(&o.name)
-        + json_str_len(&o.value)
-        + if o.sensitive { 4 } else { 5 }
+    serde_json::to_vec(o).map_or(usize::MAX / 4, |v| v.len())
 }
 
 /// Bytes a list field adds once it is not empty: `,"key":[a,b]`.
@@ -234,9 +234,16 @@ pub fn fit(r: &mut TaskResult, budget: usize) -> Result<Option<String>, usize> {
 pub fn small(r: &TaskResult, why: &str) -> TaskResult {
     let mut s = TaskResult::new(r.id.clone(), Status::SandboxError);
     s.attempt = r.attempt;
-    s.worker = r.worker.clone();
+    let short = |v: &Option<String>| {
+        v.as_ref().map(|t| {
+            let mut t = t.clone();
+            t.truncate(prefix_within(&t, SMALL_FIELD));
+            t
+        })
+    };
+    s.worker = short(&r.worker);
     s.sandbox = r.sandbox;
-    s.sandbox_id = r.sandbox_id.clone();
+    s.sandbox_id = short(&r.sandbox_id);
     s.limits = r.limits;
     s.timings = r.timings.clone();
     s.usage = r.usage.clone();
@@ -271,6 +278,7 @@ mod tests {
             name: name.into(),
             value: value.into(),
             sensitive,
+            sealed: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! A [`Sink`] that keeps what is sent in memory: the worker's logic tested
 //! without a broker (like apalis's memory backend).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use broker::protocol::{LogChunk, TaskEvent, TaskResult};
@@ -16,6 +16,9 @@ pub struct MemorySink {
     sent: Mutex<Vec<Outgoing>>,
     refusing: AtomicBool,
     connected: AtomicBool,
+    /// Results bigger than this (serialized) are refused for good, as a
+    /// broker's `max_message_size` does.
+    max_result: AtomicUsize,
 }
 
 impl Default for MemorySink {
@@ -24,6 +27,7 @@ impl Default for MemorySink {
             sent: Mutex::new(Vec::new()),
             refusing: AtomicBool::new(false),
             connected: AtomicBool::new(true),
+            max_result: AtomicUsize::new(usize::MAX),
         }
     }
 }
@@ -34,6 +38,12 @@ impl MemorySink {
     pub fn refuse(&self) {
         self.refusing.store(true, Ordering::Relaxed);
         self.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// From now on results over `bytes` serialized bytes are refused for good
+    /// ([`PublishError::Refused`]), as by a broker's `max_message_size`.
+    pub fn refuse_results_over(&self, bytes: usize) {
+        self.max_result.store(bytes, Ordering::Relaxed);
     }
 
     /// Everything sent so far, in order.
@@ -100,6 +110,15 @@ impl Sink for MemorySink {
                     | Outgoing::CancelMarker(_)
                     | Outgoing::Claim { .. }
             );
+            if let Outgoing::Result { result, .. } = &msg {
+                let len = serde_json::to_vec(&**result).map_or(usize::MAX, |v| v.len());
+                let max = self.max_result.load(Ordering::Relaxed);
+                if len > max {
+                    return Err(PublishError::Refused(format!(
+                        "message size {len} is larger than configured max size {max}"
+                    )));
+                }
+            }
             if self.refusing.load(Ordering::Relaxed) {
                 return if confirmed {
                     Err(PublishError::GaveUp)

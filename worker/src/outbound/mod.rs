@@ -19,6 +19,13 @@
 //! sink retries them across reconnects until the broker confirms, or the
 //! worker gives up at shutdown. Events, log chunks and heartbeats are best
 //! effort: dropped while there is no connection.
+//!
+//! Every result fits: [`Outbound::finish_result`] cuts it to the worker's
+//! result budget ([`budget`], well below the broker's `max_message_size`).
+//! A result the broker still refuses for good (406: too large, invalid) is not
+//! retried: [`Outbound::result`] sends the small result of [`budget::small`]
+//! instead. Whether results go out at all is tracked in [`Health`] by the sink:
+//! a worker that cannot publish them for longer than a bound is degraded.
 
 pub mod amqp;
 pub mod budget;
@@ -35,6 +42,7 @@ use chrono::Utc;
 use futures_util::future::BoxFuture;
 use lapin::BasicProperties;
 
+use crate::health::Health;
 use crate::snapshot::Snapshot;
 
 pub use amqp::{AmqpSink, Channels};
@@ -106,6 +114,10 @@ pub enum Published {
 pub enum PublishError {
     #[error("gave up publishing: the worker is stopping and the broker is unreachable")]
     GaveUp,
+    /// The broker refused this message for good (too large, invalid): trying
+    /// it again would fail again.
+    #[error("the broker refused the message: {0}")]
+    Refused(String),
     #[error("cannot serialize the message")]
     Encode(#[source] serde_json::Error),
 }
@@ -121,12 +133,18 @@ pub trait Sink: Send + Sync + fmt::Debug {
     fn connected(&self) -> bool;
 }
 
+/// The result budget of an [`Outbound`] made with [`Outbound::new`]: what
+/// RabbitMQ's default `max_message_size` leaves (see `Config::result_budget`).
+pub const DEFAULT_RESULT_BUDGET: usize = 120 << 20;
+
 /// The worker's handle for sending (cheap to clone).
 #[derive(Clone)]
 pub struct Outbound {
     sink: Arc<dyn Sink>,
     worker: String,
     pool: String,
+    /// Most serialized bytes one result may take.
+    budget: usize,
 }
 
 impl fmt::Debug for Outbound {
@@ -135,6 +153,7 @@ impl fmt::Debug for Outbound {
             .field("sink", &self.sink)
             .field("worker", &self.worker)
             .field("pool", &self.pool)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -146,7 +165,19 @@ impl Outbound {
             sink,
             worker: worker.to_string(),
             pool: pool.to_string(),
+            budget: DEFAULT_RESULT_BUDGET,
         }
+    }
+
+    /// The same, with results cut to at most `bytes` serialized bytes.
+    pub fn with_result_budget(mut self, bytes: u64) -> Self {
+        self.budget = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// Most serialized bytes one result may take.
+    pub fn result_budget(&self) -> usize {
+        self.budget
     }
 
     /// Whether messages can go out right now.
@@ -157,10 +188,31 @@ impl Outbound {
     /// The last step before a result leaves the worker: what is returned is
     /// what is remembered for redeliveries, published and described in the
     /// finished event. Whatever must change a result on its way out belongs
-    /// here: the task's [`Stamp`] (its signer's name, the trust warnings, and
-    /// every sensitive value sealed to the submitter: only ciphertext leaves).
+    /// here, in this order: first the task's [`Stamp`] (its signer's name, the
+    /// trust warnings, and every sensitive value sealed to the submitter: only
+    /// ciphertext leaves), then the size budget — the result is cut to it in
+    /// the order [`budget`] states, counting the sealed values as they leave
+    /// (sealing makes a value larger, so cutting first could leave a result
+    /// over the budget; sealed values are dropped whole, never cut).
     pub fn finish_result(&self, mut result: TaskResult, stamp: &Stamp) -> Arc<TaskResult> {
         stamp.apply(&mut result);
+        match budget::fit(&mut result, self.budget) {
+            Ok(None) => {}
+            Ok(Some(warning)) => {
+                tracing::warn!(task_id = %result.id, %warning, "result cut to its size budget");
+            }
+            Err(total) => {
+                let why = format!(
+                    "it would take {total} bytes, over the worker's result size limit of {} \
+                     bytes even without its output",
+                    self.budget
+                );
+                tracing::error!(task_id = %result.id, reason = %why, "result replaced by a small one");
+                result = budget::small(&result, &why);
+                // The small one carries the signer and the trust warnings too.
+                stamp.apply(&mut result);
+            }
+        }
         Arc::new(result)
     }
 
@@ -173,13 +225,32 @@ impl Outbound {
             result: result.clone(),
             reply_to: reply_to.to_string(),
         };
-        match self.sink.send(msg).await {
+        let mut sent = self.sink.send(msg).await;
+        if let Err(PublishError::Refused(why)) = &sent {
+            // Not retried: the same message would be refused again. A small
+            // result that says what happened goes instead.
+            tracing::error!(task_id = %result.id, reason = %why,
+                "the broker refused the result for good; sending a small one instead");
+            let small = budget::small(result, &format!("the broker refused it ({why})"));
+            let msg = Outgoing::Result {
+                result: Arc::new(small),
+                reply_to: reply_to.to_string(),
+            };
+            sent = self.sink.send(msg).await;
+        }
+        match sent {
             Ok(Published::Unroutable) => {
                 tracing::warn!(task_id = %result.id, reply_to,
                     "reply queue is gone; the result is only in the finished event");
                 true
             }
             Ok(_) => true,
+            Err(PublishError::Refused(why)) => {
+                // Nothing smaller can be sent; do not hold the task for ever.
+                tracing::error!(task_id = %result.id, reason = %why,
+                    "even the small result was refused; the outcome is only in the finished event");
+                true
+            }
             Err(e) => {
                 tracing::error!(task_id = %result.id, error = %e, "result not published");
                 false
@@ -255,6 +326,7 @@ impl Outbound {
             uptime_secs: now.uptime.as_secs(),
             interval_secs: now.heartbeat_interval.as_secs().max(1),
             stopping,
+            degraded: now.degraded.clone(),
             sent_at: Utc::now(),
         };
         self.best_effort(Outgoing::Heartbeat(Box::new(hb))).await;
@@ -310,5 +382,108 @@ impl Outbound {
         if let Err(e) = self.sink.send(msg).await {
             tracing::debug!(error = %e, "best-effort message not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::protocol::Status;
+
+    fn outbound(sink: &Arc<MemorySink>, budget: u64) -> Outbound {
+        Outbound::new(sink.clone(), "w1", "p1").with_result_budget(budget)
+    }
+
+    #[tokio::test]
+    async fn a_result_over_the_budget_leaves_cut_to_it() {
+        let sink = Arc::new(MemorySink::default());
+        let out = outbound(&sink, 256 << 10);
+        let mut r = TaskResult::new("t1", Status::Succeeded);
+        r.stdout = "\u{0}".repeat(1 << 20);
+        let r = out.finish_result(r, &Stamp::default());
+        assert!(serde_json::to_vec(&*r).expect("json").len() <= 256 << 10);
+        assert!(r.truncated);
+        assert!(out.result(&r, "q").await);
+        assert_eq!(sink.results().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_result_the_broker_refuses_for_good_becomes_a_small_one() {
+        let sink = Arc::new(MemorySink::default());
+        // The worker was told the broker takes more than it does.
+        sink.refuse_results_over(64 << 10);
+        let out = outbound(&sink, 8 << 20);
+        let mut r = TaskResult::new("t1", Status::Succeeded);
+        r.stdout = "x".repeat(1 << 20);
+        let r = out.finish_result(r, &Stamp::default());
+        assert!(out.result(&r, "q").await, "the task may be acked");
+        let sent = sink.results();
+        assert_eq!(sent.len(), 1, "only the small one went out");
+        let (small, reply_to) = &sent[0];
+        assert_eq!(reply_to, "q");
+        assert_eq!(small.status, Status::SandboxError);
+        assert!(small.stdout.is_empty() && small.truncated);
+        let e = small.error.as_deref().expect("error");
+        assert!(
+            e.contains("ended succeeded") && e.contains("refused"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_result_whose_fixed_part_is_over_the_budget_is_replaced() {
+        let sink = Arc::new(MemorySink::default());
+        let out = outbound(&sink, 16 << 10);
+        let mut r = TaskResult::new("t1", Status::Failed);
+        r.error = Some("e".repeat(64 << 10));
+        r.sandbox_id = Some("s".repeat(32 << 10));
+        let stamp = Stamp {
+            submitter: Some("alice".into()),
+            warnings: vec!["an unsigned task on an open pool".into()],
+            reply_key: None,
+        };
+        let r = out.finish_result(r, &stamp);
+        assert_eq!(r.status, Status::SandboxError);
+        assert!(serde_json::to_vec(&*r).expect("json").len() <= 16 << 10);
+        assert_eq!(
+            r.submitter.as_deref(),
+            Some("alice"),
+            "the small one is stamped too"
+        );
+        assert_eq!(r.warnings, stamp.warnings);
+    }
+
+    /// Sealing makes a value larger: the budget counts it sealed. A value that
+    /// fits in clear but not sealed is dropped whole (never cut: a cut
+    /// ciphertext opens to nothing), and what leaves is within the budget.
+    #[tokio::test]
+    async fn sealed_values_are_counted_as_they_leave() {
+        use broker::protocol::OutputVar;
+        let sink = Arc::new(MemorySink::default());
+        let budget = 130 << 10;
+        let out = outbound(&sink, budget);
+        let id = broker::trust::Identity::generate("alice").expect("key");
+        let stamp = Stamp {
+            submitter: Some("alice".into()),
+            warnings: Vec::new(),
+            reply_key: Some(id.reply_public().to_b64()),
+        };
+        let mut r = TaskResult::new("t1", Status::Succeeded);
+        r.outputs.push(OutputVar {
+            name: "token".into(),
+            value: "v".repeat(100 << 10),
+            sensitive: true,
+            sealed: None,
+        });
+        assert!(
+            serde_json::to_vec(&r).expect("json").len() < budget as usize,
+            "it fits in clear"
+        );
+        let r = out.finish_result(r, &stamp);
+        assert!(serde_json::to_vec(&*r).expect("json").len() <= budget as usize);
+        assert!(r.outputs.is_empty(), "dropped whole: {:?}", r.outputs.len());
+        let warning = r.warnings.last().expect("the budget's warning");
+        assert!(warning.contains("`token`"), "{warning}");
+        assert!(!serde_json::to_string(&*r).expect("json").contains("vvvv"));
     }
 }
