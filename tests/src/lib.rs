@@ -79,6 +79,8 @@ pub struct WorkerProc {
     pub child: Option<Child>,
     pub work_dir: PathBuf,
     pub log: PathBuf,
+    /// The broker it talks to (`KRILL_AMQP_URL` of its environment).
+    pub url: String,
     delete_pool_on_drop: bool,
 }
 
@@ -133,6 +135,12 @@ impl WorkerBuilder {
             child: None,
             work_dir,
             log,
+            url: self
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "KRILL_AMQP_URL")
+                .map_or_else(amqp_url, |(_, v)| v.clone()),
             delete_pool_on_drop: true,
         };
         w.spawn(&self);
@@ -187,8 +195,9 @@ impl WorkerProc {
                     );
                 }
             }
-            if consumers(&topology::pool_queue(&self.pool))
+            if peek_at(&self.url, &topology::pool_queue(&self.pool))
                 .await
+                .map(|q| q.consumer_count())
                 .unwrap_or(0)
                 > 0
             {
@@ -367,7 +376,12 @@ impl Drop for Gates {
 
 /// A passive declare of `queue`: its counts, or None when it does not exist.
 async fn peek(queue: &str) -> Option<lapin::Queue> {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+    peek_at(&amqp_url(), queue).await
+}
+
+/// A passive declare of `queue` on the broker at `url`.
+async fn peek_at(url: &str, queue: &str) -> Option<lapin::Queue> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .ok()?;
     let q = broker::amqp::peek(&conn, queue).await.ok().flatten();

@@ -76,19 +76,14 @@ pub async fn claim(
     let mut consumer: Option<Consumer> = None;
     let mut cancelling = false;
     let mut health = tokio::time::interval(HEALTH_EVERY);
-    let mut was_degraded = None;
+    // What the heartbeat says now (from an earlier connection, perhaps).
+    let mut was_degraded = *shared
+        .not_claiming
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         // A worker that cannot publish results stops claiming until it can.
         let degraded = shared.degraded();
-        if degraded != was_degraded {
-            match degraded {
-                Some(why) => tracing::error!(reason = why, after = ?shared.health.after(),
-                    "degraded: no more claims until results go out again"),
-                None => tracing::info!("results go out again: claiming"),
-            }
-            was_degraded = degraded;
-            shared.send_heartbeat(false).await;
-        }
         let want = !shared.is_draining() && degraded.is_none();
         if want && consumer.is_none() {
             generation += 1;
@@ -114,6 +109,21 @@ pub async fn claim(
                     .await?;
                 cancelling = true;
             }
+        }
+        // Said once the consumer is cancelled (or back): what the heartbeat
+        // says is already true.
+        if degraded != was_degraded {
+            match degraded {
+                Some(why) => tracing::error!(reason = why, after = ?shared.health.after(),
+                    "degraded: no more claims until results go out again"),
+                None => tracing::info!("results go out again: claiming"),
+            }
+            was_degraded = degraded;
+            *shared
+                .not_claiming
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = degraded;
+            shared.send_heartbeat(false).await;
         }
         tokio::select! {
             biased;

@@ -34,6 +34,9 @@ pub struct Shared {
     pub started: Instant,
     /// Whether results still go out (the sink reports to it).
     pub health: Arc<Health>,
+    /// Why the claim loop stopped claiming on its own, once it did (what the
+    /// heartbeat says: it follows the claims, not the health alone).
+    pub not_claiming: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Shared {
@@ -52,6 +55,7 @@ impl Shared {
             slots: Arc::new(Semaphore::new(cfg.concurrency as usize)),
             started: Instant::now(),
             health: Arc::new(Health::new(cfg.degraded_after)),
+            not_claiming: std::sync::Mutex::new(None),
             cfg,
         }
     }
@@ -92,7 +96,11 @@ impl Shared {
             slots_total: self.cfg.concurrency,
             slots_free: self.slots_free(),
             draining: self.is_draining(),
-            degraded: self.degraded().map(str::to_string),
+            degraded: self
+                .not_claiming
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .map(str::to_string),
             running: self.tasks.running(),
             uptime: self.started.elapsed(),
             heartbeat_interval: self.cfg.heartbeat_interval,
