@@ -4,6 +4,7 @@
 //! Built static (`scripts/build-stub`) so it runs in images without a libc, and
 //! bind-mounted read-only into each task container.
 
+mod reap;
 mod supervise;
 
 use std::process::ExitCode;

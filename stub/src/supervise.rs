@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::reap::{end_every_process, kill_all, set_loginuid, Group};
 use stub::{read_capped, ExitStatus, FromStub, Request, ToStub, MAX_REQUEST_BYTES};
 
 /// After `Terminate`, how long the script has between SIGTERM and SIGKILL.
@@ -172,90 +173,6 @@ pub fn run(chan: &mut Channel, req: &Request) -> Result<(), String> {
     chan.send(&FromStub::Exit(status))
 }
 
-/// Sets this process's audit login uid (inherited by the script) to the
-/// script's uid. The kernel lets any process set an unset login uid once,
-/// without privileges, so a script started with it unset could forge it; once
-/// set, it takes `CAP_AUDIT_CONTROL` (which no task has) to change. Where it
-/// is set already (the engine was started from a login session), immutable,
-/// or `/proc` is read-only (the container's is: see `limits.rs`), the write
-/// fails and nothing changes: the task cannot change it either.
-fn set_loginuid(uid: u32) {
-    let _ = std::fs::write("/proc/self/loginuid", uid.to_string());
-}
-
-/// SIGKILLs every process of the container but docker-init (pid 1) and the
-/// stub itself — what `kill(-1)` reaches: the stub may signal the script's
-/// processes, nothing outside its pid namespace — and waits until none of them
-/// runs (a zombie waiting for docker-init to reap it no longer writes).
-fn end_every_process(limit: Duration) -> Result<(), String> {
-    let me = std::process::id();
-    if !own_pid_namespace() {
-        return Err(
-            "krill-stub is not in the container's own pid namespace, so it cannot \
-                    make sure every process of the task is gone"
-                .into(),
-        );
-    }
-    let until = Instant::now() + limit;
-    loop {
-        kill_all();
-        let left = running_others(me);
-        if left == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= until {
-            return Err(format!(
-                "{left} process(es) of the task were still running {} s after SIGKILL",
-                limit.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// SIGKILL to every process the stub may signal but docker-init and itself:
-/// every process of the task, `setsid` or not, and nothing outside the
-/// container's pid namespace.
-///
-/// Only inside the container's own pid namespace (the stub is its pid 1, or
-/// docker-init's child there): run anywhere else, `kill(-1)` by root would
-/// reach the whole host, so it is not sent.
-fn kill_all() {
-    if own_pid_namespace() {
-        // SAFETY: kill(2) takes two integers, pid -1 meaning every process the
-        // caller may signal except init and the caller.
-        unsafe { libc::kill(-1, libc::SIGKILL) };
-    }
-}
-
-/// Whether the stub is pid 1 of its pid namespace or docker-init's child there.
-fn own_pid_namespace() -> bool {
-    // SAFETY: getpid and getppid cannot fail and have no preconditions.
-    unsafe { libc::getpid() == 1 || libc::getppid() == 1 }
-}
-
-/// Processes in /proc other than pid 1 and `me` that are not zombies.
-fn running_others(me: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != 1 && pid != me)
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The state follows the last `)` (the command name may contain one).
-            match stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].trim_start().chars().next())
-            {
-                Some('Z' | 'X') | None => false,
-                Some(_) => true,
-            }
-        })
-        .count()
-}
-
 /// Writes the script file and creates the empty output files, in the output
 /// dir: the stub owns them; the dir's group (the script's gid, inherited
 /// through its setgid bit) lets the script read the script and write the
@@ -370,24 +287,6 @@ fn command(req: &Request, files: &Files, chan: &mut Channel) -> Result<Command, 
         .stderr(Stdio::piped())
         .process_group(0);
     Ok(cmd)
-}
-
-/// The script's process group; SIGKILLed when dropped, so nothing it started
-/// outlives the stub's interest in it (the container's removal is the backstop).
-struct Group(libc::pid_t);
-
-impl Group {
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: killpg has no memory-safety preconditions; the group id is the
-        // script's pid, which stays reserved while the group has members.
-        unsafe { libc::killpg(self.0, sig) };
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
-    }
 }
 
 /// Watches `$KRILL_SENSITIVE_OUTPUT` and sends its content when it changed.
