@@ -3,10 +3,14 @@
 //! tasks, says so in its heartbeat and fails `/readyz` — until a result goes
 //! out again.
 //!
-//! The sink reports each confirmed result publish: [`Health::failed`] when an
-//! attempt fails (and will be retried), [`Health::published`] when one is
-//! confirmed. The failing streak starts at the first failure after a success;
-//! [`Health::degraded`] is true once it is older than the bound.
+//! The sink reports each confirmed result publish: [`Health::begin`] when it
+//! starts (the [`Pending`] guard it returns ends it), [`Pending::published`]
+//! once the broker confirmed it. A streak starts when a result begins to wait
+//! for its confirm with nothing else waiting, and ends when a result is
+//! confirmed (or when nothing waits any more); [`Health::degraded`] is true
+//! once the streak is older than the bound. So a worker is degraded whether its
+//! results fail and are retried (no connection, nacks, a closed channel) or
+//! hang (a broker that blocks publishers never answers).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,8 +24,25 @@ pub const CANNOT_PUBLISH: &str = "cannot publish results";
 #[derive(Debug)]
 pub struct Health {
     after: Duration,
-    /// Since when result publishes have been failing, with no success since.
-    failing_since: Mutex<Option<Instant>>,
+    streak: Mutex<Streak>,
+}
+
+/// Result publishes waiting for their confirm.
+#[derive(Debug, Default)]
+struct Streak {
+    /// How many are waiting now.
+    waiting: usize,
+    /// Since when some result has waited, with none confirmed since.
+    since: Option<Instant>,
+}
+
+/// One result publish waiting for its confirm; dropping it ends the wait
+/// without a confirm (the worker gave up, or the broker refused the message:
+/// a small result follows).
+#[derive(Debug)]
+#[must_use = "the publish is waiting until the guard is dropped"]
+pub struct Pending<'a> {
+    health: &'a Health,
 }
 
 impl Default for Health {
@@ -31,32 +52,44 @@ impl Default for Health {
 }
 
 impl Health {
-    /// Degraded once publishes have failed for longer than `after`.
+    /// Degraded once a result has waited for its confirm longer than `after`.
     pub fn new(after: Duration) -> Self {
         Health {
             after,
-            failing_since: Mutex::new(None),
+            streak: Mutex::new(Streak::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.failing_since
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streak> {
+        self.streak
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A result publish failed and will be tried again.
-    pub fn failed(&self) {
-        self.failed_at(Instant::now());
+    /// A result publish starts waiting for its confirm.
+    pub fn begin(&self) -> Pending<'_> {
+        self.begin_at(Instant::now())
     }
 
-    fn failed_at(&self, now: Instant) {
-        self.lock().get_or_insert(now);
+    fn begin_at(&self, now: Instant) -> Pending<'_> {
+        let mut s = self.lock();
+        s.waiting += 1;
+        s.since.get_or_insert(now);
+        Pending { health: self }
     }
 
-    /// A result was confirmed: whatever failed before is over.
-    pub fn published(&self) {
-        *self.lock() = None;
+    fn confirmed_at(&self, now: Instant) {
+        let mut s = self.lock();
+        // Results still waiting start a new streak now: the broker answers.
+        s.since = (s.waiting > 1).then_some(now);
+    }
+
+    fn ended(&self) {
+        let mut s = self.lock();
+        s.waiting = s.waiting.saturating_sub(1);
+        if s.waiting == 0 {
+            s.since = None;
+        }
     }
 
     /// Why the worker is degraded, if it is.
@@ -65,7 +98,7 @@ impl Health {
     }
 
     fn degraded_at(&self, now: Instant) -> Option<&'static str> {
-        let since = (*self.lock())?;
+        let since = self.lock().since?;
         (now.saturating_duration_since(since) >= self.after).then_some(CANNOT_PUBLISH)
     }
 
@@ -75,27 +108,53 @@ impl Health {
     }
 }
 
+impl Pending<'_> {
+    /// The broker confirmed this result (or said its queue is gone): results go out.
+    pub fn published(self) {
+        self.health.confirmed_at(Instant::now());
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.health.ended();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
     #[test]
-    fn degraded_only_after_failing_for_the_bound_and_until_a_success() {
-        let h = Health::new(Duration::from_secs(60));
+    fn degraded_once_a_result_waits_longer_than_the_bound_and_until_one_is_confirmed() {
+        let h = Health::new(S(60));
         let t0 = Instant::now();
         assert_eq!(h.degraded_at(t0), None);
-        h.failed_at(t0);
-        assert_eq!(h.degraded_at(t0 + Duration::from_secs(59)), None);
-        // Later failures do not move the start of the streak.
-        h.failed_at(t0 + Duration::from_secs(30));
-        assert_eq!(
-            h.degraded_at(t0 + Duration::from_secs(60)),
-            Some(CANNOT_PUBLISH)
-        );
-        h.published();
-        assert_eq!(h.degraded_at(t0 + Duration::from_secs(120)), None);
-        // A new streak starts from its own first failure.
-        h.failed_at(t0 + Duration::from_secs(200));
-        assert_eq!(h.degraded_at(t0 + Duration::from_secs(230)), None);
+        let a = h.begin_at(t0);
+        assert_eq!(h.degraded_at(t0 + S(59)), None);
+        // A later one does not move the start of the streak.
+        let b = h.begin_at(t0 + S(30));
+        assert_eq!(h.degraded_at(t0 + S(60)), Some(CANNOT_PUBLISH));
+        // One is confirmed: the broker answers; the other starts a new streak.
+        h.confirmed_at(t0 + S(100));
+        drop(a);
+        assert_eq!(h.degraded_at(t0 + S(120)), None);
+        assert_eq!(h.degraded_at(t0 + S(160)), Some(CANNOT_PUBLISH));
+        drop(b);
+        assert_eq!(h.degraded_at(t0 + S(200)), None, "nothing waits");
+    }
+
+    #[test]
+    fn a_quick_confirm_never_degrades() {
+        let h = Health::new(Duration::ZERO);
+        h.begin().published();
+        assert_eq!(h.degraded(), None);
+        // Gave up or refused: nothing waits any more.
+        drop(h.begin());
+        assert_eq!(h.degraded(), None);
+        let _waiting = h.begin();
+        assert_eq!(h.degraded(), Some(CANNOT_PUBLISH));
     }
 }

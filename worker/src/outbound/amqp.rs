@@ -13,7 +13,7 @@
 //! (checked before sending, and answered 406 by the broker), or otherwise
 //! invalid (406) — is not retried: [`PublishError::Refused`]. A refusal
 //! closes the channel it came on; the next publish opens another one on the
-//! same connection. Result publishes report to [`Health`]: failing for long,
+//! same connection. Result publishes report to [`Health`]: waiting for long,
 //! the worker is degraded.
 
 use std::sync::Arc;
@@ -265,6 +265,8 @@ impl AmqpSink {
                 self.max_message
             )));
         }
+        // While a result waits for its confirm, the worker's health knows.
+        let mut pending = w.result.then(|| self.health.begin());
         let mut rx = self.rx.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -273,34 +275,42 @@ impl AmqpSink {
                 Some(chs) => self.usable(chs, true).await,
                 None => None,
             };
-            match channel {
-                Some(ch) => match publish_confirmed(
+            if let Some(ch) = channel {
+                let publish = publish_confirmed(
                     &ch,
                     w.exchange,
                     &w.key,
                     &w.body,
                     w.props.clone(),
                     w.mandatory,
-                )
-                .await
-                {
+                );
+                // A broker that blocks publishers may never answer: giving up
+                // (at shutdown) must not wait for it.
+                let sent = tokio::select! {
+                    biased;
+                    _ = self.give_up.cancelled() => return Err(PublishError::GaveUp),
+                    sent = publish => sent,
+                };
+                match sent {
                     Ok(()) => {
-                        self.went_out(w);
+                        if let Some(p) = pending.take() {
+                            p.published();
+                        }
                         return Ok(Published::Confirmed);
                     }
                     Err(AmqpError::Unroutable(_)) => {
-                        self.went_out(w);
+                        if let Some(p) = pending.take() {
+                            p.published();
+                        }
                         return Ok(Published::Unroutable);
                     }
                     Err(AmqpError::Amqp(e)) if refused_for_good(&e) => {
                         return Err(PublishError::Refused(e.to_string()));
                     }
                     Err(e) => {
-                        self.did_not_go_out(w);
                         tracing::warn!(error = %e, exchange = w.exchange, "publish failed; will retry");
                     }
-                },
-                None => self.did_not_go_out(w),
+                }
             }
             // Wait for a new connection, or a little, then try again.
             tokio::select! {
@@ -310,18 +320,6 @@ impl AmqpSink {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    fn went_out(&self, w: &Wire) {
-        if w.result {
-            self.health.published();
-        }
-    }
-
-    fn did_not_go_out(&self, w: &Wire) {
-        if w.result {
-            self.health.failed();
         }
     }
 
