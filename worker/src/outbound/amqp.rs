@@ -7,7 +7,9 @@
 //! broker went away waits for the next connection and tries again, so a result
 //! finished while the broker was down is published once it is back. Log chunks,
 //! events and heartbeats are best effort: dropped while there is no connection
-//! (followers see a gap in `seq`).
+//! or the broker blocks publishers (a memory or disk alarm), and when they
+//! cannot go out within [`BEST_EFFORT_WAIT`] (followers see a gap in `seq`), so
+//! no sender waits on them.
 //!
 //! A message the broker refuses for good — bigger than its `max_message_size`
 //! (checked before sending, and answered 406 by the broker), or otherwise
@@ -34,6 +36,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeadLetter, Health, Outgoing, PublishError, Published, Sink};
+
+/// The longest a best-effort message (event, log chunk, heartbeat) may take
+/// to go out before it is dropped.
+pub const BEST_EFFORT_WAIT: Duration = Duration::from_secs(2);
 
 /// The channels of the current connection.
 #[derive(Debug, Clone)]
@@ -330,27 +336,36 @@ impl AmqpSink {
         let Some(chs) = current else {
             return Published::Dropped;
         };
-        if w.body.len() > self.max_message {
+        // A blocked connection (the broker's memory or disk alarm) sends
+        // nothing until the broker lets go: a best-effort message is dropped
+        // rather than hold up its sender (the log pump, the claim loop).
+        if w.body.len() > self.max_message || chs.conn.status().blocked() {
             return Published::Dropped;
         }
-        let Some(ch) = self.usable(&chs, false).await else {
-            return Published::Dropped;
-        };
-        let res = ch
-            .basic_publish(
-                ShortString::from(w.exchange),
-                ShortString::from(w.key),
-                BasicPublishOptions::default(),
-                &w.body,
-                w.props,
-            )
-            .await;
-        match res {
-            Ok(_) => Published::Sent,
-            Err(e) => {
-                tracing::debug!(error = %e, exchange = w.exchange, "best-effort publish dropped");
-                Published::Dropped
+        let publish = async {
+            let ch = self.usable(&chs, false).await?;
+            let res = ch
+                .basic_publish(
+                    ShortString::from(w.exchange),
+                    ShortString::from(w.key),
+                    BasicPublishOptions::default(),
+                    &w.body,
+                    w.props,
+                )
+                .await;
+            match res {
+                Ok(_) => Some(Published::Sent),
+                Err(e) => {
+                    tracing::debug!(error = %e, exchange = w.exchange, "best-effort publish dropped");
+                    None
+                }
             }
+        };
+        // Blocked after the check, or a connection that takes nothing:
+        // still never longer than this.
+        match tokio::time::timeout(BEST_EFFORT_WAIT, publish).await {
+            Ok(Some(sent)) => sent,
+            Ok(None) | Err(_) => Published::Dropped,
         }
     }
 }
