@@ -535,17 +535,37 @@ pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
 /// A RabbitMQ node of a test's own, on its own port, with settings of its own
 /// (e.g. a small `max_message_size`), so a test can make the broker refuse
 /// things without touching the shared one. Stopped (and its data removed) on drop.
+///
+/// Its port is [`private_broker_port`]; the tests of one binary that use one
+/// take turns (the node lives as long as this value, which holds the turn).
 #[derive(Debug)]
 pub struct PrivateBroker {
     pub port: u16,
     pub node: String,
     base: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+/// The port of the private broker: `KRILL_TEST_BROKER_PORT`, else 5676 (on a
+/// shared machine, give each user a port of their own: the node's name and
+/// data directory come from it, and its distribution port is this + 20000).
+pub fn private_broker_port() -> u16 {
+    std::env::var("KRILL_TEST_BROKER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5676)
 }
 
 impl PrivateBroker {
-    /// Starts a fresh node on `port` with `conf` lines added to its
-    /// `rabbitmq.conf`, waiting until it answers; panics saying why it did not.
-    pub fn start(port: u16, conf: &[&str]) -> PrivateBroker {
+    /// Starts a fresh node on [`private_broker_port`] with `conf` lines added
+    /// to its `rabbitmq.conf`, waiting until it answers; panics saying why it
+    /// did not.
+    pub fn start(conf: &[&str]) -> PrivateBroker {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = TURN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = private_broker_port();
         let host = std::process::Command::new("hostname")
             .arg("-s")
             .output()
@@ -553,7 +573,12 @@ impl PrivateBroker {
             .unwrap_or_else(|_| "localhost".into());
         let node = format!("krill-test-{port}@{host}");
         let base = PathBuf::from(format!("/tmp/krill-test-broker-{port}"));
-        let b = PrivateBroker { port, node, base };
+        let b = PrivateBroker {
+            port,
+            node,
+            base,
+            _turn: turn,
+        };
         b.stop();
         let extra = conf.join("\n");
         let script = format!(
