@@ -271,6 +271,15 @@ async fn sigterm_ends_a_worker_whose_results_cannot_go_out() {
     krill_tests::delete_queue(&broker::topology::reply_queue(&stuck.id)).await;
 }
 
+/// A file a task waits for; removed on drop.
+struct Gate(std::path::PathBuf);
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// `GET /readyz` until `done(code, body)` says so (or a panic after `within`).
 async fn readyz_until(port: u16, within: Duration, done: impl Fn(u16, &str) -> bool) -> String {
     let until = Instant::now() + within;
@@ -310,11 +319,21 @@ async fn a_broker_that_blocks_publishers_degrades_the_worker_until_it_lets_go() 
     let c = broker::client::Client::connect(&broker.url())
         .await
         .unwrap();
-    let t = task("sleep 2; echo after-the-alarm");
+    // The task ends only once the alarm is on (a file it waits for: the
+    // process sandbox sees the host's files).
+    let gate = Gate(std::path::PathBuf::from(format!(
+        "/var/tmp/krill-test-gate-{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    let t = task(&format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; echo after-the-alarm",
+        gate.0.display()
+    ));
     c.submit(&w.pool, &t).await.unwrap();
     // Publishing stops for everyone; consuming goes on (the worker has the task).
     let alarm = broker.ctl(&["set_vm_memory_high_watermark", "0"]);
     assert!(alarm.status.success(), "{alarm:?}");
+    std::fs::write(&gate.0, b"").unwrap();
     let body = readyz_until(port, Duration::from_secs(90), |code, _| code == 503).await;
     assert!(body.contains("degraded: cannot publish results"), "{body}");
     let log = w.log_text();
