@@ -232,8 +232,31 @@ pub fn fit(r: &mut TaskResult, budget: usize) -> Result<Option<String>, usize> {
 /// task's id, how it ended and its timings and usage, no output, status
 /// `sandbox_error`, and an error saying why.
 pub fn small(r: &TaskResult, why: &str) -> TaskResult {
-    let mut s = TaskResult::new(r.id.clone(), Status::SandboxError);
-    s.attempt = r.attempt;
+    // Every field named (no `..`): a field added to results must be decided
+    // here — kept (small), shortened, or dropped with the output.
+    let TaskResult {
+        version,
+        id,
+        status,
+        exit_code,
+        signal,
+        stdout: _,
+        stderr: _,
+        truncated: _,
+        lossy,
+        outputs: _,
+        output_errors: _,
+        warnings: _,
+        error: _,
+        worker,
+        sandbox,
+        sandbox_id,
+        attempt,
+        limits,
+        landlock,
+        timings,
+        usage,
+    } = r;
     let short = |v: &Option<String>| {
         v.as_ref().map(|t| {
             let mut t = t.clone();
@@ -241,27 +264,39 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
             t
         })
     };
-    s.worker = short(&r.worker);
-    s.sandbox = r.sandbox;
-    s.sandbox_id = short(&r.sandbox_id);
-    s.limits = r.limits;
-    s.timings = r.timings.clone();
-    s.usage = r.usage.clone();
-    s.truncated = true;
-    s.lossy = r.lossy;
-    let how = match (r.exit_code, r.signal) {
+    let how = match (exit_code, signal) {
         (Some(c), _) => format!(" (exit code {c})"),
         (None, Some(sig)) => format!(" (signal {sig})"),
         _ => String::new(),
     };
     let mut error = format!(
-        "the task ended {}{how}, but its result could not be delivered: {why}; its output \
-         and output values were dropped",
-        r.status
+        "the task ended {status}{how}, but its result could not be delivered: {why}; its \
+         output and output values were dropped"
     );
     error.truncate(prefix_within(&error, MAX_ERROR_BYTES));
-    s.error = Some(error);
-    s
+    TaskResult {
+        version: *version,
+        id: id.clone(),
+        status: Status::SandboxError,
+        exit_code: None,
+        signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: true,
+        lossy: *lossy,
+        outputs: Vec::new(),
+        output_errors: Vec::new(),
+        warnings: Vec::new(),
+        error: Some(error),
+        worker: short(worker),
+        sandbox: *sandbox,
+        sandbox_id: short(sandbox_id),
+        attempt: *attempt,
+        limits: *limits,
+        landlock: *landlock,
+        timings: timings.clone(),
+        usage: usage.clone(),
+    }
 }
 
 #[cfg(test)]
