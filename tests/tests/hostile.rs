@@ -858,18 +858,25 @@ echo started"#
             followup: None,
         },
         Case {
-            name: "Landlock: write where mount and mode allow it, outside scratch and outputs",
-            // /proc/self/comm is the task's own and writable by it: only the
-            // fence refuses it. Its scratch and output files stay writable.
+            name: "Landlock: write to its own /proc/self/comm, outside scratch and outputs",
+            // /proc/self/comm is the task's own: its /proc is read-only now
+            // (for oom_score_adj), and the fence refuses it too. Its scratch and
+            // output files stay writable. (A refusal only the fence makes:
+            // only_landlock_refuses_a_host_abstract_socket_with_network_on.)
             script: "echo ok > \"$HOME/f\"; echo ok > /tmp/f; echo k=v >> \"$KRILL_OUTPUT\"; \
                      echo pwned > /proc/self/comm; echo comm=$(cat /proc/self/comm)".into(),
             tweak: no_tweak,
-            // Containers have no Landlock: writing their own comm is allowed.
+            // Containers have no Landlock; their /proc is read-only too.
             status: [FAILED, &[Status::Succeeded, Status::Failed]],
             check: |r, sb| match sb {
                 Sb::Process => {
                     need(r.landlock == Some(Landlock::Full), "landlock not applied", r)?;
-                    need(r.stderr.contains("/proc/self/comm: Permission denied"), "comm was written", r)?;
+                    need(
+                        r.stderr.contains("/proc/self/comm: Read-only file system")
+                            || r.stderr.contains("/proc/self/comm: Permission denied"),
+                        "comm was written",
+                        r,
+                    )?;
                     need(r.output("k") == Some("v"), "the output file was not writable", r)
                 }
                 Sb::Container => need(r.landlock.is_none(), "a container says landlock", r),
@@ -1183,6 +1190,57 @@ async fn hostile_scripts_in_the_container_sandbox_under_runsc() {
         return;
     }
     suite_on(Sb::Container, Some("runsc")).await;
+}
+
+/// A refusal only Landlock makes: with network on, a process task is in the
+/// host's net namespace, where an abstract unix socket has no permission at all
+/// (no mount, no mode: anyone in the namespace may connect). The fence's scope
+/// (Landlock ABI 6) refuses connecting to one made outside the task's domain,
+/// here by the test itself, which reaches it from the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_landlock_refuses_a_host_abstract_socket_with_network_on() {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+    let name = format!("krill-test-{}", uuid::Uuid::new_v4().simple());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = UnixListener::bind_addr(&addr).unwrap();
+    UnixStream::connect_addr(&addr).expect("the host reaches its own abstract socket");
+    let w = WorkerBuilder::new(&unique_pool("hostile-abstract"))
+        .arg("--sandbox")
+        .arg("process")
+        .arg("--allow-network")
+        .start()
+        .await;
+    let c = client().await;
+    let mut t = task(&format!(
+        r#"python3 -c '
+import socket
+# Its own abstract socket: connect works in the task (no seccomp refusal).
+own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+own.bind("\0{name}-own")
+own.listen(1)
+socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect("\0{name}-own")
+print("own ok")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect("\0{name}")
+    print("CONNECTED")
+except OSError as e:
+    print("refused", e.errno)
+'"#
+    ));
+    t.sandbox = Some(SandboxKind::Process);
+    t.limits.network = true;
+    let r = krill_tests::run_task(&c, &w.pool, &t).await;
+    assert_eq!(r.status, Status::Succeeded, "{r:?}");
+    assert_eq!(r.landlock, Some(Landlock::Full), "{r:?}");
+    assert!(!r.stdout.contains("CONNECTED"), "{}", r.stdout);
+    // EPERM: the fence's scope, not a missing socket (ECONNREFUSED, ENOENT).
+    assert_eq!(
+        r.stdout,
+        format!("own ok\nrefused {}\n", libc::EPERM),
+        "{r:?}"
+    );
 }
 
 /// A SIGKILLed worker (a crash) takes its running task down with it: the task's

@@ -792,6 +792,18 @@ pub fn runtime_difference(runtime: &str, name: &str) -> Option<Difference> {
                      EPERM for every refusal, and glibc's threads need ENOSYS for clone3), so \
                      each row gets gVisor's own answer (some, such as unshare, work inside it)",
         }),
+        "lower its own oom_score_adj" => Some(Difference {
+            status: &[super::Status::Succeeded],
+            check: |r, _| {
+                let last = r.stdout.trim_end().lines().last().unwrap_or("");
+                need(last == "0" || last == "1000", "no oom_score_adj read", r)
+            },
+            reason: "under gVisor the task's /proc is the sentry's emulation (the engine's \
+                     read-only /proc is not applied there): a task may lower the oom_score_adj \
+                     gVisor shows it, which the host's OOM killer never reads; the sandbox's \
+                     host processes (runsc-sandbox, runsc-gofer) keep the engine's 1000 \
+                     (measured by hand while the task had written 0)",
+        }),
         "names of the host's directories in /proc/self/mountinfo" => Some(Difference {
             status: &[super::Status::Succeeded],
             check: |r, _| {

@@ -271,12 +271,12 @@ async fn sigterm_ends_a_worker_whose_results_cannot_go_out() {
     krill_tests::delete_queue(&broker::topology::reply_queue(&stuck.id)).await;
 }
 
-/// A file a task waits for; removed on drop.
+/// A host dir with the file a task waits for; removed on drop.
 struct Gate(std::path::PathBuf);
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -305,8 +305,18 @@ async fn a_broker_that_blocks_publishers_degrades_the_worker_until_it_lets_go() 
     let broker = krill_tests::PrivateBroker::start(&[]);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    // The task ends only once the alarm is on: it waits for a file in a host
+    // dir bound into its view (`--process-bind`, read-only; a file made there
+    // later shows through).
+    let gate = Gate(std::path::PathBuf::from(format!(
+        "/var/tmp/krill-test-gate-{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    std::fs::create_dir_all(&gate.0).unwrap();
     let w = WorkerBuilder::new(&unique_pool("survive-blocked"))
         .env("KRILL_AMQP_URL", &broker.url())
+        .arg("--process-bind")
+        .arg(&format!("{}:/gate", gate.0.display()))
         .arg("--sandbox")
         .arg("process")
         .arg("--degraded-after")
@@ -319,21 +329,12 @@ async fn a_broker_that_blocks_publishers_degrades_the_worker_until_it_lets_go() 
     let c = broker::client::Client::connect(&broker.url())
         .await
         .unwrap();
-    // The task ends only once the alarm is on (a file it waits for: the
-    // process sandbox sees the host's files).
-    let gate = Gate(std::path::PathBuf::from(format!(
-        "/var/tmp/krill-test-gate-{}",
-        uuid::Uuid::new_v4().simple()
-    )));
-    let t = task(&format!(
-        "while [ ! -e {} ]; do sleep 0.1; done; echo after-the-alarm",
-        gate.0.display()
-    ));
+    let t = task("while [ ! -e /gate/open ]; do sleep 0.1; done; echo after-the-alarm");
     c.submit(&w.pool, &t).await.unwrap();
     // Publishing stops for everyone; consuming goes on (the worker has the task).
     let alarm = broker.ctl(&["set_vm_memory_high_watermark", "0"]);
     assert!(alarm.status.success(), "{alarm:?}");
-    std::fs::write(&gate.0, b"").unwrap();
+    std::fs::write(gate.0.join("open"), b"").unwrap();
     let body = readyz_until(port, Duration::from_secs(90), |code, _| code == 503).await;
     assert!(body.contains("degraded: cannot publish results"), "{body}");
     let log = w.log_text();
