@@ -87,11 +87,12 @@ pub const READONLY_PATHS: &[&str] = &[
 /// stream) through `/proc`, nor signal or ptrace them. Root, because only
 /// root can drop to another uid in a container (Docker gives a non-root user
 /// no capabilities), with nothing but [`STUB_CAPS`]. The script's own uid is
-/// the slot's (from the uid allocator, [`super::uids`]) or the image's: never 0,
-/// so this stays apart from all of them.
+/// the slot's (from the uid allocator, [`crate::sandbox::uids`]) or the
+/// image's: never 0, so this stays apart from all of them.
 pub fn stub_user() -> (u32, u32) {
     (0, 0)
 }
+
 /// Docker refuses memory limits below this; smaller values are raised to it.
 pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 /// Smallest cpu share, in cpus; smaller or invalid values are raised to it.
