@@ -650,7 +650,7 @@ exit 5"#
             tweak: |t| {
                 t.secrets.insert(
                     "HOSTILE_SECRET".into(),
-                    broker::protocol::Secret("hostile-secret-4f1d".into()),
+                    broker::protocol::Secret("hostile-secret-4f1d".into()).into(),
                 );
             },
             status: [FAILED, FAILED],
@@ -743,7 +743,7 @@ echo started"#
             tweak: |t| {
                 t.secrets.insert(
                     "TOK".into(),
-                    broker::protocol::Secret("tok\u{fffd}en-20".into()),
+                    broker::protocol::Secret("tok\u{fffd}en-20".into()).into(),
                 );
             },
             status: [SUCCEEDED, SUCCEEDED],

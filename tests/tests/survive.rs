@@ -207,7 +207,7 @@ printf '::add-mask::added-mask-5d1f\nadded-mask-5d1f\n'
 exit 3"#;
     let mut t = prepare(task(script), sb);
     t.secrets
-        .insert("LOG_SECRET".into(), Secret(secret.to_string()));
+        .insert("LOG_SECRET".into(), Secret(secret.to_string()).into());
     let r = run_task(&c, &w.pool, &t).await;
     assert_eq!(r.status, Status::Failed);
     assert_eq!(r.exit_code, Some(3));
@@ -218,7 +218,7 @@ exit 3"#;
         "x\n2026-01-01T00:00:00Z ERROR forged-by-the-task {secret}"
     )];
     bad.secrets
-        .insert("LOG_SECRET".into(), Secret(secret.to_string()));
+        .insert("LOG_SECRET".into(), Secret(secret.to_string()).into());
     let rb = run_task(&c, &w.pool, &bad).await;
     eprintln!("{sb:?}: bad interpreter: {:?} {:?}", rb.status, rb.error);
     answers_a_trivial_task(&w, sb).await;

@@ -95,6 +95,8 @@ async fn the_issues_result_is_delivered_cut_to_fit_container() {
 async fn output_caps_that_cannot_fit_are_refused_at_start() {
     let out = std::process::Command::new(krill_tests::bin("krill-worker"))
         .env("KRILL_POOL", unique_pool("survive-caps"))
+        // An open pool, so that the caps are what it is refused for.
+        .env("KRILL_ALLOW_UNSIGNED", "true")
         .args([
             "--max-output-bytes",
             "64m",

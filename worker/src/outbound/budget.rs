@@ -251,6 +251,7 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
         worker,
         sandbox,
         sandbox_id,
+        submitter,
         attempt,
         limits,
         landlock,
@@ -291,6 +292,8 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
         worker: short(worker),
         sandbox: *sandbox,
         sandbox_id: short(sandbox_id),
+        // Who signed the task: the small result is still theirs to trust.
+        submitter: short(submitter),
         attempt: *attempt,
         limits: *limits,
         landlock: *landlock,
