@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 
 use crate::amqp::{self, publish_confirmed, redact_url};
-use crate::protocol::{Control, LogChunk, Task, TaskEvent, TaskResult, TaskState};
+use crate::protocol::{Control, KeyAnnounce, LogChunk, Task, TaskEvent, TaskResult, TaskState};
 use crate::topology::{self, CONTENT_TYPE};
 use crate::trust::{Credentials, TrustError};
 
@@ -169,6 +169,8 @@ impl Client {
 
     /// Validates and publishes a task to `pool` (persistent, mandatory, confirmed).
     /// Declares the task's reply queue first so its result cannot be lost.
+    /// A task with a `concurrency_key` goes to its key's line queue instead (see
+    /// [`Client::submit_keyed`]).
     pub async fn submit(&self, pool: &str, task: &Task) -> Result<(), ClientError> {
         if !topology::valid_pool(pool) {
             return Err(ClientError::Pool(pool.to_string()));
@@ -177,6 +179,9 @@ impl Client {
         topology::declare_reply_queue(&self.channel, &task.id).await?;
         let reply_to = topology::reply_queue(&task.id);
         let (body, headers) = self.creds.prepare_task(pool, &reply_to, task)?;
+        if let Some(key) = &task.concurrency_key {
+            return self.submit_keyed(pool, key, task, &body, headers).await;
+        }
         publish_confirmed(
             &self.channel,
             topology::TASKS_EXCHANGE,
@@ -190,6 +195,46 @@ impl Client {
             amqp::PublishError::Unroutable(_) => ClientError::Unroutable(pool.to_string()),
             e => e.into(),
         })
+    }
+
+    /// A keyed task: declare its line queue (idempotent), announce the key on the
+    /// keys stream (so every worker consumes the line), then publish the task to
+    /// the line through the default exchange. Each step is confirmed, in this
+    /// order: the announcement may come twice, the task once.
+    async fn submit_keyed(
+        &self,
+        pool: &str,
+        key: &str,
+        task: &Task,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), ClientError> {
+        let ch = self.conn.create_channel().await?;
+        topology::declare_lines(&ch).await?;
+        topology::declare_line(&ch, pool, key).await?;
+        let _ = ch.close(200, ShortString::from("declared")).await;
+        let announce = serde_json::to_vec(&KeyAnnounce {
+            version: crate::protocol::PROTOCOL_VERSION,
+            pool: pool.to_string(),
+            key: key.to_string(),
+        })?;
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from(CONTENT_TYPE))
+            .with_delivery_mode(2);
+        publish_confirmed(
+            &self.channel,
+            "",
+            topology::KEYS_STREAM,
+            &announce,
+            props,
+            true,
+        )
+        .await?;
+        let line = topology::line_queue(pool, key);
+        let props = task_properties(task).with_headers(headers);
+        publish_confirmed(&self.channel, "", &line, body, props, true)
+            .await
+            .map_err(ClientError::from)
     }
 
     /// Waits for the first result of task `id` on its reply queue, reconnecting
@@ -267,6 +312,29 @@ impl Client {
         Ok(FinishWatch {
             _channel: channel,
             consumer,
+            id: id.to_string(),
+        })
+    }
+
+    /// Binds a transient queue to the `blocked` and `started` events of task `id`
+    /// (every pool): what `krill wait` and `submit --follow` tell about a wait.
+    pub async fn watch_progress(&self, id: &str) -> Result<ProgressWatch, ClientError> {
+        let channel = self.conn.create_channel().await?;
+        let blocked = topology::task_event_key("*", TaskState::Blocked.as_str());
+        let started = topology::task_event_key("*", TaskState::Started.as_str());
+        let tap = amqp::tap(
+            &channel,
+            "",
+            &[
+                (topology::EVENTS_EXCHANGE, blocked.as_str()),
+                (topology::EVENTS_EXCHANGE, started.as_str()),
+            ],
+            "",
+        )
+        .await?;
+        Ok(ProgressWatch {
+            _channel: channel,
+            consumer: tap.consumer,
             id: id.to_string(),
         })
     }
@@ -508,6 +576,27 @@ impl FinishWatch {
                 Ok(ev) if ev.task_id == self.id && ev.state == TaskState::Finished => {
                     return Some(ev)
                 }
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// The `blocked` and `started` events of one task (see [`Client::watch_progress`]).
+#[derive(Debug)]
+pub struct ProgressWatch {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+    id: String,
+}
+
+impl ProgressWatch {
+    /// The task's next `blocked` or `started` event; `None` once the consumer ends.
+    pub async fn next(&mut self) -> Option<TaskEvent> {
+        loop {
+            let delivery = self.consumer.next().await?.ok()?;
+            match serde_json::from_slice::<TaskEvent>(&delivery.data) {
+                Ok(ev) if ev.task_id == self.id => return Some(ev),
                 _ => continue,
             }
         }

@@ -3,7 +3,9 @@
 
 use schemars::schema_for;
 
-use crate::protocol::{Control, Heartbeat, LogChunk, TaskEvent, TaskResult};
+use crate::protocol::{
+    Control, Heartbeat, KeyAnnounce, LineRecord, LogChunk, TaskEvent, TaskResult,
+};
 
 /// `(file name, pretty JSON)` for every wire message.
 pub fn schemas() -> Vec<(&'static str, String)> {
@@ -22,5 +24,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("task-event.schema.json", render(schema_for!(TaskEvent))),
         ("heartbeat.schema.json", render(schema_for!(Heartbeat))),
         ("control.schema.json", render(schema_for!(Control))),
+        ("key-announce.schema.json", render(schema_for!(KeyAnnounce))),
+        ("line-record.schema.json", render(schema_for!(LineRecord))),
     ]
 }

@@ -21,7 +21,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use serde::Serialize;
 
 use crate::amqp::{self, redact_url};
-use crate::protocol::{Heartbeat, RunningTask};
+use crate::protocol::{BlockReason, Heartbeat, KeyHolder, LineView, RunningTask};
 use crate::topology;
 
 /// A worker silent for this many of its heartbeat intervals is taken as lost.
@@ -113,6 +113,44 @@ pub struct WorkerStatus {
     /// Why it is degraded (`cannot publish results`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// The concurrency-key lines it holds (live workers only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LineView>,
+}
+
+/// One concurrency key: who holds it, who waits, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyStatus {
+    pub pool: String,
+    pub key: String,
+    /// The worker holding the key's line (its tasks start there).
+    pub line_worker: String,
+    pub holders: Vec<KeyHolder>,
+    /// Waiting task ids, next first.
+    pub waiting: Vec<String>,
+    /// Why the next one waits, when not for the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<BlockReason>,
+}
+
+/// The keys of the live workers' lines, by pool and key.
+pub fn key_status(workers: &[WorkerStatus]) -> Vec<KeyStatus> {
+    let mut keys: Vec<KeyStatus> = workers
+        .iter()
+        .filter(|w| w.state.is_up())
+        .flat_map(|w| {
+            w.lines.iter().map(|l| KeyStatus {
+                pool: w.pool.clone(),
+                key: l.key.clone(),
+                line_worker: w.id.clone(),
+                holders: l.holders.clone(),
+                waiting: l.waiting.clone(),
+                blocked: l.blocked,
+            })
+        })
+        .collect();
+    keys.sort_by(|a, b| (&a.pool, &a.key).cmp(&(&b.pool, &b.key)));
+    keys
 }
 
 /// One pool: its queue and the workers serving it.
@@ -153,6 +191,8 @@ pub struct Report {
     pub since_secs: u64,
     pub workers: Vec<WorkerStatus>,
     pub pools: Vec<PoolStatus>,
+    /// Concurrency keys with a holder or a waiting task.
+    pub keys: Vec<KeyStatus>,
 }
 
 /// The latest heartbeat of every worker seen in the stream.
@@ -295,6 +335,7 @@ impl HeartbeatReader {
         Ok(Report {
             generated_at: now,
             since_secs: self.since.as_secs(),
+            keys: key_status(&workers),
             workers,
             pools: out,
         })
@@ -345,6 +386,7 @@ pub fn worker_status(hb: &Heartbeat, now: DateTime<Utc>) -> WorkerStatus {
         silent_secs: silent,
         last_running: if up { Vec::new() } else { hb.running.clone() },
         degraded: hb.degraded.clone().filter(|_| up),
+        lines: if up { hb.lines.clone() } else { Vec::new() },
     }
 }
 
@@ -471,6 +513,7 @@ mod tests {
             interval_secs: 5,
             stopping: false,
             sent_at: Utc::now() - chrono::Duration::seconds(age_secs),
+            lines: Vec::new(),
         }
     }
 

@@ -15,6 +15,9 @@
 //! | `krill.dead.notify` | quorum queue on `krill.dead` | workers answer tasks RabbitMQ dead-lettered (delivery limit) |
 //! | `krill.cancellations` | stream on `krill.control` (`cancel.#`) | every cancel of the last 24 h, replayed by each worker at start |
 //! | `krill.claims.<pool>` | stream, published to directly | claims of signed tasks: the first claim of a message in stream order runs it (replay protection) |
+//! | `krill.line.<pool>.<key>` | classic durable queue, single active consumer | a concurrency key's line: its tasks in submit order |
+//! | `krill.keys` | stream | key announcements: which lines exist (every worker of the pool consumes each) |
+//! | `krill.lines.log` | stream | start/done records of keyed tasks: start evidence for redeliveries, holders after a restart |
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -74,6 +77,74 @@ pub const CLAIMS_RETENTION: &str = "2D";
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Content type of every message.
 pub const CONTENT_TYPE: &str = "application/json";
+
+/// Prefix of concurrency-key line queues.
+pub const LINE_QUEUE_PREFIX: &str = "krill.line.";
+/// Stream of key announcements ([`crate::protocol::KeyAnnounce`]).
+pub const KEYS_STREAM: &str = "krill.keys";
+/// How long key announcements are kept: a line whose last submit is older is
+/// not found by a worker that starts later (its queue and tasks are kept).
+pub const KEYS_RETENTION: &str = "7D";
+/// Stream of line records ([`crate::protocol::LineRecord`]).
+pub const LINES_LOG_STREAM: &str = "krill.lines.log";
+/// How long line records are kept (longer than any task may run).
+pub const LINES_LOG_RETENTION: &str = "2D";
+
+/// Name of a concurrency key's line queue.
+pub fn line_queue(pool: &str, key: &str) -> String {
+    format!("{LINE_QUEUE_PREFIX}{pool}.{key}")
+}
+
+/// The arguments of a line queue: classic (RabbitMQ 3.10's quorum queues put a
+/// returned message behind the ready ones, which would let a later task of the
+/// key start before a returned earlier one; classic queues return it to its
+/// place) with a single active consumer (the worker holding the line).
+pub fn line_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), long("classic"));
+    args.insert(short("x-single-active-consumer"), AMQPValue::Boolean(true));
+    args
+}
+
+fn stream_arguments(max_age: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), long("stream"));
+    args.insert(short("x-max-age"), long(max_age));
+    args.insert(
+        short("x-stream-max-segment-size-bytes"),
+        AMQPValue::LongLongInt(1 << 20),
+    );
+    args
+}
+
+/// Declares the two line streams (idempotent). A failure closes `channel`.
+pub async fn declare_lines(channel: &Channel) -> Result<(), lapin::Error> {
+    for (name, age) in [
+        (KEYS_STREAM, KEYS_RETENTION),
+        (LINES_LOG_STREAM, LINES_LOG_RETENTION),
+    ] {
+        channel
+            .queue_declare(
+                short(name),
+                QueueDeclareOptions::durable(),
+                stream_arguments(age),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares a key's line queue (idempotent: every submitter and worker may).
+pub async fn declare_line(channel: &Channel, pool: &str, key: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            short(&line_queue(pool, key)),
+            QueueDeclareOptions::durable(),
+            line_queue_arguments(),
+        )
+        .await?;
+    Ok(())
+}
 
 /// Name of a pool's queue.
 pub fn pool_queue(pool: &str) -> String {

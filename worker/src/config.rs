@@ -72,6 +72,9 @@ pub struct Config {
     /// Tasks run at once (slots).
     #[arg(long, env = "KRILL_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: u32,
+    /// The largest `max_concurrent` a keyed task may ask for in this pool.
+    #[arg(long, env = "KRILL_MAX_CONCURRENT_LIMIT", default_value_t = 16)]
+    pub max_concurrent_limit: u32,
     /// Sandbox kinds this worker runs, comma-separated; the first is the default
     /// for tasks that name none.
     #[arg(

@@ -143,9 +143,20 @@ async fn serve(
             }
         }
     }
+    // Keyed tasks: a failure there (no streams) costs them, not the connection.
+    let lines = async {
+        if let Err(e) = crate::lines::run(shared.clone(), conn.clone(), handlers.clone()).await {
+            if conn.status().connected() {
+                tracing::warn!(error = %crate::error::chain(&e),
+                    "concurrency-key lines stopped on this connection; keyed tasks wait for the next one");
+            }
+        }
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         r = consumer::claim(shared, &conn, &consume, handlers) => Ok(r?),
         r = &mut control => Ok(r?),
+        () = lines => Ok(()),
     }
 }
 

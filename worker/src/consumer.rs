@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! claim(shared, conn, channel, handlers)           one per connection
-//!  ├─ basic.qos(slots); basic.consume on krill.pool.<pool> (cancelled while draining)
+//!  ├─ basic.qos(slots not held by keyed tasks); basic.consume on krill.pool.<pool>
+//!  │   (cancelled while draining, and made again when that number changes)
 //!  └─ select! { root stop | shutdown | drain change | delivery | connection health }
 //!       delivery → wait for a free slot → handlers.spawn(handle(delivery, slot))
 //! handle(shared, incoming, slot)                   one per delivery; the slot is held until the ack
@@ -65,15 +66,11 @@ pub async fn claim(
     channel: &Channel,
     handlers: &TaskTracker,
 ) -> Result<(), ClaimError> {
-    channel
-        .basic_qos(
-            u16::try_from(shared.cfg.concurrency).unwrap_or(u16::MAX),
-            BasicQosOptions::default(),
-        )
-        .await?;
     let mut draining = shared.draining.subscribe();
+    let mut keyed = shared.lines.running_here();
     let mut generation = 0u32;
     let mut consumer: Option<Consumer> = None;
+    let mut prefetch = 0u16;
     let mut cancelling = false;
     let mut health = tokio::time::interval(HEALTH_EVERY);
     // What the heartbeat says now (from an earlier connection, perhaps).
@@ -84,9 +81,19 @@ pub async fn claim(
     loop {
         // A worker that cannot publish results stops claiming until it can.
         let degraded = shared.degraded();
-        let want = !shared.is_draining() && degraded.is_none();
+        // Prefetch = the slots keyed tasks do not hold: a pool delivery never
+        // waits here for a slot while another worker has one free.
+        let free = shared
+            .cfg
+            .concurrency
+            .saturating_sub(*keyed.borrow_and_update());
+        let want_prefetch = u16::try_from(free).unwrap_or(u16::MAX);
+        let want = !shared.is_draining() && degraded.is_none() && want_prefetch > 0;
         if want && consumer.is_none() {
             generation += 1;
+            channel
+                .basic_qos(want_prefetch, BasicQosOptions::default())
+                .await?;
             let tag = format!("krill-worker.{}.{generation}", shared.id);
             consumer = Some(
                 channel
@@ -98,12 +105,15 @@ pub async fn claim(
                     )
                     .await?,
             );
+            prefetch = want_prefetch;
             cancelling = false;
-        } else if !want && !cancelling {
+        } else if (!want || want_prefetch != prefetch) && !cancelling {
             if let Some(c) = &consumer {
-                if degraded.is_none() {
+                if shared.is_draining() && degraded.is_none() {
                     tracing::info!("draining: no more claims");
                 }
+                // Deliveries already sent still come, and are handled; the
+                // consumer is made again with the new prefetch once it ended.
                 channel
                     .basic_cancel(c.tag(), BasicCancelOptions::default())
                     .await?;
@@ -133,6 +143,7 @@ pub async fn claim(
             }
             _ = shared.shutdown.cancelled(), if !cancelling && consumer.is_some() => {}
             _ = draining.changed() => shared.send_heartbeat(false).await,
+            _ = keyed.changed() => {}
             d = next(&mut consumer) => match d {
                 Some(Ok(delivery)) => {
                     let Ok(slot) = shared.slots.clone().acquire_owned().await else { continue };
@@ -223,6 +234,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
         props,
         redelivered,
         settle,
+        line,
     } = incoming;
     let d = Delivery {
         data: &data,
@@ -232,7 +244,21 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
     let Some(mut gate) = Gate::open(&shared, d, redelivered).await else {
         return;
     };
-    let (mut task, reply_to, attempt, redelivered) = match decode(&props, &data, redelivered) {
+    let mut intake = decode(&props, &data, redelivered);
+    if let Intake::Task { task, reply_to, .. } = &intake {
+        if let (Some(key), None) = (&task.concurrency_key, &line) {
+            intake = Intake::Bad {
+                reason: format!(
+                    "a task with concurrency_key `{key}` must be published to its line queue \
+                     `{}` (the default exchange, routing key = that name), not to the pool queue",
+                    topology::line_queue(&shared.pool, key)
+                ),
+                id: Some(task.id.clone()),
+                reply_to: Some(reply_to.clone()),
+            };
+        }
+    }
+    let (mut task, reply_to, attempt, redelivered) = match intake {
         Intake::Bad {
             reason,
             id,
@@ -269,8 +295,9 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
         Decision::Adopted => {
             tracing::info!(task_id = %id, "redelivered task still running here; adopted the new delivery");
         }
-        Decision::Answer(result) => {
+        Decision::Answer(mut result) => {
             shared.run.metrics.finished(result.status, None);
+            result.waited_on = line.clone();
             let result = shared.run.outbound.finish_result(*result, &stamp);
             gate.finished(&shared, &result);
             shared.tasks.remember(&result, &reply_to);
@@ -307,6 +334,8 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
                 out.event_by(&id, State::Started, None, attempt, stamp.submitter.clone()),
                 runner::run(&shared.run, *task, attempt, cancel)
             );
+            let mut result = result;
+            result.waited_on = line;
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
             // Before it is remembered or sent anywhere: only ciphertext leaves.
@@ -366,6 +395,7 @@ mod tests {
             props,
             redelivered,
             settle: settle.clone(),
+            line: None,
         };
         (incoming, settle)
     }
@@ -429,6 +459,7 @@ mod tests {
             props: BasicProperties::default(),
             redelivered: false,
             settle: settle.clone(),
+            line: None,
         };
         handled(&shared, d).await;
         assert!(sink.results().is_empty());
@@ -443,6 +474,7 @@ mod tests {
             props: BasicProperties::default(),
             redelivered: false,
             settle: settle.clone(),
+            line: None,
         };
         handled(&shared, d).await;
         assert_eq!(settle.counts(), (0, 1));

@@ -162,6 +162,7 @@ pub fn apply(shared: &Shared, routing_key: &str, props: &BasicProperties, data: 
     match cmd {
         Control::Cancel { task_id } => {
             let here = shared.tasks.cancel_by(&task_id, CANCELLED_BY_REQUEST, by);
+            shared.lines.wake();
             tracing::info!(%task_id, running_here = here, "cancel received");
         }
         // `send_replace`: the flag changes even while no claim loop watches it
@@ -239,7 +240,9 @@ async fn cancellations(
                 let (decision, _) =
                     trust_control::decide(&shared.trust, rk, &d.properties, &d.data, &cmd);
                 if let (Some(by), Control::Cancel { task_id }) = (obeyed_by(decision), cmd) {
-                    if shared.tasks.cancel_by(&task_id, CANCELLED_BY_REQUEST, by) {
+                    let here = shared.tasks.cancel_by(&task_id, CANCELLED_BY_REQUEST, by);
+                    shared.lines.wake();
+                    if here {
                         tracing::info!(%task_id, "cancelled a running task");
                     }
                 }

@@ -346,6 +346,7 @@ mod tests {
             props,
             redelivered: false,
             settle: settle.clone(),
+            line: None,
         };
         (d, settle)
     }

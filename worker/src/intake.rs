@@ -107,6 +107,8 @@ pub struct Incoming {
     /// The broker says it delivered it before.
     pub redelivered: bool,
     pub settle: std::sync::Arc<dyn Settle>,
+    /// Set when it comes from its concurrency key's line (how long it waited there).
+    pub line: Option<broker::protocol::WaitedOn>,
 }
 
 impl From<lapin::message::Delivery> for Incoming {
@@ -116,6 +118,7 @@ impl From<lapin::message::Delivery> for Incoming {
             props: d.properties,
             redelivered: d.redelivered,
             settle: std::sync::Arc::new(d.acker),
+            line: None,
         }
     }
 }

@@ -25,6 +25,7 @@
 //! - [`intake`]: what a delivery is and how it is settled; decoding it into a task (pure).
 //! - [`trust`]: signatures, trusted keys, sealed secrets, replay protection (the claims
 //!   stream), the audit file: every check made before a task may run (pure where it can be).
+//! - [`lines`]: concurrency keys: each key's line (a single-active-consumer queue), held, started in order, said why it waits.
 //! - [`control`]: the control queue, the cancellation stream, dead-letter notifications.
 //! - [`runner`]: one task: check it against the policy, sandbox, stream and mask output, outputs, result.
 //! - [`pump`]: the runner's output pump: mask, capture, live log chunks through outbound.
@@ -55,6 +56,7 @@ pub mod gate;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod lines;
 pub mod liveness;
 pub mod metrics;
 pub mod outbound;

@@ -53,6 +53,11 @@ struct Kind {
     sandbox: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
 type Histograms = Family<Kind, Histogram, fn() -> Histogram>;
 
 fn durations() -> Histogram {
@@ -74,6 +79,7 @@ pub struct Metrics {
     queue_wait: Histogram,
     sandbox_start: Histograms,
     prestarted: Family<Kind, Gauge>,
+    blocked: Family<Reason, Gauge>,
     running: Gauge,
     slots_total: Gauge,
     slots_free: Gauge,
@@ -125,6 +131,13 @@ impl Metrics {
             registry.register(name, help, g.clone());
             g
         };
+        let blocked = Family::<Reason, Gauge>::default();
+        registry.register(
+            "krill_tasks_blocked",
+            "Keyed tasks waiting in the lines this worker holds, by why: key (held by \
+             as many tasks as it allows), no_free_slot (its turn came, no slot here), draining",
+            blocked.clone(),
+        );
         let prestarted = Family::<Kind, Gauge>::default();
         registry.register(
             "krill_sandboxes_prestarted",
@@ -178,6 +191,7 @@ impl Metrics {
             queue_wait,
             sandbox_start,
             prestarted,
+            blocked,
             running,
             slots_total,
             slots_free,
@@ -244,6 +258,27 @@ impl Metrics {
                     sandbox: kind.as_str(),
                 })
                 .set(*n as i64);
+        }
+        for reason in broker::protocol::BlockReason::ALL {
+            let n: usize = now
+                .lines
+                .iter()
+                .filter(|v| !v.waiting.is_empty())
+                .map(|v| {
+                    let head = v.blocked.unwrap_or(broker::protocol::BlockReason::Key);
+                    usize::from(head == reason)
+                        + if reason == broker::protocol::BlockReason::Key {
+                            v.waiting.len() - 1
+                        } else {
+                            0
+                        }
+                })
+                .sum();
+            self.blocked
+                .get_or_create(&Reason {
+                    reason: reason.as_str(),
+                })
+                .set(n as i64);
         }
         self.slots_total.set(i64::from(now.slots_total));
         self.slots_free.set(i64::from(now.slots_free));

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use broker::protocol::{RunningTask, SandboxKind};
+use broker::protocol::{LineView, RunningTask, SandboxKind};
 
 /// The worker's state at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,4 +27,6 @@ pub struct Snapshot {
     pub connected: bool,
     /// Sandboxes prestarted and waiting for a task, by kind.
     pub prestarted: Vec<(SandboxKind, usize)>,
+    /// The concurrency-key lines this worker holds.
+    pub lines: Vec<LineView>,
 }

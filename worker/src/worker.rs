@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::lines::Lines;
 use crate::runner::RunCtx;
 use crate::snapshot::Snapshot;
 use crate::state::TaskState;
@@ -37,6 +38,8 @@ pub struct Shared {
     /// Why the claim loop stopped claiming on its own, once it did (what the
     /// heartbeat says: it follows the claims, not the health alone).
     pub not_claiming: std::sync::Mutex<Option<&'static str>>,
+    /// The concurrency-key lines this worker serves.
+    pub lines: Lines,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
             started: Instant::now(),
             health: Arc::new(Health::new(cfg.degraded_after)),
             not_claiming: std::sync::Mutex::new(None),
+            lines: Lines::new(cfg.heartbeat_interval),
             cfg,
         }
     }
@@ -106,6 +110,7 @@ impl Shared {
             heartbeat_interval: self.cfg.heartbeat_interval,
             connected: self.run.outbound.connected(),
             prestarted: self.run.sandboxes.prestarted(),
+            lines: self.lines.views(),
         }
     }
 

@@ -161,6 +161,16 @@ pub struct SubmitArgs {
     /// Let the task run again if its worker is lost mid-run.
     #[arg(long)]
     pub retry_on_worker_loss: bool,
+    /// Concurrency key: across the pool at most --max-concurrent tasks with this
+    /// key run at once, in submit order (1-128 of A-Z a-z 0-9 _ . : / -).
+    #[arg(long, env = "KRILL_CONCURRENCY_KEY")]
+    pub concurrency_key: Option<String>,
+    /// How many tasks with the key may run at once (default 1).
+    #[arg(long, env = "KRILL_MAX_CONCURRENT", requires = "concurrency_key")]
+    pub max_concurrent: Option<u32>,
+    /// End the key's older tasks that have not started (`superseded`).
+    #[arg(long, env = "KRILL_SUPERSEDE", requires = "concurrency_key")]
+    pub supersede: bool,
     /// Print only the task id and return at once.
     #[arg(long, conflicts_with_all = ["json", "follow"])]
     pub no_wait: bool,

@@ -193,6 +193,43 @@ pub fn table(report: &Report, all: bool) -> String {
             p.running.to_string(),
         ]);
     }
+    if !report.keys.is_empty() {
+        let _ = writeln!(out, "Concurrency keys:");
+        for k in &report.keys {
+            let _ = writeln!(
+                out,
+                "  {} (pool {}, line held by worker {}): {} running, {} waiting",
+                k.key,
+                k.pool,
+                k.line_worker,
+                k.holders.len(),
+                k.waiting.len()
+            );
+            for h in &k.holders {
+                let by = h
+                    .submitter
+                    .as_deref()
+                    .map(|s| format!(", submitted by {s}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "    holds: task {} (worker {}, running {}{by})",
+                    h.task_id,
+                    h.worker,
+                    since(h.started_at, now)
+                );
+            }
+            for (i, id) in k.waiting.iter().enumerate() {
+                let why = match (i, k.blocked) {
+                    (0, Some(r)) => format!(" (next; waits: {})", r.as_str()),
+                    (0, None) => " (next)".to_string(),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "    {}. waits: task {id}{why}", i + 1);
+            }
+        }
+        let _ = writeln!(out);
+    }
     let _ = writeln!(out, "Pools:");
     if pools.is_empty() {
         let _ = writeln!(out, "  none (name one with --pool)");
@@ -282,15 +319,30 @@ mod tests {
             interval_secs: 5,
             stopping: false,
             sent_at: now,
+            lines: vec![crate::protocol::LineView {
+                key: "prod-db".into(),
+                holders: vec![crate::protocol::KeyHolder {
+                    task_id: "t-holder".into(),
+                    worker: "w1".into(),
+                    started_at: now,
+                    submitter: None,
+                }],
+                waiting: vec!["t-next".into(), "t-last".into()],
+                blocked: None,
+            }],
         };
         let workers = vec![worker_status(&hb, now)];
         let report = Report {
             generated_at: now,
             since_secs: 600,
             pools: vec![pool_status("p", Some((1, 0)), &workers)],
+            keys: crate::status::key_status(&workers),
             workers,
         };
         let t = table(&report, false);
+        assert!(t.contains("holds: task t-holder (worker w1"), "{t}");
+        assert!(t.contains("1. waits: task t-next (next)"), "{t}");
+        assert!(t.contains("2. waits: task t-last"), "{t}");
         assert!(t.contains("DRAINING"), "{t}");
         assert!(t.contains("is draining"), "{t}");
         assert!(t.contains("t-42  process  running 0s  by alice"), "{t}");

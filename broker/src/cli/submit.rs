@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 
 use super::args::{LogsArgs, SubmitArgs, WaitArgs};
 use super::print;
-use crate::client::{Client, LogFollower, Peek};
-use crate::protocol::{Secret, Status, Stream, Task, TaskResult};
+use crate::client::{Client, LogFollower, Peek, ProgressWatch};
+use crate::protocol::{Secret, Status, Stream, Task, TaskResult, TaskState};
 
 /// Once the task has ended, how long live chunks still in flight are waited for.
 pub const LOG_DRAIN: Duration = Duration::from_secs(2);
@@ -67,6 +67,9 @@ pub fn build_task(args: &SubmitArgs) -> anyhow::Result<Task> {
     l.disk_bytes = args.disk;
     l.network = args.network;
     task.retry_on_worker_loss = args.retry_on_worker_loss;
+    task.concurrency_key = args.concurrency_key.clone();
+    task.max_concurrent = args.max_concurrent;
+    task.supersede = args.supersede;
     task.submitted_at = Some(chrono::Utc::now());
     task.validate()?;
     Ok(task)
@@ -92,6 +95,11 @@ pub async fn submit(client: Client, args: SubmitArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
+    let progress = if args.no_wait {
+        None
+    } else {
+        Some(client.watch_progress(&task.id).await?)
+    };
     client.submit(&args.pool, &task).await?;
     if args.no_wait {
         println!("{}", task.id);
@@ -102,17 +110,57 @@ pub async fn submit(client: Client, args: SubmitArgs) -> anyhow::Result<u8> {
         Some(mut follower) => {
             // Print chunks while waiting: the result, not the last chunk, ends it
             // (a chunk can be lost; the result cannot).
-            let wait = client.wait(&task.id, args.wait_timeout);
+            let wait = with_progress(progress, client.wait(&task.id, args.wait_timeout));
             let mut live = Live::default();
             let result = follow_until(&mut follower, &mut live, wait).await?;
             live.note_gaps(&follower, &task.id);
             result
         }
-        None => client.wait(&task.id, args.wait_timeout).await?,
+        None => with_progress(progress, client.wait(&task.id, args.wait_timeout)).await?,
     };
     let code = report(&client, result, args.json, args.show_sensitive, args.follow);
     client.close().await;
     Ok(code)
+}
+
+/// Runs `fut` while telling on stderr, in one line each, when the task starts
+/// waiting for its concurrency key (and why) and when it starts after a wait.
+pub async fn with_progress<T>(
+    progress: Option<ProgressWatch>,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(mut progress) = progress else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    let mut last: Option<String> = None;
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            ev = progress.next(), if watching => match ev {
+                Some(ev) if ev.state == TaskState::Blocked => {
+                    if let Some(b) = &ev.blocked {
+                        // Said again only when what it waits for changes.
+                        let what = (b.reason, b.holders.iter().map(|h| h.task_id.clone()).collect::<Vec<_>>(), b.ahead);
+                        let now = format!("{what:?}");
+                        if last.as_deref() != Some(now.as_str()) {
+                            eprintln!("krill: {}", b.describe(chrono::Utc::now()));
+                            last = Some(now);
+                        }
+                    }
+                }
+                Some(ev) if ev.state == TaskState::Started => {
+                    if last.is_some() {
+                        eprintln!("krill: started on worker {} after waiting", ev.worker);
+                    }
+                    watching = false;
+                }
+                Some(_) => {}
+                None => watching = false,
+            },
+        }
+    }
 }
 
 /// What a follower printed.
@@ -170,7 +218,8 @@ where
 }
 
 pub async fn wait(client: Client, args: WaitArgs) -> anyhow::Result<u8> {
-    let result = client.wait(&args.id, args.timeout).await?;
+    let progress = client.watch_progress(&args.id).await?;
+    let result = with_progress(Some(progress), client.wait(&args.id, args.timeout)).await?;
     let code = report(&client, result, args.json, args.show_sensitive, false);
     client.close().await;
     Ok(code)

@@ -15,6 +15,8 @@ pub enum TaskState {
     Started,
     /// Its result has been published.
     Finished,
+    /// It waits in its concurrency key's line (see `blocked`).
+    Blocked,
 }
 
 impl TaskState {
@@ -22,6 +24,7 @@ impl TaskState {
         match self {
             TaskState::Started => "started",
             TaskState::Finished => "finished",
+            TaskState::Blocked => "blocked",
         }
     }
 }
@@ -45,6 +48,9 @@ pub struct TaskEvent {
     pub error: Option<String>,
     pub attempt: u32,
     pub at: DateTime<Utc>,
+    /// For `blocked` events: what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<super::lines::Blocked>,
 }
 
 /// A task a worker is running, as its heartbeat reports it.
@@ -85,6 +91,9 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
     pub sent_at: DateTime<Utc>,
+    /// The concurrency-key lines this worker holds (it is their active consumer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<super::lines::LineView>,
 }
 
 /// Which output stream a log chunk came from.

@@ -8,11 +8,16 @@
 
 mod control;
 mod events;
+mod lines;
 mod result;
 mod task;
 
 pub use control::Control;
 pub use events::{Heartbeat, LogChunk, RunningTask, Stream, TaskEvent, TaskState};
+pub use lines::{
+    human_duration, short_id, valid_key, BlockReason, Blocked, KeyAnnounce, KeyHolder, LineRecord,
+    LineStep, LineView, WaitedOn, MAX_CONCURRENT_LIMIT, MAX_KEY_LEN,
+};
 pub use result::{Enforcement, Landlock, OutputVar, Status, TaskResult, Timings, Usage};
 pub use task::{
     valid_env_name, valid_id, Limits, SandboxKind, Sealed, Secret, SecretValue, Task, TaskError,

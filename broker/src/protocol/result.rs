@@ -26,11 +26,14 @@ pub enum Status {
     SandboxError,
     /// The worker running it was lost and the task does not allow a retry.
     WorkerLost,
+    /// Ended before it started by a newer task of its concurrency key that set
+    /// `supersede` (named in `error`).
+    Superseded,
 }
 
 impl Status {
     /// Every status, in a stable order (for metrics and docs).
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Succeeded,
         Status::Failed,
         Status::TimedOut,
@@ -39,6 +42,7 @@ impl Status {
         Status::Rejected,
         Status::SandboxError,
         Status::WorkerLost,
+        Status::Superseded,
     ];
 
     /// The wire name.
@@ -52,6 +56,7 @@ impl Status {
             Status::Rejected => "rejected",
             Status::SandboxError => "sandbox_error",
             Status::WorkerLost => "worker_lost",
+            Status::Superseded => "superseded",
         }
     }
 }
@@ -191,6 +196,9 @@ pub struct TaskResult {
     pub timings: Timings,
     #[serde(default)]
     pub usage: Usage,
+    /// For a keyed task: how long it waited for its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_on: Option<super::lines::WaitedOn>,
 }
 
 fn one() -> u32 {
@@ -223,6 +231,7 @@ impl TaskResult {
             landlock: None,
             timings: Timings::default(),
             usage: Usage::default(),
+            waited_on: None,
         }
     }
 
@@ -253,7 +262,7 @@ impl TaskResult {
                 (None, None) => 1,
             },
             Status::TimedOut => 124,
-            Status::Cancelled => 130,
+            Status::Cancelled | Status::Superseded => 130,
             Status::OomKilled => 137,
             Status::Rejected | Status::SandboxError | Status::WorkerLost => 125,
         }

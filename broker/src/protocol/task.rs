@@ -202,6 +202,22 @@ pub struct Task {
     /// sensitive output value to it, so only the submitter can read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_key: Option<String>,
+    /// Concurrency key: across the pool, at most `max_concurrent` tasks with the
+    /// same key run at once, and they start in the order they were submitted.
+    /// 1-128 characters of `A-Z a-z 0-9 _ . : / -`. A keyed task is published to
+    /// its key's line queue `krill.line.<pool>.<key>`, not to the pool queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.:/-]+$"))]
+    pub concurrency_key: Option<String>,
+    /// How many tasks with this key may run at once (default 1, at most the pool's
+    /// maximum). A task starts only while fewer than its own value run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrent: Option<u32>,
+    /// When set, this task ends every older task of its key that has not started
+    /// with the status `superseded` (running ones are never touched).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supersede: bool,
 }
 
 fn default_interpreter() -> Vec<String> {
@@ -237,6 +253,15 @@ pub enum TaskError {
     ReplyKey,
     #[error("sealed value of `{0}` is not base64")]
     SealedEncoding(String),
+    #[error(
+        "concurrency_key must be 1-{} characters of A-Z a-z 0-9 _ . : / -",
+        super::lines::MAX_KEY_LEN
+    )]
+    Key,
+    #[error("max_concurrent must be 1-{}", super::lines::MAX_CONCURRENT_LIMIT)]
+    MaxConcurrent,
+    #[error("{0} needs a concurrency_key")]
+    NeedsKey(&'static str),
 }
 
 /// Whether `name` is a valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes.
@@ -274,6 +299,9 @@ impl Task {
             retry_on_worker_loss: false,
             submitted_at: None,
             reply_key: None,
+            concurrency_key: None,
+            max_concurrent: None,
+            supersede: false,
         }
     }
 
@@ -340,6 +368,19 @@ impl Task {
                     return Err(TaskError::SealedEncoding(name.clone()));
                 }
             }
+        }
+        match &self.concurrency_key {
+            Some(k) if !super::lines::valid_key(k) => return Err(TaskError::Key),
+            Some(_) => {}
+            None if self.max_concurrent.is_some() => {
+                return Err(TaskError::NeedsKey("max_concurrent"))
+            }
+            None if self.supersede => return Err(TaskError::NeedsKey("supersede")),
+            None => {}
+        }
+        if matches!(self.max_concurrent, Some(m) if m == 0 || m > super::lines::MAX_CONCURRENT_LIMIT)
+        {
+            return Err(TaskError::MaxConcurrent);
         }
         Ok(())
     }

@@ -171,6 +171,14 @@ impl Wire {
                 confirmed: true,
                 result: false,
             },
+            Outgoing::Line(rec) => Wire {
+                exchange: "",
+                key: topology::LINES_LOG_STREAM.to_string(),
+                body: serde_json::to_vec(rec)?,
+                props: json_props().with_delivery_mode(2),
+                mandatory: true,
+                confirmed: true,
+            },
         })
     }
 }

@@ -109,6 +109,7 @@ impl Sink for MemorySink {
                     | Outgoing::DeadLetter(_)
                     | Outgoing::CancelMarker(_)
                     | Outgoing::Claim { .. }
+                    | Outgoing::Line(_)
             );
             if let Outgoing::Result { result, .. } = &msg {
                 let len = serde_json::to_vec(&**result).map_or(usize::MAX, |v| v.len());

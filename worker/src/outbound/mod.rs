@@ -36,7 +36,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use broker::protocol::{
-    Heartbeat, LogChunk, TaskEvent, TaskResult, TaskState as State, PROTOCOL_VERSION,
+    Blocked, Heartbeat, LineRecord, LineStep, LogChunk, TaskEvent, TaskResult, TaskState as State,
+    PROTOCOL_VERSION,
 };
 use chrono::Utc;
 use futures_util::future::BoxFuture;
@@ -81,6 +82,8 @@ pub enum Outgoing {
     /// A claim of a signed task, appended to the pool's claims stream
     /// (confirmed, mandatory: a missing stream is unroutable).
     Claim { stream: String, body: Vec<u8> },
+    /// A record of the line log of concurrency keys (confirmed).
+    Line(LineRecord),
 }
 
 /// A message to dead-letter, as it was delivered, and why.
@@ -120,6 +123,8 @@ pub enum PublishError {
     Refused(String),
     #[error("cannot serialize the message")]
     Encode(#[source] serde_json::Error),
+    #[error("the line log stream does not exist")]
+    NoLineLog,
 }
 
 /// Where outgoing messages go: the broker ([`AmqpSink`]), or memory in tests
@@ -301,8 +306,45 @@ impl Outbound {
             error: result.and_then(|r| r.error.clone()),
             attempt,
             at: Utc::now(),
+            blocked: None,
         };
         self.best_effort(Outgoing::Event(ev)).await;
+    }
+
+    /// A `blocked` event: the task waits in its key's line (best effort).
+    pub async fn blocked(&self, task_id: &str, blocked: Blocked, submitter: Option<String>) {
+        let ev = TaskEvent {
+            version: PROTOCOL_VERSION,
+            task_id: task_id.to_string(),
+            pool: self.pool.clone(),
+            state: State::Blocked,
+            worker: self.worker.clone(),
+            status: None,
+            error: None,
+            attempt: 1,
+            at: Utc::now(),
+            submitter,
+            blocked: Some(blocked),
+        };
+        self.best_effort(Outgoing::Event(ev)).await;
+    }
+
+    /// A record of the line log, confirmed (retried across reconnects until the
+    /// broker takes it, or the worker gives up).
+    pub async fn line(&self, key: &str, task_id: &str, step: LineStep) -> Result<(), PublishError> {
+        let rec = LineRecord {
+            version: PROTOCOL_VERSION,
+            pool: self.pool.clone(),
+            key: key.to_string(),
+            task_id: task_id.to_string(),
+            step,
+            worker: self.worker.clone(),
+            at: Utc::now(),
+        };
+        match self.sink.send(Outgoing::Line(rec)).await? {
+            Published::Unroutable => Err(PublishError::NoLineLog),
+            _ => Ok(()),
+        }
     }
 
     /// A live log chunk (best effort: followers see a gap in `seq`).
@@ -328,6 +370,7 @@ impl Outbound {
             stopping,
             degraded: now.degraded.clone(),
             sent_at: Utc::now(),
+            lines: now.lines.clone(),
         };
         self.best_effort(Outgoing::Heartbeat(Box::new(hb))).await;
     }

@@ -1,0 +1,191 @@
+//! Concurrency keys: at most `max_concurrent` tasks with the same key run at
+//! once across the pool, in submit order, none dropped.
+//!
+//! Each key has a line: a classic durable queue `krill.line.<pool>.<key>` with a
+//! single active consumer. Every worker of the pool consumes every line (it
+//! learns them from the keys stream); the broker delivers a line's tasks only to
+//! its active consumer, so one worker at a time holds a line, in the queue's
+//! order. It keeps the line's waiting tasks unacked (they take no slot), starts
+//! the next when fewer than its `max_concurrent` run and a slot is free, and
+//! answers cancelled and superseded waiting tasks at once. A worker that dies
+//! (or loses its connection) gives the line back whole: the broker returns its
+//! deliveries to their places and the next consumer becomes active.
+//!
+//! ```text
+//! run(shared, conn)                 per connection, beside the claim loop
+//!  ├─ log::tail          krill.lines.log: start/done records (start evidence)
+//!  ├─ liveness::tail     heartbeats: is the worker that started a task alive
+//!  └─ keys               krill.keys: one line::keep(key) per key of this pool
+//!       line::keep → line::serve: consume the line (own channel, SAC), step():
+//!         classify redeliveries (log: never started / held by a live worker / done / lost)
+//!         answer cancelled, superseded, rejected; start the head when the key and a slot allow
+//!         (start record confirmed first; the delivery is settled through LineSettle,
+//!          which writes the done record before the ack); blocked events; the view
+//!         release the line (close its channel) while draining, or when the head
+//!         waits for a slot here with nothing of the key running here
+//! ```
+
+pub mod line;
+pub mod liveness;
+pub mod log;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use broker::protocol::{valid_key, KeyAnnounce, LineView};
+use broker::topology::{self, KEYS_STREAM};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Connection;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
+
+use crate::worker::Shared;
+
+/// Why the lines of a connection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LinesError {
+    #[error("broker")]
+    Amqp(#[from] lapin::Error),
+    #[error("writing the line log")]
+    Log(#[source] crate::outbound::PublishError),
+    #[error("the line log did not catch up in time")]
+    CatchUp,
+    #[error("the {0} consumer ended")]
+    Ended(&'static str),
+}
+
+/// What the worker knows and shows of the lines it holds.
+#[derive(Debug)]
+pub struct Lines {
+    views: Mutex<BTreeMap<String, LineView>>,
+    wake: watch::Sender<u64>,
+    /// Slots keyed tasks take here now: the claim loop takes that many fewer
+    /// deliveries from the pool queue, so an unkeyed task is never held here
+    /// waiting for a slot a keyed task has while another worker is idle.
+    running_here: watch::Sender<u32>,
+    pub log: log::LineLog,
+    pub liveness: liveness::Liveness,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Lines {
+    pub fn new(heartbeat_interval: std::time::Duration) -> Self {
+        Lines {
+            views: Mutex::default(),
+            wake: watch::channel(0).0,
+            running_here: watch::channel(0).0,
+            log: log::LineLog::default(),
+            liveness: liveness::Liveness::new(heartbeat_interval),
+        }
+    }
+
+    /// Tells every line to look again (a cancel arrived, say).
+    pub fn wake(&self) {
+        self.wake.send_modify(|n| *n += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    /// How many keyed tasks run here (see `running_here`).
+    pub fn running_here(&self) -> watch::Receiver<u32> {
+        self.running_here.subscribe()
+    }
+
+    pub(crate) fn started_here(&self) {
+        self.running_here.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn ended_here(&self) {
+        self.running_here.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// The lines this worker holds, for its heartbeat.
+    pub fn views(&self) -> Vec<LineView> {
+        lock(&self.views)
+            .values()
+            .filter(|v| !v.holders.is_empty() || !v.waiting.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn set_view(&self, key: &str, view: Option<LineView>) {
+        let mut views = lock(&self.views);
+        match view {
+            Some(v) => views.insert(key.to_string(), v),
+            None => views.remove(key),
+        };
+    }
+}
+
+/// Serves every line of this worker's pool on `conn` until it breaks. A broker
+/// without streams (or a user without the permission) cannot serve keyed
+/// tasks: that is logged and the rest of the worker goes on.
+pub async fn run(
+    shared: Arc<Shared>,
+    conn: Arc<Connection>,
+    handlers: TaskTracker,
+) -> Result<(), LinesError> {
+    let ch = conn.create_channel().await?;
+    topology::declare_lines(&ch).await?;
+    let _ = ch.close(200, ShortString::from("declared")).await;
+    let lines = &shared.lines;
+    tokio::select! {
+        r = log::tail(&lines.log, &conn, &shared.id) => r,
+        r = liveness::tail(&lines.liveness, &conn) => r,
+        r = keys(&shared, &conn, &handlers) => r,
+    }
+}
+
+/// Reads the keys stream from its first record and keeps a line for each key of
+/// this pool.
+async fn keys(
+    shared: &Arc<Shared>,
+    conn: &Arc<Connection>,
+    handlers: &TaskTracker,
+) -> Result<(), LinesError> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(500, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-stream-offset"),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(KEYS_STREAM),
+            ShortString::from(format!("krill-keys.{}", shared.id)),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    let mut known = HashSet::new();
+    let mut lines = JoinSet::new();
+    loop {
+        tokio::select! {
+            d = consumer.next() => {
+                let Some(d) = d else { return Err(LinesError::Ended("keys stream")) };
+                let d = d?;
+                if let Ok(a) = serde_json::from_slice::<KeyAnnounce>(&d.data) {
+                    if a.pool == shared.pool && valid_key(&a.key) && known.insert(a.key.clone()) {
+                        tracing::info!(key = %a.key, "serving the line of a concurrency key");
+                        lines.spawn(line::keep(shared.clone(), conn.clone(), a.key, handlers.clone()));
+                    }
+                }
+                d.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Some(ended) = lines.join_next() => {
+                if let Ok(Err(e)) = ended {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
