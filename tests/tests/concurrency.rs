@@ -478,3 +478,46 @@ async fn on_a_signed_pool_holders_name_their_submitter_and_a_forged_task_cannot_
     assert_eq!(w.submitter.as_deref(), Some("alice"));
     forget_line(&pool, key).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_finishes_its_holder_then_hands_the_line_over() {
+    let pool = unique_pool("keydrain");
+    let gates = Gates::new();
+    let _w = workers(&pool, 2, 2, &gates).await;
+    let c = client().await;
+    let key = "prod-db";
+    let mut started = Events::bind(&topology::task_event_key(&pool, "started")).await;
+    let holder = keyed(key, &gates.wait("holder"));
+    c.submit(&pool, &holder).await.expect("submit");
+    let ev = started.wait_task(&holder.id, T).await;
+    let x = ev["worker"].as_str().expect("worker").to_string();
+    let next: Vec<Task> = (0..2).map(|_| keyed(key, "true")).collect();
+    for t in &next {
+        c.submit(&pool, t).await.expect("submit");
+    }
+    c.drain(Some(&x)).await.expect("drain");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gates.open("holder");
+    let h = c.wait(&holder.id, Some(T)).await.expect("holder");
+    assert_eq!(
+        h.status,
+        Status::Succeeded,
+        "the draining worker's holder finished"
+    );
+    let results = wait_all(&c, &next.iter().map(|t| t.id.clone()).collect::<Vec<_>>()).await;
+    for r in &results {
+        assert_eq!(r.status, Status::Succeeded, "{r:?}");
+        assert_ne!(
+            r.worker.as_deref(),
+            Some(x.as_str()),
+            "ran on the draining worker"
+        );
+    }
+    let spans: Vec<_> = std::iter::once(&h).chain(&results).map(span).collect();
+    assert!(
+        spans.windows(2).all(|p| p[0].1 <= p[1].0),
+        "in order: {spans:?}"
+    );
+    c.resume(Some(&x)).await.expect("resume");
+    forget_line(&pool, key).await;
+}
