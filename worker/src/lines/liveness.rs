@@ -150,6 +150,7 @@ mod tests {
             stopping,
             sent_at: Utc::now(),
             lines: Vec::new(),
+            degraded: None,
         }
     }
 

@@ -178,6 +178,7 @@ impl Wire {
                 props: json_props().with_delivery_mode(2),
                 mandatory: true,
                 confirmed: true,
+                result: false,
             },
         })
     }

@@ -257,6 +257,7 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
         landlock,
         timings,
         usage,
+        waited_on,
     } = r;
     let short = |v: &Option<String>| {
         v.as_ref().map(|t| {
@@ -299,6 +300,8 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
         landlock: *landlock,
         timings: timings.clone(),
         usage: usage.clone(),
+        // How long it waited on which key: small, and still true.
+        waited_on: waited_on.clone(),
     }
 }
 
