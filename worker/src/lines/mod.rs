@@ -30,11 +30,12 @@ pub mod line;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use broker::amqp::{self, StreamFrom};
 use broker::protocol::{valid_key, KeyAnnounce};
 use broker::topology::{self, KEYS_STREAM};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::options::BasicAckOptions;
+use lapin::types::ShortString;
 use lapin::Connection;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
@@ -69,20 +70,14 @@ async fn keys(
     handlers: &TaskTracker,
 ) -> Result<(), LinesError> {
     let ch = conn.create_channel().await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(KEYS_STREAM),
-            ShortString::from(format!("krill-keys.{}", shared.id)),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let mut consumer = amqp::consume_stream(
+        &ch,
+        KEYS_STREAM,
+        &format!("krill-keys.{}", shared.id),
+        500,
+        StreamFrom::First,
+    )
+    .await?;
     let mut known = HashSet::new();
     let mut lines = JoinSet::new();
     loop {
