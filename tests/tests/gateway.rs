@@ -1,0 +1,438 @@
+//! The gateway end to end: HTTP submit/wait/get/search/cancel against a real
+//! RabbitMQ and a real worker, idempotency keys under parallel repeats, the
+//! error paths, history of tasks submitted straight to AMQP while the gateway
+//! was down, and no secret or sensitive value in the database.
+//!
+//! Every test runs on SQLite; `history_on_postgres` runs the history tests'
+//! core on PostgreSQL (`KRILL_TEST_PG_URL`, set by scripts/test).
+
+use std::time::Duration;
+
+use krill_tests::gateway::{call, contains, GatewayProc};
+use krill_tests::trust::Keys;
+use krill_tests::{client, new_id, unique_pool};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A worker that trusts the gateway's key (and requires sealed secrets), and a
+/// gateway that seals to the pool key. Returns (keys, worker, gateway).
+async fn setup(tag: &str, db: Option<String>) -> (Keys, krill_tests::WorkerProc, GatewayProc) {
+    let pool = unique_pool(tag);
+    let gw = GatewayProc::new(&pool, db);
+    let keys = Keys::new("", &[format!("{} control", gw.key.public_line())]);
+    let worker = keys.worker(&pool).start().await;
+    let gw = gw.env("KRILL_POOL_PUBLIC_KEY", &keys.pool.public().to_b64());
+    (keys, worker, gw)
+}
+
+fn tasks_url(gw: &GatewayProc, pool: &str) -> String {
+    format!("{}/v1/tasks?pool={pool}", gw.url)
+}
+
+async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
+    for _ in 0..6 {
+        let (st, _, v) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}/wait?timeout=20", gw.url),
+            Some(token),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        if v["state"] == "finished" && (v["caller"].is_null() || !v["result"].is_null()) {
+            return v;
+        }
+    }
+    panic!("task {id} did not finish; gateway log:\n{}", gw.log_text());
+}
+
+#[tokio::test]
+async fn submit_wait_search_and_no_secret_in_the_database() {
+    let (_keys, worker, mut gw) = setup("gw-rt", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    let secret = format!("sk-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let body = json!({
+        "script": "echo \"hello $K\"; echo \"tok=${K}-derived\" >> \"$KRILL_SENSITIVE_OUTPUT\"; echo plain=1 >> \"$KRILL_OUTPUT\"",
+        "sandbox": "process",
+        "secrets": {"K": secret},
+    });
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    assert_eq!(v["links"]["wait"], format!("/v1/tasks/{id}/wait"));
+
+    let done = wait_done(&gw, &alice, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["worker"], worker.id);
+    assert_eq!(done["submitter"], "gateway");
+    assert_eq!(done["result"]["stdout"], "hello ***\n", "{done}");
+    assert!(done["timings"]["started_at"].is_string(), "{done}");
+    let outputs = done["result"]["outputs"].as_array().expect("outputs");
+    let tok = outputs.iter().find(|o| o["name"] == "tok").expect("tok");
+    // The submitting caller sees its sensitive output, opened with the gateway's key.
+    assert_eq!(tok["value"], format!("{secret}-derived"), "{done}");
+    assert_eq!(done["task"]["secrets"]["K"], "***");
+    // Another caller (who may see every task) gets `***`.
+    let (st, _, other) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{id}", gw.url),
+        Some(&ops),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let tok = other["result"]["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "tok").cloned())
+        .expect("tok");
+    assert_eq!(tok["value"], "***", "{other}");
+    let states: Vec<&str> = other["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"started") && states.contains(&"finished"),
+        "{states:?}"
+    );
+
+    // Search: by pool and status, and by text of the script; alice sees only hers.
+    let (st, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?pool={pool}&status=succeeded&q=derived", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["tasks"][0]["id"], id);
+    let (_, _, none) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?pool={pool}&status=failed", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(none["tasks"].as_array().map(Vec::len), Some(0), "{none}");
+
+    // Neither the secret nor the sensitive output is anywhere in the file.
+    gw.kill();
+    let bytes = gw.sqlite_bytes();
+    assert!(bytes.len() > 1000);
+    assert!(contains(&bytes, &id), "the task is in the database");
+    assert!(
+        !contains(&bytes, &secret),
+        "the secret is in the SQLite file"
+    );
+    assert!(!contains(&bytes, &alice), "a token is in the SQLite file");
+}
+
+#[tokio::test]
+async fn parallel_repeats_with_one_idempotency_key_run_once() {
+    let (_keys, worker, mut gw) = setup("gw-idem", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let marker = new_id();
+    let body = json!({"script": format!("echo {marker}"), "sandbox": "process"}).to_string();
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let (url, token, body) = (tasks_url(&gw, &pool), alice.clone(), body.clone());
+        handles.push(tokio::spawn(async move {
+            call(
+                Method::POST,
+                &url,
+                Some(&token),
+                &[("Idempotency-Key", "deploy-42")],
+                Some(body.into_bytes()),
+            )
+            .await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut accepted = 0;
+    for h in handles {
+        let (st, _, v) = h.await.expect("join");
+        assert!(st == 202 || st == 200, "{st} {v}");
+        accepted += usize::from(st == 202);
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(accepted, 1, "exactly one request submitted");
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every repeat answers the first id: {ids:?}");
+    let done = wait_done(&gw, &alice, &ids[0]).await;
+    assert_eq!(done["status"], "succeeded");
+    let (_, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?q={marker}", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{page}");
+    // The same key for another request: 409.
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[("Idempotency-Key", "deploy-42")],
+        Some(br#"{"script":"echo other"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another request"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn every_error_path_answers_json() {
+    let pool = unique_pool("gw-err");
+    let mut gw = GatewayProc::new(&pool, None).env("KRILL_GATEWAY_MAX_BODY", "4096");
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let url = tasks_url(&gw, &pool);
+    let ok = br#"{"script":"echo hi"}"#.to_vec();
+    let (st, h, v) = call(Method::POST, &url, None, &[], Some(ok.clone())).await;
+    assert_eq!(st, 401, "{v}");
+    assert!(h.contains_key("www-authenticate"));
+    let (st, _, _) = call(
+        Method::POST,
+        &url,
+        Some("krill_nope"),
+        &[],
+        Some(ok.clone()),
+    )
+    .await;
+    assert_eq!(st, 401);
+    let (st, _, v) = call(
+        Method::POST,
+        &format!("{}/v1/tasks?pool=elsewhere", gw.url),
+        Some(&alice),
+        &[],
+        Some(ok.clone()),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("elsewhere"),
+        "{v}"
+    );
+    let (st, _, v) = call(
+        Method::POST,
+        &url,
+        Some(&alice),
+        &[],
+        Some(br#"{"script":"x","colour":"red"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("colour"), "{v}");
+    let big = json!({"script": "x".repeat(10_000)})
+        .to_string()
+        .into_bytes();
+    let (st, _, v) = call(Method::POST, &url, Some(&alice), &[], Some(big)).await;
+    assert_eq!(st, 413, "{v}");
+    let (st, _, v) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{}", gw.url, new_id()),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 404, "{v}");
+    // No worker has declared this pool: the broker returns the task, nothing is accepted.
+    let (st, _, v) = call(Method::POST, &url, Some(&alice), &[], Some(ok.clone())).await;
+    assert_eq!(st, 404, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("no queue"),
+        "{v}"
+    );
+    let (_, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        page["tasks"].as_array().map(Vec::len),
+        Some(0),
+        "nothing recorded: {page}"
+    );
+    gw.kill();
+
+    // A broker that cannot be reached: 503 with Retry-After, never a 202.
+    let mut down =
+        GatewayProc::new(&pool, None).env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+    let t = down.token("alice", &format!("submit:{pool}"));
+    down.start().await;
+    let (st, h, v) = call(
+        Method::POST,
+        &tasks_url(&down, &pool),
+        Some(&t),
+        &[],
+        Some(ok),
+    )
+    .await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(
+        h.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let (_, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks", down.url),
+        Some(&t),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(0), "{page}");
+}
+
+#[tokio::test]
+async fn cancel_over_http() {
+    let (_keys, worker, mut gw) = setup("gw-cancel", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let body = json!({"script": "sleep 60", "sandbox": "process"}).to_string();
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    // Wait until it runs, then cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, t) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await;
+        if t["state"] == "started" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never started: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, _, v) = call(
+        Method::DELETE,
+        &format!("{}/v1/tasks/{id}", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let done = wait_done(&gw, &alice, &id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+}
+
+/// A task submitted straight to AMQP while the gateway is down is recorded
+/// from the events its durable queue kept; the history survives the restart.
+async fn history_survives_a_restart(db: Option<String>) {
+    let (keys, worker, mut gw) = setup("gw-hist", db).await;
+    let pool = worker.pool.clone();
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    // One task over HTTP before the restart.
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(br#"{"script":"echo before","sandbox":"process"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let first = v["id"].as_str().expect("id").to_string();
+    wait_done(&gw, &alice, &first).await;
+    gw.kill();
+
+    let c = client().await.with_credentials(keys.creds(&keys.alice));
+    let mut task = krill_tests::task("echo straight");
+    task.sandbox = Some(broker::protocol::SandboxKind::Process);
+    c.submit(&pool, &task).await.expect("submit over AMQP");
+    let r = c
+        .wait(&task.id, Some(Duration::from_secs(60)))
+        .await
+        .expect("result");
+    assert_eq!(r.status, broker::protocol::Status::Succeeded);
+
+    gw.start().await;
+    // The missed events are in the gateway's queue: the task shows up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, _, _) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{}", gw.url, task.id),
+            Some(&ops),
+            &[],
+            None,
+        )
+        .await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = wait_done(&gw, &ops, &task.id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["submitter"], "alice");
+    assert!(v["caller"].is_null());
+    let (st, _, old) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{first}", gw.url),
+        Some(&ops),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(old["result"]["stdout"], "before\n", "{old}");
+    krill_tests::delete_queue(&gw.queue).await;
+}
+
+#[tokio::test]
+async fn history_on_sqlite_survives_a_restart() {
+    history_survives_a_restart(None).await;
+}
