@@ -482,9 +482,10 @@ impl Store {
             .execute(&self.pool)
             .await?;
         loop {
-            let row = sqlx::query("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM tasks")
-                .fetch_one(&self.pool)
-                .await?;
+            let row =
+                sqlx::query("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT), COUNT(*) FROM tasks")
+                    .fetch_one(&self.pool)
+                    .await?;
             let total: i64 = row.try_get(0)?;
             let count: i64 = row.try_get(1)?;
             if total <= max_bytes || count == 0 {

@@ -47,9 +47,87 @@ async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
     panic!("task {id} did not finish; gateway log:\n{}", gw.log_text());
 }
 
+/// What a round trip leaves to check in the database: the stopped gateway,
+/// the secret, the token and the task id.
+struct Trip {
+    gw: GatewayProc,
+    secret: String,
+    token: String,
+    id: String,
+}
+
+impl Trip {
+    fn assert_absent_from(&self, bytes: &[u8]) {
+        assert!(bytes.len() > 1000, "{} bytes", bytes.len());
+        assert!(contains(bytes, &self.id), "the task is in the database");
+        assert!(
+            !contains(bytes, &self.secret),
+            "the secret is in the database"
+        );
+        assert!(!contains(bytes, &self.token), "a token is in the database");
+    }
+}
+
 #[tokio::test]
-async fn submit_wait_search_and_no_secret_in_the_database() {
-    let (_keys, worker, mut gw) = setup("gw-rt", None).await;
+async fn submit_wait_search_and_no_secret_in_sqlite() {
+    let trip = round_trip(None).await;
+    trip.assert_absent_from(&trip.gw.sqlite_bytes());
+}
+
+#[tokio::test]
+async fn submit_wait_search_and_no_secret_in_postgres() {
+    let (url, schema) = pg_schema();
+    let trip = round_trip(Some(url)).await;
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", "-n", &schema, &pg_base()])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    trip.assert_absent_from(&dump.stdout);
+}
+
+/// The PostgreSQL database of these tests (scripts/test starts it).
+fn pg_base() -> String {
+    std::env::var("KRILL_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "KRILL_TEST_PG_URL is not set: run `source scripts/lib.sh; krill_ensure_postgres` \
+             (scripts/test does) and export it"
+        )
+    })
+}
+
+/// A fresh schema in the test database, and the URL that uses it.
+fn pg_schema() -> (String, String) {
+    let base = pg_base();
+    let schema = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let out = std::process::Command::new("psql")
+        .args([
+            &base,
+            "-qAtX",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("CREATE SCHEMA {schema}"),
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "cannot create a schema in {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        format!("{base}?options=-c%20search_path%3D{schema}"),
+        schema,
+    )
+}
+
+async fn round_trip(db: Option<String>) -> Trip {
+    let (_keys, worker, mut gw) = setup("gw-rt", db).await;
     let pool = worker.pool.clone();
     let alice = gw.token("alice", &format!("submit:{pool}"));
     let ops = gw.token("ops", "see:all");
@@ -131,16 +209,13 @@ async fn submit_wait_search_and_no_secret_in_the_database() {
     .await;
     assert_eq!(none["tasks"].as_array().map(Vec::len), Some(0), "{none}");
 
-    // Neither the secret nor the sensitive output is anywhere in the file.
     gw.kill();
-    let bytes = gw.sqlite_bytes();
-    assert!(bytes.len() > 1000);
-    assert!(contains(&bytes, &id), "the task is in the database");
-    assert!(
-        !contains(&bytes, &secret),
-        "the secret is in the SQLite file"
-    );
-    assert!(!contains(&bytes, &alice), "a token is in the SQLite file");
+    Trip {
+        gw,
+        secret,
+        token: alice,
+        id,
+    }
 }
 
 #[tokio::test]
@@ -435,4 +510,9 @@ async fn history_survives_a_restart(db: Option<String>) {
 #[tokio::test]
 async fn history_on_sqlite_survives_a_restart() {
     history_survives_a_restart(None).await;
+}
+
+#[tokio::test]
+async fn history_on_postgres_survives_a_restart() {
+    history_survives_a_restart(Some(pg_schema().0)).await;
 }
