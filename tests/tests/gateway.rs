@@ -516,3 +516,71 @@ async fn history_on_sqlite_survives_a_restart() {
 async fn history_on_postgres_survives_a_restart() {
     history_survives_a_restart(Some(pg_schema().0)).await;
 }
+
+#[tokio::test]
+async fn the_cli_through_the_gateway_keeps_its_exit_codes() {
+    let (_keys, worker, mut gw) = setup("gw-cli", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let krill = |args: &[&str]| {
+        std::process::Command::new(krill_tests::bin("krill"))
+            .env("KRILL_GATEWAY_URL", &gw.url)
+            .env("KRILL_TOKEN", &alice)
+            // Nothing goes to RabbitMQ: a broker URL that answers nothing.
+            .env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env_remove("KRILL_KEY")
+            .args(args)
+            .output()
+            .expect("krill")
+    };
+    let out = krill(&[
+        "submit",
+        "--pool",
+        &pool,
+        "--sandbox",
+        "process",
+        "--",
+        "echo via-gw; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via-gw"));
+    let out = krill(&[
+        "submit",
+        "--no-wait",
+        "--pool",
+        &pool,
+        "--sandbox",
+        "process",
+        "--",
+        "echo later",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    let out = krill(&["wait", &id, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["stdout"], "later\n");
+    // A pool the token may not submit to: krill's own error code, the gateway's reason.
+    let out = krill(&["submit", "--pool", "elsewhere", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not submit"));
+}
