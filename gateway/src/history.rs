@@ -103,6 +103,7 @@ pub fn merge_result(mut t: TaskRow, r: &TaskResult) -> Result<TaskRow, StoreErro
 
 /// Records one event.
 pub async fn record_event(store: &Store, ev: &TaskEvent) -> Result<(), StoreError> {
+    let _merging = store.merge_lock().await;
     let row = store.get(&ev.task_id).await?;
     let detail = ev.error.clone().or_else(|| {
         ev.blocked
@@ -123,6 +124,7 @@ pub async fn record_event(store: &Store, ev: &TaskEvent) -> Result<(), StoreErro
 
 /// Records one result (of a task the gateway submitted).
 pub async fn record_result(store: &Store, r: &TaskResult) -> Result<(), StoreError> {
+    let _merging = store.merge_lock().await;
     let row = store.get(&r.id).await?.unwrap_or_else(|| TaskRow {
         id: r.id.clone(),
         ..TaskRow::default()
@@ -160,14 +162,22 @@ pub async fn run(w: Watch, store: Store, notify: Arc<Notifier>, shutdown: Cancel
     }
 }
 
-async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<()> {
+/// Declares the gateway's event queue and its bindings (idempotent). Done once
+/// before the gateway serves, so no event of a task it accepts is missed.
+pub async fn declare_queue(w: &Watch) -> anyhow::Result<()> {
     let conn = Connection::connect(
         &w.amqp_url,
-        ConnectionProperties::default().with_connection_name("krill-gateway-history".into()),
+        ConnectionProperties::default().with_connection_name("krill-gateway-setup".into()),
     )
     .await?;
     let ch = conn.create_channel().await?;
-    topology::declare_common(&ch).await?;
+    declare(&ch, w).await?;
+    let _ = conn.close(200, ShortString::from("declared")).await;
+    Ok(())
+}
+
+async fn declare(ch: &lapin::Channel, w: &Watch) -> anyhow::Result<()> {
+    topology::declare_common(ch).await?;
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-queue-type"),
@@ -190,6 +200,17 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
         )
         .await?;
     }
+    Ok(())
+}
+
+async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<()> {
+    let conn = Connection::connect(
+        &w.amqp_url,
+        ConnectionProperties::default().with_connection_name("krill-gateway-history".into()),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    declare(&ch, w).await?;
     ch.basic_qos(64, BasicQosOptions::default()).await?;
     let mut consumer = ch
         .basic_consume(

@@ -90,6 +90,9 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Serialises this process's read-merge-write of a task (events and results
+    /// arrive on different tasks).
+    merging: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 const COLUMNS: &str = "id, pool, state, status, caller, submitter, worker, sandbox, attempt, \
@@ -144,7 +147,15 @@ impl Store {
             no_tx: false,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            merging: Default::default(),
+        })
+    }
+
+    /// Held while a task is read, merged and written back.
+    pub async fn merge_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.merging.lock().await
     }
 
     /// Records a task the gateway published (state `queued`).
@@ -201,7 +212,10 @@ impl Store {
         row.map(|r| task_row(&r)).transpose()
     }
 
-    /// Writes a task back whole (after merging an event or a result into it).
+    /// Writes a task back (after merging an event or a result into it). The
+    /// upsert itself never loses what a concurrent writer (another gateway, the
+    /// result collector) stored: a `finished` state stays, a stored result,
+    /// caller and task stay, and a field is only replaced by a value.
     pub async fn put(&self, t: &TaskRow) -> Result<(), StoreError> {
         let size = [&t.spec, &t.result, &t.error, &t.blocked]
             .iter()
@@ -212,14 +226,24 @@ impl Store {
              attempt, exit_code, error, blocked, spec, result, submitted_at, started_at, \
              finished_at, updated_at, size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
              $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (id) DO UPDATE SET \
-             pool = excluded.pool, state = excluded.state, status = excluded.status, \
-             caller = excluded.caller, submitter = excluded.submitter, worker = excluded.worker, \
-             sandbox = excluded.sandbox, attempt = excluded.attempt, \
-             exit_code = excluded.exit_code, error = excluded.error, blocked = excluded.blocked, \
-             spec = excluded.spec, result = excluded.result, \
-             submitted_at = excluded.submitted_at, started_at = excluded.started_at, \
-             finished_at = excluded.finished_at, updated_at = excluded.updated_at, \
-             size = excluded.size",
+             pool = excluded.pool, \
+             state = CASE WHEN tasks.state = 'finished' THEN tasks.state ELSE excluded.state END, \
+             status = COALESCE(excluded.status, tasks.status), \
+             caller = COALESCE(tasks.caller, excluded.caller), \
+             submitter = COALESCE(excluded.submitter, tasks.submitter), \
+             worker = COALESCE(excluded.worker, tasks.worker), \
+             sandbox = COALESCE(excluded.sandbox, tasks.sandbox), \
+             attempt = COALESCE(excluded.attempt, tasks.attempt), \
+             exit_code = COALESCE(excluded.exit_code, tasks.exit_code), \
+             error = COALESCE(excluded.error, tasks.error), \
+             blocked = CASE WHEN tasks.state = 'finished' THEN NULL ELSE excluded.blocked END, \
+             spec = COALESCE(tasks.spec, excluded.spec), \
+             result = COALESCE(excluded.result, tasks.result), \
+             submitted_at = COALESCE(tasks.submitted_at, excluded.submitted_at), \
+             started_at = COALESCE(excluded.started_at, tasks.started_at), \
+             finished_at = COALESCE(excluded.finished_at, tasks.finished_at), \
+             updated_at = excluded.updated_at, \
+             size = CASE WHEN excluded.size > tasks.size THEN excluded.size ELSE tasks.size END",
         )
         .bind(&t.id)
         .bind(&t.pool)

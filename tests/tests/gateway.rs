@@ -17,10 +17,23 @@ use serde_json::{json, Value};
 /// A worker that trusts the gateway's key (and requires sealed secrets), and a
 /// gateway that seals to the pool key. Returns (keys, worker, gateway).
 async fn setup(tag: &str, db: Option<String>) -> (Keys, krill_tests::WorkerProc, GatewayProc) {
+    setup_with(tag, db, None).await
+}
+
+/// [`setup`], the worker's process tasks seeing `gates`.
+async fn setup_with(
+    tag: &str,
+    db: Option<String>,
+    gates: Option<&krill_tests::Gates>,
+) -> (Keys, krill_tests::WorkerProc, GatewayProc) {
     let pool = unique_pool(tag);
     let gw = GatewayProc::new(&pool, db);
     let keys = Keys::new("", &[format!("{} control", gw.key.public_line())]);
-    let worker = keys.worker(&pool).start().await;
+    let mut b = keys.worker(&pool);
+    if let Some(g) = gates {
+        b = b.gates(g);
+    }
+    let worker = b.start().await;
     let gw = gw.env("KRILL_POOL_PUBLIC_KEY", &keys.pool.public().to_b64());
     (keys, worker, gw)
 }
@@ -583,4 +596,81 @@ async fn the_cli_through_the_gateway_keeps_its_exit_codes() {
     let out = krill(&["submit", "--pool", "elsewhere", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not submit"));
+}
+
+#[tokio::test]
+async fn logs_stream_live_then_stored() {
+    let gates = krill_tests::Gates::new();
+    let (_keys, worker, mut gw) = setup_with("gw-logs", None, Some(&gates)).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let script = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+        gates.path("go").display()
+    );
+    let body = json!({"script": script, "sandbox": "process"}).to_string();
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, t) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await;
+        if t["state"] == "started" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never started: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Live: connected while it runs, the SSE stream carries what it prints from
+    // then on and ends with `end`.
+    let logs_url = format!("{}/v1/tasks/{id}/logs", gw.url);
+    let live = {
+        let (url, token) = (logs_url.clone(), alice.clone());
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("logs");
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            resp.text().await.expect("stream")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gates.open("go");
+    let text = tokio::time::timeout(Duration::from_secs(60), live)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert!(text.contains("event: stdout\ndata: second"), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+    // Stored: after the end, the whole output.
+    wait_done(&gw, &alice, &id).await;
+    let text = reqwest::Client::new()
+        .get(&logs_url)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("logs")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("data: first\ndata: second"), "{text}");
+    assert!(text.ends_with("event: end\n\n"), "{text:?}");
 }
