@@ -564,3 +564,146 @@ fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {
         updated_at: r.try_get("updated_at")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> Store {
+        Store::open("sqlite::memory:")
+            .await
+            .expect("in-memory store")
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_claimed_once_and_expires() {
+        let s = store().await;
+        let day = 24 * 3600 * 1000;
+        assert_eq!(
+            s.claim_key("a", "k", "t1", "h1", day).await.expect("claim"),
+            Claim::Fresh
+        );
+        let again = s.claim_key("a", "k", "t2", "h1", day).await.expect("claim");
+        assert_eq!(
+            again,
+            Claim::Taken {
+                task_id: "t1".into(),
+                request_hash: "h1".into(),
+                confirmed: false
+            }
+        );
+        // Another caller's key of the same name is its own.
+        assert_eq!(
+            s.claim_key("b", "k", "t3", "h1", day).await.expect("claim"),
+            Claim::Fresh
+        );
+        s.confirm_key("a", "k").await.expect("confirm");
+        assert!(matches!(
+            s.claim_key("a", "k", "t4", "h1", day).await.expect("claim"),
+            Claim::Taken {
+                confirmed: true,
+                ..
+            }
+        ));
+        // A confirmed key is not released; an unconfirmed one is.
+        s.release_key("a", "k").await.expect("release");
+        assert!(matches!(
+            s.claim_key("a", "k", "t5", "h1", day).await.expect("claim"),
+            Claim::Taken { .. }
+        ));
+        s.release_key("b", "k").await.expect("release");
+        assert_eq!(
+            s.claim_key("b", "k", "t6", "h1", day).await.expect("claim"),
+            Claim::Fresh
+        );
+        // Past its time to live the key is free again.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(
+            s.claim_key("a", "k", "t7", "h2", 1).await.expect("claim"),
+            Claim::Fresh
+        );
+    }
+
+    #[tokio::test]
+    async fn a_finished_task_keeps_its_result_against_a_late_event() {
+        let s = store().await;
+        s.insert_submitted("t", "p", "alice", "{}")
+            .await
+            .expect("insert");
+        let mut done = s.get("t").await.expect("get").expect("row");
+        done.state = "finished".into();
+        done.status = Some("succeeded".into());
+        done.result = Some("{\"r\":1}".into());
+        s.put(&done).await.expect("put");
+        // A writer that read the row before the result: started, no result.
+        let stale = TaskRow {
+            id: "t".into(),
+            pool: "p".into(),
+            state: "started".into(),
+            worker: Some("w".into()),
+            updated_at: now_ms(),
+            ..TaskRow::default()
+        };
+        s.put(&stale).await.expect("put");
+        let t = s.get("t").await.expect("get").expect("row");
+        assert_eq!(t.state, "finished");
+        assert_eq!(t.result.as_deref(), Some("{\"r\":1}"));
+        assert_eq!(t.caller.as_deref(), Some("alice"));
+        assert_eq!(t.worker.as_deref(), Some("w"));
+    }
+
+    #[tokio::test]
+    async fn retention_drops_by_age_then_by_size() {
+        let s = store().await;
+        for i in 0..20 {
+            let mut t = TaskRow {
+                id: format!("t{i:02}"),
+                pool: "p".into(),
+                state: "finished".into(),
+                spec: Some("x".repeat(100)),
+                updated_at: now_ms() - i64::from(i) * 1000,
+                ..TaskRow::default()
+            };
+            if i == 19 {
+                t.updated_at = now_ms() - 10 * 24 * 3600 * 1000;
+            }
+            s.put(&t).await.expect("put");
+        }
+        let week = 7 * 24 * 3600 * 1000;
+        assert_eq!(s.enforce_retention(week, i64::MAX).await.expect("age"), 1);
+        assert!(s.get("t19").await.expect("get").is_none());
+        // 19 × 100 bytes; keep at most 1000: the oldest go first.
+        let gone = s.enforce_retention(week, 1000).await.expect("size");
+        assert!(gone >= 9, "{gone}");
+        assert!(
+            s.get("t00").await.expect("get").is_some(),
+            "the newest stays"
+        );
+        assert!(
+            s.get("t18").await.expect("get").is_none(),
+            "the oldest went"
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_are_found_by_their_hash_only() {
+        let s = store().await;
+        let rights = Rights::parse("submit:p,cancel").expect("rights");
+        s.add_token("ci", "krill_secret", &rights)
+            .await
+            .expect("add");
+        let c = s
+            .caller("krill_secret")
+            .await
+            .expect("caller")
+            .expect("found");
+        assert_eq!(c.name, "ci");
+        assert_eq!(c.rights, rights);
+        assert!(s.caller("krill_other").await.expect("caller").is_none());
+        let row = sqlx::query("SELECT hash FROM tokens")
+            .fetch_one(&s.pool)
+            .await
+            .expect("row");
+        assert_ne!(row.try_get::<String, _>(0).expect("hash"), "krill_secret");
+    }
+}

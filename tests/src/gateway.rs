@@ -158,8 +158,19 @@ impl GatewayProc {
 }
 
 impl Drop for GatewayProc {
+    /// Kills the process and deletes its event queue (on the shared broker).
     fn drop(&mut self) {
         self.kill();
+        let queue = self.queue.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(crate::delete_queue(&queue));
+            }
+        })
+        .join();
     }
 }
 

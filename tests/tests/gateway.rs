@@ -517,7 +517,6 @@ async fn history_survives_a_restart(db: Option<String>) {
     .await;
     assert_eq!(st, 200);
     assert_eq!(old["result"]["stdout"], "before\n", "{old}");
-    krill_tests::delete_queue(&gw.queue).await;
 }
 
 #[tokio::test]
