@@ -673,3 +673,89 @@ async fn logs_stream_live_then_stored() {
     assert!(text.contains("data: first\ndata: second"), "{text}");
     assert!(text.ends_with("event: end\n\n"), "{text:?}");
 }
+
+/// A broker that goes away and comes back: submits answer 503 with
+/// `Retry-After` while it is away, 202 again after, and every 202 is a task on
+/// the queue (a private node, KRILL_TEST_BROKER_PORT).
+#[tokio::test]
+async fn a_broker_restart_gives_503_never_a_lost_202() {
+    let broker = krill_tests::PrivateBroker::start(&[]);
+    let pool = unique_pool("gw-blip");
+    let conn = lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("private broker");
+    let ch = conn.create_channel().await.expect("channel");
+    broker::topology::declare(&ch, &pool)
+        .await
+        .expect("declare");
+    let _ = conn.close(200, "bye".into()).await;
+    let mut gw = GatewayProc::new(&pool, None).env("KRILL_AMQP_URL", &broker.url());
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let post = |n: usize| {
+        let (url, token) = (tasks_url(&gw, &pool), alice.clone());
+        async move {
+            let body = json!({"script": format!("echo {n}")})
+                .to_string()
+                .into_bytes();
+            call(Method::POST, &url, Some(&token), &[], Some(body)).await
+        }
+    };
+    let mut accepted = 0;
+    let (st, _, v) = post(0).await;
+    assert_eq!(st, 202, "{v}");
+    accepted += 1;
+    let out = broker.ctl(&["stop_app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, h, v) = post(1).await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(
+        h.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let out = broker.ctl(&["start_app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Back: the gateway connects again on the next request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, _, v) = post(2).await;
+        if st == 202 {
+            accepted += 1;
+            break;
+        }
+        assert_eq!(st, 503, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never accepted again: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let conn = lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("private broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            broker::topology::pool_queue(&pool).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("pool queue");
+    assert_eq!(
+        q.message_count(),
+        accepted,
+        "every 202 is a task on the queue"
+    );
+}
