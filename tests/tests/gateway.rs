@@ -90,6 +90,7 @@ async fn submit_wait_search_and_no_secret_in_sqlite() {
 #[tokio::test]
 async fn submit_wait_search_and_no_secret_in_postgres() {
     let (url, schema) = pg_schema();
+    let _drop = PgSchema(schema.clone());
     let trip = round_trip(Some(url)).await;
     let dump = std::process::Command::new("pg_dump")
         .args(["--data-only", "-n", &schema, &pg_base()])
@@ -111,6 +112,22 @@ fn pg_base() -> String {
              (scripts/test does) and export it"
         )
     })
+}
+
+/// A schema of one test, dropped at its end.
+struct PgSchema(String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &pg_base(),
+                "-qAtX",
+                "-c",
+                &format!("DROP SCHEMA {} CASCADE", self.0),
+            ])
+            .output();
+    }
 }
 
 /// A fresh schema in the test database, and the URL that uses it.
@@ -526,7 +543,9 @@ async fn history_on_sqlite_survives_a_restart() {
 
 #[tokio::test]
 async fn history_on_postgres_survives_a_restart() {
-    history_survives_a_restart(Some(pg_schema().0)).await;
+    let (url, schema) = pg_schema();
+    let _drop = PgSchema(schema);
+    history_survives_a_restart(Some(url)).await;
 }
 
 #[tokio::test]
