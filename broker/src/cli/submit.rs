@@ -330,7 +330,7 @@ fn report(
 }
 
 /// Prints the result and returns the exit code mirroring it.
-fn print_result(
+pub(crate) fn print_result(
     result: &TaskResult,
     json: bool,
     show_sensitive: bool,
