@@ -86,11 +86,7 @@ impl Launcher {
                     .await
                     .map_err(|e| SandboxError::Docker(format!("worker network: {e}")))?,
             ),
-            (None, true) => {
-                return Err(SandboxError::Docker(
-                    "the task has network but the worker has no network set up".into(),
-                ))
-            }
+            // Used as a library without a worker network: Tuning::network as is.
             _ => None,
         };
         let body = limits::create_body(

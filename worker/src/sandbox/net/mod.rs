@@ -96,6 +96,11 @@ impl Net {
         let docker = Docker::connect_with_defaults().map_err(docker_err)?;
         ensure_network(&docker, &cfg).await?;
         std::fs::create_dir_all(&cfg.lock_dir)?;
+        // Root's only, like the uid and worker locks.
+        std::fs::set_permissions(
+            &cfg.lock_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         bridged_through_nft()?;
         let exists = nft(&["list", "table", "inet", nft::TABLE]).await.is_ok();
         if !exists {

@@ -550,6 +550,10 @@ async fn stop(child: &mut Child, helper: i32) {
     }
 }
 
+fn net_error(e: crate::sandbox::net::NetError) -> SandboxError {
+    SandboxError::Setup(format!("joining the task to the worker network: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,8 +589,4 @@ mod tests {
         assert!(decide(None, None, 0).is_err());
         assert!(decide(None, Some(Report::Error("x".into())), 0).is_err());
     }
-}
-
-fn net_error(e: crate::sandbox::net::NetError) -> SandboxError {
-    SandboxError::Setup(format!("joining the task to the worker network: {e}"))
 }
