@@ -153,6 +153,10 @@ fn sandboxed(mut t: Task, kind: SandboxKind) -> Task {
 }
 
 async fn worker(prefix: &str, allow: &str) -> WorkerProc {
+    builder(prefix, allow).start().await
+}
+
+fn builder(prefix: &str, allow: &str) -> WorkerBuilder {
     WorkerBuilder::new(&unique_pool(prefix))
         .arg("--sandbox")
         .arg("process,container")
@@ -163,8 +167,6 @@ async fn worker(prefix: &str, allow: &str) -> WorkerProc {
         .arg(allow)
         .arg("--concurrency")
         .arg("4")
-        .start()
-        .await
 }
 
 /// The address of a running task's network once it listens on port 7000
@@ -335,4 +337,75 @@ async fn only_a_granted_task_reaches_the_outside_host() {
     }
     drop(w);
     drop(outside);
+}
+
+/// What a task's network is made of on the host: a veth on the bridge whose
+/// name carries the address (process tasks), a grant chain in nft.
+fn leftovers(addr: Ipv4Addr) -> Vec<String> {
+    let hex = format!("{:08x}", u32::from(addr));
+    let mut found = Vec::new();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        if l.contains(&format!("kv{hex}")) {
+            found.push(format!("veth: {l}"));
+        }
+    }
+    let nft = Command::new("nft")
+        .args(["list", "chains", "inet"])
+        .output()
+        .expect("nft");
+    if String::from_utf8_lossy(&nft.stdout).contains(&format!("t_{hex}")) {
+        found.push(format!("nft chain t_{hex}"));
+    }
+    found
+}
+
+/// A SIGKILLed worker's running tasks with network leave nothing once a
+/// successor has started: the veth went with the task's net namespace, the
+/// container with its sweep, the grant with the successor's network sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_task_networks_are_gone_after_a_successor_starts() {
+    let b = builder("net-crash", "198.51.100.0/24");
+    let mut w = b.clone().start().await;
+    let c = client().await;
+    let mut addrs = Vec::new();
+    for kind in [SandboxKind::Process, SandboxKind::Container] {
+        let mut t = sandboxed(
+            task("python3 -c 'import socket,time\ns=socket.socket()\ns.bind((\"0.0.0.0\", 7000))\ns.listen(4)\ntime.sleep(300)'"),
+            kind,
+        );
+        t.limits.network = Network::Allow(NetworkAllow {
+            allow: vec!["198.51.100.0/24".into()],
+        });
+        t.limits.timeout_secs = Some(300);
+        c.submit(&w.pool, &t).await.expect("submit");
+        let addr = task_address(&t.id).await;
+        assert!(
+            !leftovers(addr).is_empty(),
+            "{kind}: nothing of its network seen while it runs"
+        );
+        addrs.push((kind, addr));
+    }
+    w.kill();
+    // Another pool's worker on the host: a successor, with no task submitted.
+    let _successor = builder("net-crash-next", "198.51.100.0/24").start().await;
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<String> = addrs
+            .iter()
+            .flat_map(|(kind, a)| {
+                leftovers(*a)
+                    .into_iter()
+                    .map(move |l| format!("{kind}: {l}"))
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "left after 60 s: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
