@@ -116,23 +116,33 @@ impl Net {
         Ok(net)
     }
 
-    /// Takes the grants of addresses no live worker holds out of nft.
-    async fn sweep(&self) {
-        let Ok(listing) = nft(&["list", "chains", "inet"]).await else {
-            return;
+    /// Takes the grants of addresses no live worker holds (a dead worker's)
+    /// out of nft; at start and with every periodic reap. Returns how many.
+    pub async fn sweep(&self) -> usize {
+        let Ok(listing) = nft(&["list", "table", "inet", nft::TABLE]).await else {
+            return 0;
         };
-        let mut script = String::new();
-        for addr in listing.split_whitespace().filter_map(nft::chain_addr) {
-            if let Ok(Ok(lock)) = try_lock(&self.cfg.lock_dir, addr) {
-                script.push_str(&nft::revoke(addr));
-                drop(lock);
+        let addrs: std::collections::BTreeSet<Ipv4Addr> = listing
+            .split_whitespace()
+            .filter_map(nft::chain_addr)
+            .collect();
+        let mut swept = 0;
+        for addr in addrs {
+            // Held while the grant goes: no lease takes the address meanwhile.
+            let Ok(Ok(lock)) = try_lock(&self.cfg.lock_dir, addr) else {
+                continue;
+            };
+            match nft_script(&nft::revoke(addr)).await {
+                Ok(_) => swept += 1,
+                // Its lease took it back between the listing and the lock.
+                Err(e) => tracing::debug!(%addr, error = %e, "stale grant already gone"),
             }
+            drop(lock);
         }
-        if !script.is_empty() {
-            if let Err(e) = nft_script(&script).await {
-                tracing::warn!(error = %e, "could not sweep stale task network grants");
-            }
+        if swept > 0 {
+            tracing::info!(swept, "stale task network grants removed");
         }
+        swept
     }
 
     /// An address for a task and its grant (the pool's resolvers included).

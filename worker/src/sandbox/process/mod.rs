@@ -510,7 +510,12 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn reap(&self) -> Result<usize, SandboxError> {
-        self.sweep_leftovers(false)
+        // A dead worker's task network grants too (its tasks died with it).
+        let grants = match &self.net {
+            Some(net) => net.sweep().await,
+            None => 0,
+        };
+        Ok(self.sweep_leftovers(false)? + grants)
     }
 
     async fn ready(&self) -> bool {
