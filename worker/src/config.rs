@@ -463,7 +463,11 @@ impl Policy {
 }
 
 fn parse_allowance(s: &str) -> Result<crate::sandbox::net::Allowance, String> {
-    s.parse()
+    let a: crate::sandbox::net::Allowance = s.parse()?;
+    if !a.net.addr().is_ipv4() {
+        return Err(format!("`{s}`: the worker network is IPv4 only"));
+    }
+    Ok(a)
 }
 
 fn parse_bind(s: &str) -> Result<(PathBuf, PathBuf), String> {
@@ -532,6 +536,14 @@ mod tests {
         assert_eq!(some.network_allow[0].to_string(), "198.51.100.7/32:80");
         let err = p.effective(&ask(&["10.20.0.0/16:22"])).expect_err("beyond");
         assert!(err.to_string().contains("--network-allow"), "{err}");
+    }
+
+    #[test]
+    fn network_allow_is_ipv4_only() {
+        let e = Config::try_parse_from(["krill-worker", "--network-allow", "[fd00::/8]:53"])
+            .expect_err("v6");
+        assert!(e.to_string().contains("IPv4 only"), "{e}");
+        assert!(Config::try_parse_from(["krill-worker", "--network-allow", "10.0.0.0/8"]).is_ok());
     }
 
     #[test]

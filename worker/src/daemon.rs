@@ -237,7 +237,6 @@ async fn setup_net(cfg: &Config) -> anyhow::Result<Arc<crate::sandbox::net::Net>
         docker_network: cfg.docker_network.clone(),
         bridge: cfg.network_bridge.clone(),
         subnet: cfg.network_subnet,
-        allow: cfg.network_allow.clone(),
         refused,
         dns,
         lock_dir: LOCK_DIR.into(),

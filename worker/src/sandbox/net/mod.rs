@@ -47,8 +47,6 @@ pub struct NetConfig {
     pub docker_network: String,
     pub bridge: String,
     pub subnet: Ipv4Net,
-    /// `--network-allow`: what tasks may ask beyond the public internet.
-    pub allow: Vec<Allowance>,
     /// Always refused besides the fixed ranges: the broker's addresses.
     pub refused: Vec<IpNet>,
     /// Resolvers every task with network may reach on port 53.
@@ -146,7 +144,7 @@ impl Net {
     }
 
     /// An address for a task and its grant (the pool's resolvers included).
-    pub async fn lease(self: &Arc<Self>, grant: &[Allowance]) -> Result<Lease, NetError> {
+    pub async fn lease(&self, grant: &[Allowance]) -> Result<Lease, NetError> {
         let started = Instant::now();
         let (addr, lock) = self.free_address()?;
         let mut all = grant.to_vec();
@@ -159,7 +157,6 @@ impl Net {
         Ok(Lease {
             addr,
             lock: Some(lock),
-            net: self.clone(),
         })
     }
 
@@ -223,14 +220,12 @@ impl Net {
 pub struct Lease {
     pub addr: Ipv4Addr,
     lock: Option<Flock<File>>,
-    net: Arc<Net>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let addr = self.addr;
         let lock = self.lock.take();
-        let _ = &self.net;
         let revoke = async move {
             if let Err(e) = nft_script(&nft::revoke(addr)).await {
                 tracing::warn!(%addr, error = %e, "could not take a task's network grant back");
