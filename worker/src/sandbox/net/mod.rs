@@ -70,6 +70,8 @@ pub enum NetError {
     },
     #[error("`{cmd}` failed: {why}")]
     Command { cmd: String, why: String },
+    #[error("bridge `{0}` of the worker network is not in this worker's net namespace: run the worker in the engine's (host networking, or a pod shared with its engine)")]
+    ElsewhereBridge(String),
     #[error("no free task address in {0}")]
     Exhausted(Ipv4Net),
     #[error("task address lock: {0}")]
@@ -93,6 +95,12 @@ impl Net {
         };
         let docker = Docker::connect_with_defaults().map_err(docker_err)?;
         ensure_network(&docker, &cfg).await?;
+        // The rules below hold only in this worker's net namespace: the
+        // engine's bridge must be in it (not so for a worker in a container
+        // of its own talking to the host's engine).
+        if !Path::new("/sys/class/net").join(&cfg.bridge).exists() {
+            return Err(NetError::ElsewhereBridge(cfg.bridge.clone()));
+        }
         std::fs::create_dir_all(&cfg.lock_dir)?;
         // Root's only, like the uid and worker locks.
         std::fs::set_permissions(
