@@ -270,6 +270,12 @@ impl Config {
         if self.default_timeout > self.max_timeout {
             return Err("--default-timeout is above --max-timeout".into());
         }
+        if self.network_subnet.prefix_len() > 23 {
+            return Err(format!(
+                "--network-subnet {}: give a /23 or larger (its first /24 is the engine's own)",
+                self.network_subnet
+            ));
+        }
         if self.sandbox.contains(&SandboxKind::Container) && self.images.is_empty() {
             return Err("the container sandbox needs at least one --image".into());
         }
