@@ -10,6 +10,7 @@
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
 #   krill_ensure_keys KRILL ETC  # your signing key, the pool key pair, trusted-keys
+#   krill_ensure_net_tools  # nft, ip and nsenter for the worker network (--allow-network)
 #
 # Safe to source from scripts running under `set -euo pipefail`; it does not
 # change the caller's shell options. Tunables (environment):
@@ -483,4 +484,17 @@ krill_ensure_postgres() {
     "${psql[@]}" -c "CREATE DATABASE krill_gateway_test OWNER krill" >/dev/null
   fi
   export KRILL_TEST_PG_URL="postgres://krill:krill@127.0.0.1:5432/krill_gateway_test"
+}
+
+# krill_ensure_net_tools: what a worker with --allow-network runs for each task
+# with network (nftables' `nft`, iproute2's `ip`, util-linux's `nsenter`), and
+# what tests/tests/network.rs uses for its "outside" host (`ip netns`).
+krill_ensure_net_tools() {
+  local want=()
+  command -v nft >/dev/null 2>&1 || want+=(nftables)
+  command -v ip >/dev/null 2>&1 || want+=(iproute2)
+  command -v nsenter >/dev/null 2>&1 || want+=(util-linux)
+  if ((${#want[@]})); then
+    krill_apt_install "${want[@]}"
+  fi
 }

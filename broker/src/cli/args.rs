@@ -161,6 +161,10 @@ pub struct SubmitArgs {
     /// Ask for network access (granted only if the pool allows it).
     #[arg(long)]
     pub network: bool,
+    /// Ask for network with these non-public destinations too, `CIDR[:PORTS]`
+    /// (comma-separated or repeated; implies --network), each within the pool's --network-allow.
+    #[arg(long, value_delimiter = ',')]
+    pub network_allow: Vec<String>,
     /// Interpreter and its arguments, space-separated (default `sh -e`).
     #[arg(long)]
     pub interpreter: Option<String>,
