@@ -1,0 +1,134 @@
+//! A three-node RabbitMQ cluster (scripts/cluster, ports 5681-5683 or
+//! `KRILL_CLUSTER_PORT`): a worker and a CLI given all three URLs keep working
+//! while the node they are connected to is SIGKILLed.
+//!
+//! The cluster is private to this test binary (its own node names, ports,
+//! data and Erlang cookie); the test starts it when it is not running
+//! (`scripts/cluster up`, ~45 s) and leaves it running for the next binary;
+//! scripts/test tears it down. Nodes are killed and started with
+//! `scripts/cluster kill|start N`, so every scenario runs inside one test, one
+//! after another.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use broker::client::Client;
+use broker::protocol::Status;
+use broker::topology;
+use krill_tests::{bin, task, unique_pool, Events, WorkerBuilder};
+
+const T: Duration = Duration::from_secs(120);
+
+fn cluster_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster")
+}
+
+fn cluster(args: &[&str]) -> String {
+    let out = Command::new(cluster_script())
+        .args(args)
+        .output()
+        .expect("running scripts/cluster");
+    assert!(
+        out.status.success(),
+        "scripts/cluster {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The cluster's URLs, starting it when a node is not running.
+fn cluster_urls() -> String {
+    let status = cluster(&["status"]);
+    if status.lines().take(3).any(|l| l.ends_with(": down")) {
+        cluster(&["up"]);
+    }
+    cluster(&["urls"]).trim().to_string()
+}
+
+/// Which node (1..3) a worker log says it reached last.
+fn node_of(log: &str, urls: &str) -> usize {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("broker node reached"))
+        .unwrap_or_else(|| panic!("the worker never said which node it reached; log:\n{log}"));
+    broker::amqp::urls(urls)
+        .iter()
+        .position(|u| line.contains(u))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no URL of the list in `{line}`"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover() {
+    let urls = cluster_urls();
+    worker_and_cli_survive_their_node(&urls).await;
+}
+
+/// A task runs on a worker connected to node N; node N is SIGKILLed mid-task.
+/// The worker reconnects to another node and its result reaches the waiting
+/// client (which reconnects too), run once; a `krill submit --wait` given the
+/// three URLs afterwards works while node N is still down.
+async fn worker_and_cli_survive_their_node(urls: &str) {
+    let pool = unique_pool("cluster");
+    let mut w = WorkerBuilder::new(&pool)
+        .env("KRILL_AMQP_URL", urls)
+        .start()
+        .await;
+    w.keep_pool();
+    let node = node_of(&w.log_text(), urls);
+    let c = Client::connect(urls).await.expect("client on the cluster");
+    // The events tap lives on a node that stays up.
+    let others: Vec<&str> = broker::amqp::urls(urls)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != node)
+        .map(|(_, u)| u)
+        .collect();
+    let mut events = Events::at(
+        &others.join(","),
+        &topology::task_event_key(&pool, "started"),
+    )
+    .await;
+    let t = task("sleep 3; echo survived");
+    c.submit(&pool, &t).await.expect("submit");
+    let v = events.wait_task(&t.id, T).await;
+    assert_eq!(v["state"], "started", "{v}");
+
+    cluster(&["kill", &node.to_string()]);
+    let r = c
+        .wait(&t.id, Some(T))
+        .await
+        .expect("the result after the node died");
+    assert_eq!(
+        r.status,
+        Status::Succeeded,
+        "{r:?}\nworker log:\n{}",
+        w.log_text()
+    );
+    assert_eq!(r.stdout, "survived\n", "{r:?}");
+    assert_eq!(r.attempt, 1, "run once: {r:?}");
+    let now = node_of(&w.log_text(), urls);
+    assert_ne!(now, node, "the worker is on another node");
+
+    // The CLI, given the list, while node N is still down.
+    let out = Command::new(bin("krill"))
+        .env("KRILL_AMQP_URL", urls)
+        .env("KRILL_POOL", &pool)
+        .args(["submit", "--", "echo from the cli"])
+        .output()
+        .expect("running krill");
+    assert!(
+        out.status.success(),
+        "krill submit --wait with node {node} down: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from the cli"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    cluster(&["start", &node.to_string()]);
+}
