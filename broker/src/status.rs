@@ -95,6 +95,9 @@ impl WorkerState {
 pub struct WorkerStatus {
     pub id: String,
     pub host: String,
+    /// The broker node its last heartbeat said it is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
     pub pool: String,
     pub state: WorkerState,
     pub krill_version: String,
@@ -377,6 +380,7 @@ pub fn worker_status(hb: &Heartbeat, now: DateTime<Utc>) -> WorkerStatus {
     WorkerStatus {
         id: hb.worker.clone(),
         host: hb.host.clone(),
+        broker: hb.broker.clone(),
         pool: hb.pool.clone(),
         state,
         krill_version: hb.krill_version.clone(),
@@ -512,6 +516,7 @@ mod tests {
             draining: false,
             degraded: None,
             running: Vec::new(),
+            broker: None,
             uptime_secs: 1,
             interval_secs: 5,
             stopping: false,

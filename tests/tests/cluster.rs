@@ -111,6 +111,31 @@ async fn worker_and_cli_survive_their_node(urls: &str) {
     assert_eq!(r.attempt, 1, "run once: {r:?}");
     let now = node_of(&w.log_text(), urls);
     assert_ne!(now, node, "the worker is on another node");
+    // `krill status` says which node the worker is on now (from its heartbeat).
+    let want = broker::amqp::urls(urls)[now - 1].to_string();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let out = Command::new(bin("krill"))
+            .env("KRILL_AMQP_URL", urls)
+            .args(["status", "--json", "--since", "1m"])
+            .output()
+            .expect("running krill status");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let on = v["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|x| x["id"] == w.id.as_str()))
+            .map(|x| x["broker"].clone());
+        if on.as_ref().and_then(|b| b.as_str()) == Some(want.as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "krill status never showed {} on {want}: {on:?}\n{}",
+            w.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The CLI, given the list, while node N is still down.
     let out = Command::new(bin("krill"))

@@ -111,6 +111,10 @@ async fn serve(
     // Whatever ends this connection, the next try begins with the next node.
     *start = connected.index + 1;
     tracing::info!(node = %connected.url, "broker node reached");
+    *shared
+        .broker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connected.url.clone());
     let conn = connected.conn;
     let consume = conn.create_channel().await?;
     let confirm = conn.create_channel().await?;
