@@ -665,3 +665,36 @@ fn rabbitmq_cluster_manifest_matches_the_broker_config() {
         "{file}: a partitioned minority must pause"
     );
 }
+
+#[test]
+fn compose_cluster_profile_names_every_node() {
+    let file = "deploy/compose/docker-compose.cluster.yml";
+    let compose = yaml(file);
+    let services = compose["services"].as_mapping().expect("services");
+    let nodes: BTreeSet<String> = services
+        .keys()
+        .map(s)
+        .filter(|n| n.starts_with("rabbitmq"))
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "{file}: three RabbitMQ nodes, got {nodes:?}"
+    );
+    let url = s(&compose["services"]["worker"]["environment"]["KRILL_AMQP_URL"]);
+    let hosts: BTreeSet<String> = broker::amqp::urls(&url)
+        .iter()
+        .filter_map(|u| u.split('@').nth(1)?.split(':').next().map(str::to_string))
+        .collect();
+    assert_eq!(
+        hosts, nodes,
+        "{file}: the worker's KRILL_AMQP_URL lists every node"
+    );
+    let conf = read("deploy/compose/cluster.conf");
+    for n in &nodes {
+        assert!(
+            conf.contains(&format!("= rabbit@{n}\n")),
+            "deploy/compose/cluster.conf does not list {n}"
+        );
+    }
+}
