@@ -92,8 +92,10 @@ pub async fn connect_first(
 pub enum ConnectAnyError {
     #[error("no broker URL given")]
     NoUrl,
-    #[error("no node answered; the last said")]
-    Refused(#[source] lapin::Error),
+    /// Shown with the last node's reason: callers print this error as the
+    /// source of theirs (`cannot reach RabbitMQ at …: {source}`).
+    #[error("no node answered; the last: {0}")]
+    Refused(lapin::Error),
     #[error("no node answered; the last did not within {0:?}")]
     TimedOut(Duration),
 }

@@ -64,6 +64,54 @@ fn node_of(log: &str, urls: &str) -> usize {
 async fn cluster_failover() {
     let urls = cluster_urls();
     worker_and_cli_survive_their_node(&urls).await;
+    quorum_loss_fails_submits_and_keeps_running_tasks(&urls).await;
+}
+
+/// Two of three nodes SIGKILLed: the last one pauses (pause_minority), so a
+/// submit fails with an error instead of hanging; the task running meanwhile
+/// finishes once, and its result reaches the submitter when the nodes are back.
+async fn quorum_loss_fails_submits_and_keeps_running_tasks(urls: &str) {
+    let pool = unique_pool("quorum");
+    let mut w = WorkerBuilder::new(&pool)
+        .env("KRILL_AMQP_URL", urls)
+        .start()
+        .await;
+    w.keep_pool();
+    let c = Client::connect(urls).await.expect("client on the cluster");
+    let mut events = Events::at(urls, &topology::task_event_key(&pool, "started")).await;
+    let t = task("sleep 4; echo after quorum");
+    c.submit(&pool, &t).await.expect("submit");
+    let v = events.wait_task(&t.id, T).await;
+    assert_eq!(v["state"], "started", "{v}");
+
+    cluster(&["kill", "1"]);
+    cluster(&["kill", "2"]);
+    let late = task("echo never");
+    let tried = tokio::time::timeout(T, async {
+        let c = Client::connect(urls).await?;
+        c.submit(&pool, &late).await
+    })
+    .await
+    .expect("a submit without quorum neither hung nor was silently dropped");
+    match tried {
+        Ok(()) => panic!("a submit with 2 of 3 nodes down was confirmed"),
+        Err(e) => eprintln!("submit with 2 of 3 nodes down: {e}"),
+    }
+
+    cluster(&["start", "1"]);
+    cluster(&["start", "2"]);
+    let r = c
+        .wait(&t.id, Some(T))
+        .await
+        .expect("the result once quorum is back");
+    assert_eq!(
+        r.status,
+        Status::Succeeded,
+        "{r:?}\nworker log:\n{}",
+        w.log_text()
+    );
+    assert_eq!(r.stdout, "after quorum\n", "{r:?}");
+    assert_eq!(r.attempt, 1, "run once: {r:?}");
 }
 
 /// A task runs on a worker connected to node N; node N is SIGKILLed mid-task.
