@@ -6,10 +6,12 @@
 #   krill_ensure_rabbitmq   # broker up with deploy/rabbitmq config, AMQP answering
 #   krill_ensure_docker     # engine up, `docker info` answering
 #   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
+#   krill_ensure_postgres   # PostgreSQL up, role krill, database krill_gateway_test (KRILL_TEST_PG_URL)
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
 #   krill_cluster_up        # a private three-node cluster (scripts/cluster)
 #   krill_ensure_keys KRILL ETC  # your signing key, the pool key pair, trusted-keys
+#   krill_ensure_net_tools  # nft, ip and nsenter for the worker network (--allow-network)
 #
 # Safe to source from scripts running under `set -euo pipefail`; it does not
 # change the caller's shell options. Tunables (environment):
@@ -633,4 +635,53 @@ krill_ensure_keys() {
     printf '%s control\n' "$line" >>"$trusted"
   fi
   KRILL_UP_KEY=$key
+}
+
+# krill_ensure_postgres: PostgreSQL (Debian's `postgresql`) installed, a cluster
+# running on 127.0.0.1:5432, a role `krill` (password `krill`, may create
+# databases) and the database `krill_gateway_test` the gateway tests use (each
+# test in a schema of its own). Exports KRILL_TEST_PG_URL.
+krill_ensure_postgres() {
+  krill_apt_install postgresql
+  local ver
+  ver="$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1)"
+  [[ -n "$ver" ]] || krill_die "postgresql is installed but /usr/lib/postgresql has no version"
+  if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+    krill_log "creating a PostgreSQL $ver cluster"
+    pg_createcluster "$ver" main >/dev/null
+  fi
+  local cluster
+  cluster="$(pg_lsclusters -h | awk 'NR==1 {print $1" "$2}')"
+  if ! pg_lsclusters -h | awk 'NR==1 {print $4}' | grep -q online; then
+    krill_log "starting PostgreSQL ($cluster)"
+    # shellcheck disable=SC2086 # version and name are two words
+    pg_ctlcluster $cluster start
+  fi
+  local i
+  for i in $(seq 1 60); do
+    krill_port_open 127.0.0.1 5432 && break
+    sleep 0.5
+  done
+  krill_port_open 127.0.0.1 5432 || krill_die "PostgreSQL does not answer on 127.0.0.1:5432 (see /var/log/postgresql/)"
+  local psql=(runuser -u postgres -- psql -qAtX -v ON_ERROR_STOP=1)
+  if [[ "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = 'krill'")" != 1 ]]; then
+    "${psql[@]}" -c "CREATE ROLE krill LOGIN PASSWORD 'krill' CREATEDB" >/dev/null
+  fi
+  if [[ "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'krill_gateway_test'")" != 1 ]]; then
+    "${psql[@]}" -c "CREATE DATABASE krill_gateway_test OWNER krill" >/dev/null
+  fi
+  export KRILL_TEST_PG_URL="postgres://krill:krill@127.0.0.1:5432/krill_gateway_test"
+}
+
+# krill_ensure_net_tools: what a worker with --allow-network runs for each task
+# with network (nftables' `nft`, iproute2's `ip`, util-linux's `nsenter`), and
+# what tests/tests/network.rs uses for its "outside" host (`ip netns`).
+krill_ensure_net_tools() {
+  local want=()
+  command -v nft >/dev/null 2>&1 || want+=(nftables)
+  command -v ip >/dev/null 2>&1 || want+=(iproute2)
+  command -v nsenter >/dev/null 2>&1 || want+=(util-linux)
+  if ((${#want[@]})); then
+    krill_apt_install "${want[@]}"
+  fi
 }

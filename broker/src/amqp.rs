@@ -1,13 +1,14 @@
 //! AMQP plumbing shared by every side that talks to RabbitMQ — the submitting
 //! client, the worker, the tests and the bench — neither side importing the
 //! other's: publish with confirms, URL redaction, a private queue bound to an
-//! exchange (a tap), a passive look at a queue (a peek), `x-death`, and
-//! failover over a list of broker URLs (a cluster's nodes).
+//! exchange (a tap), a passive look at a queue (a peek), a stream read from an
+//! offset, `x-death`, and failover over a list of broker URLs (a cluster's nodes).
 
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use std::time::Duration;
 
@@ -254,6 +255,40 @@ pub async fn peek(conn: &Connection, queue: &str) -> Result<Option<lapin::Queue>
         Err(_) if conn.status().connected() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Where a stream consumer starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFrom {
+    /// The stream's first record still kept.
+    First,
+    /// The first record stored at or after this Unix time (seconds).
+    Since(u64),
+}
+
+/// Consumes the stream `stream` on `ch` from `from`, with `prefetch` (a stream
+/// consumer must have one). `tag` names the consumer; empty lets the broker name it.
+pub async fn consume_stream(
+    ch: &Channel,
+    stream: &str,
+    tag: &str,
+    prefetch: u16,
+    from: StreamFrom,
+) -> Result<Consumer, lapin::Error> {
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let offset = match from {
+        StreamFrom::First => AMQPValue::LongString(LongString::from("first")),
+        StreamFrom::Since(unix) => AMQPValue::Timestamp(unix),
+    };
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-stream-offset"), offset);
+    ch.basic_consume(
+        ShortString::from(stream),
+        ShortString::from(tag),
+        BasicConsumeOptions::default(),
+        args,
+    )
+    .await
 }
 
 /// The most recent entry of a message's `x-death` header (RabbitMQ's record

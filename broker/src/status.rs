@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::BasicAckOptions;
+use lapin::types::ShortString;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use serde::Serialize;
 
-use crate::amqp;
+use crate::amqp::{self, StreamFrom};
 use crate::protocol::{BlockReason, Heartbeat, KeyHolder, LineView, RunningTask};
 use crate::topology;
 
@@ -229,24 +229,16 @@ impl HeartbeatReader {
             let _ = declare.close(200, ShortString::from("declared")).await;
         }
         let channel = conn.create_channel().await?;
-        channel
-            .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
-            .await?;
         let from = Utc::now() - chrono::Duration::from_std(since).unwrap_or_default();
-        let mut args = FieldTable::default();
-        args.insert(
-            ShortString::from("x-stream-offset"),
-            AMQPValue::Timestamp(from.timestamp().max(0) as u64),
-        );
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(topology::HEARTBEATS_STREAM),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await
-            .map_err(StatusError::Stream)?;
+        let consumer = amqp::consume_stream(
+            &channel,
+            topology::HEARTBEATS_STREAM,
+            "",
+            STREAM_PREFETCH,
+            StreamFrom::Since(from.timestamp().max(0) as u64),
+        )
+        .await
+        .map_err(StatusError::Stream)?;
         Ok(HeartbeatReader {
             conn,
             _channel: channel,

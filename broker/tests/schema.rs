@@ -44,3 +44,37 @@ fn the_smallest_task_validates_against_the_schema_shape() {
         "unknown fields must be rejected"
     );
 }
+
+#[test]
+fn the_schema_takes_network_as_a_switch_or_an_allow_list() {
+    let (_, task) = broker::schema::schemas()
+        .into_iter()
+        .next()
+        .expect("task schema");
+    let v: serde_json::Value = serde_json::from_str(&task).expect("json");
+    let network = &v["$defs"]["Network"]["anyOf"];
+    let kinds: Vec<String> = network
+        .as_array()
+        .expect("anyOf")
+        .iter()
+        .map(|f| {
+            f["type"]
+                .as_str()
+                .or(f["$ref"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["boolean", "#/$defs/NetworkAllow"], "{network}");
+    let allow = &v["$defs"]["NetworkAllow"];
+    assert_eq!(allow["required"], serde_json::json!(["allow"]), "{allow}");
+    assert_eq!(
+        allow["additionalProperties"],
+        serde_json::json!(false),
+        "{allow}"
+    );
+    assert_eq!(
+        allow["properties"]["allow"]["items"]["type"], "string",
+        "{allow}"
+    );
+}

@@ -16,6 +16,7 @@ use lapin::options::QueueDeleteOptions;
 use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
 
+pub mod gateway;
 pub mod trust;
 
 /// The broker tests use (`KRILL_AMQP_URL`, default local).

@@ -85,6 +85,7 @@ async fn sandbox_with(cfg: impl FnOnce(&mut ContainerConfig), tuning: Tuning) ->
         allow_network: false,
         stub_path: stub_path(),
         uids: None,
+        net: None,
     };
     cfg(&mut config);
     ContainerSandbox::connect_tuned(config, tuning)
@@ -111,6 +112,7 @@ fn spec(script: &str) -> Spec {
             disk_bytes: 16 << 20,
             output_file_bytes: 64 << 10,
             network: false,
+            network_allow: Vec::new(),
         },
         image: None,
     }
@@ -519,6 +521,7 @@ async fn images_outside_the_allow_list_are_refused_and_missing_ones_reported() {
             allow_network: false,
             stub_path: stub_path(),
             uids: None,
+            net: None,
         },
         Tuning::default(),
     )

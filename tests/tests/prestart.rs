@@ -206,7 +206,7 @@ async fn tasks_with_other_limits_or_network_still_run() {
     let waiting = full_pool(&w).await;
     let mut t =
         container_task("cat /sys/class/net/*/operstate 2>/dev/null | head -5; ls /sys/class/net");
-    t.limits.network = true;
+    t.limits.network = true.into();
     let r = run_task(&c, &pool, &t).await;
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     assert!(

@@ -298,8 +298,8 @@ async fn open_heredoc_masked_live_container() {
     open_heredoc_masked_live(Sb::Container).await;
 }
 
-/// Issue #20, case 8: with network on, a process task is in the host's net
-/// namespace — but `/run/krill` is not in its view (its root has no `/run`),
+/// Issue #20, case 8: with network on (a net namespace of its own since
+/// #14, whose abstract sockets are not the host's) — `/run/krill` is not in its view (its root has no `/run`),
 /// and the lock files are root-only anyway, so it cannot hold a `flock` that
 /// would keep a worker from restarting or make the sweep skip a dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,7 +320,7 @@ done
 true"#
     );
     let mut t = prepare(task(&script), Sb::Process);
-    t.limits.network = true;
+    t.limits.network = true.into();
     let r = run_task(&c, &w.pool, &t).await;
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     assert!(!r.stdout.contains("visible"), "{}", r.stdout);

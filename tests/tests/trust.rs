@@ -133,7 +133,7 @@ async fn every_refused_task_gets_its_reason_runs_nothing_and_the_worker_keeps_se
         false,
     );
     let mut t = task("echo net");
-    t.limits.network = true;
+    t.limits.network = true.into();
     let (b, p) = prepared(&alice, &pool, &t);
     case(
         "network restriction",

@@ -122,6 +122,21 @@ pub struct Config {
     /// Let tasks that ask for network have it.
     #[arg(long, env = "KRILL_ALLOW_NETWORK")]
     pub allow_network: bool,
+    /// Non-public destinations tasks may ask for (`CIDR[:PORTS]`, comma-separated;
+    /// the public internet needs no entry): the bound of a task's
+    /// `limits.network.allow`, and what `"network": true` gets.
+    #[arg(long, env = "KRILL_NETWORK_ALLOW", value_delimiter = ',', value_parser = parse_allowance)]
+    pub network_allow: Vec<crate::sandbox::net::Allowance>,
+    /// Subnet of the worker bridge tasks with network get their addresses on
+    /// (the same on every worker of a host).
+    #[arg(long, env = "KRILL_NETWORK_SUBNET", default_value = crate::sandbox::net::DEFAULT_SUBNET)]
+    pub network_subnet: ipnet::Ipv4Net,
+    /// Name of the worker bridge (the Docker network's bridge device).
+    #[arg(long, env = "KRILL_NETWORK_BRIDGE", default_value = crate::sandbox::net::DEFAULT_BRIDGE)]
+    pub network_bridge: String,
+    /// Docker network Krill manages for tasks with network (made if missing).
+    #[arg(long, env = "KRILL_DOCKER_NETWORK", default_value = crate::sandbox::net::DEFAULT_DOCKER_NETWORK)]
+    pub docker_network: String,
     /// Path of the static krill-stub binary mounted into containers (default: next to this binary).
     #[arg(long, env = "KRILL_STUB_PATH")]
     pub stub_path: Option<PathBuf>,
@@ -255,6 +270,12 @@ impl Config {
         if self.default_timeout > self.max_timeout {
             return Err("--default-timeout is above --max-timeout".into());
         }
+        if self.network_subnet.prefix_len() > 23 {
+            return Err(format!(
+                "--network-subnet {}: give a /23 or larger (its first /24 is the engine's own)",
+                self.network_subnet
+            ));
+        }
         if self.sandbox.contains(&SandboxKind::Container) && self.images.is_empty() {
             return Err("the container sandbox needs at least one --image".into());
         }
@@ -320,6 +341,7 @@ impl Config {
                 disk_bytes: self.disk.min(self.max_disk),
                 output_file_bytes: OUTPUT_FILE_BYTES,
                 network: false,
+                network_allow: Vec::new(),
             },
             max: Effective {
                 timeout: self.max_timeout,
@@ -329,6 +351,7 @@ impl Config {
                 disk_bytes: self.max_disk,
                 output_file_bytes: OUTPUT_FILE_BYTES,
                 network: self.allow_network,
+                network_allow: self.network_allow.clone(),
             },
             allow_network: self.allow_network,
             output_bytes: self.output_bytes.min(self.max_output_bytes),
@@ -356,6 +379,8 @@ pub enum PolicyError {
     CpusAboveMax { asked: f64, max: f64 },
     #[error("network access was asked for but this pool does not allow it")]
     NetworkNotAllowed,
+    #[error(transparent)]
+    NetworkBeyond(#[from] crate::sandbox::net::GrantError),
     #[error("secret `{0}` is sealed and this worker did not open it (no --pool-key opens it)")]
     SealedSecret(String),
 }
@@ -421,9 +446,15 @@ impl Policy {
             Some(c) => c,
             None => d.cpus,
         };
-        if limits.network && !self.allow_network {
+        let network = limits.network.is_on();
+        if network && !self.allow_network {
             return Err(PolicyError::NetworkNotAllowed);
         }
+        let network_allow = if network {
+            crate::sandbox::net::grant(limits.network.asked(), &m.network_allow)?
+        } else {
+            Vec::new()
+        };
         Ok(Effective {
             timeout,
             memory_bytes,
@@ -431,9 +462,18 @@ impl Policy {
             pids,
             disk_bytes,
             output_file_bytes: d.output_file_bytes,
-            network: limits.network,
+            network,
+            network_allow,
         })
     }
+}
+
+fn parse_allowance(s: &str) -> Result<crate::sandbox::net::Allowance, String> {
+    let a: crate::sandbox::net::Allowance = s.parse()?;
+    if !a.net.addr().is_ipv4() {
+        return Err(format!("`{s}`: the worker network is IPv4 only"));
+    }
+    Ok(a)
 }
 
 fn parse_bind(s: &str) -> Result<(PathBuf, PathBuf), String> {
@@ -479,12 +519,37 @@ mod tests {
         let err = p.effective(&too_long).expect_err("over the maximum");
         assert!(err.to_string().contains("maximum of 3600s"), "{err}");
         let net = Limits {
-            network: true,
+            network: true.into(),
             ..Limits::default()
         };
         assert!(p.effective(&net).is_err());
-        let p = config(&["--allow-network"]).policy();
-        assert!(p.effective(&net).expect("allowed").network);
+        let p = config(&[
+            "--allow-network",
+            "--network-allow",
+            "10.20.0.0/16:5432,198.51.100.0/24",
+        ])
+        .policy();
+        let whole = p.effective(&net).expect("allowed");
+        assert!(whole.network);
+        assert_eq!(whole.network_allow.len(), 2);
+        let ask = |a: &[&str]| Limits {
+            network: broker::protocol::Network::Allow(broker::protocol::NetworkAllow {
+                allow: a.iter().map(|s| s.to_string()).collect(),
+            }),
+            ..Limits::default()
+        };
+        let some = p.effective(&ask(&["198.51.100.7:80"])).expect("within");
+        assert_eq!(some.network_allow[0].to_string(), "198.51.100.7/32:80");
+        let err = p.effective(&ask(&["10.20.0.0/16:22"])).expect_err("beyond");
+        assert!(err.to_string().contains("--network-allow"), "{err}");
+    }
+
+    #[test]
+    fn network_allow_is_ipv4_only() {
+        let e = Config::try_parse_from(["krill-worker", "--network-allow", "[fd00::/8]:53"])
+            .expect_err("v6");
+        assert!(e.to_string().contains("IPv4 only"), "{e}");
+        assert!(Config::try_parse_from(["krill-worker", "--network-allow", "10.0.0.0/8"]).is_ok());
     }
 
     #[test]

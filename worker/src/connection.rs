@@ -189,3 +189,13 @@ async fn declare_heartbeat_stream(conn: &Connection) {
             "cannot declare the heartbeat stream; `krill status` will not see lost workers");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_get_at_least_one_reconnect_backoff_of_grace() {
+        assert!(crate::keyed::liveness::RECONNECT_GRACE >= MAX_BACKOFF);
+    }
+}

@@ -24,6 +24,7 @@
 
 use std::sync::Arc;
 
+use broker::amqp::{self, StreamFrom};
 use broker::protocol::{Control, Status, TaskResult};
 use broker::topology::{
     CANCEL_STREAM, CONTROL_EXCHANGE, CONTROL_QUEUE_PREFIX, DEAD_NOTIFY_QUEUE, POOL_QUEUE_PREFIX,
@@ -31,7 +32,7 @@ use broker::topology::{
 };
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::oneshot;
 
@@ -197,21 +198,14 @@ async fn cancellations(
     caught_up: oneshot::Sender<()>,
 ) -> Result<(), ControlError> {
     let ch = conn.create_channel().await?;
-    ch.basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(CANCEL_STREAM),
-            ShortString::from(format!("krill-cancels.{}", shared.id)),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let mut consumer = amqp::consume_stream(
+        &ch,
+        CANCEL_STREAM,
+        &format!("krill-cancels.{}", shared.id),
+        STREAM_PREFETCH,
+        StreamFrom::First,
+    )
+    .await?;
     let marker = format!(
         "{SYNC_MARKER_PREFIX}{}.{}",
         shared.id,
@@ -324,6 +318,7 @@ mod tests {
     use crate::outbound::{MemorySink, Outgoing};
     use crate::state::Running;
     use lapin::types::FieldArray;
+    use lapin::types::{AMQPValue, LongString};
 
     fn setup() -> (Arc<MemorySink>, Arc<Shared>) {
         let sink = Arc::new(MemorySink::default());

@@ -220,6 +220,45 @@ async fn reap_loop(shared: Arc<Shared>) {
     }
 }
 
+/// The worker network: the bridge, Krill's nft tables, and the broker's
+/// addresses refused to every task.
+async fn setup_net(cfg: &Config) -> anyhow::Result<Arc<crate::sandbox::net::Net>> {
+    use crate::sandbox::net::{host_resolvers, Net, NetConfig, LOCK_DIR};
+    let mut refused = Vec::new();
+    if let Some((host, port)) = broker_host(&cfg.amqp_url) {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => refused.extend(addrs.map(|a| ipnet::IpNet::from(a.ip()))),
+            Err(e) => tracing::warn!(%host, error = %e, "could not resolve the broker's host"),
+        }
+    }
+    let dns = host_resolvers();
+    let started = std::time::Instant::now();
+    let net = Net::setup(NetConfig {
+        docker_network: cfg.docker_network.clone(),
+        bridge: cfg.network_bridge.clone(),
+        subnet: cfg.network_subnet,
+        refused,
+        dns,
+        lock_dir: LOCK_DIR.into(),
+    })
+    .await?;
+    tracing::info!(subnet = %cfg.network_subnet, bridge = %cfg.network_bridge,
+        took = ?started.elapsed(), "worker network ready");
+    Ok(net)
+}
+
+/// Host and port of an AMQP URL (`amqp://user:pass@host:port/vhost`).
+fn broker_host(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+        _ => (hostport, 5672),
+    };
+    Some((host.trim_matches(['[', ']']).to_string(), port))
+}
+
 async fn build_sandboxes(
     cfg: &Config,
     id: &str,
@@ -227,6 +266,15 @@ async fn build_sandboxes(
 ) -> anyhow::Result<Sandboxes> {
     let mut s = Sandboxes::default();
     let uids = claim_uids(cfg, id).context("sandbox uids")?;
+    let net = if cfg.allow_network {
+        Some(
+            setup_net(cfg)
+                .await
+                .context("worker network (--allow-network)")?,
+        )
+    } else {
+        None
+    };
     if cfg.sandbox.contains(&SandboxKind::Process) {
         let liveness = liveness
             .clone()
@@ -242,6 +290,7 @@ async fn build_sandboxes(
             binds: cfg.process_binds.clone(),
             rootfs: cfg.process_rootfs.clone(),
             liveness,
+            net: net.clone(),
         })
         .context("process sandbox")?;
         s.process = Some(Arc::new(p));
@@ -260,6 +309,7 @@ async fn build_sandboxes(
                 allow_network: cfg.allow_network,
                 stub_path,
                 uids: Some(uids.clone()),
+                net: net.clone(),
             },
             Tuning {
                 runtime: cfg.container_runtime.clone(),

@@ -56,6 +56,7 @@ pub mod gate;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod keyed;
 pub mod lines;
 pub mod liveness;
 pub mod metrics;

@@ -134,6 +134,17 @@ async fn execute(
 ) {
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let task_id = spec.task_id.clone();
+    result.network = spec
+        .limits
+        .network
+        .then(|| broker::protocol::NetworkApplied {
+            allow: spec
+                .limits
+                .network_allow
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
     // Masks known before any output: the capture is masked with these as it flows.
     let generation = masks.generation();
     let sandbox_run = ctx.sandboxes.run(kind, spec, tx, cancel.token().clone());

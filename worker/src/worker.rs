@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::health::Health;
-use crate::lines::Lines;
+use crate::keyed::Lines;
 use crate::runner::RunCtx;
 use crate::snapshot::Snapshot;
 use crate::state::TaskState;

@@ -187,6 +187,7 @@ pub async fn latency(b: &mut Bench) -> anyhow::Result<()> {
             "Krill: {failed} of {n} latency tasks did not succeed"
         ));
     }
+    let networked = network_on_latency(b, cmd, n.min(200)).await?;
     let k = Latency::of(&samples);
     let p50 = Some(Figure::ms(k.p50_ms));
     let p99 = Some(Figure::ms(k.p99_ms));
@@ -241,6 +242,13 @@ pub async fn latency(b: &mut Bench) -> anyhow::Result<()> {
     );
     b.report.row(
         "2",
+        "p50 submit → result, network on (own netns on the worker network)",
+        networked.map(|l| Figure::ms(l.p50_ms)),
+        "network off",
+        p50,
+    );
+    b.report.row(
+        "2",
         "p50, CLI path (durable reply queue per task)",
         Some(Figure::ms(durable.p50_ms)),
         "bulk path (one reply queue per client)",
@@ -265,4 +273,41 @@ pub async fn latency(b: &mut Bench) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Tasks with network, one at a time, on a worker with `--allow-network`: the
+/// helper started for the task, its address, grant and veth on the path.
+async fn network_on_latency(b: &mut Bench, cmd: &str, n: usize) -> anyhow::Result<Option<Latency>> {
+    let mut opts = WorkerOpts::process(2);
+    opts.env.push(("KRILL_ALLOW_NETWORK".into(), "true".into()));
+    let w = match b.env.worker(&opts).await {
+        Ok(w) => w,
+        Err(e) => {
+            b.report
+                .note(format!("network-on latency: worker did not start: {e:#}"));
+            return Ok(None);
+        }
+    };
+    let client = BulkClient::connect(&b.env.amqp_url).await?;
+    let networked = || {
+        let mut t = task(cmd);
+        t.limits.network = true.into();
+        t
+    };
+    burst(&client, &w.pool, 4, networked).await?;
+    let mut samples = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        let (d, ok) = one(&client, &w.pool, &networked()).await?;
+        samples.push(d);
+        failed += usize::from(!ok);
+    }
+    client.close().await;
+    w.stop().await;
+    if failed > 0 {
+        b.report.note(format!(
+            "Krill: {failed} of {n} network-on latency tasks did not succeed"
+        ));
+    }
+    Ok(Some(Latency::of(&samples)))
 }

@@ -28,6 +28,12 @@ pub struct Cli {
     /// to it (default: ~/.config/krill/pool.pub, when it exists).
     #[arg(long, env = "KRILL_POOL_PUBLIC_KEY", global = true)]
     pub pool_public_key: Option<String>,
+    /// Talk to a krill-gateway instead of RabbitMQ (submit, wait, cancel).
+    #[arg(long, env = "KRILL_GATEWAY_URL", global = true)]
+    pub gateway_url: Option<String>,
+    /// The gateway's bearer token (`krill-gateway tokens add`).
+    #[arg(long, env = "KRILL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -155,6 +161,10 @@ pub struct SubmitArgs {
     /// Ask for network access (granted only if the pool allows it).
     #[arg(long)]
     pub network: bool,
+    /// Ask for network with these non-public destinations too, `CIDR[:PORTS]`
+    /// (comma-separated or repeated; implies --network), each within the pool's --network-allow.
+    #[arg(long, value_delimiter = ',')]
+    pub network_allow: Vec<String>,
     /// Interpreter and its arguments, space-separated (default `sh -e`).
     #[arg(long)]
     pub interpreter: Option<String>,

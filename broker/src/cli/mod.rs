@@ -4,6 +4,7 @@
 //! out, 130 cancelled, 137 OOM-killed, 125 for anything on krill's side.
 
 mod args;
+mod gateway;
 pub mod keys;
 mod print;
 mod status;
@@ -40,6 +41,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         let url = url.clone();
         async move { Ok::<_, anyhow::Error>(Client::connect(&url).await?.with_credentials(creds)) }
     };
+    if let Some(gw) = cli.gateway_url.as_deref() {
+        if let Some(code) = gateway::run(gw, cli.token.as_deref(), &cli.command).await? {
+            return Ok(code);
+        }
+    }
     match cli.command {
         Command::Keys(cmd) => keys::run(cmd, key),
         Command::Submit(args) => submit::submit(connect(creds()?).await?, *args).await,

@@ -65,7 +65,13 @@ pub fn build_task(args: &SubmitArgs) -> anyhow::Result<Task> {
     l.pids = args.pids;
     l.output_bytes = args.output_bytes;
     l.disk_bytes = args.disk;
-    l.network = args.network;
+    l.network = if args.network_allow.is_empty() {
+        crate::protocol::Network::Switch(args.network)
+    } else {
+        crate::protocol::Network::Allow(crate::protocol::NetworkAllow {
+            allow: args.network_allow.clone(),
+        })
+    };
     task.retry_on_worker_loss = args.retry_on_worker_loss;
     task.concurrency_key = args.concurrency_key.clone();
     task.max_concurrent = args.max_concurrent;
@@ -330,7 +336,7 @@ fn report(
 }
 
 /// Prints the result and returns the exit code mirroring it.
-fn print_result(
+pub(crate) fn print_result(
     result: &TaskResult,
     json: bool,
     show_sensitive: bool,

@@ -18,10 +18,12 @@ pub use lines::{
     human_duration, short_id, valid_key, BlockReason, Blocked, KeyAnnounce, KeyHolder, LineRecord,
     LineStep, LineView, WaitedOn, MAX_CONCURRENT_LIMIT, MAX_KEY_LEN,
 };
-pub use result::{Enforcement, Landlock, OutputVar, Status, TaskResult, Timings, Usage};
+pub use result::{
+    Enforcement, Landlock, NetworkApplied, OutputVar, Status, TaskResult, Timings, Usage,
+};
 pub use task::{
-    valid_env_name, valid_id, Limits, SandboxKind, Sealed, Secret, SecretValue, Task, TaskError,
-    DEFAULT_INTERPRETER, MAX_ID_LEN, PROTOCOL_VERSION,
+    valid_env_name, valid_id, Limits, Network, NetworkAllow, SandboxKind, Sealed, Secret,
+    SecretValue, Task, TaskError, DEFAULT_INTERPRETER, MAX_ID_LEN, PROTOCOL_VERSION,
 };
 
 /// The largest task message a worker accepts, in bytes (script, env and secrets included).

@@ -109,6 +109,17 @@ pub enum Landlock {
     Off,
 }
 
+/// The egress policy a task with network ran under: the public internet, plus
+/// the non-public destinations in `allow`; never the host, loopback,
+/// link-local, the worker bridge (other tasks), or the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkApplied {
+    /// Granted non-public destinations, `CIDR` or `CIDR:PORTS` (the pool's
+    /// resolvers on port 53 come on top).
+    pub allow: Vec<String>,
+}
+
 /// When the task was queued, started and finished.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +203,9 @@ pub struct TaskResult {
     /// Process sandbox: whether its Landlock fence was applied (absent for containers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landlock: Option<Landlock>,
+    /// The egress policy a task with network ran under (absent: no network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkApplied>,
     #[serde(default)]
     pub timings: Timings,
     #[serde(default)]
@@ -229,6 +243,7 @@ impl TaskResult {
             attempt: 1,
             limits: Enforcement::Enforced,
             landlock: None,
+            network: None,
             timings: Timings::default(),
             usage: Usage::default(),
             waited_on: None,

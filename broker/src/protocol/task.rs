@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -153,9 +154,60 @@ pub struct Limits {
     /// Size of the writable work dir and /tmp, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
-    /// Whether the task may use the network (granted only if the pool allows it).
+    /// Whether the task may use the network (granted only if the pool allows
+    /// it): `true` (the pool's whole allowance), `false`, or `{"allow":
+    /// ["CIDR[:PORTS]", ...]}` (the public internet plus those non-public
+    /// destinations, each within the pool's `--network-allow`).
     #[serde(default)]
-    pub network: bool,
+    pub network: Network,
+}
+
+/// A task's network: off, on with the pool's whole allowance, or on with the
+/// non-public destinations it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Network {
+    /// `false`: no network; `true`: the pool's whole allowance.
+    Switch(bool),
+    /// `{"allow": [...]}`: the public internet plus these destinations.
+    Allow(NetworkAllow),
+}
+
+/// Destinations a task asks for beyond the public internet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAllow {
+    /// `CIDR` or `CIDR:PORTS` (ports like `443` or `8000-8100`, several joined
+    /// with `+`, e.g. `10.20.0.0/16:5432+6432`); an address alone is a /32 or /128.
+    pub allow: Vec<String>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network::Switch(false)
+    }
+}
+
+impl Network {
+    /// Whether the task asks for network at all.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Network::Switch(false))
+    }
+
+    /// What it asks for: `None` for the pool's whole allowance (`true`) or no
+    /// network, the list otherwise.
+    pub fn asked(&self) -> Option<&[String]> {
+        match self {
+            Network::Allow(a) => Some(&a.allow),
+            Network::Switch(_) => None,
+        }
+    }
+}
+
+impl From<bool> for Network {
+    fn from(on: bool) -> Self {
+        Network::Switch(on)
+    }
 }
 
 /// A task: the script and everything needed to run it.
@@ -360,11 +412,14 @@ impl Task {
             return Err(TaskError::ImageWithoutContainer);
         }
         if let Some(k) = &self.reply_key {
-            crate::trust::BoxPublicKey::from_b64(k).map_err(|_| TaskError::ReplyKey)?;
+            // An X25519 public key is any 32 bytes (trust::BoxPublicKey).
+            if b64_len(k) != Some(32) {
+                return Err(TaskError::ReplyKey);
+            }
         }
         for (name, v) in &self.secrets {
             if let SecretValue::Sealed(s) = v {
-                if crate::trust::unb64(&s.sealed).is_none_or(|b| b.is_empty()) {
+                if b64_len(&s.sealed).is_none_or(|n| n == 0) {
                     return Err(TaskError::SealedEncoding(name.clone()));
                 }
             }
@@ -386,9 +441,32 @@ impl Task {
     }
 }
 
+/// How many bytes standard base64 `text` decodes to; `None` when it is not
+/// base64. (The keys themselves are `trust`'s, which builds on this module.)
+fn b64_len(text: &str) -> Option<usize> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim().as_bytes())
+        .ok()
+        .map(|b| b.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_is_a_switch_or_an_allow_list() {
+        let parse = |n: &str| {
+            serde_json::from_str::<Limits>(&format!(r#"{{"network": {n}}}"#)).map(|l| l.network)
+        };
+        assert_eq!(parse("true").expect("bool"), Network::Switch(true));
+        assert!(!parse("false").expect("bool").is_on());
+        let a = parse(r#"{"allow": ["10.20.0.0/16:5432", "203.0.113.7:443"]}"#).expect("list");
+        assert!(a.is_on());
+        assert_eq!(a.asked().map(<[String]>::len), Some(2));
+        assert!(parse(r#"{"allow": [], "x": 1}"#).is_err());
+        assert!(parse(r#""yes""#).is_err());
+    }
 
     #[test]
     fn smallest_task_parses_with_defaults() {
@@ -398,7 +476,7 @@ mod tests {
         .expect("parses");
         assert_eq!(t.interpreter, vec!["sh", "-e"]);
         assert!(!t.retry_on_worker_loss);
-        assert!(!t.limits.network);
+        assert!(!t.limits.network.is_on());
         t.validate().expect("valid");
     }
 

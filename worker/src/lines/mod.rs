@@ -26,104 +26,22 @@
 //! ```
 
 pub mod line;
-pub mod liveness;
-pub mod log;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-use broker::protocol::{valid_key, KeyAnnounce, LineView};
+use broker::amqp::{self, StreamFrom};
+use broker::protocol::{valid_key, KeyAnnounce};
 use broker::topology::{self, KEYS_STREAM};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::options::BasicAckOptions;
+use lapin::types::ShortString;
 use lapin::Connection;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
+use crate::keyed::{liveness, log, LinesError};
 use crate::worker::Shared;
-
-/// Why the lines of a connection stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum LinesError {
-    #[error("broker")]
-    Amqp(#[from] lapin::Error),
-    #[error("writing the line log")]
-    Log(#[source] crate::outbound::PublishError),
-    #[error("the line log did not catch up in time")]
-    CatchUp,
-    #[error("the {0} consumer ended")]
-    Ended(&'static str),
-}
-
-/// What the worker knows and shows of the lines it holds.
-#[derive(Debug)]
-pub struct Lines {
-    views: Mutex<BTreeMap<String, LineView>>,
-    wake: watch::Sender<u64>,
-    /// Slots keyed tasks take here now: the claim loop takes that many fewer
-    /// deliveries from the pool queue, so an unkeyed task is never held here
-    /// waiting for a slot a keyed task has while another worker is idle.
-    running_here: watch::Sender<u32>,
-    pub log: log::LineLog,
-    pub liveness: liveness::Liveness,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Lines {
-    pub fn new(heartbeat_interval: std::time::Duration) -> Self {
-        Lines {
-            views: Mutex::default(),
-            wake: watch::channel(0).0,
-            running_here: watch::channel(0).0,
-            log: log::LineLog::default(),
-            liveness: liveness::Liveness::new(heartbeat_interval),
-        }
-    }
-
-    /// Tells every line to look again (a cancel arrived, say).
-    pub fn wake(&self) {
-        self.wake.send_modify(|n| *n += 1);
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.wake.subscribe()
-    }
-
-    /// How many keyed tasks run here (see `running_here`).
-    pub fn running_here(&self) -> watch::Receiver<u32> {
-        self.running_here.subscribe()
-    }
-
-    pub(crate) fn started_here(&self) {
-        self.running_here.send_modify(|n| *n += 1);
-    }
-
-    pub(crate) fn ended_here(&self) {
-        self.running_here.send_modify(|n| *n = n.saturating_sub(1));
-    }
-
-    /// The lines this worker holds, for its heartbeat.
-    pub fn views(&self) -> Vec<LineView> {
-        lock(&self.views)
-            .values()
-            .filter(|v| !v.holders.is_empty() || !v.waiting.is_empty())
-            .cloned()
-            .collect()
-    }
-
-    pub(crate) fn set_view(&self, key: &str, view: Option<LineView>) {
-        let mut views = lock(&self.views);
-        match view {
-            Some(v) => views.insert(key.to_string(), v),
-            None => views.remove(key),
-        };
-    }
-}
 
 /// Serves every line of this worker's pool on `conn` until it breaks. A broker
 /// without streams (or a user without the permission) cannot serve keyed
@@ -152,20 +70,14 @@ async fn keys(
     handlers: &TaskTracker,
 ) -> Result<(), LinesError> {
     let ch = conn.create_channel().await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(KEYS_STREAM),
-            ShortString::from(format!("krill-keys.{}", shared.id)),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let mut consumer = amqp::consume_stream(
+        &ch,
+        KEYS_STREAM,
+        &format!("krill-keys.{}", shared.id),
+        500,
+        StreamFrom::First,
+    )
+    .await?;
     let mut known = HashSet::new();
     let mut lines = JoinSet::new();
     loop {

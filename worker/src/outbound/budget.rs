@@ -255,6 +255,7 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
         attempt,
         limits,
         landlock,
+        network: _,
         timings,
         usage,
         waited_on,
@@ -298,6 +299,8 @@ pub fn small(r: &TaskResult, why: &str) -> TaskResult {
         attempt: *attempt,
         limits: *limits,
         landlock: *landlock,
+        // A task's own list: not small, and not needed to trust what is left.
+        network: None,
         timings: timings.clone(),
         usage: usage.clone(),
         // How long it waited on which key: small, and still true.

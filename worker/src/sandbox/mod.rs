@@ -7,6 +7,7 @@
 //! function per kind. Whatever happens, the sandbox removes everything it created.
 
 pub mod container;
+pub mod net;
 pub mod process;
 pub mod seccomp;
 pub mod uids;
@@ -68,6 +69,8 @@ pub struct Effective {
     /// Cap on each output-variable file.
     pub output_file_bytes: u64,
     pub network: bool,
+    /// Non-public destinations granted (with `network`; the public internet needs none).
+    pub network_allow: Vec<net::Allowance>,
 }
 
 /// Something the running script produced.

@@ -210,7 +210,7 @@ impl Trust {
             pool: &self.pool,
             sandbox,
             image: image.as_deref(),
-            network: task.limits.network,
+            network: task.limits.network.is_on(),
             timeout: task
                 .limits
                 .timeout_secs

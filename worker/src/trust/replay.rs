@@ -24,11 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use broker::amqp::{self, StreamFrom};
 use broker::topology;
 use broker::trust::{now_unix, CLOCK_SKEW, MAX_VALIDITY};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::BasicAckOptions;
 use lapin::Connection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -147,21 +147,11 @@ impl Claims {
     pub async fn follow(&self, conn: Arc<Connection>) -> Result<(), lapin::Error> {
         let ch = conn.create_channel().await?;
         topology::declare_claims(&ch, pool_of(&self.stream)).await?;
-        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
         let from = now_unix().saturating_sub(MAX_VALIDITY.as_secs() + CLOCK_SKEW.as_secs());
-        let mut args = FieldTable::default();
-        args.insert(
-            ShortString::from("x-stream-offset"),
-            AMQPValue::Timestamp(from),
-        );
-        let mut consumer = ch
-            .basic_consume(
-                ShortString::from(self.stream.as_str()),
-                ShortString::from(format!("krill-claims.{}", self.worker)),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await?;
+        let tag = format!("krill-claims.{}", self.worker);
+        let mut consumer =
+            amqp::consume_stream(&ch, &self.stream, &tag, PREFETCH, StreamFrom::Since(from))
+                .await?;
         while let Some(d) = consumer.next().await {
             let d = d?;
             tracing::trace!(bytes = d.data.len(), "claims stream delivery");

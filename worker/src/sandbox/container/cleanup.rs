@@ -192,6 +192,8 @@ pub struct ContainerGuard {
     uid: Option<UidLease>,
     /// Its scratch tmpfs on the host, unmounted once the container is gone.
     scratch: Option<Scratch>,
+    /// Its address on the worker network: given back once the container is gone.
+    net: Option<crate::sandbox::net::Lease>,
 }
 
 impl ContainerGuard {
@@ -208,7 +210,13 @@ impl ContainerGuard {
             armed: true,
             uid,
             scratch,
+            net: None,
         }
+    }
+
+    /// Holds the container's network address until it is removed.
+    pub(super) fn hold_net(&mut self, lease: Option<crate::sandbox::net::Lease>) {
+        self.net = lease;
     }
 
     pub fn id(&self) -> &str {
@@ -222,6 +230,7 @@ impl ContainerGuard {
         self.cleanup.live().remove(&self.id);
         release(self.uid.take(), result.is_ok());
         drop(self.scratch.take());
+        drop(self.net.take());
         result
     }
 
@@ -244,6 +253,7 @@ impl Drop for ContainerGuard {
         let id = std::mem::take(&mut self.id);
         let uid = self.uid.take();
         let scratch = self.scratch.take();
+        let net = self.net.take();
         self.cleanup.tracker.spawn_on(
             async move {
                 let removed = remove_with_retries(&cleanup.docker, &id).await;
@@ -253,6 +263,7 @@ impl Drop for ContainerGuard {
                 cleanup.live().remove(&id);
                 release(uid, removed.is_ok());
                 drop(scratch);
+                drop(net);
             },
             &runtime,
         );

@@ -76,7 +76,27 @@ impl Launcher {
             )?),
             None => None,
         };
-        let body = limits::create_body(&self.settings, spec, &image, &facts, scratch.as_ref());
+        // Its address on the worker network, granted before the script can start.
+        let net = match (
+            &self.settings.cfg.net,
+            spec.limits.network && self.settings.cfg.allow_network,
+        ) {
+            (Some(net), true) => Some(
+                net.lease(&spec.limits.network_allow)
+                    .await
+                    .map_err(|e| SandboxError::Docker(format!("worker network: {e}")))?,
+            ),
+            // Used as a library without a worker network: Tuning::network as is.
+            _ => None,
+        };
+        let body = limits::create_body(
+            &self.settings,
+            spec,
+            &image,
+            &facts,
+            scratch.as_ref(),
+            net.as_ref().map(|l| l.addr),
+        );
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
@@ -88,7 +108,8 @@ impl Launcher {
                 } => SandboxError::ImageMissing(image.clone()),
                 e => SandboxError::engine("creating the container")(e),
             })?;
-        let guard = ContainerGuard::new(&self.cleanup, created.id, lease, scratch);
+        let mut guard = ContainerGuard::new(&self.cleanup, created.id, lease, scratch);
+        guard.hold_net(net);
         let id = guard.id().to_string();
         let enforcement = if created.warnings.is_empty() {
             Enforcement::Enforced

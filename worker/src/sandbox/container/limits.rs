@@ -51,8 +51,9 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount,
-    MountBindOptions, MountBindOptionsPropagationEnum, MountType, ResourcesUlimits,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig,
+    HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountType, NetworkingConfig, ResourcesUlimits,
 };
 
 use super::scratch::Scratch;
@@ -117,6 +118,7 @@ pub(super) fn create_body(
     image: &str,
     facts: &ImageFacts,
     scratch: Option<&Scratch>,
+    addr: Option<std::net::Ipv4Addr>,
 ) -> ContainerCreateBody {
     let mut labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -145,6 +147,21 @@ pub(super) fn create_body(
         stdin_once: Some(true),
         tty: Some(false),
         host_config: Some(host_config(cfg, spec, facts, scratch)),
+        networking_config: match (addr, &cfg.cfg.net) {
+            (Some(addr), Some(net)) => Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    net.cfg.docker_network.clone(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(addr.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            _ => None,
+        },
         ..Default::default()
     }
 }
@@ -162,7 +179,9 @@ pub(super) fn host_config(
     let limits = &spec.limits;
     let networked = limits.network && cfg.allow_network;
     let network = if networked {
-        tuning.network.clone()
+        cfg.net
+            .as_ref()
+            .map_or_else(|| tuning.network.clone(), |n| n.cfg.docker_network.clone())
     } else {
         "none".to_string()
     };
@@ -329,6 +348,7 @@ mod tests {
                 disk_bytes: 16 << 20,
                 output_file_bytes: 1 << 20,
                 network,
+                network_allow: Vec::new(),
             },
             image: None,
         }
@@ -375,7 +395,14 @@ mod tests {
         assert!(hc.readonly_paths.unwrap().contains(&"/proc".to_string()));
         // The output dir is the stub's, its group the task's.
         assert!(tmpfs["/.krill/out"].contains("uid=0,gid=65534,mode=02710"));
-        let body = create_body(&Settings::default(), &spec(false), "img", &facts(), None);
+        let body = create_body(
+            &Settings::default(),
+            &spec(false),
+            "img",
+            &facts(),
+            None,
+            None,
+        );
         assert_eq!(body.user.as_deref(), Some("0:0"));
         assert_ne!(stub_user().0, facts().uid);
     }

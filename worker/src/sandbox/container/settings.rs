@@ -79,6 +79,8 @@ pub struct ContainerConfig {
     /// number) from creation until it is removed. `None`: the image's non-root
     /// numeric user, else [`FALLBACK_USER`], shared by every container.
     pub uids: Option<Arc<UidPool>>,
+    /// The worker network tasks with network join (`None`: [`Tuning::network`] as is).
+    pub net: Option<Arc<crate::sandbox::net::Net>>,
 }
 
 impl Default for ContainerConfig {
@@ -87,6 +89,7 @@ impl Default for ContainerConfig {
             images: vec![DEFAULT_IMAGE.to_string()],
             allow_pull: false,
             allow_network: false,
+            net: None,
             stub_path: PathBuf::from(DEFAULT_STUB_PATH),
             uids: None,
         }

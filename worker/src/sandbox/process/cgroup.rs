@@ -534,6 +534,7 @@ mod tests {
             disk_bytes: 1 << 20,
             output_file_bytes: 1 << 20,
             network: false,
+            network_allow: Vec::new(),
         }
     }
 

@@ -284,7 +284,7 @@ fn programs(view: &ViewConfig, root: &Path) -> Result<()> {
 /// The view's /etc: the files the worker rendered, a few copied from the
 /// source's /etc, TLS trust and alternatives bound read-only.
 fn etc(view: &ViewConfig, at: &Path, cfg: &SandboxConfig, host: &str) -> Result<()> {
-    let network = !cfg.net_ns;
+    let network = cfg.network;
     mkdir(at, 0o755)?;
     let src = view.source().join("etc");
     for (name, content) in view.etc_files(cfg.uid, cfg.gid, host) {

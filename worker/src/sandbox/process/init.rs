@@ -302,7 +302,7 @@ fn init(sandbox: &SandboxConfig, status: &mut File, helper_alive: std::os::fd::O
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
     // The seccomp filters are compiled before the task is known too.
-    let filters = match crate::sandbox::seccomp::Filters::build(!sandbox.net_ns) {
+    let filters = match crate::sandbox::seccomp::Filters::build(sandbox.network) {
         Ok(f) => f,
         Err(e) => {
             report(status, &Report::Error(e.to_string()));

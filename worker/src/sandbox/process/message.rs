@@ -40,8 +40,13 @@ pub struct SandboxConfig {
     /// Size of the scratch tmpfs until the task says otherwise.
     pub disk_bytes: u64,
     pub nofile: u64,
-    /// Make a fresh net namespace (only `lo`, up): the task has no network.
+    /// Make a fresh net namespace (only `lo`, up; the worker adds a veth to
+    /// it when the task has network). Always set by the worker.
     pub net_ns: bool,
+    /// The task has network (its /etc gets resolv.conf, its seccomp filter
+    /// route netlink sockets).
+    #[serde(default)]
+    pub network: bool,
     /// The cgroup's `cgroup.procs` files (one per hierarchy), joined first.
     pub cgroup_procs: Vec<PathBuf>,
     /// What the task's root is made of.

@@ -106,6 +106,8 @@ pub struct ProcessConfig {
     /// This worker's host-wide lock: a task cgroup or work dir whose worker
     /// holds none belongs to a dead worker and is swept.
     pub liveness: Arc<Liveness>,
+    /// The worker network (`None`: the pool gives no task network).
+    pub net: Option<Arc<crate::sandbox::net::Net>>,
 }
 
 /// Runs scripts as an unprivileged user in namespaces and a cgroup on this host.
@@ -122,6 +124,8 @@ pub struct ProcessSandbox {
     /// This worker's work dir is a tmpfs it mounted (unmounted on drop).
     mounted: bool,
     liveness: Arc<Liveness>,
+    /// The worker network, for tasks with network.
+    net: Option<Arc<crate::sandbox::net::Net>>,
     _lock: File,
 }
 
@@ -189,6 +193,7 @@ impl ProcessSandbox {
             worker_id: cfg.worker_id.clone(),
             cgroups,
             liveness: cfg.liveness.clone(),
+            net: cfg.net.clone(),
             _lock: work_lock,
         })
     }
@@ -238,8 +243,27 @@ impl ProcessSandbox {
             uid,
             landlock,
             ..
-        } = self.ready.take(!spec.limits.network).await?;
+        } = self.ready.take(spec.limits.network).await?;
         dir.claim(&spec.task_id, &spec.script)?;
+        let helper = child.id().unwrap_or(0);
+        // Joined to the worker bridge before the task is known to the helper:
+        // the script starts with its network in place.
+        let lease = match (&self.net, spec.limits.network) {
+            (Some(net), true) => {
+                let lease = net
+                    .lease(&spec.limits.network_allow)
+                    .await
+                    .map_err(net_error)?;
+                net.attach(&lease, helper).await.map_err(net_error)?;
+                Some(lease)
+            }
+            (None, true) => {
+                return Err(SandboxError::Setup(
+                    "the task has network but the worker has no network set up".into(),
+                ))
+            }
+            _ => None,
+        };
         let sandbox_id = format!("{}/{}", self.worker_id, dir.name);
         if let Some(cg) = &cg {
             cg.apply(&spec.limits)
@@ -247,7 +271,7 @@ impl ProcessSandbox {
         }
         let config = message::frame(&Self::task_config(&spec))
             .map_err(|e| SandboxError::Setup(format!("encoding the task config: {e}")))?;
-        let helper = child.id().map(|p| p as i32).unwrap_or(0);
+        let helper = helper as i32;
         // Dropping the write half afterwards shuts it down.
         tokio::spawn(async move {
             let _ = config_w.write_all(&config).await;
@@ -310,8 +334,9 @@ impl ProcessSandbox {
             })
             .await;
             // Every process of the task is gone (its pid namespace and cgroup
-            // are): its uid may serve another sandbox.
+            // are): its uid and its address may serve another sandbox.
             drop(uid);
+            drop(lease);
         });
         Ok(Outcome {
             exit,
@@ -485,7 +510,12 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn reap(&self) -> Result<usize, SandboxError> {
-        self.sweep_leftovers(false)
+        // A dead worker's task network grants too (its tasks died with it).
+        let grants = match &self.net {
+            Some(net) => net.sweep().await,
+            None => 0,
+        };
+        Ok(self.sweep_leftovers(false)? + grants)
     }
 
     async fn ready(&self) -> bool {
@@ -523,6 +553,10 @@ async fn stop(child: &mut Child, helper: i32) {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
+}
+
+fn net_error(e: crate::sandbox::net::NetError) -> SandboxError {
+    SandboxError::Setup(format!("joining the task to the worker network: {e}"))
 }
 
 #[cfg(test)]

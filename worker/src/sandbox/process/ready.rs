@@ -4,8 +4,9 @@
 //!
 //! Joining a cgroup v1 costs an RCU grace period (10–20 ms here, mostly waiting)
 //! and a spawn a few milliseconds; a waiting helper moves both off the path from
-//! claim to result. A task that may use the network (no fresh net namespace)
-//! gets a helper started for it.
+//! claim to result. A task that may use the network gets a helper started for
+//! it (its view has resolv.conf), whose fresh net namespace the worker then
+//! joins to the worker bridge (`sandbox::net`).
 
 use std::fs::{self as stdfs, OpenOptions};
 use std::io::Write as _;
@@ -223,9 +224,10 @@ pub struct Launcher {
 
 impl Launcher {
     /// Creates a cgroup and starts a helper that joins it and unshares its
-    /// namespaces (`net_ns`: a fresh net namespace too), then waits for its
-    /// config. Must run inside the runtime (the helper's pipes register with it).
-    pub fn launch(&self, net_ns: bool, uid: UidLease) -> Result<Prepared, SandboxError> {
+    /// namespaces (a fresh net namespace too; `network`: for a task with
+    /// network), then waits for its config. Must run inside the runtime (the
+    /// helper's pipes register with it).
+    pub fn launch(&self, network: bool, uid: UidLease) -> Result<Prepared, SandboxError> {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let (task_uid, task_gid) = (Uid::from_raw(uid.uid()), Gid::from_raw(uid.gid()));
         let dir = TaskDir::create(&self.mine, &name, task_uid, task_gid)?;
@@ -242,7 +244,8 @@ impl Launcher {
             task_dir: dir.path.clone(),
             disk_bytes: self.disk_bytes,
             nofile: NOFILE,
-            net_ns,
+            net_ns: true,
+            network,
             cgroup_procs: cgroup
                 .as_ref()
                 .map(|cg| cg.procs_files().to_vec())
@@ -308,9 +311,9 @@ impl Ready {
 
     /// A helper for a task: a waiting one when the task has no network and one
     /// is alive, else one started now. Starts replacements in the background.
-    pub async fn take(self: &Arc<Self>, net_ns: bool) -> Result<Prepared, SandboxError> {
+    pub async fn take(self: &Arc<Self>, network: bool) -> Result<Prepared, SandboxError> {
         let mut found = None;
-        if net_ns {
+        if !network {
             loop {
                 let Some(mut p) = self.lock().pop() else {
                     break;
@@ -329,7 +332,7 @@ impl Ready {
             None => {
                 // A uid comes back when a finished task's processes are gone.
                 let uid = self.launcher.uids.lease(LEASE_WAIT).await?;
-                let mut p = self.launcher.launch(net_ns, uid)?;
+                let mut p = self.launcher.launch(network, uid)?;
                 p.until_ready().await?;
                 Ok(p)
             }
@@ -353,7 +356,7 @@ impl Ready {
                     ready.pending.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 };
-                match ready.launcher.launch(true, uid) {
+                match ready.launcher.launch(false, uid) {
                     Ok(p) => ready.lock().push(p),
                     Err(e) => tracing::warn!(error = %e, "could not start a sandbox helper ahead"),
                 }

@@ -27,7 +27,8 @@ pub const LOST_AFTER: u32 = 3;
 /// After this worker (re)connects, a peer gets this long more before its
 /// silence counts: it may still be waiting out its reconnect backoff (after a
 /// broker restart every worker reconnects, each on its own schedule).
-pub const RECONNECT_GRACE: Duration = crate::connection::MAX_BACKOFF;
+/// At least `connection::MAX_BACKOFF` (a test there keeps it so).
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct Seen {

@@ -10,12 +10,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use broker::amqp::{self, StreamFrom};
 use broker::protocol::{LineRecord, LineStep};
 use broker::topology::LINES_LOG_STREAM;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::options::BasicAckOptions;
 use lapin::Connection;
 use tokio::sync::watch;
 
@@ -135,20 +135,14 @@ impl LineLog {
 /// connection breaks.
 pub async fn tail(log: &LineLog, conn: &Connection, worker: &str) -> Result<(), LinesError> {
     let ch = conn.create_channel().await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-stream-offset"),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(LINES_LOG_STREAM),
-            ShortString::from(format!("krill-lines-log.{worker}")),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let mut consumer = amqp::consume_stream(
+        &ch,
+        LINES_LOG_STREAM,
+        &format!("krill-lines-log.{worker}"),
+        500,
+        StreamFrom::First,
+    )
+    .await?;
     while let Some(d) = consumer.next().await {
         let d = d?;
         if let Ok(rec) = serde_json::from_slice::<LineRecord>(&d.data) {

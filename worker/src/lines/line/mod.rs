@@ -2,17 +2,16 @@
 //! channel of its own, single active consumer), hold its waiting tasks, start
 //! them in order, say why the others wait. See the [module](super) map.
 
+mod settle;
+mod tell;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::protocol::{
-    BlockReason, Blocked, KeyHolder, LineStep, LineView, Status, Task, TaskResult,
-    TaskState as State, WaitedOn,
-};
+use broker::protocol::{BlockReason, LineStep, Status, Task, WaitedOn};
 use broker::topology;
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -20,14 +19,15 @@ use lapin::Connection;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::task::TaskTracker;
 
-use super::liveness::Verdict;
-use super::log::Start;
-use super::LinesError;
 use crate::consumer;
 use crate::intake::{decode, Incoming, Intake, Settle};
+use crate::keyed::liveness::Verdict;
+use crate::keyed::log::Start;
+use crate::keyed::LinesError;
 use crate::outbound::Stamp;
 use crate::worker::Shared;
 use broker::trust::PublicKey;
+use settle::LineSettle;
 
 /// Deliveries of a line a worker holds at most (the rest wait in the queue, in order).
 pub const LINE_WINDOW: u16 = 1000;
@@ -227,51 +227,6 @@ struct Line {
     supersede: Vec<String>,
 }
 
-/// Settles a keyed task's delivery: writes the `done` record first, so a later
-/// holder of the line that gets it again knows its result stands.
-#[derive(Debug)]
-struct LineSettle {
-    inner: Arc<dyn Settle>,
-    shared: Arc<Shared>,
-    key: String,
-    id: String,
-}
-
-impl LineSettle {
-    async fn done(&self) {
-        if let Err(e) = self
-            .shared
-            .run
-            .outbound
-            .line(&self.key, &self.id, LineStep::Done)
-            .await
-        {
-            tracing::warn!(task_id = %self.id, error = %e, "could not write the done record");
-        }
-    }
-}
-
-impl Settle for LineSettle {
-    fn ack(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
-        Box::pin(async move {
-            self.done().await;
-            self.inner.ack().await
-        })
-    }
-
-    fn reject(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
-        Box::pin(async move {
-            self.done().await;
-            self.inner.reject().await
-        })
-    }
-
-    /// Given back unstarted (a claim that could not be made): no done record.
-    fn requeue(&self) -> BoxFuture<'_, Result<(), lapin::Error>> {
-        self.inner.requeue()
-    }
-}
-
 impl Line {
     async fn arrive(&mut self, incoming: Incoming) {
         // The signature first: nothing unsigned (on a pool that trusts keys) or
@@ -335,41 +290,6 @@ impl Line {
             self.supersede.push(entry.task.id.clone());
         }
         self.waiting.push_back(entry);
-    }
-
-    /// Answers a task that does not run (rejected, cancelled, superseded): its
-    /// result, its finished event, the done record, then the ack.
-    async fn answer(&mut self, entry: Entry, status: Status, error: String) {
-        let out = &self.shared.run.outbound;
-        let mut r = TaskResult::new(entry.task.id.clone(), status);
-        r.worker = Some(self.shared.id.clone());
-        r.attempt = entry.attempt;
-        r.error = Some(error);
-        r.waited_on = Some(self.waited(&entry));
-        self.shared.run.metrics.finished(status, None);
-        let mut stamp = entry.stamp.clone();
-        stamp.reply_key = entry.task.reply_key.clone();
-        let r = out.finish_result(r, &stamp);
-        self.shared.tasks.remember(&r, &entry.reply_to);
-        if out.result(&r, &entry.reply_to).await {
-            out.event(&r.id, State::Finished, Some(&r), r.attempt).await;
-            let _ = out.line(&self.key, &r.id, LineStep::Done).await;
-            if let Err(e) = entry.incoming.settle.ack().await {
-                tracing::warn!(task_id = %r.id, error = %e, "ack failed; the broker will give it again");
-            }
-        }
-    }
-
-    fn waited(&self, entry: &Entry) -> WaitedOn {
-        let since_submit = entry
-            .task
-            .submitted_at
-            .and_then(|s| (Utc::now() - s).to_std().ok());
-        let held = entry.arrived.elapsed();
-        WaitedOn {
-            key: self.key.clone(),
-            waited_ms: since_submit.unwrap_or(held).max(held).as_millis() as u64,
-        }
     }
 
     fn spawn_handle(&self, mut incoming: Incoming, waited: Option<WaitedOn>) {
@@ -654,71 +574,5 @@ impl Line {
             (Some(r), Some((was, since))) if r == was => Some((r, since)),
             (Some(r), _) => Some((r, Instant::now())),
         };
-    }
-
-    fn key_holders(&self) -> Vec<KeyHolder> {
-        self.holders
-            .iter()
-            .map(|h| KeyHolder {
-                task_id: h.task_id.clone(),
-                worker: h.worker.clone(),
-                started_at: h.started_at,
-                submitter: h.submitter.clone(),
-            })
-            .collect()
-    }
-
-    /// Blocked events for waiting tasks whose wait changed (all of them again
-    /// every [`BLOCKED_AGAIN`]), and the view for the heartbeat.
-    async fn tell(&mut self) {
-        let holders = self.key_holders();
-        let again = self.told_all.elapsed() >= BLOCKED_AGAIN;
-        if again {
-            self.told_all = Instant::now();
-        }
-        let head_reason = self.head.map(|(r, _)| r).unwrap_or(BlockReason::Key);
-        let me = self.shared.id.clone();
-        let mut ahead = 0u32;
-        let mut out = Vec::new();
-        for (i, e) in self.waiting.iter_mut().enumerate() {
-            if e.class == Class::Unknown {
-                continue;
-            }
-            let b = Blocked {
-                key: self.key.clone(),
-                reason: if i == 0 {
-                    head_reason
-                } else {
-                    BlockReason::Key
-                },
-                ahead,
-                holders: holders.clone(),
-                line_worker: me.clone(),
-            };
-            ahead += 1;
-            let said = format!(
-                "{:?}|{}|{:?}",
-                b.reason,
-                b.ahead,
-                b.holders.iter().map(|h| &h.task_id).collect::<Vec<_>>()
-            );
-            if again || e.told.as_deref() != Some(said.as_str()) {
-                e.told = Some(said);
-                out.push((e.task.id.clone(), b, e.stamp.submitter.clone()));
-            }
-        }
-        for (id, b, by) in out {
-            self.shared.run.outbound.blocked(&id, b, by).await;
-        }
-        let view = LineView {
-            key: self.key.clone(),
-            holders,
-            waiting: self.waiting.iter().map(|e| e.task.id.clone()).collect(),
-            blocked: self
-                .head
-                .map(|(r, _)| r)
-                .filter(|r| *r != BlockReason::Key && !self.waiting.is_empty()),
-        };
-        self.shared.lines.set_view(&self.key, Some(view));
     }
 }

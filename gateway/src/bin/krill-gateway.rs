@@ -1,0 +1,42 @@
+//! `krill-gateway`: thin over `gateway::serve`.
+
+use clap::Parser;
+use gateway::serve::{self, Cli, Cmd, TokensCmd};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Some(Cmd::Tokens(TokensCmd::Add { name, rights })) => {
+            let token = serve::add_token(&cli.db, &name, &rights).await?;
+            println!("{token}");
+            Ok(())
+        }
+        None | Some(Cmd::Serve) => {
+            let shutdown = CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                token.cancel();
+            });
+            serve::run(&cli.db, cli.serve, shutdown).await
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//! The gateway end to end: HTTP submit/wait/get/search/cancel against a real
+//! RabbitMQ and a real worker, idempotency keys under parallel repeats, the
+//! error paths, history of tasks submitted straight to AMQP while the gateway
+//! was down, and no secret or sensitive value in the database.
+//!
+//! Every test runs on SQLite; `history_on_postgres` runs the history tests'
+//! core on PostgreSQL (`KRILL_TEST_PG_URL`, set by scripts/test).
+
+use std::time::Duration;
+
+use krill_tests::gateway::{call, contains, GatewayProc};
+use krill_tests::trust::Keys;
+use krill_tests::{client, new_id, unique_pool};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A worker that trusts the gateway's key (and requires sealed secrets), and a
+/// gateway that seals to the pool key. Returns (keys, worker, gateway).
+async fn setup(tag: &str, db: Option<String>) -> (Keys, krill_tests::WorkerProc, GatewayProc) {
+    setup_with(tag, db, None).await
+}
+
+/// [`setup`], the worker's process tasks seeing `gates`.
+async fn setup_with(
+    tag: &str,
+    db: Option<String>,
+    gates: Option<&krill_tests::Gates>,
+) -> (Keys, krill_tests::WorkerProc, GatewayProc) {
+    let pool = unique_pool(tag);
+    let gw = GatewayProc::new(&pool, db);
+    let keys = Keys::new("", &[format!("{} control", gw.key.public_line())]);
+    let mut b = keys.worker(&pool);
+    if let Some(g) = gates {
+        b = b.gates(g);
+    }
+    let worker = b.start().await;
+    let gw = gw.env("KRILL_POOL_PUBLIC_KEY", &keys.pool.public().to_b64());
+    (keys, worker, gw)
+}
+
+fn tasks_url(gw: &GatewayProc, pool: &str) -> String {
+    format!("{}/v1/tasks?pool={pool}", gw.url)
+}
+
+async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
+    for _ in 0..6 {
+        let (st, _, v) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}/wait?timeout=20", gw.url),
+            Some(token),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        if v["state"] == "finished" && (v["caller"].is_null() || !v["result"].is_null()) {
+            return v;
+        }
+    }
+    panic!("task {id} did not finish; gateway log:\n{}", gw.log_text());
+}
+
+/// What a round trip leaves to check in the database: the stopped gateway,
+/// the secret, the token and the task id.
+struct Trip {
+    gw: GatewayProc,
+    secret: String,
+    token: String,
+    id: String,
+}
+
+impl Trip {
+    fn assert_absent_from(&self, bytes: &[u8]) {
+        assert!(bytes.len() > 1000, "{} bytes", bytes.len());
+        assert!(contains(bytes, &self.id), "the task is in the database");
+        assert!(
+            !contains(bytes, &self.secret),
+            "the secret is in the database"
+        );
+        assert!(!contains(bytes, &self.token), "a token is in the database");
+    }
+}
+
+#[tokio::test]
+async fn submit_wait_search_and_no_secret_in_sqlite() {
+    let trip = round_trip(None).await;
+    trip.assert_absent_from(&trip.gw.sqlite_bytes());
+}
+
+#[tokio::test]
+async fn submit_wait_search_and_no_secret_in_postgres() {
+    let (url, schema) = pg_schema();
+    let _drop = PgSchema(schema.clone());
+    let trip = round_trip(Some(url)).await;
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", "-n", &schema, &pg_base()])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    trip.assert_absent_from(&dump.stdout);
+}
+
+/// The PostgreSQL database of these tests (scripts/test starts it).
+fn pg_base() -> String {
+    std::env::var("KRILL_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "KRILL_TEST_PG_URL is not set: run `source scripts/lib.sh; krill_ensure_postgres` \
+             (scripts/test does) and export it"
+        )
+    })
+}
+
+/// A schema of one test, dropped at its end.
+struct PgSchema(String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &pg_base(),
+                "-qAtX",
+                "-c",
+                &format!("DROP SCHEMA {} CASCADE", self.0),
+            ])
+            .output();
+    }
+}
+
+/// A fresh schema in the test database, and the URL that uses it.
+fn pg_schema() -> (String, String) {
+    let base = pg_base();
+    let schema = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let out = std::process::Command::new("psql")
+        .args([
+            &base,
+            "-qAtX",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("CREATE SCHEMA {schema}"),
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "cannot create a schema in {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        format!("{base}?options=-c%20search_path%3D{schema}"),
+        schema,
+    )
+}
+
+async fn round_trip(db: Option<String>) -> Trip {
+    let (_keys, worker, mut gw) = setup("gw-rt", db).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    let secret = format!("sk-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let body = json!({
+        "script": "echo \"hello $K\"; echo \"tok=${K}-derived\" >> \"$KRILL_SENSITIVE_OUTPUT\"; echo plain=1 >> \"$KRILL_OUTPUT\"",
+        "sandbox": "process",
+        "secrets": {"K": secret},
+    });
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    assert_eq!(v["links"]["wait"], format!("/v1/tasks/{id}/wait"));
+
+    let done = wait_done(&gw, &alice, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["worker"], worker.id);
+    assert_eq!(done["submitter"], "gateway");
+    assert_eq!(done["result"]["stdout"], "hello ***\n", "{done}");
+    assert!(done["timings"]["started_at"].is_string(), "{done}");
+    let outputs = done["result"]["outputs"].as_array().expect("outputs");
+    let tok = outputs.iter().find(|o| o["name"] == "tok").expect("tok");
+    // The submitting caller sees its sensitive output, opened with the gateway's key.
+    assert_eq!(tok["value"], format!("{secret}-derived"), "{done}");
+    assert_eq!(done["task"]["secrets"]["K"], "***");
+    // Another caller (who may see every task) gets `***`.
+    let (st, _, other) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{id}", gw.url),
+        Some(&ops),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let tok = other["result"]["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "tok").cloned())
+        .expect("tok");
+    assert_eq!(tok["value"], "***", "{other}");
+    let states: Vec<&str> = other["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"started") && states.contains(&"finished"),
+        "{states:?}"
+    );
+
+    // Search: by pool and status, and by text of the script; alice sees only hers.
+    let (st, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?pool={pool}&status=succeeded&q=derived", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["tasks"][0]["id"], id);
+    let (_, _, none) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?pool={pool}&status=failed", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(none["tasks"].as_array().map(Vec::len), Some(0), "{none}");
+
+    gw.kill();
+    Trip {
+        gw,
+        secret,
+        token: alice,
+        id,
+    }
+}
+
+#[tokio::test]
+async fn parallel_repeats_with_one_idempotency_key_run_once() {
+    let (_keys, worker, mut gw) = setup("gw-idem", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let marker = new_id();
+    let body = json!({"script": format!("echo {marker}"), "sandbox": "process"}).to_string();
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let (url, token, body) = (tasks_url(&gw, &pool), alice.clone(), body.clone());
+        handles.push(tokio::spawn(async move {
+            call(
+                Method::POST,
+                &url,
+                Some(&token),
+                &[("Idempotency-Key", "deploy-42")],
+                Some(body.into_bytes()),
+            )
+            .await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut accepted = 0;
+    for h in handles {
+        let (st, _, v) = h.await.expect("join");
+        assert!(st == 202 || st == 200, "{st} {v}");
+        accepted += usize::from(st == 202);
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(accepted, 1, "exactly one request submitted");
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every repeat answers the first id: {ids:?}");
+    let done = wait_done(&gw, &alice, &ids[0]).await;
+    assert_eq!(done["status"], "succeeded");
+    let (_, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?q={marker}", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{page}");
+    // The same key for another request: 409.
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[("Idempotency-Key", "deploy-42")],
+        Some(br#"{"script":"echo other"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another request"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn every_error_path_answers_json() {
+    let pool = unique_pool("gw-err");
+    let mut gw = GatewayProc::new(&pool, None).env("KRILL_GATEWAY_MAX_BODY", "4096");
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let url = tasks_url(&gw, &pool);
+    let ok = br#"{"script":"echo hi"}"#.to_vec();
+    let (st, h, v) = call(Method::POST, &url, None, &[], Some(ok.clone())).await;
+    assert_eq!(st, 401, "{v}");
+    assert!(h.contains_key("www-authenticate"));
+    let (st, _, _) = call(
+        Method::POST,
+        &url,
+        Some("krill_nope"),
+        &[],
+        Some(ok.clone()),
+    )
+    .await;
+    assert_eq!(st, 401);
+    let (st, _, v) = call(
+        Method::POST,
+        &format!("{}/v1/tasks?pool=elsewhere", gw.url),
+        Some(&alice),
+        &[],
+        Some(ok.clone()),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("elsewhere"),
+        "{v}"
+    );
+    let (st, _, v) = call(
+        Method::POST,
+        &url,
+        Some(&alice),
+        &[],
+        Some(br#"{"script":"x","colour":"red"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("colour"), "{v}");
+    let big = json!({"script": "x".repeat(10_000)})
+        .to_string()
+        .into_bytes();
+    let (st, _, v) = call(Method::POST, &url, Some(&alice), &[], Some(big)).await;
+    assert_eq!(st, 413, "{v}");
+    let (st, _, v) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{}", gw.url, new_id()),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 404, "{v}");
+    // No worker has declared this pool: the broker returns the task, nothing is accepted.
+    let (st, _, v) = call(Method::POST, &url, Some(&alice), &[], Some(ok.clone())).await;
+    assert_eq!(st, 404, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("no queue"),
+        "{v}"
+    );
+    let (_, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        page["tasks"].as_array().map(Vec::len),
+        Some(0),
+        "nothing recorded: {page}"
+    );
+    gw.kill();
+
+    // A broker that cannot be reached: 503 with Retry-After, never a 202.
+    let mut down =
+        GatewayProc::new(&pool, None).env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+    let t = down.token("alice", &format!("submit:{pool}"));
+    down.start().await;
+    let (st, h, v) = call(
+        Method::POST,
+        &tasks_url(&down, &pool),
+        Some(&t),
+        &[],
+        Some(ok),
+    )
+    .await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(
+        h.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let (_, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks", down.url),
+        Some(&t),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(0), "{page}");
+}
+
+#[tokio::test]
+async fn cancel_over_http() {
+    let (_keys, worker, mut gw) = setup("gw-cancel", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let body = json!({"script": "sleep 60", "sandbox": "process"}).to_string();
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    // Wait until it runs, then cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, t) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await;
+        if t["state"] == "started" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never started: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, _, v) = call(
+        Method::DELETE,
+        &format!("{}/v1/tasks/{id}", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let done = wait_done(&gw, &alice, &id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+}
+
+/// A task submitted straight to AMQP while the gateway is down is recorded
+/// from the events its durable queue kept; the history survives the restart.
+async fn history_survives_a_restart(db: Option<String>) {
+    let (keys, worker, mut gw) = setup("gw-hist", db).await;
+    let pool = worker.pool.clone();
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    // One task over HTTP before the restart.
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(br#"{"script":"echo before","sandbox":"process"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let first = v["id"].as_str().expect("id").to_string();
+    wait_done(&gw, &alice, &first).await;
+    gw.kill();
+
+    let c = client().await.with_credentials(keys.creds(&keys.alice));
+    let mut task = krill_tests::task("echo straight");
+    task.sandbox = Some(broker::protocol::SandboxKind::Process);
+    c.submit(&pool, &task).await.expect("submit over AMQP");
+    let r = c
+        .wait(&task.id, Some(Duration::from_secs(60)))
+        .await
+        .expect("result");
+    assert_eq!(r.status, broker::protocol::Status::Succeeded);
+
+    gw.start().await;
+    // The missed events are in the gateway's queue: the task shows up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, _, _) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{}", gw.url, task.id),
+            Some(&ops),
+            &[],
+            None,
+        )
+        .await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = wait_done(&gw, &ops, &task.id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["submitter"], "alice");
+    assert!(v["caller"].is_null());
+    let (st, _, old) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{first}", gw.url),
+        Some(&ops),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(old["result"]["stdout"], "before\n", "{old}");
+}
+
+#[tokio::test]
+async fn history_on_sqlite_survives_a_restart() {
+    history_survives_a_restart(None).await;
+}
+
+#[tokio::test]
+async fn history_on_postgres_survives_a_restart() {
+    let (url, schema) = pg_schema();
+    let _drop = PgSchema(schema);
+    history_survives_a_restart(Some(url)).await;
+}
+
+#[tokio::test]
+async fn the_cli_through_the_gateway_keeps_its_exit_codes() {
+    let (_keys, worker, mut gw) = setup("gw-cli", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let krill = |args: &[&str]| {
+        std::process::Command::new(krill_tests::bin("krill"))
+            .env("KRILL_GATEWAY_URL", &gw.url)
+            .env("KRILL_TOKEN", &alice)
+            // Nothing goes to RabbitMQ: a broker URL that answers nothing.
+            .env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env_remove("KRILL_KEY")
+            .args(args)
+            .output()
+            .expect("krill")
+    };
+    let out = krill(&[
+        "submit",
+        "--pool",
+        &pool,
+        "--sandbox",
+        "process",
+        "--",
+        "echo via-gw; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via-gw"));
+    let out = krill(&[
+        "submit",
+        "--no-wait",
+        "--pool",
+        &pool,
+        "--sandbox",
+        "process",
+        "--",
+        "echo later",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    let out = krill(&["wait", &id, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["stdout"], "later\n");
+    // A pool the token may not submit to: krill's own error code, the gateway's reason.
+    let out = krill(&["submit", "--pool", "elsewhere", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not submit"));
+}
+
+#[tokio::test]
+async fn logs_stream_live_then_stored() {
+    let gates = krill_tests::Gates::new();
+    let (_keys, worker, mut gw) = setup_with("gw-logs", None, Some(&gates)).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let script = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+        gates.path("go").display()
+    );
+    let body = json!({"script": script, "sandbox": "process"}).to_string();
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, t) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await;
+        if t["state"] == "started" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never started: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Live: connected while it runs, the SSE stream carries what it prints from
+    // then on and ends with `end`.
+    let logs_url = format!("{}/v1/tasks/{id}/logs", gw.url);
+    let live = {
+        let (url, token) = (logs_url.clone(), alice.clone());
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("logs");
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            resp.text().await.expect("stream")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gates.open("go");
+    let text = tokio::time::timeout(Duration::from_secs(60), live)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert!(text.contains("event: stdout\ndata: second"), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+    // Stored: after the end, the whole output.
+    wait_done(&gw, &alice, &id).await;
+    let text = reqwest::Client::new()
+        .get(&logs_url)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("logs")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("data: first\ndata: second"), "{text}");
+    assert!(text.ends_with("event: end\n\n"), "{text:?}");
+}
+
+/// A broker that goes away and comes back: submits answer 503 with
+/// `Retry-After` while it is away, 202 again after, and every 202 is a task on
+/// the queue (a private node, KRILL_TEST_BROKER_PORT).
+#[tokio::test]
+async fn a_broker_restart_gives_503_never_a_lost_202() {
+    let broker = krill_tests::PrivateBroker::start(&[]);
+    let pool = unique_pool("gw-blip");
+    let conn = lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("private broker");
+    let ch = conn.create_channel().await.expect("channel");
+    broker::topology::declare(&ch, &pool)
+        .await
+        .expect("declare");
+    let _ = conn.close(200, "bye".into()).await;
+    let mut gw = GatewayProc::new(&pool, None).env("KRILL_AMQP_URL", &broker.url());
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let post = |n: usize| {
+        let (url, token) = (tasks_url(&gw, &pool), alice.clone());
+        async move {
+            let body = json!({"script": format!("echo {n}")})
+                .to_string()
+                .into_bytes();
+            call(Method::POST, &url, Some(&token), &[], Some(body)).await
+        }
+    };
+    let mut accepted = 0;
+    let (st, _, v) = post(0).await;
+    assert_eq!(st, 202, "{v}");
+    accepted += 1;
+    let out = broker.ctl(&["stop_app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, h, v) = post(1).await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(
+        h.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let out = broker.ctl(&["start_app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Back: the gateway connects again on the next request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, _, v) = post(2).await;
+        if st == 202 {
+            accepted += 1;
+            break;
+        }
+        assert_eq!(st, 503, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never accepted again: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let conn = lapin::Connection::connect(&broker.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("private broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            broker::topology::pool_queue(&pool).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("pool queue");
+    assert_eq!(
+        q.message_count(),
+        accepted,
+        "every 202 is a task on the queue"
+    );
+}
