@@ -9,6 +9,7 @@
 #   krill_ensure_postgres   # PostgreSQL up, role krill, database krill_gateway_test (KRILL_TEST_PG_URL)
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
+#   krill_cluster_up        # a private three-node cluster (scripts/cluster)
 #   krill_ensure_keys KRILL ETC  # your signing key, the pool key pair, trusted-keys
 #   krill_ensure_net_tools  # nft, ip and nsenter for the worker network (--allow-network)
 #
@@ -412,6 +413,192 @@ CONF
     sleep 1
   done
   krill_log "private RabbitMQ ready on $KRILL_AMQP_URL"
+}
+
+# ------------------------------------------- a local three-node cluster --
+#
+# Three RabbitMQ nodes of the Debian package on this machine, joined into one
+# cluster: node N (1..3) is krill-cN@<host> on AMQP port KRILL_CLUSTER_PORT+N-1
+# (5681, 5682, 5683 by default), Erlang distribution port +20000, data and logs
+# in /tmp/krill-cluster-<base port>/cN, and an Erlang cookie of its own (made
+# once in /tmp/krill-cluster-<base port>/.erlang.cookie) so no other node on
+# the machine (the shared one on 5672) can join or be joined. scripts/cluster
+# is the command line over these.
+
+krill_cluster_base() {
+  printf '%s' "${KRILL_CLUSTER_PORT:-5681}"
+}
+
+krill_cluster_dir() {
+  printf '/tmp/krill-cluster-%s' "$(krill_cluster_base)"
+}
+
+# krill_cluster_port N: node N's AMQP port.
+krill_cluster_port() {
+  printf '%s' $(($(krill_cluster_base) + $1 - 1))
+}
+
+# krill_cluster_node N: node N's Erlang node name.
+krill_cluster_node() {
+  printf 'krill-c%s-%s@%s' "$1" "$(krill_cluster_base)" "$(hostname -s)"
+}
+
+# krill_cluster_urls: the three AMQP URLs, comma-separated (KRILL_AMQP_URL's form).
+krill_cluster_urls() {
+  local n out=""
+  for n in 1 2 3; do
+    out+="${out:+,}amqp://127.0.0.1:$(krill_cluster_port "$n")/%2f"
+  done
+  printf '%s' "$out"
+}
+
+# krill_cluster_ctl N SECS ARGS...: `rabbitmqctl ARGS` against node N with the
+# cluster's cookie, killed after SECS with everything it started. Its output
+# goes to stdout (quiet mode).
+krill_cluster_ctl() {
+  local n=$1 secs=$2 dir pid end cmd="" a
+  shift 2
+  dir="$(krill_cluster_dir)"
+  for a in "$@"; do cmd+=" '${a//\'/\'\\\'\'}'"; done
+  setsid su rabbitmq -s /bin/sh -c "cd /tmp && HOME=$dir /usr/lib/rabbitmq/bin/rabbitmqctl -q -n $(krill_cluster_node "$n") $cmd" </dev/null 2>/dev/null &
+  pid=$!
+  end=$((SECONDS + secs))
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= end)); then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      return 124
+    fi
+    sleep 0.2
+  done
+  wait "$pid"
+}
+
+# krill_cluster_pid N: the OS pid of node N's Erlang VM (empty when not running).
+krill_cluster_pid() {
+  local f pid
+  f="$(krill_cluster_dir)/c$1/pid"
+  [[ -s "$f" ]] || return 0
+  pid=$(<"$f")
+  if [[ "$pid" =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == beam.smp ]]; then
+    printf '%s' "$pid"
+  fi
+}
+
+# krill_cluster_prepare: the cookie and each node's config (deploy/rabbitmq's
+# rabbitmq.conf with the node's own listener, no management listener, and
+# pause_minority partition handling), written fresh.
+krill_cluster_prepare() {
+  local dir n base conf
+  krill_apt_install rabbitmq-server
+  dir="$(krill_cluster_dir)"
+  install -d -o rabbitmq -g rabbitmq -m 0700 "$dir"
+  if [[ ! -s "$dir/.erlang.cookie" ]]; then
+    head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 >"$dir/.erlang.cookie"
+  fi
+  chown rabbitmq:rabbitmq "$dir/.erlang.cookie"
+  chmod 0400 "$dir/.erlang.cookie"
+  for n in 1 2 3; do
+    base="$dir/c$n"
+    install -d -o rabbitmq -g rabbitmq "$base"
+    conf="$base/rabbitmq.conf"
+    sed -e "s/^listeners.tcp.default = .*/listeners.tcp.default = $(krill_cluster_port "$n")/" \
+      -e '/^management\./d' -e 's/^log.file.level = .*/log.file.level = warning/' \
+      "$KRILL_ROOT/deploy/rabbitmq/rabbitmq.conf" >"$conf"
+    cat >>"$conf" <<CONF
+
+## krill_cluster_prepare (scripts/lib.sh): a three-node cluster on one machine.
+## The minority side of a partition pauses: a node cut off from the other two
+## stops serving rather than taking writes the majority never sees.
+cluster_partition_handling = pause_minority
+CONF
+    echo '[].' >"$base/enabled_plugins"
+    chown rabbitmq:rabbitmq "$conf" "$base/enabled_plugins"
+  done
+}
+
+# krill_cluster_start N: starts node N (its data kept) and waits until it runs.
+krill_cluster_start() {
+  local n=$1 dir base port node deadline
+  dir="$(krill_cluster_dir)"
+  base="$dir/c$n"
+  port="$(krill_cluster_port "$n")"
+  node="$(krill_cluster_node "$n")"
+  if [[ -n "$(krill_cluster_pid "$n")" ]]; then
+    krill_log "$node already runs"
+  else
+    krill_log "starting $node on port $port (data in $base)"
+    (cd /tmp && su rabbitmq -s /bin/sh -c "ulimit -n 65536; HOME=$dir RABBITMQ_NODENAME=$node \
+      RABBITMQ_NODE_PORT=$port RABBITMQ_DIST_PORT=$((port + 20000)) RABBITMQ_MNESIA_BASE=$base/mnesia \
+      RABBITMQ_LOG_BASE=$base/log RABBITMQ_CONFIG_FILE=$base/rabbitmq.conf \
+      RABBITMQ_ENABLED_PLUGINS_FILE=$base/enabled_plugins RABBITMQ_PID_FILE=$base/pid \
+      /usr/lib/rabbitmq/bin/rabbitmq-server -detached") >/dev/null 2>&1
+  fi
+  deadline=$((SECONDS + ${KRILL_RABBITMQ_TIMEOUT:-120}))
+  until krill_cluster_ctl "$n" 30 await_startup >/dev/null; do
+    ((SECONDS < deadline)) || krill_die "$node did not start (logs in $base/log)"
+    sleep 1
+  done
+  until krill_port_open 127.0.0.1 "$port"; do
+    ((SECONDS < deadline)) || krill_die "$node does not answer on port $port"
+    sleep 1
+  done
+}
+
+# krill_cluster_kill N: SIGKILLs node N's Erlang VM (a crash, not a stop).
+krill_cluster_kill() {
+  local pid
+  pid="$(krill_cluster_pid "$1")"
+  if [[ -z "$pid" ]]; then
+    krill_log "$(krill_cluster_node "$1") is not running"
+    return 0
+  fi
+  krill_log "SIGKILL $(krill_cluster_node "$1") (pid $pid)"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == beam.smp ]]; do
+    sleep 0.2
+  done
+}
+
+# krill_cluster_stop N: stops node N cleanly (a rolling restart's step).
+krill_cluster_stop() {
+  krill_cluster_ctl "$1" 60 stop >/dev/null || krill_cluster_kill "$1"
+}
+
+# krill_cluster_up: a fresh cluster (data of an earlier run removed): starts
+# the three nodes, joins 2 and 3 to 1, and prints the URLs on stdout.
+krill_cluster_up() {
+  local n dir
+  krill_cluster_down
+  krill_cluster_prepare
+  dir="$(krill_cluster_dir)"
+  for n in 1 2 3; do
+    rm -rf "${dir:?}/c$n/mnesia" "${dir:?}/c$n/log"
+    krill_cluster_start "$n"
+  done
+  for n in 2 3; do
+    krill_log "joining $(krill_cluster_node "$n") to $(krill_cluster_node 1)"
+    krill_cluster_ctl "$n" 60 stop_app >/dev/null || krill_die "stop_app on node $n failed"
+    krill_cluster_ctl "$n" 60 join_cluster "$(krill_cluster_node 1)" >/dev/null ||
+      krill_die "node $n did not join the cluster (logs in $dir/c$n/log)"
+    krill_cluster_ctl "$n" 60 start_app >/dev/null || krill_die "start_app on node $n failed"
+  done
+  krill_cluster_ctl 1 60 await_online_nodes 3 >/dev/null || krill_die "the cluster did not reach 3 nodes"
+  krill_log "cluster of 3 nodes ready: $(krill_cluster_urls)"
+  krill_cluster_urls
+  echo
+}
+
+# krill_cluster_down: stops every node of the cluster (SIGKILL for those that
+# do not stop within a minute). Data stays until the next `up`.
+krill_cluster_down() {
+  local n
+  for n in 1 2 3; do
+    if [[ -n "$(krill_cluster_pid "$n")" ]]; then
+      krill_log "stopping $(krill_cluster_node "$n")"
+      krill_cluster_stop "$n"
+    fi
+  done
 }
 
 # ------------------------------------------------------------------- keys --

@@ -13,7 +13,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, ConnectionProperties};
 
 use crate::procs::delete_queue;
 
@@ -194,7 +194,7 @@ pub async fn docker_runs(
 /// the task.
 pub async fn rabbit_round_trips(url: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
     let queue = format!("krill.bench.rr.{}", uuid::Uuid::new_v4().simple());
-    let client = Connection::connect(url, ConnectionProperties::default())
+    let client = broker::amqp::connect_first(url, ConnectionProperties::default())
         .await
         .context("connecting to RabbitMQ")?;
     let ch = client.create_channel().await?;
@@ -214,7 +214,7 @@ pub async fn rabbit_round_trips(url: &str, n: usize) -> anyhow::Result<Vec<Durat
     let reply_name = reply.queue.clone();
     let mut replies = reply.consumer;
 
-    let server = Connection::connect(url, ConnectionProperties::default()).await?;
+    let server = broker::amqp::connect_first(url, ConnectionProperties::default()).await?;
     let consume = server.create_channel().await?;
     consume.basic_qos(2, BasicQosOptions::default()).await?;
     let publish = server.create_channel().await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use lapin::options::QueueDeleteOptions;
 use lapin::types::ShortString;
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 
 /// Where things are and which broker to use.
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ impl Worker {
 
 /// Consumers of `queue`, or `None` when it does not exist.
 pub async fn consumers(url: &str, queue: &str) -> Option<u32> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
+    let conn = broker::amqp::connect_first(url, ConnectionProperties::default())
         .await
         .ok()?;
     let q = broker::amqp::peek(&conn, queue).await.ok().flatten();
@@ -228,7 +228,7 @@ pub async fn consumers(url: &str, queue: &str) -> Option<u32> {
 
 /// Deletes a queue (best effort).
 pub async fn delete_queue(url: &str, queue: &str) {
-    if let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await {
+    if let Ok(conn) = broker::amqp::connect_first(url, ConnectionProperties::default()).await {
         if let Ok(ch) = conn.create_channel().await {
             let _ = ch
                 .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())

@@ -2,17 +2,116 @@
 //! client, the worker, the tests and the bench — neither side importing the
 //! other's: publish with confirms, URL redaction, a private queue bound to an
 //! exchange (a tap), a passive look at a queue (a peek), a stream read from an
-//! offset, and `x-death`.
+//! offset, `x-death`, and failover over a list of broker URLs (a cluster's nodes).
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use std::time::Duration;
 
 /// The broker URL used when none is given (also `KRILL_AMQP_URL`).
 pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+
+/// How long one node of a list gets to accept a connection before the next
+/// one is tried (a node that is down refuses at once; one that hangs does not).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The URLs of a comma-separated list (`KRILL_AMQP_URL` may name every node of
+/// a cluster), in order, blanks dropped. One URL is a list of one.
+pub fn urls(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// The list with each URL's password replaced, for messages.
+pub fn redact_urls(list: &str) -> String {
+    urls(list)
+        .into_iter()
+        .map(redact_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A connection made by [`connect_any`]: which URL of the list answered.
+#[derive(Debug)]
+pub struct Connected {
+    pub conn: Connection,
+    /// Position of the URL in the list.
+    pub index: usize,
+    /// That URL, redacted (safe to log, show or put in a heartbeat).
+    pub url: String,
+}
+
+/// Connects to the first URL of `list` that answers, trying them in order
+/// starting at `start` (taken modulo the list's length, so a caller that lost
+/// node `i` passes `i + 1` and tries the others first). Each try gets
+/// [`CONNECT_TIMEOUT`]. The error is the last node's, with every URL tried.
+pub async fn connect_any(
+    list: &str,
+    start: usize,
+    props: ConnectionProperties,
+) -> Result<Connected, ConnectAnyError> {
+    let all = urls(list);
+    if all.is_empty() {
+        return Err(ConnectAnyError::NoUrl);
+    }
+    let mut last = None;
+    for k in 0..all.len() {
+        let index = (start + k) % all.len();
+        let url = all[index];
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props.clone())).await {
+            Ok(Ok(conn)) => {
+                return Ok(Connected {
+                    conn,
+                    index,
+                    url: redact_url(url),
+                })
+            }
+            Ok(Err(e)) => last = Some(ConnectAnyError::Refused(e)),
+            Err(_) => last = Some(ConnectAnyError::TimedOut(CONNECT_TIMEOUT)),
+        }
+    }
+    Err(last.unwrap_or(ConnectAnyError::NoUrl))
+}
+
+/// [`connect_any`] from the list's first URL, for callers that need only the
+/// connection (tools, the bench, tests).
+pub async fn connect_first(
+    list: &str,
+    props: ConnectionProperties,
+) -> Result<Connection, ConnectAnyError> {
+    Ok(connect_any(list, 0, props).await?.conn)
+}
+
+/// Why no node of a list could be reached (the last node's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectAnyError {
+    #[error("no broker URL given")]
+    NoUrl,
+    /// Shown with the last node's reason: callers print this error as the
+    /// source of theirs (`cannot reach RabbitMQ at …: {source}`).
+    #[error("no node answered; the last: {0}")]
+    Refused(lapin::Error),
+    #[error("no node answered; the last did not within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// `base` scaled by a factor in [0.5, 1.5): reconnecting clients of a node that
+/// died spread out instead of arriving at the next one together. The factor
+/// comes from the clock's nanoseconds, which is enough for spreading.
+pub fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.5 + f64::from(nanos % 1000) / 1000.0;
+    base.mul_f64(factor)
+}
 
 /// Why a confirmed publish did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +347,30 @@ mod tests {
             redact_url("amqp://127.0.0.1:5672/%2f"),
             "amqp://127.0.0.1:5672/%2f"
         );
+    }
+
+    #[test]
+    fn url_lists_are_split_and_redacted() {
+        assert_eq!(
+            urls(" amqp://a:5681/%2f, ,amqp://b:5682/%2f,"),
+            vec!["amqp://a:5681/%2f", "amqp://b:5682/%2f"]
+        );
+        assert_eq!(urls("amqp://a/%2f"), vec!["amqp://a/%2f"]);
+        assert!(urls(" , ").is_empty());
+        assert_eq!(
+            redact_urls("amqp://u:p@a/%2f,amqp://u:q@b/%2f"),
+            "amqp://u:**REDACTED**@a/%2f,amqp://u:**REDACTED**@b/%2f"
+        );
+        for _ in 0..100 {
+            let j = jittered(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(500) && j < Duration::from_millis(1500));
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_any_says_no_url() {
+        let r = connect_any(" ", 0, ConnectionProperties::default()).await;
+        assert!(matches!(r, Err(ConnectAnyError::NoUrl)));
     }
 
     #[test]

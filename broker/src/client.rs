@@ -19,7 +19,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 
-use crate::amqp::{self, publish_confirmed, redact_url};
+use crate::amqp::{self, publish_confirmed};
 use crate::protocol::{Control, KeyAnnounce, LogChunk, Task, TaskEvent, TaskResult, TaskState};
 use crate::topology::{self, CONTENT_TYPE};
 use crate::trust::{Credentials, TrustError};
@@ -31,7 +31,10 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach RabbitMQ at {url}: {source}")]
-    Connect { url: String, source: lapin::Error },
+    Connect {
+        url: String,
+        source: amqp::ConnectAnyError,
+    },
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("invalid task: {0}")]
@@ -96,12 +99,14 @@ pub(crate) async fn open_named(
     name: &str,
 ) -> Result<(Connection, Channel), ClientError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let conn = Connection::connect(url, props)
+    // Any node of a cluster will do: every queue Krill uses is replicated.
+    let conn = amqp::connect_any(url, 0, props)
         .await
         .map_err(|source| ClientError::Connect {
-            url: redact_url(url),
+            url: amqp::redact_urls(url),
             source,
-        })?;
+        })?
+        .conn;
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -270,15 +275,15 @@ impl Client {
                     loop {
                         if since.elapsed() > RECONNECT_FOR {
                             return Err(ClientError::Connect {
-                                url: redact_url(&self.url),
-                                source: lapin::Error::from(
+                                url: amqp::redact_urls(&self.url),
+                                source: amqp::ConnectAnyError::Refused(lapin::Error::from(
                                     lapin::ErrorKind::InvalidConnectionState(
                                         lapin::ConnectionState::Closed,
                                     ),
-                                ),
+                                )),
                             });
                         }
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(amqp::jittered(backoff)).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                         if let Ok(pair) = open(&self.url).await {
                             fresh = Some(pair);

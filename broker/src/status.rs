@@ -20,7 +20,7 @@ use lapin::types::ShortString;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use serde::Serialize;
 
-use crate::amqp::{self, redact_url, StreamFrom};
+use crate::amqp::{self, StreamFrom};
 use crate::protocol::{BlockReason, Heartbeat, KeyHolder, LineView, RunningTask};
 use crate::topology;
 
@@ -41,7 +41,10 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("cannot reach RabbitMQ at {url}: {source}")]
-    Connect { url: String, source: lapin::Error },
+    Connect {
+        url: String,
+        source: crate::amqp::ConnectAnyError,
+    },
     #[error("reading the heartbeat stream (krill.heartbeats): {0}")]
     Stream(lapin::Error),
     #[error("the broker ended the heartbeat stream consumer")]
@@ -92,6 +95,9 @@ impl WorkerState {
 pub struct WorkerStatus {
     pub id: String,
     pub host: String,
+    /// The broker node its last heartbeat said it is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
     pub pool: String,
     pub state: WorkerState,
     pub krill_version: String,
@@ -209,13 +215,13 @@ impl HeartbeatReader {
     /// Connects, declares the stream (idempotent) and starts reading it `since` ago.
     pub async fn open(url: &str, since: Duration) -> Result<Self, StatusError> {
         let props = ConnectionProperties::default().with_connection_name("krill status".into());
-        let conn =
-            Connection::connect(url, props)
-                .await
-                .map_err(|source| StatusError::Connect {
-                    url: redact_url(url),
-                    source,
-                })?;
+        let conn = crate::amqp::connect_any(url, 0, props)
+            .await
+            .map_err(|source| StatusError::Connect {
+                url: crate::amqp::redact_urls(url),
+                source,
+            })?
+            .conn;
         // Declared on a channel of its own: a user who may read the stream but not
         // configure it (a submitter) still gets the status once a worker declared it.
         let declare = conn.create_channel().await?;
@@ -366,6 +372,7 @@ pub fn worker_status(hb: &Heartbeat, now: DateTime<Utc>) -> WorkerStatus {
     WorkerStatus {
         id: hb.worker.clone(),
         host: hb.host.clone(),
+        broker: hb.broker.clone(),
         pool: hb.pool.clone(),
         state,
         krill_version: hb.krill_version.clone(),
@@ -501,6 +508,7 @@ mod tests {
             draining: false,
             degraded: None,
             running: Vec::new(),
+            broker: None,
             uptime_secs: 1,
             interval_secs: 5,
             stopping: false,

@@ -266,9 +266,14 @@ pub fn heartbeats_stream_arguments() -> FieldTable {
     args
 }
 
-/// The arguments of a per-task reply queue.
+/// The arguments of a per-task reply queue: a quorum queue (replicated like
+/// the pool queue; on a cluster a classic reply queue lives on one node, and a
+/// result published while that node is down comes back unroutable and is lost
+/// to the waiting submitter, as tests/tests/cluster.rs showed), expiring when
+/// unused.
 pub fn reply_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), long("quorum"));
     args.insert(
         short("x-expires"),
         AMQPValue::LongLongInt(REPLY_QUEUE_EXPIRES_MS),

@@ -382,7 +382,7 @@ async fn peek(queue: &str) -> Option<lapin::Queue> {
 
 /// A passive declare of `queue` on the broker at `url`.
 async fn peek_at(url: &str, queue: &str) -> Option<lapin::Queue> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
+    let conn = broker::amqp::connect_first(url, ConnectionProperties::default())
         .await
         .ok()?;
     let q = broker::amqp::peek(&conn, queue).await.ok().flatten();
@@ -402,7 +402,9 @@ pub async fn depth(queue: &str) -> Option<u32> {
 
 /// Deletes a queue (best effort).
 pub async fn delete_queue(queue: &str) {
-    if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+    if let Ok(conn) =
+        broker::amqp::connect_first(&amqp_url(), ConnectionProperties::default()).await
+    {
         if let Ok(ch) = conn.create_channel().await {
             let _ = ch
                 .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
@@ -457,7 +459,16 @@ impl Events {
 
     /// A transient queue bound to `exchange` with `binding`.
     pub async fn on(exchange: &str, binding: &str) -> Events {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        Events::on_at(&amqp_url(), exchange, binding).await
+    }
+
+    /// [`Events::bind`] on the broker (or cluster nodes) `url`.
+    pub async fn at(url: &str, binding: &str) -> Events {
+        Events::on_at(url, topology::EVENTS_EXCHANGE, binding).await
+    }
+
+    async fn on_at(url: &str, exchange: &str, binding: &str) -> Events {
+        let conn = broker::amqp::connect_first(url, ConnectionProperties::default())
             .await
             .expect("RabbitMQ reachable");
         let ch = conn.create_channel().await.expect("channel");

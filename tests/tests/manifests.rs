@@ -624,3 +624,77 @@ fn grafana_dashboard_uses_metrics_the_worker_exports() {
         assert!(used.contains(core), "{file}: no panel uses {core}");
     }
 }
+
+/// `key = value` of a rabbitmq.conf text.
+fn conf_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn rabbitmq_cluster_manifest_matches_the_broker_config() {
+    let file = "deploy/k8s/rabbitmq-cluster.yaml";
+    let docs = yaml_docs(file);
+    let clusters = by_kind(&docs, "RabbitmqCluster");
+    assert_eq!(clusters.len(), 1, "{file}: one RabbitmqCluster");
+    let c = clusters[0];
+    assert_eq!(s(&c["apiVersion"]), "rabbitmq.com/v1beta1", "{file}");
+    let replicas = c["spec"]["replicas"].as_u64().expect("spec.replicas");
+    assert!(
+        replicas >= 3 && replicas % 2 == 1,
+        "{file}: an odd number of nodes, at least 3 (quorum queues need a majority), got {replicas}"
+    );
+    // The worker's amqp-url names the operator's client Service (the resource's name).
+    let name = s(&c["metadata"]["name"]);
+    assert!(
+        read("deploy/k8s/worker.yaml").contains(&format!("@{name}.krill.svc:5672")),
+        "deploy/k8s/worker.yaml's amqp-url does not name the `{name}` service"
+    );
+    let extra = s(&c["spec"]["rabbitmq"]["additionalConfig"]);
+    let conf = read("deploy/rabbitmq/rabbitmq.conf");
+    assert_eq!(
+        conf_value(&extra, "consumer_timeout"),
+        conf_value(&conf, "consumer_timeout"),
+        "{file}: consumer_timeout differs from deploy/rabbitmq/rabbitmq.conf"
+    );
+    assert_eq!(
+        conf_value(&extra, "cluster_partition_handling").as_deref(),
+        Some("pause_minority"),
+        "{file}: a partitioned minority must pause"
+    );
+}
+
+#[test]
+fn compose_cluster_profile_names_every_node() {
+    let file = "deploy/compose/docker-compose.cluster.yml";
+    let compose = yaml(file);
+    let services = compose["services"].as_mapping().expect("services");
+    let nodes: BTreeSet<String> = services
+        .keys()
+        .map(s)
+        .filter(|n| n.starts_with("rabbitmq"))
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "{file}: three RabbitMQ nodes, got {nodes:?}"
+    );
+    let url = s(&compose["services"]["worker"]["environment"]["KRILL_AMQP_URL"]);
+    let hosts: BTreeSet<String> = broker::amqp::urls(&url)
+        .iter()
+        .filter_map(|u| u.split('@').nth(1)?.split(':').next().map(str::to_string))
+        .collect();
+    assert_eq!(
+        hosts, nodes,
+        "{file}: the worker's KRILL_AMQP_URL lists every node"
+    );
+    let conf = read("deploy/compose/cluster.conf");
+    for n in &nodes {
+        assert!(
+            conf.contains(&format!("= rabbit@{n}\n")),
+            "deploy/compose/cluster.conf does not list {n}"
+        );
+    }
+}

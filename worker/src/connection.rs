@@ -45,7 +45,7 @@ pub enum ConnectionError {
     Connect {
         url: String,
         #[source]
-        source: lapin::Error,
+        source: broker::amqp::ConnectAnyError,
     },
     #[error("setting up the connection")]
     Setup(#[from] lapin::Error),
@@ -64,9 +64,12 @@ pub async fn run(
     handlers: TaskTracker,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    // Where the next connect starts in `--amqp-url`'s list: after a node was
+    // lost, the others are tried first.
+    let mut start = 0;
     loop {
         let began = Instant::now();
-        let served = serve(&shared, &chan_tx, &handlers).await;
+        let served = serve(&shared, &chan_tx, &handlers, &mut start).await;
         let _ = chan_tx.send(None);
         // After a connection that held, the next outage starts from a short retry
         // again rather than from wherever the last outage left the backoff.
@@ -80,9 +83,11 @@ pub async fn run(
                     "broker connection lost; reconnecting");
             }
         }
+        // Jittered: the workers of a node that died do not all arrive at the
+        // next node in the same instant.
         tokio::select! {
             _ = shared.root.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(broker::amqp::jittered(backoff)) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -93,15 +98,24 @@ async fn serve(
     shared: &Arc<Shared>,
     chan_tx: &watch::Sender<Option<Channels>>,
     handlers: &TaskTracker,
+    start: &mut usize,
 ) -> Result<(), ConnectionError> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("krill-worker {}", shared.id).into());
-    let conn = Connection::connect(&shared.cfg.amqp_url, props)
+    let connected = broker::amqp::connect_any(&shared.cfg.amqp_url, *start, props)
         .await
         .map_err(|source| ConnectionError::Connect {
-            url: broker::amqp::redact_url(&shared.cfg.amqp_url),
+            url: broker::amqp::redact_urls(&shared.cfg.amqp_url),
             source,
         })?;
+    // Whatever ends this connection, the next try begins with the next node.
+    *start = connected.index + 1;
+    tracing::info!(node = %connected.url, "broker node reached");
+    *shared
+        .broker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connected.url.clone());
+    let conn = connected.conn;
     let consume = conn.create_channel().await?;
     let confirm = conn.create_channel().await?;
     confirm

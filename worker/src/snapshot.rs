@@ -29,4 +29,6 @@ pub struct Snapshot {
     pub prestarted: Vec<(SandboxKind, usize)>,
     /// The concurrency-key lines this worker holds.
     pub lines: Vec<LineView>,
+    /// The broker node it is connected to (redacted URL), once it connected.
+    pub broker: Option<String>,
 }

@@ -40,6 +40,8 @@ pub struct Shared {
     pub not_claiming: std::sync::Mutex<Option<&'static str>>,
     /// The concurrency-key lines this worker serves.
     pub lines: Lines,
+    /// The broker node of the current (or last) connection, redacted.
+    pub broker: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             health: Arc::new(Health::new(cfg.degraded_after)),
             not_claiming: std::sync::Mutex::new(None),
             lines: Lines::new(cfg.heartbeat_interval),
+            broker: std::sync::Mutex::new(None),
             cfg,
         }
     }
@@ -111,6 +114,11 @@ impl Shared {
             connected: self.run.outbound.connected(),
             prestarted: self.run.sandboxes.prestarted(),
             lines: self.lines.views(),
+            broker: self
+                .broker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 

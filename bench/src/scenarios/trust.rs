@@ -21,7 +21,7 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, ConnectionProperties};
 
 use super::{burst, one, task, Bench};
 use crate::procs::WorkerOpts;
@@ -334,7 +334,7 @@ async fn claim_round_trips(url: &str, n: usize) -> anyhow::Result<Vec<Duration>>
 /// when `as_worker`, else a default stream read from `next`.
 async fn round_trips(url: &str, n: usize, as_worker: bool) -> anyhow::Result<Vec<Duration>> {
     let stream = format!("krill.bench.claims.{}", uuid::Uuid::new_v4().simple());
-    let conn = Connection::connect(url, ConnectionProperties::default())
+    let conn = broker::amqp::connect_first(url, ConnectionProperties::default())
         .await
         .context("connecting to RabbitMQ")?;
     let ch = conn.create_channel().await?;

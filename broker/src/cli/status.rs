@@ -82,6 +82,7 @@ pub fn table(report: &Report, all: bool) -> String {
         "LAST SEEN".into(),
         "UPTIME".into(),
         "HOST".into(),
+        "BROKER NODE".into(),
         "VERSION".into(),
     ]];
     for w in &shown {
@@ -105,6 +106,10 @@ pub fn table(report: &Report, all: bool) -> String {
             format!("{} ago", human(w.silent_secs)),
             human(w.uptime_secs),
             w.host.clone(),
+            w.broker.as_deref().map_or_else(
+                || "-".into(),
+                |u| u.trim_start_matches("amqp://").to_string(),
+            ),
             w.krill_version.clone(),
         ]);
     }
@@ -315,6 +320,7 @@ mod tests {
                 sandbox: crate::protocol::SandboxKind::Process,
                 submitter: Some("alice".into()),
             }],
+            broker: Some("amqp://rabbit-2:5672/%2f".into()),
             uptime_secs: 10,
             interval_secs: 5,
             stopping: false,
@@ -344,6 +350,7 @@ mod tests {
         assert!(t.contains("1. waits: task t-next (next)"), "{t}");
         assert!(t.contains("2. waits: task t-last"), "{t}");
         assert!(t.contains("DRAINING"), "{t}");
+        assert!(t.contains("rabbit-2:5672/%2f"), "the broker node: {t}");
         assert!(t.contains("is draining"), "{t}");
         assert!(t.contains("t-42  process  running 0s  by alice"), "{t}");
     }

@@ -94,6 +94,10 @@ pub struct Heartbeat {
     /// The concurrency-key lines this worker holds (it is their active consumer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<super::lines::LineView>,
+    /// The broker node the worker is connected to (the URL of its
+    /// `KRILL_AMQP_URL` list that answered, password redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
 }
 
 /// Which output stream a log chunk came from.

@@ -146,6 +146,7 @@ mod tests {
             slots_free: 1,
             draining: false,
             running: Vec::new(),
+            broker: None,
             uptime_secs: uptime,
             interval_secs: 1,
             stopping,

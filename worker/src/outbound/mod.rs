@@ -371,6 +371,7 @@ impl Outbound {
             degraded: now.degraded.clone(),
             sent_at: Utc::now(),
             lines: now.lines.clone(),
+            broker: now.broker.clone(),
         };
         self.best_effort(Outgoing::Heartbeat(Box::new(hb))).await;
     }
