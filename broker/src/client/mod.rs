@@ -8,6 +8,10 @@
 //! returns the first terminal result for the id and deletes the queue, so later
 //! copies are dropped by the broker.
 
+mod follow;
+
+pub use follow::{FinishWatch, LogFollower, ProgressWatch};
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,7 +24,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 
 use crate::amqp::{self, publish_confirmed};
-use crate::protocol::{Control, KeyAnnounce, LogChunk, Task, TaskEvent, TaskResult, TaskState};
+use crate::protocol::{Control, KeyAnnounce, Task, TaskResult, TaskState};
 use crate::topology::{self, CONTENT_TYPE};
 use crate::trust::{Credentials, TrustError};
 
@@ -527,85 +531,6 @@ async fn wait_on(conn: &Connection, id: &str) -> Result<Option<TaskResult>, lapi
         }
     }
     Ok(None)
-}
-
-/// Live log chunks of one task, in order.
-#[derive(Debug)]
-pub struct LogFollower {
-    _channel: Channel,
-    consumer: lapin::Consumer,
-    next_seq: u64,
-    missed: u64,
-}
-
-impl LogFollower {
-    /// The next chunk; `None` once the consumer ends. A chunk with `eof` is the last.
-    /// Duplicates are dropped; gaps in `seq` (chunks published before this follower
-    /// was bound, or dropped while the worker had no connection) are counted in
-    /// [`LogFollower::missed`].
-    pub async fn next(&mut self) -> Option<LogChunk> {
-        loop {
-            let delivery = self.consumer.next().await?.ok()?;
-            let Ok(chunk) = serde_json::from_slice::<LogChunk>(&delivery.data) else {
-                continue;
-            };
-            if chunk.seq < self.next_seq {
-                continue;
-            }
-            self.missed += chunk.seq - self.next_seq;
-            self.next_seq = chunk.seq + 1;
-            return Some(chunk);
-        }
-    }
-
-    /// How many chunks were skipped so far (gaps in `seq`).
-    pub fn missed(&self) -> u64 {
-        self.missed
-    }
-}
-
-/// The `finished` event of one task (see [`Client::watch_finished`]).
-#[derive(Debug)]
-pub struct FinishWatch {
-    _channel: Channel,
-    consumer: lapin::Consumer,
-    id: String,
-}
-
-impl FinishWatch {
-    /// Waits for the task's `finished` event; `None` once the consumer ends.
-    pub async fn next(&mut self) -> Option<TaskEvent> {
-        loop {
-            let delivery = self.consumer.next().await?.ok()?;
-            match serde_json::from_slice::<TaskEvent>(&delivery.data) {
-                Ok(ev) if ev.task_id == self.id && ev.state == TaskState::Finished => {
-                    return Some(ev)
-                }
-                _ => continue,
-            }
-        }
-    }
-}
-
-/// The `blocked` and `started` events of one task (see [`Client::watch_progress`]).
-#[derive(Debug)]
-pub struct ProgressWatch {
-    _channel: Channel,
-    consumer: lapin::Consumer,
-    id: String,
-}
-
-impl ProgressWatch {
-    /// The task's next `blocked` or `started` event; `None` once the consumer ends.
-    pub async fn next(&mut self) -> Option<TaskEvent> {
-        loop {
-            let delivery = self.consumer.next().await?.ok()?;
-            match serde_json::from_slice::<TaskEvent>(&delivery.data) {
-                Ok(ev) if ev.task_id == self.id => return Some(ev),
-                _ => continue,
-            }
-        }
-    }
 }
 
 /// What [`Client::peek`] found.
