@@ -466,6 +466,93 @@ async fn cancel_over_http() {
     assert_eq!(done["status"], "cancelled", "{done}");
 }
 
+/// Another caller of the same pool, from the attacker's side: it cannot see,
+/// find, cancel or take over (by reusing its Idempotency-Key) a task that is
+/// not its own; a caller who may see every task may still not cancel it
+/// without the right. The owner can.
+#[tokio::test]
+async fn another_caller_can_neither_see_find_cancel_nor_take_over_a_task() {
+    let (_keys, worker, mut gw) = setup("gw-peer", None).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    let mallory = gw.token("mallory", &format!("submit:{pool}"));
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    let marker = new_id();
+    let body =
+        json!({"script": format!("echo {marker}; sleep 60"), "sandbox": "process"}).to_string();
+    let post = |token: String, body: String| {
+        let url = tasks_url(&gw, &pool);
+        async move {
+            call(
+                Method::POST,
+                &url,
+                Some(&token),
+                &[("Idempotency-Key", "deploy-7")],
+                Some(body.into_bytes()),
+            )
+            .await
+        }
+    };
+    let (st, _, v) = post(alice.clone(), body.clone()).await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let task_url = format!("{}/v1/tasks/{id}", gw.url);
+    for path in ["", "/wait?timeout=1", "/logs"] {
+        let (st, _, v) = call(
+            Method::GET,
+            &format!("{task_url}{path}"),
+            Some(&mallory),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 404, "mallory reads {path}: {v}");
+    }
+    let (st, _, v) = call(Method::DELETE, &task_url, Some(&mallory), &[], None).await;
+    assert_eq!(st, 404, "mallory cancels: {v}");
+    let (st, _, v) = call(Method::DELETE, &task_url, Some(&ops), &[], None).await;
+    assert_eq!(st, 403, "ops (see:all, no cancel) cancels: {v}");
+    // The same Idempotency-Key and body from mallory: a task of her own.
+    let (st, _, v) = post(mallory.clone(), body.clone()).await;
+    assert_eq!(st, 202, "{v}");
+    let theirs = v["id"].as_str().expect("id").to_string();
+    assert_ne!(theirs, id, "an idempotency key is the caller's own");
+    let (st, _, page) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?q={marker}", gw.url),
+        Some(&mallory),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    let found: Vec<&str> = page["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert!(
+        !found.contains(&id.as_str()),
+        "mallory's search shows alice's task: {page}"
+    );
+    // Both still run; their owners cancel them.
+    for (token, id) in [(&alice, &id), (&mallory, &theirs)] {
+        let (st, _, v) = call(
+            Method::DELETE,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(token),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        let done = wait_done(&gw, token, id).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+    }
+}
+
 /// A task submitted straight to AMQP while the gateway is down is recorded
 /// from the events its durable queue kept; the history survives the restart.
 async fn history_survives_a_restart(db: Option<String>) {

@@ -3,7 +3,7 @@
 //! metadata address and another running task are refused at once; a small
 //! "outside" host of the test's own (a net namespace on 198.51.100.0/24) is
 //! reached only by a task granted it; a task asking more than the pool allows
-//! is rejected.
+//! is rejected; a task can neither take another address nor forge packets.
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -266,6 +266,70 @@ async fn the_host_metadata_and_other_tasks_are_refused_quickly() {
         let _ = c.wait(&other.id, Some(Duration::from_secs(60))).await;
     }
     drop(listener);
+}
+
+/// What a task would need to pass for another (its address, its MAC, packets
+/// it makes by hand) or to see others' traffic: each attempt fails inside the
+/// task's own namespace, in both sandboxes — raw and packet sockets, binding to
+/// an address not its own (IP_TRANSPARENT), adding an address over netlink
+/// (RTM_NEWADDR) and changing its MAC (SIOCSIFHWADDR).
+const FORGE: &str = r#"import socket, struct, fcntl
+def attempt(name, f):
+    try:
+        f()
+        print(name, "allowed")
+    except OSError as e:
+        print(name, "refused", e.errno)
+def raw():
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def packet():
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+def transparent():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT: bind to an address not ours
+def new_addr():
+    # RTM_NEWADDR for 10.213.250.250/16 on eth0, over NETLINK_ROUTE.
+    idx = socket.if_nametoindex("eth0")
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    a = socket.inet_aton("10.213.250.250")
+    attrs = struct.pack("HH4s", 8, 2, a) + struct.pack("HH4s", 8, 1, a)
+    body = struct.pack("BBBBI", socket.AF_INET, 16, 0, 0, idx) + attrs
+    s.send(struct.pack("IHHII", 16 + len(body), 20, 0x1 | 0x4 | 0x400 | 0x200, 1, 0) + body)
+    err = struct.unpack("i", s.recv(4096)[16:20])[0]
+    if err:
+        raise OSError(-err, "RTM_NEWADDR")
+def set_mac():
+    s = socket.socket()
+    req = struct.pack("16sH6s8x", b"eth0", 1, b"\x02\x00\x00\x00\x00\x01")
+    fcntl.ioctl(s, 0x8924, req)  # SIOCSIFHWADDR
+for name, f in [("raw", raw), ("packet", packet), ("transparent", transparent), ("new-address", new_addr), ("set-mac", set_mac)]:
+    attempt(name, f)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cannot_take_another_address_or_forge_packets() {
+    let w = worker("net-forge", "198.51.100.0/24").await;
+    let c = client().await;
+    let names = ["raw", "packet", "transparent", "new-address", "set-mac"];
+    for kind in [SandboxKind::Process, SandboxKind::Container] {
+        let mut t = sandboxed(task(&format!("python3 - <<'EOF'\n{FORGE}EOF\n")), kind);
+        t.limits.network = true.into();
+        let r = krill_tests::run_task(&c, &w.pool, &t).await;
+        assert_eq!(r.status, Status::Succeeded, "{kind}: {r:?}");
+        eprintln!("{kind}:\n{}", r.stdout);
+        for name in names {
+            let line = r
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{kind}: no line for {name}: {r:?}"));
+            assert!(
+                line.contains(" refused "),
+                "{kind}: {line} (all: {})",
+                r.stdout
+            );
+        }
+    }
 }
 
 /// The outside host is reached by a task granted it, not by one without the
