@@ -100,18 +100,7 @@ pub fn grant(addr: Ipv4Addr, grant: &[Allowance]) -> String {
     );
     for a in grant {
         let IpNet::V4(net) = a.net else { continue };
-        let ports = a
-            .ports
-            .iter()
-            .map(|&(lo, hi)| {
-                if lo == hi {
-                    lo.to_string()
-                } else {
-                    format!("{lo}-{hi}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let ports = a.port_list(", ");
         if ports.is_empty() {
             let _ = writeln!(s, "add rule inet {TABLE} {c} ip daddr {net} accept");
         } else {

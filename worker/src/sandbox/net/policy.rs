@@ -17,6 +17,23 @@ pub struct Allowance {
     pub ports: Vec<(u16, u16)>,
 }
 
+impl Allowance {
+    /// Its port ranges as `80`, `8000-8080`, joined by `sep` (empty: every port).
+    pub fn port_list(&self, sep: &str) -> String {
+        self.ports
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+}
+
 impl FromStr for Allowance {
     type Err = String;
 
@@ -56,19 +73,7 @@ impl FromStr for Allowance {
 
 impl fmt::Display for Allowance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ports = || {
-            self.ports
-                .iter()
-                .map(|&(lo, hi)| {
-                    if lo == hi {
-                        lo.to_string()
-                    } else {
-                        format!("{lo}-{hi}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        };
+        let ports = || self.port_list("+");
         match (&self.net, self.ports.is_empty()) {
             (n, true) => write!(f, "{n}"),
             (IpNet::V6(n), false) => write!(f, "[{n}]:{}", ports()),
