@@ -345,9 +345,18 @@ krill_ensure_images() {
 # after SECS together with everything it started (`timeout` alone leaves its
 # Erlang VM running).
 krill_own_ctl() {
-  local port=$1 secs=$2 pid end
+  local port=$1 secs=$2
   shift 2
-  setsid rabbitmqctl -q -n "$(krill_own_node "$port")" "$@" </dev/null >/dev/null 2>&1 &
+  krill__bounded "$secs" rabbitmqctl -q -n "$(krill_own_node "$port")" "$@" >/dev/null 2>&1
+}
+
+# krill__bounded SECS CMD...: runs CMD in a session of its own (stdin from
+# /dev/null, the caller's stdout and stderr) and kills that whole session after
+# SECS (exit 124), since `timeout` alone leaves an Erlang VM it started running.
+krill__bounded() {
+  local secs=$1 pid end
+  shift
+  setsid "$@" </dev/null &
   pid=$!
   end=$((SECONDS + secs))
   while kill -0 "$pid" 2>/dev/null; do
@@ -456,22 +465,11 @@ krill_cluster_urls() {
 # cluster's cookie, killed after SECS with everything it started. Its output
 # goes to stdout (quiet mode).
 krill_cluster_ctl() {
-  local n=$1 secs=$2 dir pid end cmd="" a
+  local n=$1 secs=$2 dir cmd="" a
   shift 2
   dir="$(krill_cluster_dir)"
   for a in "$@"; do cmd+=" '${a//\'/\'\\\'\'}'"; done
-  setsid su rabbitmq -s /bin/sh -c "cd /tmp && HOME=$dir /usr/lib/rabbitmq/bin/rabbitmqctl -q -n $(krill_cluster_node "$n") $cmd" </dev/null 2>/dev/null &
-  pid=$!
-  end=$((SECONDS + secs))
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((SECONDS >= end)); then
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-      return 124
-    fi
-    sleep 0.2
-  done
-  wait "$pid"
+  krill__bounded "$secs" su rabbitmq -s /bin/sh -c "cd /tmp && HOME=$dir /usr/lib/rabbitmq/bin/rabbitmqctl -q -n $(krill_cluster_node "$n") $cmd" 2>/dev/null
 }
 
 # krill_cluster_pid N: the OS pid of node N's Erlang VM (empty when not running).
@@ -663,7 +661,8 @@ krill_ensure_postgres() {
     sleep 0.5
   done
   krill_port_open 127.0.0.1 5432 || krill_die "PostgreSQL does not answer on 127.0.0.1:5432 (see /var/log/postgresql/)"
-  local psql=(runuser -u postgres -- psql -qAtX -v ON_ERROR_STOP=1)
+  # From /: the postgres user may not enter the caller's directory (a mktemp -d clone).
+  local psql=(env -C / runuser -u postgres -- psql -qAtX -v ON_ERROR_STOP=1)
   if [[ "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = 'krill'")" != 1 ]]; then
     "${psql[@]}" -c "CREATE ROLE krill LOGIN PASSWORD 'krill' CREATEDB" >/dev/null
   fi
