@@ -268,6 +268,38 @@ async fn the_host_metadata_and_other_tasks_are_refused_quickly() {
     drop(listener);
 }
 
+/// Every node of the worker's broker list is refused to its tasks, even one
+/// in a range the pool and the task grant: the "outside" host stands in for a
+/// second node (`--amqp-url` lists it after the real one, which answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_of_the_broker_list_is_refused_even_when_granted() {
+    let outside = Outside::start();
+    let grant = format!("{}:{OUTSIDE_PORT}", outside.addr);
+    let list = format!(
+        "{},amqp://guest:guest@{}:{OUTSIDE_PORT}/%2f",
+        krill_tests::amqp_url(),
+        outside.addr
+    );
+    let w = builder("net-nodes", &grant)
+        .env("KRILL_AMQP_URL", &list)
+        .start()
+        .await;
+    let c = client().await;
+    let target = [("second-node", outside.addr.to_string(), OUTSIDE_PORT)];
+    for kind in [SandboxKind::Process, SandboxKind::Container] {
+        let mut t = sandboxed(task(&probe(&target)), kind);
+        t.limits.network = Network::Allow(NetworkAllow {
+            allow: vec![grant.clone()],
+        });
+        let r = krill_tests::run_task(&c, &w.pool, &t).await;
+        assert_eq!(r.status, Status::Succeeded, "{kind}: {r:?}");
+        assert!(
+            r.stdout.starts_with("second-node refused "),
+            "{kind}: {r:?}"
+        );
+    }
+}
+
 /// What a task would need to pass for another (its address, its MAC, packets
 /// it makes by hand) or to see others' traffic: each attempt fails inside the
 /// task's own namespace, in both sandboxes — raw and packet sockets, binding to

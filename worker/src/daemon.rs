@@ -225,7 +225,7 @@ async fn reap_loop(shared: Arc<Shared>) {
 async fn setup_net(cfg: &Config) -> anyhow::Result<Arc<crate::sandbox::net::Net>> {
     use crate::sandbox::net::{host_resolvers, Net, NetConfig, LOCK_DIR};
     let mut refused = Vec::new();
-    if let Some((host, port)) = broker_host(&cfg.amqp_url) {
+    for (host, port) in broker_hosts(&cfg.amqp_url) {
         match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(addrs) => refused.extend(addrs.map(|a| ipnet::IpNet::from(a.ip()))),
             Err(e) => tracing::warn!(%host, error = %e, "could not resolve the broker's host"),
@@ -247,16 +247,37 @@ async fn setup_net(cfg: &Config) -> anyhow::Result<Arc<crate::sandbox::net::Net>
     Ok(net)
 }
 
-/// Host and port of an AMQP URL (`amqp://user:pass@host:port/vhost`).
+/// Host and port of every URL of `--amqp-url` (each node of a cluster).
+fn broker_hosts(list: &str) -> Vec<(String, u16)> {
+    broker::amqp::urls(list)
+        .into_iter()
+        .filter_map(broker_host)
+        .collect()
+}
+
+/// Host and port of an AMQP URL (`amqp://user:pass@host:port/vhost`; lapin's
+/// own parser reads an IPv6 literal as `localhost`).
 fn broker_host(url: &str) -> Option<(String, u16)> {
-    let rest = url.split_once("://")?.1;
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = if scheme == "amqps" { 5671 } else { 5672 };
     let authority = rest.split(['/', '?']).next()?;
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-        _ => (hostport, 5672),
+    let (host, port) = match hostport.strip_prefix('[') {
+        // An IPv6 literal: `[addr]` or `[addr]:port`.
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
     };
-    Some((host.trim_matches(['[', ']']).to_string(), port))
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port,
+    };
+    Some((host.to_string(), port))
 }
 
 async fn build_sandboxes(
@@ -359,4 +380,21 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_of_the_url_list_is_a_broker_host() {
+        assert_eq!(
+            broker_hosts("amqp://u:p@10.0.0.5:5681/%2f, amqp://rabbit-2,amqps://[fd00::7]/v"),
+            [
+                ("10.0.0.5".to_string(), 5681),
+                ("rabbit-2".to_string(), 5672),
+                ("fd00::7".to_string(), 5671)
+            ]
+        );
+    }
 }
