@@ -60,6 +60,26 @@ async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
     panic!("task {id} did not finish; gateway log:\n{}", gw.log_text());
 }
 
+/// Waits (up to 30 s) until the gateway says task `id` runs.
+async fn wait_started(gw: &GatewayProc, token: &str, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, t) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(token),
+            &[],
+            None,
+        )
+        .await;
+        if t["state"] == "started" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never started: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What a round trip leaves to check in the database: the stopped gateway,
 /// the secret, the token and the task id.
 struct Trip {
@@ -437,22 +457,7 @@ async fn cancel_over_http() {
     assert_eq!(st, 202, "{v}");
     let id = v["id"].as_str().expect("id").to_string();
     // Wait until it runs, then cancel.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, _, t) = call(
-            Method::GET,
-            &format!("{}/v1/tasks/{id}", gw.url),
-            Some(&alice),
-            &[],
-            None,
-        )
-        .await;
-        if t["state"] == "started" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never started: {t}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_started(&gw, &alice, &id).await;
     let (st, _, v) = call(
         Method::DELETE,
         &format!("{}/v1/tasks/{id}", gw.url),
@@ -725,22 +730,7 @@ async fn logs_stream_live_then_stored() {
     .await;
     assert_eq!(st, 202, "{v}");
     let id = v["id"].as_str().expect("id").to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, _, t) = call(
-            Method::GET,
-            &format!("{}/v1/tasks/{id}", gw.url),
-            Some(&alice),
-            &[],
-            None,
-        )
-        .await;
-        if t["state"] == "started" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never started: {t}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_started(&gw, &alice, &id).await;
     // Live: connected while it runs, the SSE stream carries what it prints from
     // then on and ends with `end`.
     let logs_url = format!("{}/v1/tasks/{id}/logs", gw.url);
