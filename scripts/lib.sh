@@ -59,16 +59,19 @@ krill_apt_install() {
   command -v apt-get >/dev/null 2>&1 ||
     krill_die "packages missing (${missing[*]}) and apt-get not found: this script expects Debian"
   local log=/var/log/krill-apt.log
+  # Another apt (unattended-upgrades, a second scripts/test) may hold the dpkg
+  # lock: wait for it (apt's own option) instead of failing at once.
+  local -a lock=(-o "DPkg::Lock::Timeout=${KRILL_APT_LOCK_TIMEOUT:-300}")
   if [[ -z "${KRILL_APT_UPDATED:-}" ]]; then
     krill_log "apt-get update (missing: ${missing[*]}; log: $log)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1; then
+    if ! DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" update -q >>"$log" 2>&1; then
       tail -n 20 "$log" >&2
       krill_die "apt-get update failed (see $log)"
     fi
     KRILL_APT_UPDATED=1
   fi
   krill_log "installing ${missing[*]}"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  if ! DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${missing[@]}" >>"$log" 2>&1; then
     tail -n 30 "$log" >&2
