@@ -41,6 +41,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/dead/{id}/replay", post(replay))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn(crate::web::session::reads_only))
+        .merge(crate::web::router())
         .with_state(st)
 }
 
@@ -75,13 +77,18 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// The caller of a request, from `Authorization: Bearer …`.
+/// The caller of a request, from `Authorization: Bearer …`, or else from the
+/// web view's session cookie (which only reads keep: `web::session::reads_only`).
 pub async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let token = headers
+    let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
+    else {
+        return crate::web::session::caller_from_cookie(st, headers)
+            .await
+            .ok_or(ApiError::Unauthorized);
+    };
     st.store
         .caller(token.trim())
         .await?
