@@ -639,6 +639,15 @@ krill_ensure_keys() {
 # running on 127.0.0.1:5432, a role `krill` (password `krill`, may create
 # databases) and the database `krill_gateway_test` the gateway tests use (each
 # test in a schema of its own). Exports KRILL_TEST_PG_URL.
+# Headless Chromium and its WebDriver for the web view's browser test
+# (tests/tests/web.rs starts chromedriver itself on a free port).
+krill_ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  krill_apt_install chromium chromium-driver
+  command -v chromedriver >/dev/null 2>&1 ||
+    krill_die "chromium-driver is installed but chromedriver is not on PATH"
+}
+
 krill_ensure_postgres() {
   krill_apt_install postgresql
   local ver

@@ -221,7 +221,7 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "krill-gateway serving");
-    let app = crate::api::router(st.clone());
+    let app = crate::web::app(crate::api::router(st.clone()), st.clone());
     let token = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })

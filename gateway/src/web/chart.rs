@@ -75,7 +75,8 @@ pub fn pool_chart(pool: &str, samples: &[Sample], now: i64) -> Markup {
                     }
                 }
                 text x=(LEFT) y=(H - 3.0) { "time (minutes before now)" }
-                text x="4" y=(TOP + 4.0) transform={"rotate(-90 4 " (TOP + 4.0) ")"} text-anchor="end" { "tasks" }
+                @let mid = TOP + (H - TOP - BOTTOM) / 2.0;
+                text x="12" y=(mid) transform={"rotate(-90 12 " (mid) ")"} text-anchor="middle" { "tasks" }
                 @if !depth.is_empty() {
                     polyline points=(depth) class="depth" fill="none" {}
                     polyline points=(running) class="running" fill="none" {}

@@ -52,7 +52,14 @@ impl Web {
     }
 }
 
-/// The pages' routes (merged into the API's router).
+/// The whole app: the JSON API (its writes without the cookie: see
+/// [`session::reads_only`]) and the pages.
+pub fn app(api: Router, st: Arc<AppState>) -> Router {
+    api.layer(axum::middleware::from_fn(session::reads_only))
+        .merge(router().with_state(st))
+}
+
+/// The pages' routes.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(pages::home))

@@ -15,6 +15,7 @@ use axum::Form;
 use maud::html;
 
 use super::db::{self, Session};
+use crate::error::ApiError;
 use crate::rights::Caller;
 use crate::AppState;
 
@@ -54,9 +55,13 @@ pub async fn current(st: &AppState, headers: &HeaderMap) -> Option<Session> {
     }
 }
 
-/// The caller of a session cookie (the JSON API's reads; see [`reads_only`]).
-pub async fn caller_from_cookie(st: &AppState, headers: &HeaderMap) -> Option<Caller> {
-    current(st, headers).await.map(|s| s.caller)
+/// The caller of a session cookie, for the JSON API: its writes never see the
+/// cookie ([`reads_only`] drops it), so this authorises reads only.
+pub async fn cookie_caller(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    current(st, headers)
+        .await
+        .map(|s| s.caller)
+        .ok_or(ApiError::Unauthorized)
 }
 
 /// Middleware of the JSON API: a request that may change something loses its
