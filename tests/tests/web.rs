@@ -541,3 +541,104 @@ async fn the_web_view_in_chromium() {
     wait_state(&gw, &ops, &blocked, "finished").await;
     eprintln!("web test: {:?}, {} pages", started.elapsed(), seen.0.len());
 }
+
+/// Measures (never asserts) how fast the pages load with 1,000 tasks in the
+/// history: server time for the whole page over HTTP, p50 and max of 20 loads
+/// each, printed for the README. No worker is needed: the rows are written
+/// straight into the gateway's SQLite file before it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_load_with_1000_tasks_in_the_history() {
+    let pool = unique_pool("web1k");
+    let mut gw = GatewayProc::new(&pool, None);
+    let ops = gw.token("ops", "admin");
+    let store = gateway::store::Store::open(&gw.db_url)
+        .await
+        .expect("store");
+    let now = gateway::store::now_ms();
+    let result = json!({"version": 1, "id": "x", "status": "succeeded", "exit_code": 0,
+        "stdout": "line\n".repeat(200), "stderr": "", "outputs": [{"name": "answer", "value": "42"}],
+        "attempt": 1, "timings": {}, "usage": {}});
+    let mut ids = Vec::new();
+    for i in 0..1000i64 {
+        let id = krill_tests::new_id();
+        let finished = i % 10 != 0;
+        store
+            .put(&gateway::store::TaskRow {
+                id: id.clone(),
+                pool: pool.clone(),
+                state: if finished { "finished" } else { "started" }.into(),
+                status: finished.then(|| "succeeded".into()),
+                caller: Some("ops".into()),
+                submitter: Some("gateway".into()),
+                worker: Some(format!("w-{}", i % 4)),
+                sandbox: Some("process".into()),
+                attempt: Some(1),
+                exit_code: finished.then_some(0),
+                spec: Some(json!({"script": format!("echo {i}")}).to_string()),
+                result: finished.then(|| result.to_string()),
+                submitted_at: Some(now - (1000 - i) * 1000),
+                started_at: Some(now - (1000 - i) * 1000 + 200),
+                finished_at: finished.then_some(now - (1000 - i) * 1000 + 900),
+                updated_at: now - (1000 - i) * 1000 + 900,
+                ..Default::default()
+            })
+            .await
+            .expect("put");
+        ids.push(id);
+    }
+    drop(store);
+    gw.start().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http");
+    let r = http
+        .post(format!("{}/signin", gw.url))
+        .form(&[("token", ops.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let mut lines = Vec::new();
+    for path in [
+        "/tasks".to_string(),
+        format!("/tasks?pool={pool}&state=finished"),
+        "/tasks?worker=w-1&state=running".to_string(),
+        format!("/tasks/{}", ids[500]),
+        "/pools".to_string(),
+        "/workers".to_string(),
+    ] {
+        let mut ms = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..20 {
+            let t = Instant::now();
+            let r = http
+                .get(format!("{}{path}", gw.url))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(r.status().as_u16(), 200, "{path}");
+            bytes = r.bytes().await.expect("body").len();
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        lines.push(format!(
+            "| `{}` | {:.1} ms | {:.1} ms | {} KiB |",
+            path.replace(&pool, "P"),
+            ms[ms.len() / 2],
+            ms[ms.len() - 1],
+            bytes / 1024
+        ));
+    }
+    eprintln!("page loads with 1,000 tasks in the history (20 each):\n| page | p50 | max | size |\n|---|---|---|---|");
+    for l in lines {
+        eprintln!("{l}");
+    }
+}
