@@ -107,6 +107,49 @@ async fn until(
     }
 }
 
+/// Waits (10 s at most) until the browser is on `path` (a click that submits
+/// a form returns before the navigation ends).
+async fn wait_path(c: &Client, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.path() == path {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never on {path}: {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clicks `css` and waits (10 s at most) until a new document has loaded (a
+/// click that submits a form or follows a link returns before that).
+async fn click_through(c: &Client, css: &str) {
+    c.execute("window.__krillOld = true; return null;", vec![])
+        .await
+        .expect("mark");
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh = c
+            .execute(
+                "return window.__krillOld === undefined && document.readyState === 'complete';",
+                vec![],
+            )
+            .await
+            .unwrap_or(Value::Bool(false));
+        if fresh == Value::Bool(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "clicking {css} loaded no page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn screenshots() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -231,12 +274,7 @@ async fn the_web_view_in_chromium() {
         .send_keys("krill_wrong")
         .await
         .expect("type");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click_through(&c, "button[type=submit]").await;
     assert!(seen.take(&c).await.contains("unknown token"));
     c.find(Locator::Id("token"))
         .await
@@ -244,13 +282,8 @@ async fn the_web_view_in_chromium() {
         .send_keys(&ops)
         .await
         .expect("type");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
-    assert_eq!(c.current_url().await.expect("url").path(), "/workers");
+    click_through(&c, "button[type=submit]").await;
+    wait_path(&c, "/workers").await;
 
     // Workers: the worker runs two tasks; its link lists exactly those.
     let row = format!("tr[data-worker=\"{}\"]", worker.id);
@@ -269,12 +302,7 @@ async fn the_web_view_in_chromium() {
         "JSON twin link"
     );
     shot(&c, "workers").await;
-    c.find(Locator::Css(&format!("{row} a.running-link")))
-        .await
-        .expect("running link")
-        .click()
-        .await
-        .expect("click");
+    click_through(&c, &format!("{row} a.running-link")).await;
     let url = c.current_url().await.expect("url");
     assert_eq!(url.path(), "/tasks");
     assert!(
@@ -327,16 +355,8 @@ async fn the_web_view_in_chromium() {
         "the task is not its own blocker: {why}"
     );
     shot(&c, "task-blocked").await;
-    c.find(Locator::Css("p.why a.blocker"))
-        .await
-        .expect("blocker link")
-        .click()
-        .await
-        .expect("click");
-    assert_eq!(
-        c.current_url().await.expect("url").path(),
-        format!("/tasks/{holder}")
-    );
+    click_through(&c, "p.why a.blocker").await;
+    wait_path(&c, &format!("/tasks/{holder}")).await;
     let h1 = c
         .find(Locator::Css("h1"))
         .await
@@ -450,12 +470,7 @@ async fn the_web_view_in_chromium() {
     c.goto(&format!("{base}/tasks/{talker}"))
         .await
         .expect("goto");
-    c.find(Locator::Css("form[action$=\"/cancel\"] button"))
-        .await
-        .expect("cancel button")
-        .click()
-        .await
-        .expect("click");
+    click_through(&c, "form[action$=\"/cancel\"] button").await;
     let t = wait_state(&gw, &ops, &talker, "finished").await;
     assert_eq!(t["status"], "cancelled", "{t}");
     until(
@@ -505,15 +520,27 @@ async fn the_web_view_in_chromium() {
     )
     .await;
 
+    // Drain and resume the worker with the buttons (its heartbeat says so).
+    c.goto(&format!("{base}/workers")).await.expect("goto");
+    click_through(&c, &format!("{row} form[action$=\"/drain\"] button")).await;
+    until(&c, &mut seen, &format!("{base}/workers"), "draining", |s| {
+        s.contains("state draining") && s.contains("/resume")
+    })
+    .await;
+    click_through(&c, &format!("{row} form[action$=\"/resume\"] button")).await;
+    until(
+        &c,
+        &mut seen,
+        &format!("{base}/workers"),
+        "live again",
+        |s| s.contains("state live") && s.contains("/drain"),
+    )
+    .await;
+
     // Sign out: back to signed-out.
     c.goto(&format!("{base}/workers")).await.expect("goto");
-    c.find(Locator::Css("form[action=\"/signout\"] button"))
-        .await
-        .expect("sign out")
-        .click()
-        .await
-        .expect("click");
-    assert_eq!(c.current_url().await.expect("url").path(), "/signin");
+    click_through(&c, "form[action=\"/signout\"] button").await;
+    wait_path(&c, "/signin").await;
     c.goto(&format!("{base}/tasks/{done}")).await.expect("goto");
     assert_eq!(c.current_url().await.expect("url").path(), "/signin");
     seen.take(&c).await;

@@ -147,14 +147,12 @@ pub fn queued(pool: &str, report: Option<&Report>, ahead: i64) -> Why {
         Some(p) if up(p) == 0 && p.consumers == 0 => {
             Why::default().text(format!("No worker consumes pool {pool}"))
         }
-        Some(p) if p.workers_live == 0 && p.workers_draining > 0 => Why::default().text(format!(
-            "All {} of pool {pool} {} draining",
-            if p.workers_draining == 1 {
-                "1 worker".to_string()
-            } else {
-                format!("{} workers", p.workers_draining)
-            },
-            if p.workers_draining == 1 { "is" } else { "are" }
+        Some(p) if p.workers_live == 0 && p.workers_draining == 1 => {
+            Why::default().text(format!("The only worker of pool {pool} is draining"))
+        }
+        Some(p) if p.workers_live == 0 && p.workers_draining > 1 => Why::default().text(format!(
+            "All {} workers of pool {pool} are draining",
+            p.workers_draining
         )),
         Some(p) if p.workers_live == 0 && p.workers_degraded > 0 => Why::default().text(format!(
             "Every worker of pool {pool} is degraded (cannot publish results) and claims nothing"
@@ -245,6 +243,70 @@ mod tests {
             blocked("me", &alone, now).plain(),
             "Waiting for its concurrency key prod-db to be free; 1st in line"
         );
+    }
+
+    fn report(p: Option<broker::status::PoolStatus>) -> Report {
+        Report {
+            generated_at: Utc::now(),
+            since_secs: 600,
+            workers: Vec::new(),
+            pools: p.into_iter().collect(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn pool(
+        live: u32,
+        draining: u32,
+        slots_total: u32,
+        slots_free: u32,
+    ) -> broker::status::PoolStatus {
+        broker::status::PoolStatus {
+            pool: "p".into(),
+            queue: "krill.pool.p".into(),
+            exists: true,
+            ready: 3,
+            unacked: 0,
+            consumers: live,
+            workers_live: live,
+            workers_draining: draining,
+            workers_degraded: 0,
+            workers_lost: 0,
+            workers_stopped: 0,
+            slots_total,
+            slots_free,
+            running: slots_total - slots_free,
+            waiting: None,
+        }
+    }
+
+    #[test]
+    fn a_queued_task_is_told_the_pools_reason() {
+        let q = |p, ahead| queued("p", Some(&report(p)), ahead).plain();
+        assert_eq!(q(None, 0), "No worker consumes pool p");
+        assert_eq!(q(Some(pool(0, 0, 0, 0)), 0), "No worker consumes pool p");
+        assert_eq!(
+            q(Some(pool(0, 1, 0, 0)), 0),
+            "The only worker of pool p is draining"
+        );
+        assert_eq!(
+            q(Some(pool(0, 2, 0, 0)), 0),
+            "All 2 workers of pool p are draining"
+        );
+        assert_eq!(
+            q(Some(pool(2, 0, 4, 0)), 2),
+            "All 4 slots of pool p are busy; 2 tasks ahead"
+        );
+        assert_eq!(
+            q(Some(pool(2, 0, 4, 0)), 1),
+            "All 4 slots of pool p are busy; 1 task ahead"
+        );
+        assert_eq!(
+            q(Some(pool(2, 0, 4, 0)), 0),
+            "All 4 slots of pool p are busy; it is next"
+        );
+        assert!(q(Some(pool(1, 0, 4, 1)), 0).contains("1 free slot,"));
+        assert!(queued("p", None, 0).plain().contains("unknown right now"));
     }
 
     #[test]
