@@ -185,3 +185,16 @@ pub async fn page(
 ) -> Response {
     page_(&st, &headers, f).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_rfc3339_and_the_datetime_field() {
+        let t = parse_since("2026-12-03T09:00:00Z").expect("rfc3339");
+        assert_eq!(parse_since("2026-12-03T09:00"), Some(t));
+        assert_eq!(parse_since("2026-12-03T10:00:00+01:00"), Some(t));
+        assert_eq!(parse_since("yesterday"), None);
+    }
+}
