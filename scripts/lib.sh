@@ -7,6 +7,7 @@
 #   krill_ensure_docker     # engine up, `docker info` answering
 #   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
 #   krill_ensure_postgres   # PostgreSQL up, role krill, database krill_gateway_test (KRILL_TEST_PG_URL)
+#   krill_ensure_chromium   # chromium + chromedriver (apt) for the web view's browser test
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
 #   krill_cluster_up        # a private three-node cluster (scripts/cluster)
@@ -635,11 +636,7 @@ krill_ensure_keys() {
   KRILL_UP_KEY=$key
 }
 
-# krill_ensure_postgres: PostgreSQL (Debian's `postgresql`) installed, a cluster
-# running on 127.0.0.1:5432, a role `krill` (password `krill`, may create
-# databases) and the database `krill_gateway_test` the gateway tests use (each
-# test in a schema of its own). Exports KRILL_TEST_PG_URL.
-# Headless Chromium and its WebDriver for the web view's browser test
+# krill_ensure_chromium: headless Chromium and its WebDriver for the web view's browser test
 # (tests/tests/web.rs starts chromedriver itself on a free port).
 krill_ensure_chromium() {
   command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
@@ -648,6 +645,10 @@ krill_ensure_chromium() {
     krill_die "chromium-driver is installed but chromedriver is not on PATH"
 }
 
+# krill_ensure_postgres: PostgreSQL (Debian's `postgresql`) installed, a cluster
+# running on 127.0.0.1:5432, a role `krill` (password `krill`, may create
+# databases) and the database `krill_gateway_test` the gateway tests use (each
+# test in a schema of its own). Exports KRILL_TEST_PG_URL.
 krill_ensure_postgres() {
   krill_apt_install postgresql
   local ver
