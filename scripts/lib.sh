@@ -7,6 +7,7 @@
 #   krill_ensure_docker     # engine up, `docker info` answering
 #   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
 #   krill_ensure_postgres   # PostgreSQL up, role krill, database krill_gateway_test (KRILL_TEST_PG_URL)
+#   krill_ensure_chromium   # chromium + chromedriver (apt) for the web view's browser test
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
 #   krill_cluster_up        # a private three-node cluster (scripts/cluster)
@@ -636,6 +637,15 @@ krill_ensure_keys() {
     printf '%s control\n' "$line" >>"$trusted"
   fi
   KRILL_UP_KEY=$key
+}
+
+# krill_ensure_chromium: headless Chromium and its WebDriver for the web view's browser test
+# (tests/tests/web.rs starts chromedriver itself on a free port).
+krill_ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  krill_apt_install chromium chromium-driver
+  command -v chromedriver >/dev/null 2>&1 ||
+    krill_die "chromium-driver is installed but chromedriver is not on PATH"
 }
 
 # krill_ensure_postgres: PostgreSQL (Debian's `postgresql`) installed, a cluster

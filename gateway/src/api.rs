@@ -75,13 +75,15 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// The caller of a request, from `Authorization: Bearer …`.
+/// The caller of a request, from `Authorization: Bearer …` (else a web session's cookie, GET only).
 pub async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let token = headers
+    let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
+    else {
+        return crate::web::session::cookie_caller(st, headers).await;
+    };
     st.store
         .caller(token.trim())
         .await?

@@ -8,6 +8,7 @@
 //! - [`api`]: the router, the other handlers and the OpenAPI document.
 //! - [`error`]: JSON errors with their status codes.
 //! - [`serve`]: the gateway's task tree: broker connection, recorder, retention, HTTP.
+//! - [`web`]: the web view at `/`: sign-in sessions, the pages, the pool sampler.
 //! - `bin/krill-gateway.rs`: the binary, thin over [`serve`].
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod rights;
 pub mod serve;
 pub mod store;
 pub mod submit;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +66,8 @@ pub struct AppState {
     /// Owns the result collectors.
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The web view's settings and live pool view.
+    pub web: web::Web,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@
 //! ```text
 //! run ─┬─ history::run        (events of watched pools → store; durable queue)
 //!      ├─ retention           (every RETENTION_EVERY: age, then size)
+//!      ├─ web::live::run      (heartbeat report for the pages; pool samples for the charts)
 //!      ├─ collect_result × n  (one per task submitted here: reply queue → store)
 //!      └─ axum::serve         (until the shutdown token)
 //! ```
@@ -124,6 +125,12 @@ pub struct ServeArgs {
     /// Largest request body.
     #[arg(long, env = "KRILL_GATEWAY_MAX_BODY", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
+    /// Mark the web view's session cookie `Secure` (set it when the gateway is behind TLS).
+    #[arg(long, env = "KRILL_GATEWAY_SECURE_COOKIE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub secure_cookie: bool,
+    /// How long a web sign-in lasts.
+    #[arg(long, env = "KRILL_GATEWAY_SESSION_TTL", default_value = "12h", value_parser = broker::units::parse_duration)]
+    pub session_ttl: Duration,
 }
 
 /// `tokens add`: prints the new token once.
@@ -183,6 +190,7 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         max_body: a.max_body,
         tasks: tokio_util::task::TaskTracker::new(),
         shutdown: shutdown.clone(),
+        web: crate::web::Web::new(a.secure_cookie, a.session_ttl),
     });
     let watch = crate::history::Watch {
         amqp_url: a.amqp_url.clone(),
@@ -201,6 +209,11 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         a.max_history,
         shutdown.clone(),
     ));
+    st.tasks.spawn(crate::web::live::run(
+        st.clone(),
+        a.watch.clone(),
+        shutdown.clone(),
+    ));
     for id in store.unfinished_of_gateway().await? {
         collect_result(&st, id);
     }
@@ -208,7 +221,7 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "krill-gateway serving");
-    let app = crate::api::router(st.clone());
+    let app = crate::web::app(crate::api::router(st.clone()), st.clone());
     let token = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })

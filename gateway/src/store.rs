@@ -12,8 +12,10 @@ use sqlx::{AnyPool, Row};
 use crate::rights::{hash_token, Caller, Rights};
 
 /// The schema, in order. Each file is plain SQL both engines accept.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "history", include_str!("../migrations/0001_history.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "history", include_str!("../migrations/0001_history.sql")),
+    (3, "web", include_str!("../migrations/0003_web.sql")),
+];
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +153,11 @@ impl Store {
             pool,
             merging: Default::default(),
         })
+    }
+
+    /// The connection pool (the web view's own tables: `web::db`).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Held while a task is read, merged and written back.
