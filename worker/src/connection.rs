@@ -145,6 +145,17 @@ async fn serve(
             }
         }))
     });
+    // Every heartbeat of the pool, for as long as this connection lives: who
+    // is alive and runs what (redeliveries and key holders are judged by it).
+    let _peers = {
+        let (conn, shared) = (conn.clone(), shared.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            if let Err(e) = crate::peers::tail(&shared.peers, &conn).await {
+                tracing::warn!(consumer = "heartbeats", error = %e,
+                    "side consumer ended; redelivered tasks wait for the next connection to judge their holder");
+            }
+        }))
+    };
     let (caught_up_tx, caught_up) = tokio::sync::oneshot::channel();
     let control = listener.run(caught_up_tx);
     tokio::pin!(control);
@@ -196,6 +207,6 @@ mod tests {
 
     #[test]
     fn peers_get_at_least_one_reconnect_backoff_of_grace() {
-        assert!(crate::keyed::liveness::RECONNECT_GRACE >= MAX_BACKOFF);
+        assert!(crate::peers::RECONNECT_GRACE >= MAX_BACKOFF);
     }
 }

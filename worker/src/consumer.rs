@@ -184,6 +184,9 @@ pub enum Decision {
     Adopted,
     /// Answered without running (`worker_lost`, or cancelled before it started).
     Answer(Box<TaskResult>),
+    /// A redelivery that must not run again and may still run elsewhere: wait
+    /// for its holder ([`crate::held`]), then `worker_lost` or nothing.
+    Held,
     /// Run it.
     Run,
 }
@@ -214,11 +217,7 @@ pub fn decide(
             return Decision::Adopted;
         }
         if !task.retry_on_worker_loss {
-            return answer(
-                Status::WorkerLost,
-                "the worker running this task was lost mid-run; it was not run again \
-                 because the task does not set retry_on_worker_loss",
-            );
+            return Decision::Held;
         }
     }
     if shared.tasks.is_cancelled(id, signer) {
@@ -227,8 +226,22 @@ pub fn decide(
     Decision::Run
 }
 
-/// Handles one delivery to the end. `_slot` is held until the ack.
-pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemaphorePermit) {
+/// The answer to a task whose worker was lost mid-run.
+pub fn worker_lost(shared: &Shared, id: &str, attempt: u32, holder: Option<&str>) -> TaskResult {
+    let mut result = TaskResult::new(id.to_string(), Status::WorkerLost);
+    result.attempt = attempt;
+    result.worker = Some(shared.id.clone());
+    let who = holder.map_or_else(String::new, |w| format!(" ({w})"));
+    result.error = Some(format!(
+        "the worker running this task{who} was lost mid-run; it was not run again \
+         because the task does not set retry_on_worker_loss"
+    ));
+    result
+}
+
+/// Handles one delivery to the end. `slot` is held until the ack (a redelivery
+/// waiting for its holder elsewhere lets it go: [`crate::held`]).
+pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphorePermit) {
     let Incoming {
         data,
         props,
@@ -280,14 +293,42 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
     let id = task.id.clone();
     let stamp = gate.stamp(task.reply_key.clone());
     let signer = gate.signer();
-    match decide(
+    let mut decision = decide(
         &shared,
         &task,
         attempt,
         redelivered,
         signer.as_ref(),
         &settle,
-    ) {
+    );
+    let mut slot = Some(slot);
+    if let Decision::Held = decision {
+        // A keyed task's line already waited for its holder (lines::line).
+        let outcome = match (&line, slot.take()) {
+            (None, Some(s)) => crate::held::wait(&shared, &id, s).await,
+            (_, s) => {
+                slot = s;
+                crate::held::Outcome::Lost(None)
+            }
+        };
+        match outcome {
+            crate::held::Outcome::Lost(holder) => {
+                let r = worker_lost(&shared, &id, attempt, holder.as_deref());
+                decision = Decision::Answer(Box::new(r));
+            }
+            crate::held::Outcome::Finished(holder) => {
+                tracing::info!(task_id = %id, holder = %holder,
+                    "redelivered task was finished by the worker that held it; its result is the one");
+                if let Err(e) = settle.ack().await {
+                    tracing::warn!(task_id = %id, error = %e, "ack failed; the broker will redeliver");
+                }
+                return;
+            }
+            crate::held::Outcome::Stopping => return,
+        }
+    }
+    let _slot = slot;
+    match decision {
         Decision::Resend(result) => {
             tracing::info!(task_id = %id, "redelivered task already finished here; sending its result again");
             finish(&shared, &result, &reply_to, &settle).await;
@@ -303,6 +344,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, _slot: OwnedSemapho
             shared.tasks.remember(&result, &reply_to);
             finish(&shared, &result, &reply_to, &settle).await;
         }
+        Decision::Held => {}
         Decision::Run => {
             if !gate.claim(&shared, d, &task, attempt).await {
                 return;
@@ -528,6 +570,12 @@ mod tests {
     #[tokio::test]
     async fn a_redelivered_task_lost_elsewhere_is_answered_worker_lost_unless_it_may_run_again() {
         let (sink, shared) = setup();
+        // Its holder said goodbye with it still running.
+        let now = std::time::Instant::now();
+        shared.peers.listening(now);
+        let mut hb = peer_heartbeat("w-other", "t1");
+        hb.stopping = true;
+        shared.peers.observe(&hb, now);
         let (d, settle) = delivery(&task_json("t1", ""), "t1", true);
         handled(&shared, d).await;
         let results = sink.results();
@@ -539,6 +587,16 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .contains("retry_on_worker_loss"));
+        assert!(
+            results[0]
+                .0
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("(w-other)"),
+            "the lost holder is named: {:?}",
+            results[0].0
+        );
         assert_eq!(settle.counts(), (1, 0));
         // It is remembered: a further redelivery gets the same answer.
         assert!(shared.tasks.recent("t1").is_some());
@@ -619,6 +677,66 @@ mod tests {
         assert_eq!(settle.counts(), (0, 0), "left for the broker to redeliver");
     }
 
+    /// A heartbeat of `worker` (interval 1 s) running `task`.
+    fn peer_heartbeat(worker: &str, task: &str) -> broker::protocol::Heartbeat {
+        use broker::protocol::{Heartbeat, RunningTask, SandboxKind};
+        Heartbeat {
+            version: 1,
+            worker: worker.into(),
+            host: "h".into(),
+            pool: "p-test".into(),
+            krill_version: "0".into(),
+            slots_total: 1,
+            slots_free: 0,
+            draining: false,
+            running: vec![RunningTask {
+                id: task.into(),
+                started_at: Utc::now() - chrono::Duration::seconds(5),
+                sandbox: SandboxKind::Process,
+                submitter: None,
+            }],
+            broker: None,
+            uptime_secs: 100,
+            interval_secs: 1,
+            stopping: false,
+            sent_at: Utc::now(),
+            lines: Vec::new(),
+            degraded: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_whose_holder_is_alive_waits_and_is_acked_without_a_result_when_it_finishes(
+    ) {
+        let (sink, shared) = setup();
+        let now = std::time::Instant::now();
+        shared.peers.listening(now);
+        let mut hb = peer_heartbeat("w-other", "t1");
+        shared.peers.observe(&hb, now);
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", true);
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { handled(&shared, d).await }
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!waiting.is_finished(), "it waits while its holder lives");
+        assert_eq!(settle.counts(), (0, 0));
+        // The holder's next heartbeat no longer lists it: it finished it.
+        hb.running.clear();
+        hb.uptime_secs += 1;
+        hb.sent_at = Utc::now();
+        shared.peers.observe(&hb, std::time::Instant::now());
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("done once the holder finished")
+            .expect("join");
+        assert_eq!(settle.counts(), (1, 0), "acked");
+        assert!(
+            sink.results().is_empty(),
+            "no second result: the holder's is the one"
+        );
+    }
+
     #[test]
     fn the_delivery_count_header_makes_a_delivery_redelivered() {
         let (_, shared) = setup();
@@ -643,7 +761,7 @@ mod tests {
         let settle: Arc<dyn Settle> = Arc::new(MemorySettle::default());
         assert!(matches!(
             decide(&shared, &task, attempt, redelivered, None, &settle),
-            Decision::Answer(r) if r.status == Status::WorkerLost && r.attempt == 2
+            Decision::Held
         ));
     }
 }

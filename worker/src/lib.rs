@@ -43,6 +43,8 @@
 //! - [`health`]: whether results still go out (degraded when they cannot).
 //! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
 //! - [`error`]: an error printed with its causes.
+//! - [`held`]: a redelivered task that ran elsewhere waits until its holder is known gone or done.
+//! - [`peers`]: who in the pool is alive and runs which task, from the heartbeats (for redeliveries and key holders).
 //! - [`liveness`]: the host-wide lock every worker holds; what a dead worker left is swept.
 
 pub mod cancel;
@@ -54,6 +56,7 @@ pub mod daemon;
 pub mod error;
 pub mod gate;
 pub mod health;
+pub mod held;
 pub mod http;
 pub mod intake;
 pub mod keyed;
@@ -62,6 +65,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod outbound;
 pub mod output;
+pub mod peers;
 pub mod pump;
 pub mod runner;
 pub mod sandbox;

@@ -40,6 +40,8 @@ pub struct Shared {
     pub not_claiming: std::sync::Mutex<Option<&'static str>>,
     /// The concurrency-key lines this worker serves.
     pub lines: Lines,
+    /// Who in the pool is alive and runs what, from the heartbeats.
+    pub peers: crate::peers::Peers,
     /// The broker node of the current (or last) connection, redacted.
     pub broker: std::sync::Mutex<Option<String>>,
 }
@@ -61,7 +63,8 @@ impl Shared {
             started: Instant::now(),
             health: Arc::new(Health::new(cfg.degraded_after)),
             not_claiming: std::sync::Mutex::new(None),
-            lines: Lines::new(cfg.heartbeat_interval),
+            lines: Lines::new(),
+            peers: crate::peers::Peers::new(cfg.heartbeat_interval),
             broker: std::sync::Mutex::new(None),
             cfg,
         }

@@ -1,8 +1,8 @@
 //! What the worker knows of the concurrency-key lines, shared below the claim
-//! loops: the views of the lines it holds, the line log, and which workers are
-//! alive. `lines` serves the lines with it; the worker's shared state holds it.
+//! loops: the views of the lines it holds and the line log (which workers are
+//! alive is [`crate::peers`]). `lines` serves the lines with it; the worker's
+//! shared state holds it.
 
-pub mod liveness;
 pub mod log;
 
 use std::collections::BTreeMap;
@@ -34,21 +34,25 @@ pub struct Lines {
     /// waiting for a slot a keyed task has while another worker is idle.
     running_here: watch::Sender<u32>,
     pub log: log::LineLog,
-    pub liveness: liveness::Liveness,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Default for Lines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Lines {
-    pub fn new(heartbeat_interval: std::time::Duration) -> Self {
+    pub fn new() -> Self {
         Lines {
             views: Mutex::default(),
             wake: watch::channel(0).0,
             running_here: watch::channel(0).0,
             log: log::LineLog::default(),
-            liveness: liveness::Liveness::new(heartbeat_interval),
         }
     }
 

@@ -14,7 +14,6 @@
 //! ```text
 //! run(shared, conn)                 per connection, beside the claim loop
 //!  ├─ log::tail          krill.lines.log: start/done records (start evidence)
-//!  ├─ liveness::tail     heartbeats: is the worker that started a task alive
 //!  └─ keys               krill.keys: one line::keep(key) per key of this pool
 //!       line::keep → line::serve: consume the line (own channel, SAC), step():
 //!         classify redeliveries (log: never started / held by a live worker / done / lost)
@@ -40,7 +39,7 @@ use lapin::Connection;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
-use crate::keyed::{liveness, log, LinesError};
+use crate::keyed::{log, LinesError};
 use crate::worker::Shared;
 
 /// Serves every line of this worker's pool on `conn` until it breaks. A broker
@@ -57,7 +56,6 @@ pub async fn run(
     let lines = &shared.lines;
     tokio::select! {
         r = log::tail(&lines.log, &conn, &shared.id) => r,
-        r = liveness::tail(&lines.liveness, &conn) => r,
         r = keys(&shared, &conn, &handlers) => r,
     }
 }

@@ -21,10 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::consumer;
 use crate::intake::{decode, Incoming, Intake, Settle};
-use crate::keyed::liveness::Verdict;
 use crate::keyed::log::Start;
 use crate::keyed::LinesError;
 use crate::outbound::Stamp;
+use crate::peers::Verdict;
 use crate::worker::Shared;
 use broker::trust::PublicKey;
 use settle::LineSettle;
@@ -126,7 +126,7 @@ async fn serve(
     };
     let mut wake = shared.lines.subscribe();
     let mut log = shared.lines.log.subscribe();
-    let mut live = shared.lines.liveness.subscribe();
+    let mut live = shared.peers.subscribe();
     let mut draining = shared.draining.subscribe();
     let mut tick = tokio::time::interval(TICK);
     let result = loop {
@@ -394,7 +394,7 @@ impl Line {
                     }
                     e.class = Class::Again;
                 }
-                Some(start) => match lines.liveness.verdict(&start.worker, start.at, now) {
+                Some(start) => match self.shared.peers.verdict(&start.worker, start.at, now) {
                     Verdict::Alive => {
                         tracing::info!(task_id = %id, holder = %start.worker, key = %self.key,
                             "redelivered keyed task still held by a live worker; waiting for it");
@@ -433,12 +433,7 @@ impl Line {
             };
             let done = self.shared.lines.log.is_done(&h.task_id);
             let gone = h.worker != self.shared.id
-                && self
-                    .shared
-                    .lines
-                    .liveness
-                    .verdict(&h.worker, h.started_at, now)
-                    == Verdict::Lost;
+                && self.shared.peers.verdict(&h.worker, h.started_at, now) == Verdict::Lost;
             if !done && !gone {
                 i += 1;
                 continue;
