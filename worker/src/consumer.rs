@@ -409,6 +409,7 @@ async fn finish(
     out.event(&result.id, State::Finished, Some(result), result.attempt)
         .await;
     if published {
+        shared.tasks.delivered(&result.id);
         if let Err(e) = settle.ack().await {
             // The channel died: the broker requeues the task and whoever gets it
             // answers from the result (here) or as worker_lost (elsewhere).

@@ -88,8 +88,22 @@ type Cancelled = (
 #[derive(Debug, Default)]
 pub struct TaskState {
     running: Mutex<HashMap<String, Running>>,
+    /// Tasks that ended here whose result is not confirmed yet. They stay in
+    /// the heartbeat's list: a peer holding their redelivery takes a task
+    /// missing from its holder's list for done (its result delivered), so a
+    /// task must not leave the list before its result has.
+    delivering: Mutex<HashMap<String, RunningTask>>,
     cancelled: Mutex<Cancelled>,
     recent: Mutex<Recent>,
+}
+
+fn listed(id: &str, r: &Running) -> RunningTask {
+    RunningTask {
+        id: id.to_string(),
+        started_at: r.started_at,
+        sandbox: r.sandbox,
+        submitter: r.submitter.clone(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,8 +115,20 @@ impl TaskState {
         lock(&self.running).insert(id.to_string(), running);
     }
 
+    /// The task ended: it no longer runs, but is listed (see `delivering`)
+    /// until [`TaskState::delivered`].
     pub fn finish(&self, id: &str) -> Option<Running> {
-        lock(&self.running).remove(id)
+        let r = lock(&self.running).remove(id)?;
+        lock(&self.delivering).insert(id.to_string(), listed(id, &r));
+        Some(r)
+    }
+
+    /// Its result is confirmed (or its reply queue is gone): off the list.
+    /// Not called when the worker gave the result up (shutting down with the
+    /// broker away): the task then stays listed to the end, and its goodbye
+    /// tells peers its holder is gone.
+    pub fn delivered(&self, id: &str) {
+        lock(&self.delivering).remove(id);
     }
 
     /// If `id` runs here, swap in the new delivery's settle and return true.
@@ -116,16 +142,20 @@ impl TaskState {
         }
     }
 
+    /// What the heartbeat lists: the running tasks, and those whose result
+    /// is still on its way.
     pub fn running(&self) -> Vec<RunningTask> {
         let mut v: Vec<RunningTask> = lock(&self.running)
             .iter()
-            .map(|(id, r)| RunningTask {
-                id: id.clone(),
-                started_at: r.started_at,
-                sandbox: r.sandbox,
-                submitter: r.submitter.clone(),
-            })
+            .map(|(id, r)| listed(id, r))
             .collect();
+        let running: std::collections::HashSet<String> = v.iter().map(|t| t.id.clone()).collect();
+        v.extend(
+            lock(&self.delivering)
+                .values()
+                .filter(|t| !running.contains(&t.id))
+                .cloned(),
+        );
         v.sort_by_key(|t| t.started_at);
         v
     }
@@ -228,6 +258,45 @@ impl TaskState {
 mod tests {
     use super::*;
     use broker::protocol::Status;
+
+    fn running(settle: Arc<dyn Settle>) -> Running {
+        Running {
+            started_at: Utc::now(),
+            sandbox: SandboxKind::Process,
+            submitter: None,
+            signer: None,
+            cancel: Cancel::child_of(&tokio_util::sync::CancellationToken::new()),
+            settle: Arc::new(Mutex::new(settle)),
+        }
+    }
+
+    #[test]
+    fn a_finished_task_stays_listed_until_its_result_is_delivered() {
+        let state = TaskState::default();
+        state.start(
+            "t1",
+            running(Arc::new(crate::intake::MemorySettle::default())),
+        );
+        state.start(
+            "t2",
+            running(Arc::new(crate::intake::MemorySettle::default())),
+        );
+        assert!(state.finish("t1").is_some());
+        // No longer running (not cancellable, not adopted, no slot) ...
+        assert!(!state.is_running("t1"));
+        assert_eq!(state.running_count(), 1);
+        // ... but still in the heartbeat's list: its result is on its way.
+        let ids = |s: &TaskState| {
+            let mut v: Vec<String> = s.running().into_iter().map(|t| t.id).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&state), ["t1", "t2"]);
+        state.delivered("t1");
+        assert_eq!(ids(&state), ["t2"]);
+        assert!(state.finish("t1").is_none(), "ends once");
+        assert_eq!(ids(&state), ["t2"]);
+    }
 
     #[test]
     fn recent_results_are_bounded_in_bytes() {
