@@ -272,7 +272,7 @@ pub fn collect_result(st: &Arc<AppState>, id: String) {
 
 async fn store_result(st: &AppState, r: &TaskResult) {
     loop {
-        match crate::history::record_result(&st.store, r).await {
+        match crate::history::record_result(&st.store, r, None).await {
             Ok(()) => {
                 st.notify.notify(&r.id);
                 return;

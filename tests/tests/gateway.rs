@@ -43,7 +43,8 @@ fn tasks_url(gw: &GatewayProc, pool: &str) -> String {
 }
 
 async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
-    for _ in 0..6 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
         let (st, _, v) = call(
             Method::GET,
             &format!("{}/v1/tasks/{id}/wait?timeout=20", gw.url),
@@ -53,8 +54,14 @@ async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
         )
         .await;
         assert_eq!(st, 200, "{v}");
-        if v["state"] == "finished" && (v["caller"].is_null() || !v["result"].is_null()) {
+        // Finished with its result: every task's result reaches the history
+        // (the workers copy each one to `krill.results`).
+        if v["state"] == "finished" && !v["result"].is_null() {
             return v;
+        }
+        if v["state"] == "finished" {
+            // The finished event came first; its result follows.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     panic!("task {id} did not finish; gateway log:\n{}", gw.log_text());
@@ -211,16 +218,27 @@ async fn round_trip(db: Option<String>) -> Trip {
     // The submitting caller sees its sensitive output, opened with the gateway's key.
     assert_eq!(tok["value"], format!("{secret}-derived"), "{done}");
     assert_eq!(done["task"]["secrets"]["K"], "***");
-    // Another caller (who may see every task) gets `***`.
-    let (st, _, other) = call(
-        Method::GET,
-        &format!("{}/v1/tasks/{id}", gw.url),
-        Some(&ops),
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(st, 200);
+    // Another caller (who may see every task) gets `***`. The result may be
+    // recorded before the finished event: wait for that event too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let other = loop {
+        let (st, _, other) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&ops),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 200);
+        let finished = other["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["state"] == "finished"));
+        if finished || std::time::Instant::now() > deadline {
+            break other;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let tok = other["result"]["outputs"]
         .as_array()
         .and_then(|o| o.iter().find(|o| o["name"] == "tok").cloned())
@@ -616,6 +634,9 @@ async fn history_survives_a_restart(db: Option<String>) {
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["submitter"], "alice");
     assert!(v["caller"].is_null());
+    // Its result too, published while the gateway was down.
+    assert_eq!(v["result"]["stdout"], "straight\n", "{v}");
+    assert!(v["result"]["usage"]["cpu_time_ms"].is_u64(), "{v}");
     let (st, _, old) = call(
         Method::GET,
         &format!("{}/v1/tasks/{first}", gw.url),
@@ -638,6 +659,86 @@ async fn history_on_postgres_survives_a_restart() {
     let (url, schema) = pg_schema();
     let _drop = PgSchema(schema);
     history_survives_a_restart(Some(url)).await;
+}
+
+/// A task submitted with the CLI straight over AMQP (not through the
+/// gateway) is in the history with its result: status, exit, masked output,
+/// outputs (the sensitive one only as ciphertext), and the secret nowhere in
+/// the database.
+#[tokio::test]
+async fn a_task_submitted_over_amqp_has_its_result_in_history() {
+    let (keys, worker, mut gw) = setup("gw-amqp", None).await;
+    let pool = worker.pool.clone();
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    let key = keys.dir.join("alice-cli.key");
+    keys.alice.save(&key).expect("alice's key file");
+    let secret = format!("sk-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let out = std::process::Command::new(krill_tests::bin("krill"))
+        .env("KRILL_AMQP_URL", krill_tests::amqp_url())
+        .env("KRILL_KEY", &key)
+        .env("KRILL_POOL_PUBLIC_KEY", keys.pool.public().to_b64())
+        .env_remove("KRILL_GATEWAY_URL")
+        .env("K", &secret)
+        .args([
+            "submit",
+            "--pool",
+            &pool,
+            "--sandbox",
+            "process",
+            "--secret",
+            "K",
+            "--",
+            "echo \"hello $K\"; echo \"tok=${K}-derived\" >> \"$KRILL_SENSITIVE_OUTPUT\"; \
+             echo plain=1 >> \"$KRILL_OUTPUT\"; exit 4",
+        ])
+        .output()
+        .expect("krill");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hello ***"), "{stdout}");
+    // The pool is this test's own: its one task in the history is this one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let (st, _, page) = call(Method::GET, &tasks_url(&gw, &pool), Some(&ops), &[], None).await;
+        assert_eq!(st, 200, "{page}");
+        if let Some(id) = page["tasks"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v = wait_done(&gw, &ops, &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["exit_code"], 4, "{v}");
+    assert_eq!(v["pool"], pool.as_str(), "{v}");
+    assert_eq!(v["submitter"], "alice", "{v}");
+    assert!(v["caller"].is_null(), "{v}");
+    assert_eq!(v["result"]["stdout"], "hello ***\n", "{v}");
+    assert!(v["timings"]["started_at"].is_string(), "{v}");
+    let outputs = v["result"]["outputs"].as_array().expect("outputs");
+    let plain = outputs
+        .iter()
+        .find(|o| o["name"] == "plain")
+        .expect("plain");
+    assert_eq!(plain["value"], "1");
+    let tok = outputs.iter().find(|o| o["name"] == "tok").expect("tok");
+    assert_eq!(tok["value"], "***", "not the gateway's to open: {v}");
+    assert!(!v.to_string().contains(&secret), "{v}");
+    gw.kill();
+    let db = gw.sqlite_bytes();
+    assert!(contains(&db, &id), "the task is in the database");
+    assert!(contains(&db, "hello ***"), "its output is in the database");
+    assert!(!contains(&db, &secret), "the secret is in the database");
 }
 
 #[tokio::test]
