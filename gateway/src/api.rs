@@ -279,7 +279,9 @@ pub async fn wait(
 }
 
 /// The task's output as Server-Sent Events (`stdout`/`stderr` events, then `end`):
-/// live chunks while it runs, the stored (masked, capped) output once it has finished.
+/// live chunks while it runs (from the first one for a task submitted here,
+/// see [`crate::live`]; else from the connection on), the stored (masked,
+/// capped) output once it has finished.
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", params(("id" = String, Path)),
     responses((status = 200, description = "text/event-stream"), (status = 404, body = ErrorBody)))]
 pub async fn logs(
@@ -290,6 +292,16 @@ pub async fn logs(
     let caller = authenticate(&st, &headers).await?;
     let t = visible(&st, &caller, &id).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    // Followed here from its submission: every chunk from the first one
+    // (once finished, the stored output serves: it is whole, the live copy capped).
+    if let Some(buf) = st.live.get(&id).filter(|_| !done(&t)) {
+        st.tasks
+            .spawn(crate::live::send(buf, tx, st.shutdown.clone()));
+        return Ok(Sse::new(stream).into_response());
+    }
     let mut follower =
         if done(&t) {
             None
@@ -331,9 +343,6 @@ pub async fn logs(
             }
         }
         let _ = tx.send(Event::default().event("end").data("")).await;
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
     Ok(Sse::new(stream).into_response())
 }

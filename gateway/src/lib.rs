@@ -5,6 +5,7 @@
 //! - [`store`]: the history database (SQLite or PostgreSQL, one code path, migrations).
 //! - [`history`]: task events (durable queue of its own) and results into the store.
 //! - [`submit`]: `POST /v1/tasks`: validate, idempotency key, sign and seal, publish confirmed.
+//! - [`live`]: live output of the tasks submitted here, kept from their first chunk.
 //! - [`api`]: the router, the other handlers and the OpenAPI document.
 //! - [`error`]: JSON errors with their status codes.
 //! - [`serve`]: the gateway's task tree: broker connection, recorder, retention, HTTP.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod error;
 pub mod history;
+pub mod live;
 pub mod rights;
 pub mod serve;
 pub mod store;
@@ -61,6 +63,8 @@ pub struct AppState {
     pub notify: Arc<Notifier>,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Live output of the tasks submitted here, from their first chunk.
+    pub live: live::Live,
     /// Owns the result collectors.
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio_util::sync::CancellationToken,

@@ -181,6 +181,7 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         creds: Credentials::new(Some(identity), pool_key),
         notify: notify.clone(),
         max_body: a.max_body,
+        live: crate::live::Live::default(),
         tasks: tokio_util::task::TaskTracker::new(),
         shutdown: shutdown.clone(),
     });

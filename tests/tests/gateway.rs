@@ -820,7 +820,11 @@ async fn logs_stream_live_then_stored() {
         "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
         gates.path("go").display()
     );
-    let body = json!({"script": script, "sandbox": "process"}).to_string();
+    // The test's own follower, bound before the task is published (its id is
+    // chosen here), tells when `first` was published: before the SSE request.
+    let id = new_id();
+    let mut seen = client().await.follow(&id).await.expect("follow");
+    let body = json!({"id": id, "script": script, "sandbox": "process"}).to_string();
     let (st, _, v) = call(
         Method::POST,
         &tasks_url(&gw, &pool),
@@ -830,10 +834,16 @@ async fn logs_stream_live_then_stored() {
     )
     .await;
     assert_eq!(st, 202, "{v}");
-    let id = v["id"].as_str().expect("id").to_string();
+    assert_eq!(v["id"], id.as_str());
+    let first = tokio::time::timeout(Duration::from_secs(60), seen.next())
+        .await
+        .expect("the first chunk in time")
+        .expect("a chunk");
+    assert_eq!(first.data, "first\n");
     wait_started(&gw, &alice, &id).await;
-    // Live: connected while it runs, the SSE stream carries what it prints from
-    // then on and ends with `end`.
+    // Live: connected while it runs, after `first` was printed, the SSE stream
+    // still carries every chunk from the first one (the gateway followed the
+    // task from its submission), then what comes, then `end`.
     let logs_url = format!("{}/v1/tasks/{id}/logs", gw.url);
     let live = {
         let (url, token) = (logs_url.clone(), alice.clone());
@@ -854,7 +864,12 @@ async fn logs_stream_live_then_stored() {
         .await
         .expect("ends")
         .expect("join");
+    assert!(text.contains("event: stdout\ndata: first"), "{text}");
     assert!(text.contains("event: stdout\ndata: second"), "{text}");
+    assert!(
+        text.find("data: first") < text.find("data: second"),
+        "{text}"
+    );
     assert!(text.contains("event: end"), "{text}");
     // Stored: after the end, the whole output.
     wait_done(&gw, &alice, &id).await;
