@@ -6,6 +6,7 @@
 //! - [`history`]: task events (durable queue of its own) and results into the store.
 //! - [`submit`]: `POST /v1/tasks`: validate, idempotency key, sign and seal, publish confirmed.
 //! - [`live`]: live output of the tasks submitted here, kept from their first chunk.
+//! - [`ops`]: the operators' routes: workers, pools, drain/resume, dead letters.
 //! - [`api`]: the router, the other handlers and the OpenAPI document.
 //! - [`error`]: JSON errors with their status codes.
 //! - [`serve`]: the gateway's task tree: broker connection, recorder, retention, HTTP.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod error;
 pub mod history;
 pub mod live;
+pub mod ops;
 pub mod rights;
 pub mod serve;
 pub mod store;

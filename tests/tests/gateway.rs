@@ -807,6 +807,104 @@ async fn the_cli_through_the_gateway_keeps_its_exit_codes() {
     let out = krill(&["submit", "--pool", "elsewhere", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not submit"));
+
+    // logs: the finished task's output, its exit code; an unknown task 125.
+    let out = krill(&["logs", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "later\n");
+    let out = krill(&["logs", &new_id()]);
+    assert_eq!(out.status.code(), Some(125));
+    // status, drain, resume, dead: rights alice lacks are refused with 125 …
+    let out = krill(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("see:all"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = krill(&["drain", &worker.id]);
+    assert_eq!(out.status.code(), Some(125));
+    // … and an operator's token does them all.
+    let admin = gw.token("admin", "admin");
+    let op = |args: &[&str]| {
+        let out = std::process::Command::new(krill_tests::bin("krill"))
+            .env("KRILL_GATEWAY_URL", &gw.url)
+            .env("KRILL_TOKEN", &admin)
+            .env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env_remove("KRILL_KEY")
+            .args(args)
+            .output()
+            .expect("krill");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            err,
+        )
+    };
+    let (code, table, err) = op(&["status", "--pool", &pool]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        table.contains(&worker.id) && table.contains(&pool),
+        "{table}"
+    );
+    let state_of = |status: &str| -> Value {
+        let v: Value = serde_json::from_str(status).expect("status json");
+        v["workers"]
+            .as_array()
+            .and_then(|w| w.iter().find(|w| w["id"] == worker.id.as_str()).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let (code, json, err) = op(&["status", "--json", "--since", "5m"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(state_of(&json)["state"], "live", "{json}");
+    let (code, _, err) = op(&["drain", &worker.id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("drain sent to"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, json, _) = op(&["status", "--json"]);
+        if state_of(&json)["state"] == "draining" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never draining: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, _, err) = op(&["resume", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("resume sent to all workers"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, json, _) = op(&["status", "--json"]);
+        if state_of(&json)["state"] == "live" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never live again: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, json, err) = op(&["dead", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        serde_json::from_str::<Value>(&json)
+            .expect("json")
+            .is_array(),
+        "{json}"
+    );
+    let (code, _, err) = op(&["dead", "replay", &new_id()]);
+    assert_eq!(code, Some(125), "nothing to replay: {err}");
+    let (code, _, err) = op(&["dead", "replay"]);
+    assert_eq!(code, Some(125), "name one or --all: {err}");
 }
 
 #[tokio::test]
