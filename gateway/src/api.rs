@@ -82,10 +82,14 @@ pub async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    st.store
-        .caller(token.trim())
-        .await?
-        .ok_or(ApiError::Unauthorized)
+    match st.store.caller(token.trim()).await? {
+        Some(crate::store::Found::Caller(c)) => Ok(c),
+        Some(crate::store::Found::Expired { name, at }) => Err(ApiError::Expired(format!(
+            "token `{name}` expired at {}: ask the operator for a new one (krill-gateway tokens add {name} --expires …)",
+            rfc3339(Some(at)).unwrap_or_default()
+        ))),
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 /// When a task was submitted, started and finished (RFC 3339).
@@ -138,7 +142,7 @@ pub struct TaskView {
     pub events: Vec<TaskEventView>,
 }
 
-fn rfc3339(ms: Option<i64>) -> Option<String> {
+pub fn rfc3339(ms: Option<i64>) -> Option<String> {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

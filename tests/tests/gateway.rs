@@ -984,6 +984,103 @@ async fn logs_stream_live_then_stored() {
     assert!(text.ends_with("event: end\n\n"), "{text:?}");
 }
 
+/// Tokens: `list` shows names, rights, created, expires and never a hash or a
+/// token; `remove` makes the token's next request 401; an expired token gets
+/// 401 saying it expired.
+#[tokio::test]
+async fn tokens_are_listed_removed_and_expire() {
+    let pool = unique_pool("gw-tok");
+    let mut gw = GatewayProc::new(&pool, None);
+    let alice = gw.token("alice", &format!("submit:{pool},see:all"));
+    gw.start().await;
+    let out = gw.tokens(&["add", "brief", "--rights", "see:all", "--expires", "2s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let brief = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    let search = format!("{}/v1/tasks?pool={pool}", gw.url);
+    let (st, _, _) = call(Method::GET, &search, Some(&alice), &[], None).await;
+    assert_eq!(st, 200);
+
+    let out = gw.tokens(&["list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).expect("utf8");
+    assert!(table.starts_with("NAME"), "{table}");
+    let alice_line = table
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .expect("alice");
+    assert!(
+        alice_line.contains(&format!("submit:{pool},see:all")),
+        "{table}"
+    );
+    assert!(alice_line.contains("never"), "{table}");
+    let brief_line = table
+        .lines()
+        .find(|l| l.starts_with("brief "))
+        .expect("brief");
+    assert!(!brief_line.contains("never"), "an expiry: {table}");
+    let out = gw.tokens(&["list", "--json"]);
+    let json = String::from_utf8(out.stdout).expect("utf8");
+    let v: Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{json}");
+    assert!(
+        v[1]["expires_at"].is_i64() && v[0]["expires_at"].is_null(),
+        "{json}"
+    );
+    for secret in [&alice, &brief] {
+        assert!(!table.contains(secret.as_str()) && !json.contains(secret.as_str()));
+    }
+    assert!(!json.contains("hash") && !table.contains("hash"), "{json}");
+
+    // Expired: 401, and the message says so (waits for the clock, no sleep).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (st, headers, v) = loop {
+        let got = call(Method::GET, &search, Some(&brief), &[], None).await;
+        if got.0 != 200 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("token `brief` expired at")),
+        "{v}"
+    );
+    assert!(headers.contains_key("www-authenticate"));
+    assert!(String::from_utf8_lossy(&gw.tokens(&["list"]).stdout).contains("(expired)"));
+
+    // Removed: the very next request is 401 (no cache), with the unknown-token message.
+    let out = gw.tokens(&["remove", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, _, v) = call(Method::GET, &search, Some(&alice), &[], None).await;
+    assert_eq!(st, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown bearer token")),
+        "{v}"
+    );
+    let out = gw.tokens(&["remove", "alice"]);
+    assert!(!out.status.success(), "removing it twice fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token named `alice`"));
+}
+
 /// A broker that goes away and comes back: submits answer 503 with
 /// `Retry-After` while it is away, 202 again after, and every 202 is a task on
 /// the queue (a private node, KRILL_TEST_BROKER_PORT).
