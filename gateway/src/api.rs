@@ -83,8 +83,8 @@ pub async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, 
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
     match st.store.caller(token.trim()).await? {
-        Some(crate::store::Found::Caller(c)) => Ok(c),
-        Some(crate::store::Found::Expired { name, at }) => Err(ApiError::Expired(format!(
+        Some(crate::tokens::Found::Caller(c)) => Ok(c),
+        Some(crate::tokens::Found::Expired { name, at }) => Err(ApiError::Expired(format!(
             "token `{name}` expired at {}: ask the operator for a new one (krill-gateway tokens add {name} --expires …)",
             rfc3339(Some(at)).unwrap_or_default()
         ))),

@@ -3,6 +3,7 @@
 //! ## Layout
 //! - [`rights`]: bearer tokens (hashed) and what each caller may do.
 //! - [`store`]: the history database (SQLite or PostgreSQL, one code path, migrations).
+//! - [`tokens`]: the tokens table: add, look up (expiry), list, remove.
 //! - [`history`]: task events (durable queue of its own) and results into the store.
 //! - [`submit`]: `POST /v1/tasks`: validate, idempotency key, sign and seal, publish confirmed.
 //! - [`live`]: live output of the tasks submitted here, kept from their first chunk.
@@ -23,6 +24,7 @@ pub mod rights;
 pub mod serve;
 pub mod store;
 pub mod submit;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
