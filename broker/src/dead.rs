@@ -27,7 +27,7 @@ use crate::trust::sign::{self, KEY_HEADER, NOT_AFTER_HEADER, SIGNATURE_HEADER};
 use crate::trust::{now_unix, REPLAY_VALIDITY};
 
 /// One dead letter, as `krill dead list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     /// The task id (`message_id`), when the message had one.
     pub id: Option<String>,
@@ -36,10 +36,10 @@ pub struct DeadLetter {
     /// The pool it was sent to, when known.
     pub pool: Option<String>,
     /// More about a trust rejection (`reason` is then its code, like `bad_signature`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// The name of the key that signed it, when a worker verified that.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitter: Option<String>,
     /// Whether it carries a signature.
     pub signed: bool,

@@ -54,7 +54,7 @@ pub enum StatusError {
 }
 
 /// Where a worker stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     /// Heartbeating and claiming tasks.
@@ -91,12 +91,12 @@ impl WorkerState {
 }
 
 /// One worker, as its last heartbeat describes it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WorkerStatus {
     pub id: String,
     pub host: String,
     /// The broker node its last heartbeat said it is connected to.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
     pub pool: String,
     pub state: WorkerState,
@@ -114,18 +114,18 @@ pub struct WorkerStatus {
     pub silent_secs: u64,
     /// What the last heartbeat said the worker ran (kept for lost workers: those
     /// tasks end as `worker_lost`, or run again if they allow it).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_running: Vec<RunningTask>,
     /// Why it is degraded (`cannot publish results`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
     /// The concurrency-key lines it holds (live workers only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<LineView>,
 }
 
 /// One concurrency key: who holds it, who waits, in order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct KeyStatus {
     pub pool: String,
     pub key: String,
@@ -135,7 +135,7 @@ pub struct KeyStatus {
     /// Waiting task ids, next first.
     pub waiting: Vec<String>,
     /// Why the next one waits, when not for the key.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<BlockReason>,
 }
 
@@ -160,7 +160,7 @@ pub fn key_status(workers: &[WorkerStatus]) -> Vec<KeyStatus> {
 }
 
 /// One pool: its queue and the workers serving it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PoolStatus {
     pub pool: String,
     pub queue: String,
@@ -185,12 +185,12 @@ pub struct PoolStatus {
     pub slots_free: u32,
     pub running: u32,
     /// Why ready tasks are not starting, when they are not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
 }
 
 /// The whole picture.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     pub generated_at: DateTime<Utc>,
     /// How far back heartbeats were read.

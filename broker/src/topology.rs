@@ -33,6 +33,10 @@ pub const DEAD_QUEUE: &str = "krill.dead";
 pub const EVENTS_EXCHANGE: &str = "krill.events";
 /// Topic exchange for live log chunks (routing key = task id).
 pub const LOGS_EXCHANGE: &str = "krill.logs";
+/// Topic exchange, routing key = pool: a copy of every final result (the
+/// worker's masked, sealed, history-capped form) for recorders such as the
+/// gateway's history queue. Nothing bound: the broker drops it.
+pub const RESULTS_EXCHANGE: &str = "krill.results";
 /// Topic exchange for control commands.
 pub const CONTROL_EXCHANGE: &str = "krill.control";
 /// Queue on `krill.dead` that workers consume to answer tasks RabbitMQ dead-lettered
@@ -307,7 +311,12 @@ pub async fn declare_common(channel: &Channel) -> Result<(), lapin::Error> {
             none(),
         )
         .await?;
-    for topic in [EVENTS_EXCHANGE, LOGS_EXCHANGE, CONTROL_EXCHANGE] {
+    for topic in [
+        EVENTS_EXCHANGE,
+        LOGS_EXCHANGE,
+        CONTROL_EXCHANGE,
+        RESULTS_EXCHANGE,
+    ] {
         channel
             .exchange_declare(short(topic), ExchangeKind::Topic, durable(), none())
             .await?;

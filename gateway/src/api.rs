@@ -19,7 +19,7 @@ use utoipa::OpenApi;
 use crate::error::{ApiError, ErrorBody};
 use crate::rights::Caller;
 use crate::store::{Search, TaskRow};
-use crate::AppState;
+use crate::{ops, AppState};
 
 /// Longest `?timeout=` of a wait, seconds.
 pub const MAX_WAIT_SECS: u64 = 300;
@@ -33,12 +33,12 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/v1/tasks/{id}/wait", get(wait))
         .route("/v1/tasks/{id}/logs", get(logs))
-        .route("/v1/workers", get(workers))
-        .route("/v1/pools", get(pools))
-        .route("/v1/workers/{id}/drain", post(drain))
-        .route("/v1/workers/{id}/resume", post(resume))
-        .route("/v1/dead", get(dead))
-        .route("/v1/dead/{id}/replay", post(replay))
+        .route("/v1/workers", get(ops::workers))
+        .route("/v1/pools", get(ops::pools))
+        .route("/v1/workers/{id}/drain", post(ops::drain))
+        .route("/v1/workers/{id}/resume", post(ops::resume))
+        .route("/v1/dead", get(ops::dead))
+        .route("/v1/dead/{id}/replay", post(ops::replay))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(st)
@@ -48,7 +48,7 @@ pub fn router(st: Arc<AppState>) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Krill gateway", description = "Submit tasks over HTTP and read their history"),
-    paths(crate::submit::submit, get_task, wait, logs, cancel, search, workers, pools, drain, resume, dead, replay),
+    paths(crate::submit::submit, get_task, wait, logs, cancel, search, ops::workers, ops::pools, ops::drain, ops::resume, ops::dead, ops::replay),
     components(schemas(TaskView, Timings, crate::submit::Submitted, crate::submit::Links, ErrorBody, TaskEventView, Page, Accepted)),
     modifiers(&Bearer)
 )]
@@ -84,10 +84,14 @@ pub async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, 
     else {
         return crate::web::session::cookie_caller(st, headers).await;
     };
-    st.store
-        .caller(token.trim())
-        .await?
-        .ok_or(ApiError::Unauthorized)
+    match st.store.caller(token.trim()).await? {
+        Some(crate::tokens::Found::Caller(c)) => Ok(c),
+        Some(crate::tokens::Found::Expired { name, at }) => Err(ApiError::Expired(format!(
+            "token `{name}` expired at {}: ask the operator for a new one (krill-gateway tokens add {name} --expires …)",
+            rfc3339(Some(at)).unwrap_or_default()
+        ))),
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 /// When a task was submitted, started and finished (RFC 3339).
@@ -140,7 +144,7 @@ pub struct TaskView {
     pub events: Vec<TaskEventView>,
 }
 
-fn rfc3339(ms: Option<i64>) -> Option<String> {
+pub fn rfc3339(ms: Option<i64>) -> Option<String> {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
@@ -281,7 +285,9 @@ pub async fn wait(
 }
 
 /// The task's output as Server-Sent Events (`stdout`/`stderr` events, then `end`):
-/// live chunks while it runs, the stored (masked, capped) output once it has finished.
+/// live chunks while it runs (from the first one for a task submitted here,
+/// see [`crate::live`]; else from the connection on), the stored (masked,
+/// capped) output once it has finished.
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", params(("id" = String, Path)),
     responses((status = 200, description = "text/event-stream"), (status = 404, body = ErrorBody)))]
 pub async fn logs(
@@ -292,6 +298,16 @@ pub async fn logs(
     let caller = authenticate(&st, &headers).await?;
     let t = visible(&st, &caller, &id).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    // Followed here from its submission: every chunk from the first one
+    // (once finished, the stored output serves: it is whole, the live copy capped).
+    if let Some(buf) = st.live.get(&id).filter(|_| !done(&t)) {
+        st.tasks
+            .spawn(crate::live::send(buf, tx, st.shutdown.clone()));
+        return Ok(Sse::new(stream).into_response());
+    }
     let mut follower =
         if done(&t) {
             None
@@ -334,9 +350,6 @@ pub async fn logs(
         }
         let _ = tx.send(Event::default().event("end").data("")).await;
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
     Ok(Sse::new(stream).into_response())
 }
 
@@ -375,11 +388,11 @@ pub async fn cancel(
         .into_response())
 }
 
-type ControlFut<'a> = std::pin::Pin<
+pub(crate) type ControlFut<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), broker::client::ClientError>> + Send + 'a>,
 >;
 
-async fn control<F>(st: &AppState, f: F) -> Result<(), ApiError>
+pub(crate) async fn control<F>(st: &AppState, f: F) -> Result<(), ApiError>
 where
     F: for<'a> FnOnce(&'a broker::client::Client) -> ControlFut<'a>,
 {
@@ -458,144 +471,6 @@ pub async fn search(
         .map(|t| TaskView::new(t, &caller, &st, Vec::new()))
         .collect();
     Ok(Json(Page { tasks, next }))
-}
-
-async fn report(st: &AppState) -> Result<broker::status::Report, ApiError> {
-    broker::status::gather(&st.amqp_url, Duration::from_secs(60), &[])
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot read the workers' heartbeats: {e}")))
-}
-
-fn need(ok: bool, caller: &Caller, right: &str) -> Result<(), ApiError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "token `{}` lacks the right `{right}`",
-            caller.name
-        )))
-    }
-}
-
-/// Live workers (from their heartbeats of the last minute).
-#[utoipa::path(get, path = "/v1/workers", responses((status = 200, description = "broker::status::WorkerStatus list"), (status = 403, body = ErrorBody)))]
-pub async fn workers(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    need(caller.rights.see_all, &caller, "see:all")?;
-    let r = report(&st).await?;
-    Ok(Json(
-        serde_json::json!({ "workers": r.workers, "keys": r.keys }),
-    ))
-}
-
-/// Pools: queue depth, workers, slots.
-#[utoipa::path(get, path = "/v1/pools", responses((status = 200, description = "broker::status::PoolStatus list"), (status = 403, body = ErrorBody)))]
-pub async fn pools(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    need(caller.rights.see_all, &caller, "see:all")?;
-    let r = report(&st).await?;
-    Ok(Json(serde_json::json!({ "pools": r.pools })))
-}
-
-/// Ask a worker (`all`: every worker) to stop claiming.
-#[utoipa::path(post, path = "/v1/workers/{id}/drain", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 403, body = ErrorBody)))]
-pub async fn drain(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<axum::response::Response, ApiError> {
-    drain_or_resume(st, id, headers, true).await
-}
-
-/// Ask a worker (`all`: every worker) to claim again.
-#[utoipa::path(post, path = "/v1/workers/{id}/resume", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 403, body = ErrorBody)))]
-pub async fn resume(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<axum::response::Response, ApiError> {
-    drain_or_resume(st, id, headers, false).await
-}
-
-async fn drain_or_resume(
-    st: Arc<AppState>,
-    id: String,
-    headers: HeaderMap,
-    drain: bool,
-) -> Result<axum::response::Response, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    need(caller.rights.drain, &caller, "drain")?;
-    let target = (id != "all").then(|| id.clone());
-    control(&st, move |c| {
-        Box::pin(async move {
-            if drain {
-                c.drain(target.as_deref()).await
-            } else {
-                c.resume(target.as_deref()).await
-            }
-        })
-    })
-    .await?;
-    let what = format!("{} {id}", if drain { "drain" } else { "resume" });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            accepted: true,
-            what,
-        }),
-    )
-        .into_response())
-}
-
-/// Dead letters, with their reasons.
-#[utoipa::path(get, path = "/v1/dead", responses((status = 200, description = "broker::dead::DeadLetter list"), (status = 403, body = ErrorBody)))]
-pub async fn dead(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    need(caller.rights.replay, &caller, "replay")?;
-    let client = st.client().await?;
-    let list = client
-        .dead_list()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot read krill.dead: {e}")))?;
-    Ok(Json(serde_json::json!({ "dead": list })))
-}
-
-/// Put a dead task back on its pool's queue.
-#[utoipa::path(post, path = "/v1/dead/{id}/replay", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn replay(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<axum::response::Response, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    need(caller.rights.replay, &caller, "replay")?;
-    let client = st.client().await?;
-    let (done, _skipped) = client
-        .dead_replay(Some(&id))
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot replay: {e}")))?;
-    if done.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "no dead letter {id} that can be replayed"
-        )));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            accepted: true,
-            what: format!("replay {id}"),
-        }),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Recording history: task events (of every watched pool, whoever submitted the
-//! task) from a durable queue of the gateway's own, so events published while
-//! it is down are recorded when it is back; results of the tasks the gateway
-//! submitted from their reply queues. Merging is pure ([`merge_event`],
+//! Recording history: task events and the workers' copies of final results
+//! (`krill.results`), of every watched pool whoever submitted the task, from a
+//! durable queue of the gateway's own, so what was published while it is down
+//! is recorded when it is back; results of the tasks the gateway submitted
+//! also from their reply queues (the same result twice merges to one row). Merging is pure ([`merge_event`],
 //! [`merge_result`]); [`run`] is the consuming loop.
 
 use std::sync::Arc;
@@ -122,14 +123,47 @@ pub async fn record_event(store: &Store, ev: &TaskEvent) -> Result<(), StoreErro
     store.put(&merge_event(row, ev)).await
 }
 
-/// Records one result (of a task the gateway submitted).
-pub async fn record_result(store: &Store, r: &TaskResult) -> Result<(), StoreError> {
+/// Records one result; `pool` (when known: the routing key of a worker's
+/// copy) names the pool of a task not seen before.
+pub async fn record_result(
+    store: &Store,
+    r: &TaskResult,
+    pool: Option<&str>,
+) -> Result<(), StoreError> {
     let _merging = store.merge_lock().await;
-    let row = store.get(&r.id).await?.unwrap_or_else(|| TaskRow {
+    let mut row = store.get(&r.id).await?.unwrap_or_else(|| TaskRow {
         id: r.id.clone(),
         ..TaskRow::default()
     });
+    if row.pool.is_empty() {
+        if let Some(p) = pool {
+            row.pool = p.to_string();
+        }
+    }
     store.put(&merge_result(row, r)?).await
+}
+
+/// One message of the history queue: a task event, or a worker's copy of a
+/// final result (from `krill.results`).
+enum Recorded {
+    Event(TaskEvent),
+    Result(Box<TaskResult>, String),
+}
+
+impl Recorded {
+    fn task_id(&self) -> &str {
+        match self {
+            Recorded::Event(ev) => &ev.task_id,
+            Recorded::Result(r, _) => &r.id,
+        }
+    }
+
+    async fn save(&self, store: &Store) -> Result<(), StoreError> {
+        match self {
+            Recorded::Event(ev) => record_event(store, ev).await,
+            Recorded::Result(r, pool) => record_result(store, r, Some(pool)).await,
+        }
+    }
 }
 
 /// What the recorder listens to.
@@ -199,6 +233,15 @@ async fn declare(ch: &lapin::Channel, w: &Watch) -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
+        // The workers' copies of final results (routing key = pool).
+        ch.queue_bind(
+            ShortString::from(w.queue.as_str()),
+            ShortString::from(topology::RESULTS_EXCHANGE),
+            ShortString::from(if pool == "*" { "#" } else { pool }),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -223,14 +266,21 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
     tracing::info!(queue = %w.queue, "history: recording task events");
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
-        match serde_json::from_slice::<TaskEvent>(&delivery.data) {
-            Ok(ev) => match record_event(store, &ev).await {
+        let parsed = if delivery.exchange.as_str() == topology::RESULTS_EXCHANGE {
+            let pool = delivery.routing_key.to_string();
+            serde_json::from_slice::<TaskResult>(&delivery.data)
+                .map(|r| Recorded::Result(Box::new(r), pool))
+        } else {
+            serde_json::from_slice::<TaskEvent>(&delivery.data).map(Recorded::Event)
+        };
+        match parsed {
+            Ok(rec) => match rec.save(store).await {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
-                    notify.notify(&ev.task_id);
+                    notify.notify(rec.task_id());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, task_id = %ev.task_id, "history: storing an event failed");
+                    tracing::warn!(error = %e, task_id = %rec.task_id(), "history: storing a message failed");
                     delivery
                         .acker
                         .nack(BasicNackOptions {
@@ -242,7 +292,7 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
                 }
             },
             Err(e) => {
-                tracing::warn!(error = %e, "history: dropping an event that does not parse");
+                tracing::warn!(error = %e, "history: dropping a message that does not parse");
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
         }

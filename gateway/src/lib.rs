@@ -3,8 +3,11 @@
 //! ## Layout
 //! - [`rights`]: bearer tokens (hashed) and what each caller may do.
 //! - [`store`]: the history database (SQLite or PostgreSQL, one code path, migrations).
+//! - [`tokens`]: the tokens table: add, look up (expiry), list, remove.
 //! - [`history`]: task events (durable queue of its own) and results into the store.
 //! - [`submit`]: `POST /v1/tasks`: validate, idempotency key, sign and seal, publish confirmed.
+//! - [`live`]: live output of the tasks submitted here, kept from their first chunk.
+//! - [`ops`]: the operators' routes: workers, pools, drain/resume, dead letters.
 //! - [`api`]: the router, the other handlers and the OpenAPI document.
 //! - [`error`]: JSON errors with their status codes.
 //! - [`serve`]: the gateway's task tree: broker connection, recorder, retention, HTTP.
@@ -16,10 +19,13 @@
 pub mod api;
 pub mod error;
 pub mod history;
+pub mod live;
+pub mod ops;
 pub mod rights;
 pub mod serve;
 pub mod store;
 pub mod submit;
+pub mod tokens;
 pub mod web;
 
 use std::sync::Arc;
@@ -63,6 +69,8 @@ pub struct AppState {
     pub notify: Arc<Notifier>,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Live output of the tasks submitted here, from their first chunk.
+    pub live: live::Live,
     /// Owns the result collectors.
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio_util::sync::CancellationToken,

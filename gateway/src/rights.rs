@@ -62,6 +62,25 @@ impl Rights {
         Ok(r)
     }
 
+    /// The rights in the syntax [`Rights::parse`] reads.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.submit.is_empty() {
+            parts.push(format!("submit:{}", self.submit.join("+")));
+        }
+        parts.push(if self.see_all { "see:all" } else { "see:own" }.to_string());
+        for (on, name) in [
+            (self.cancel, "cancel"),
+            (self.drain, "drain"),
+            (self.replay, "replay"),
+        ] {
+            if on {
+                parts.push(name.to_string());
+            }
+        }
+        parts.join(",")
+    }
+
     /// Whether the caller may submit to `pool`.
     pub fn may_submit(&self, pool: &str) -> bool {
         self.submit.iter().any(|p| p == "*" || p == pool)

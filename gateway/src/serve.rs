@@ -1,6 +1,6 @@
 //! The gateway's task tree and its flags: the store, the gateway's own key,
 //! the history recorder, result collectors, retention, and the HTTP server;
-//! `tokens add` for the operator.
+//! `tokens add|list|remove` for the operator.
 //!
 //! ```text
 //! run ─┬─ history::run        (events of watched pools → store; durable queue)
@@ -81,7 +81,17 @@ pub enum TokensCmd {
         /// submit:POOL[+POOL…] | submit:* , see:own | see:all , cancel , drain , replay , admin
         #[arg(long, default_value = "submit:default,see:own")]
         rights: String,
+        /// Valid for this long (`30d`, `12h`; default: until removed).
+        #[arg(long, value_parser = broker::units::parse_duration)]
+        expires: Option<Duration>,
     },
+    /// Lists the tokens: name, rights, created, expires (never the hash).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes token NAME: its requests answer 401 from now on.
+    Remove { name: String },
 }
 
 /// Flags of `serve`.
@@ -133,17 +143,59 @@ pub struct ServeArgs {
     pub session_ttl: Duration,
 }
 
-/// `tokens add`: prints the new token once.
-pub async fn add_token(db: &DbArgs, name: &str, rights: &str) -> anyhow::Result<String> {
+/// `tokens add`: the new token, printed once.
+pub async fn add_token(
+    db: &DbArgs,
+    name: &str,
+    rights: &str,
+    expires: Option<Duration>,
+) -> anyhow::Result<String> {
     let rights = Rights::parse(rights)?;
+    let store = open_store(db).await?;
+    let token = new_token();
+    let at =
+        expires.map(|d| crate::store::now_ms() + d.as_millis().min(i64::MAX as u128 / 2) as i64);
+    store.add_token(name, &token, &rights, at).await?;
+    Ok(token)
+}
+
+/// `tokens list`: a table (or JSON) of names, rights, created, expires.
+pub async fn list_tokens(db: &DbArgs, json: bool) -> anyhow::Result<String> {
+    let list = open_store(db).await?.tokens().await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&list)?);
+    }
+    let when = |ms: Option<i64>| crate::api::rfc3339(ms).unwrap_or_else(|| "never".into());
+    let now = crate::store::now_ms();
+    let mut out = format!("{:<20} {:<26} {:<26} RIGHTS", "NAME", "CREATED", "EXPIRES");
+    for t in &list {
+        let expired = if t.expires_at.is_some_and(|at| at <= now) {
+            " (expired)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "\n{:<20} {:<26} {:<26} {}",
+            t.name,
+            when(Some(t.created_at)),
+            format!("{}{expired}", when(t.expires_at)),
+            t.rights.describe()
+        ));
+    }
+    Ok(out)
+}
+
+/// `tokens remove`: false when there was no such token.
+pub async fn remove_token(db: &DbArgs, name: &str) -> anyhow::Result<bool> {
+    Ok(open_store(db).await?.remove_token(name).await?)
+}
+
+async fn open_store(db: &DbArgs) -> anyhow::Result<Store> {
     if db.database_url.is_none() {
         std::fs::create_dir_all(&db.data_dir)
             .with_context(|| format!("creating {}", db.data_dir.display()))?;
     }
-    let store = Store::open(&db.url()).await?;
-    let token = new_token();
-    store.add_token(name, &token, &rights).await?;
-    Ok(token)
+    Ok(Store::open(&db.url()).await?)
 }
 
 fn load_identity(path: &std::path::Path, name: &str) -> anyhow::Result<Identity> {
@@ -188,6 +240,7 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         creds: Credentials::new(Some(identity), pool_key),
         notify: notify.clone(),
         max_body: a.max_body,
+        live: crate::live::Live::default(),
         tasks: tokio_util::task::TaskTracker::new(),
         shutdown: shutdown.clone(),
         web: crate::web::Web::new(a.secure_cookie, a.session_ttl),
@@ -285,7 +338,7 @@ pub fn collect_result(st: &Arc<AppState>, id: String) {
 
 async fn store_result(st: &AppState, r: &TaskResult) {
     loop {
-        match crate::history::record_result(&st.store, r).await {
+        match crate::history::record_result(&st.store, r, None).await {
             Ok(()) => {
                 st.notify.notify(&r.id);
                 return;

@@ -1,4 +1,4 @@
-//! The history store: tasks, their events, idempotency keys and tokens, in
+//! The history store: tasks, their events, idempotency keys (tokens: [`crate::tokens`]), in
 //! SQLite (default) or PostgreSQL through one code path (sqlx `Any`), with
 //! the migrations embedded. Times are Unix milliseconds.
 
@@ -9,11 +9,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
-use crate::rights::{hash_token, Caller, Rights};
-
 /// The schema, in order. Each file is plain SQL both engines accept.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "history", include_str!("../migrations/0001_history.sql")),
+    (2, "tokens", include_str!("../migrations/0002_tokens.sql")),
     (3, "web", include_str!("../migrations/0003_web.sql")),
 ];
 
@@ -91,7 +90,7 @@ pub enum Claim {
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     /// Serialises this process's read-merge-write of a task (events and results
     /// arrive on different tasks).
     merging: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -455,42 +454,6 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a token (its hash) named `name` with `rights`.
-    pub async fn add_token(
-        &self,
-        name: &str,
-        token: &str,
-        rights: &Rights,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (name, hash, rights, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, rights = excluded.rights, \
-             created_at = excluded.created_at",
-        )
-        .bind(name)
-        .bind(hash_token(token))
-        .bind(serde_json::to_string(rights)?)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The caller a bearer token belongs to.
-    pub async fn caller(&self, token: &str) -> Result<Option<Caller>, StoreError> {
-        let row = sqlx::query("SELECT name, rights FROM tokens WHERE hash = $1")
-            .bind(hash_token(token))
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(Caller {
-                name: r.try_get(0)?,
-                rights: serde_json::from_str(&r.try_get::<String, _>(1)?)?,
-            })),
-        }
-    }
-
     /// Deletes what is older than `max_age_ms`, then the oldest finished tasks
     /// while the stored size passes `max_bytes`. Returns how many tasks went.
     pub async fn enforce_retention(
@@ -690,27 +653,5 @@ mod tests {
             s.get("t18").await.expect("get").is_none(),
             "the oldest went"
         );
-    }
-
-    #[tokio::test]
-    async fn tokens_are_found_by_their_hash_only() {
-        let s = store().await;
-        let rights = Rights::parse("submit:p,cancel").expect("rights");
-        s.add_token("ci", "krill_secret", &rights)
-            .await
-            .expect("add");
-        let c = s
-            .caller("krill_secret")
-            .await
-            .expect("caller")
-            .expect("found");
-        assert_eq!(c.name, "ci");
-        assert_eq!(c.rights, rights);
-        assert!(s.caller("krill_other").await.expect("caller").is_none());
-        let row = sqlx::query("SELECT hash FROM tokens")
-            .fetch_one(&s.pool)
-            .await
-            .expect("row");
-        assert_ne!(row.try_get::<String, _>(0).expect("hash"), "krill_secret");
     }
 }

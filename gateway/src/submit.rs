@@ -225,12 +225,25 @@ async fn publish(
     st.store
         .insert_submitted(&task.id, pool, &caller.name, &spec_json(task)?)
         .await?;
+    let mut follower = None;
     let outcome = match st.client().await {
-        Ok(client) => client.submit(pool, task).await.map_err(map_client_error),
+        Ok(client) => {
+            // Bound before the task is published: no chunk of it can be missed.
+            match client.follow(&task.id).await {
+                Ok(f) => follower = Some(f),
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot follow the task's output from its start")
+                }
+            }
+            client.submit(pool, task).await.map_err(map_client_error)
+        }
         Err(e) => Err(e),
     };
     match outcome {
         Ok(()) => {
+            if let Some(f) = follower {
+                crate::live::start(st, task.id.clone(), f);
+            }
             crate::serve::collect_result(st, task.id.clone());
             Ok(())
         }

@@ -96,6 +96,15 @@ impl GatewayProc {
             .to_string()
     }
 
+    /// `krill-gateway tokens ARGS…` on this gateway's database.
+    pub fn tokens(&self, args: &[&str]) -> std::process::Output {
+        self.command()
+            .arg("tokens")
+            .args(args)
+            .output()
+            .expect("krill-gateway tokens")
+    }
+
     /// Starts the process on a free port and waits for /healthz.
     pub async fn start(&mut self) {
         let port = free_port();

@@ -43,7 +43,8 @@ fn tasks_url(gw: &GatewayProc, pool: &str) -> String {
 }
 
 async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
-    for _ in 0..6 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
         let (st, _, v) = call(
             Method::GET,
             &format!("{}/v1/tasks/{id}/wait?timeout=20", gw.url),
@@ -53,8 +54,14 @@ async fn wait_done(gw: &GatewayProc, token: &str, id: &str) -> Value {
         )
         .await;
         assert_eq!(st, 200, "{v}");
-        if v["state"] == "finished" && (v["caller"].is_null() || !v["result"].is_null()) {
+        // Finished with its result: every task's result reaches the history
+        // (the workers copy each one to `krill.results`).
+        if v["state"] == "finished" && !v["result"].is_null() {
             return v;
+        }
+        if v["state"] == "finished" {
+            // The finished event came first; its result follows.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     panic!("task {id} did not finish; gateway log:\n{}", gw.log_text());
@@ -211,16 +218,27 @@ async fn round_trip(db: Option<String>) -> Trip {
     // The submitting caller sees its sensitive output, opened with the gateway's key.
     assert_eq!(tok["value"], format!("{secret}-derived"), "{done}");
     assert_eq!(done["task"]["secrets"]["K"], "***");
-    // Another caller (who may see every task) gets `***`.
-    let (st, _, other) = call(
-        Method::GET,
-        &format!("{}/v1/tasks/{id}", gw.url),
-        Some(&ops),
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(st, 200);
+    // Another caller (who may see every task) gets `***`. The result may be
+    // recorded before the finished event: wait for that event too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let other = loop {
+        let (st, _, other) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&ops),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 200);
+        let finished = other["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["state"] == "finished"));
+        if finished || std::time::Instant::now() > deadline {
+            break other;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let tok = other["result"]["outputs"]
         .as_array()
         .and_then(|o| o.iter().find(|o| o["name"] == "tok").cloned())
@@ -616,6 +634,9 @@ async fn history_survives_a_restart(db: Option<String>) {
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["submitter"], "alice");
     assert!(v["caller"].is_null());
+    // Its result too, published while the gateway was down.
+    assert_eq!(v["result"]["stdout"], "straight\n", "{v}");
+    assert!(v["result"]["usage"]["cpu_time_ms"].is_u64(), "{v}");
     let (st, _, old) = call(
         Method::GET,
         &format!("{}/v1/tasks/{first}", gw.url),
@@ -638,6 +659,86 @@ async fn history_on_postgres_survives_a_restart() {
     let (url, schema) = pg_schema();
     let _drop = PgSchema(schema);
     history_survives_a_restart(Some(url)).await;
+}
+
+/// A task submitted with the CLI straight over AMQP (not through the
+/// gateway) is in the history with its result: status, exit, masked output,
+/// outputs (the sensitive one only as ciphertext), and the secret nowhere in
+/// the database.
+#[tokio::test]
+async fn a_task_submitted_over_amqp_has_its_result_in_history() {
+    let (keys, worker, mut gw) = setup("gw-amqp", None).await;
+    let pool = worker.pool.clone();
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    let key = keys.dir.join("alice-cli.key");
+    keys.alice.save(&key).expect("alice's key file");
+    let secret = format!("sk-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let out = std::process::Command::new(krill_tests::bin("krill"))
+        .env("KRILL_AMQP_URL", krill_tests::amqp_url())
+        .env("KRILL_KEY", &key)
+        .env("KRILL_POOL_PUBLIC_KEY", keys.pool.public().to_b64())
+        .env_remove("KRILL_GATEWAY_URL")
+        .env("K", &secret)
+        .args([
+            "submit",
+            "--pool",
+            &pool,
+            "--sandbox",
+            "process",
+            "--secret",
+            "K",
+            "--",
+            "echo \"hello $K\"; echo \"tok=${K}-derived\" >> \"$KRILL_SENSITIVE_OUTPUT\"; \
+             echo plain=1 >> \"$KRILL_OUTPUT\"; exit 4",
+        ])
+        .output()
+        .expect("krill");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hello ***"), "{stdout}");
+    // The pool is this test's own: its one task in the history is this one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let (st, _, page) = call(Method::GET, &tasks_url(&gw, &pool), Some(&ops), &[], None).await;
+        assert_eq!(st, 200, "{page}");
+        if let Some(id) = page["tasks"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v = wait_done(&gw, &ops, &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["exit_code"], 4, "{v}");
+    assert_eq!(v["pool"], pool.as_str(), "{v}");
+    assert_eq!(v["submitter"], "alice", "{v}");
+    assert!(v["caller"].is_null(), "{v}");
+    assert_eq!(v["result"]["stdout"], "hello ***\n", "{v}");
+    assert!(v["timings"]["started_at"].is_string(), "{v}");
+    let outputs = v["result"]["outputs"].as_array().expect("outputs");
+    let plain = outputs
+        .iter()
+        .find(|o| o["name"] == "plain")
+        .expect("plain");
+    assert_eq!(plain["value"], "1");
+    let tok = outputs.iter().find(|o| o["name"] == "tok").expect("tok");
+    assert_eq!(tok["value"], "***", "not the gateway's to open: {v}");
+    assert!(!v.to_string().contains(&secret), "{v}");
+    gw.kill();
+    let db = gw.sqlite_bytes();
+    assert!(contains(&db, &id), "the task is in the database");
+    assert!(contains(&db, "hello ***"), "its output is in the database");
+    assert!(!contains(&db, &secret), "the secret is in the database");
 }
 
 #[tokio::test]
@@ -706,6 +807,104 @@ async fn the_cli_through_the_gateway_keeps_its_exit_codes() {
     let out = krill(&["submit", "--pool", "elsewhere", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not submit"));
+
+    // logs: the finished task's output, its exit code; an unknown task 125.
+    let out = krill(&["logs", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "later\n");
+    let out = krill(&["logs", &new_id()]);
+    assert_eq!(out.status.code(), Some(125));
+    // status, drain, resume, dead: rights alice lacks are refused with 125 …
+    let out = krill(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("see:all"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = krill(&["drain", &worker.id]);
+    assert_eq!(out.status.code(), Some(125));
+    // … and an operator's token does them all.
+    let admin = gw.token("admin", "admin");
+    let op = |args: &[&str]| {
+        let out = std::process::Command::new(krill_tests::bin("krill"))
+            .env("KRILL_GATEWAY_URL", &gw.url)
+            .env("KRILL_TOKEN", &admin)
+            .env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env_remove("KRILL_KEY")
+            .args(args)
+            .output()
+            .expect("krill");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            err,
+        )
+    };
+    let (code, table, err) = op(&["status", "--pool", &pool]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        table.contains(&worker.id) && table.contains(&pool),
+        "{table}"
+    );
+    let state_of = |status: &str| -> Value {
+        let v: Value = serde_json::from_str(status).expect("status json");
+        v["workers"]
+            .as_array()
+            .and_then(|w| w.iter().find(|w| w["id"] == worker.id.as_str()).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let (code, json, err) = op(&["status", "--json", "--since", "5m"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(state_of(&json)["state"], "live", "{json}");
+    let (code, _, err) = op(&["drain", &worker.id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("drain sent to"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, json, _) = op(&["status", "--json"]);
+        if state_of(&json)["state"] == "draining" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never draining: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, _, err) = op(&["resume", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("resume sent to all workers"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, json, _) = op(&["status", "--json"]);
+        if state_of(&json)["state"] == "live" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never live again: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, json, err) = op(&["dead", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        serde_json::from_str::<Value>(&json)
+            .expect("json")
+            .is_array(),
+        "{json}"
+    );
+    let (code, _, err) = op(&["dead", "replay", &new_id()]);
+    assert_eq!(code, Some(125), "nothing to replay: {err}");
+    let (code, _, err) = op(&["dead", "replay"]);
+    assert_eq!(code, Some(125), "name one or --all: {err}");
 }
 
 #[tokio::test]
@@ -719,7 +918,11 @@ async fn logs_stream_live_then_stored() {
         "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
         gates.path("go").display()
     );
-    let body = json!({"script": script, "sandbox": "process"}).to_string();
+    // The test's own follower, bound before the task is published (its id is
+    // chosen here), tells when `first` was published: before the SSE request.
+    let id = new_id();
+    let mut seen = client().await.follow(&id).await.expect("follow");
+    let body = json!({"id": id, "script": script, "sandbox": "process"}).to_string();
     let (st, _, v) = call(
         Method::POST,
         &tasks_url(&gw, &pool),
@@ -729,10 +932,16 @@ async fn logs_stream_live_then_stored() {
     )
     .await;
     assert_eq!(st, 202, "{v}");
-    let id = v["id"].as_str().expect("id").to_string();
+    assert_eq!(v["id"], id.as_str());
+    let first = tokio::time::timeout(Duration::from_secs(60), seen.next())
+        .await
+        .expect("the first chunk in time")
+        .expect("a chunk");
+    assert_eq!(first.data, "first\n");
     wait_started(&gw, &alice, &id).await;
-    // Live: connected while it runs, the SSE stream carries what it prints from
-    // then on and ends with `end`.
+    // Live: connected while it runs, after `first` was printed, the SSE stream
+    // still carries every chunk from the first one (the gateway followed the
+    // task from its submission), then what comes, then `end`.
     let logs_url = format!("{}/v1/tasks/{id}/logs", gw.url);
     let live = {
         let (url, token) = (logs_url.clone(), alice.clone());
@@ -753,7 +962,12 @@ async fn logs_stream_live_then_stored() {
         .await
         .expect("ends")
         .expect("join");
+    assert!(text.contains("event: stdout\ndata: first"), "{text}");
     assert!(text.contains("event: stdout\ndata: second"), "{text}");
+    assert!(
+        text.find("data: first") < text.find("data: second"),
+        "{text}"
+    );
     assert!(text.contains("event: end"), "{text}");
     // Stored: after the end, the whole output.
     wait_done(&gw, &alice, &id).await;
@@ -768,6 +982,128 @@ async fn logs_stream_live_then_stored() {
         .expect("text");
     assert!(text.contains("data: first\ndata: second"), "{text}");
     assert!(text.ends_with("event: end\n\n"), "{text:?}");
+}
+
+/// Tokens: `list` shows names, rights, created, expires and never a hash or a
+/// token; `remove` makes the token's next request 401; an expired token gets
+/// 401 saying it expired.
+#[tokio::test]
+async fn tokens_are_listed_removed_and_expire() {
+    let pool = unique_pool("gw-tok");
+    let mut gw = GatewayProc::new(&pool, None);
+    let alice = gw.token("alice", &format!("submit:{pool},see:all"));
+    gw.start().await;
+    let out = gw.tokens(&["add", "brief", "--rights", "see:all", "--expires", "5s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let brief = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    let search = format!("{}/v1/tasks?pool={pool}", gw.url);
+    let (st, _, _) = call(Method::GET, &search, Some(&alice), &[], None).await;
+    assert_eq!(st, 200);
+    // A web session opened with it (the web view's sign-in) works while the
+    // token does ...
+    let signin = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+        .post(format!("{}/signin", gw.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={brief}"))
+        .send()
+        .await
+        .expect("sign in");
+    assert!(signin.status().is_redirection(), "{}", signin.status());
+    let cookie = signin
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let (st, _, v) = call(Method::GET, &search, None, &[("cookie", &cookie)], None).await;
+    assert_eq!(st, 200, "{v}");
+
+    let out = gw.tokens(&["list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).expect("utf8");
+    assert!(table.starts_with("NAME"), "{table}");
+    let alice_line = table
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .expect("alice");
+    assert!(
+        alice_line.contains(&format!("submit:{pool},see:all")),
+        "{table}"
+    );
+    assert!(alice_line.contains("never"), "{table}");
+    let brief_line = table
+        .lines()
+        .find(|l| l.starts_with("brief "))
+        .expect("brief");
+    assert!(!brief_line.contains("never"), "an expiry: {table}");
+    let out = gw.tokens(&["list", "--json"]);
+    let json = String::from_utf8(out.stdout).expect("utf8");
+    let v: Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{json}");
+    assert!(
+        v[1]["expires_at"].is_i64() && v[0]["expires_at"].is_null(),
+        "{json}"
+    );
+    for secret in [&alice, &brief] {
+        assert!(!table.contains(secret.as_str()) && !json.contains(secret.as_str()));
+    }
+    assert!(!json.contains("hash") && !table.contains("hash"), "{json}");
+
+    // Expired: 401, and the message says so (waits for the clock, no sleep).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (st, headers, v) = loop {
+        let got = call(Method::GET, &search, Some(&brief), &[], None).await;
+        if got.0 != 200 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("token `brief` expired at")),
+        "{v}"
+    );
+    assert!(headers.contains_key("www-authenticate"));
+    assert!(String::from_utf8_lossy(&gw.tokens(&["list"]).stdout).contains("(expired)"));
+    // ... and ends with it.
+    let (st, _, v) = call(Method::GET, &search, None, &[("cookie", &cookie)], None).await;
+    assert_eq!(st, 401, "the session outlived its token: {v}");
+
+    // Removed: the very next request is 401 (no cache), with the unknown-token message.
+    let out = gw.tokens(&["remove", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, _, v) = call(Method::GET, &search, Some(&alice), &[], None).await;
+    assert_eq!(st, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown bearer token")),
+        "{v}"
+    );
+    let out = gw.tokens(&["remove", "alice"]);
+    assert!(!out.status.success(), "removing it twice fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token named `alice`"));
 }
 
 /// A broker that goes away and comes back: submits answer 503 with

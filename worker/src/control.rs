@@ -275,19 +275,20 @@ async fn dead_notify(shared: &Shared, conn: &Connection) -> Result<(), ControlEr
 /// Answers one dead-letter notification when it is owed an answer; true when
 /// it may be acked (answered, or nothing was owed).
 pub async fn notified(shared: &Shared, props: &BasicProperties) -> bool {
-    let Some((reply_to, result)) = answer_for(props, &shared.id) else {
+    let Some((reply_to, pool, result)) = answer_for(props, &shared.id) else {
         return true;
     };
     let (id, error) = (result.id.clone(), result.error.clone());
-    if !shared.run.outbound.answer(result, &reply_to).await {
+    if !shared.run.outbound.answer(result, &reply_to, &pool).await {
         return false;
     }
     tracing::warn!(task_id = %id, ?error, "answered a task RabbitMQ dead-lettered");
     true
 }
 
-/// The result owed for a message RabbitMQ dead-lettered from a pool queue, if any.
-pub fn answer_for(props: &BasicProperties, worker: &str) -> Option<(String, TaskResult)> {
+/// The result owed for a message RabbitMQ dead-lettered from a pool queue, if
+/// any: (reply queue, pool, result).
+pub fn answer_for(props: &BasicProperties, worker: &str) -> Option<(String, String, TaskResult)> {
     let headers = props.headers().as_ref()?;
     if headers.contains_key(REASON_HEADER) {
         return None;
@@ -299,16 +300,14 @@ pub fn answer_for(props: &BasicProperties, worker: &str) -> Option<(String, Task
         queue,
         count,
     } = broker::amqp::first_death(headers)?;
-    if !queue.starts_with(POOL_QUEUE_PREFIX) {
-        return None;
-    }
+    let pool = queue.strip_prefix(POOL_QUEUE_PREFIX)?.to_string();
     let mut result = TaskResult::new(id, Status::WorkerLost);
     result.worker = Some(worker.to_string());
     result.error = Some(format!(
         "dead-lettered by RabbitMQ from {queue} ({reason}) after {count} deliveries: \
          the task kept losing its worker; it is kept in krill.dead (see `krill dead list`)"
     ));
-    Some((reply_to, result))
+    Some((reply_to, pool, result))
 }
 
 #[cfg(test)]
@@ -536,9 +535,13 @@ mod tests {
             .await
         );
         let sent = sink.sent();
-        let [Outgoing::Answer { result, reply_to }] = sent.as_slice() else {
-            panic!("one answer: {sent:?}");
+        let [Outgoing::Answer { result, reply_to }, Outgoing::History { result: copy, pool }] =
+            sent.as_slice()
+        else {
+            panic!("one answer and its history copy: {sent:?}");
         };
+        assert_eq!(pool, "p", "the pool it was dead-lettered from");
+        assert_eq!(**copy, **result);
         assert_eq!(reply_to, "krill.reply.t1");
         assert_eq!(result.status, Status::WorkerLost);
         let error = result.error.as_deref().unwrap_or("");

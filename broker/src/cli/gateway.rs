@@ -1,12 +1,13 @@
 //! `krill` through a krill-gateway (`KRILL_GATEWAY_URL` + `KRILL_TOKEN`):
-//! submit, wait and cancel over HTTP, with the same output and exit codes.
+//! submit, wait, logs, cancel, status, drain/resume and dead list/replay
+//! over HTTP, with the same output and exit codes (`keys` stays local).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::args::{Command, SubmitArgs, WaitArgs};
+use super::args::{Command, DeadCommand, LogsArgs, StatusArgs, SubmitArgs, WaitArgs};
 use super::submit::{build_task, print_result};
 use crate::protocol::{Status, TaskResult};
 
@@ -33,7 +34,12 @@ pub async fn run(url: &str, token: Option<&str>, cmd: &Command) -> anyhow::Resul
             eprintln!("krill: cancel sent for {id}");
             Ok(Some(0))
         }
-        _ => Ok(None),
+        Command::Logs(args) => gw.logs(args).await.map(Some),
+        Command::Status(args) => gw.status(args).await.map(Some),
+        Command::Drain { worker, all } => gw.control("drain", worker, *all).await.map(Some),
+        Command::Resume { worker, all } => gw.control("resume", worker, *all).await.map(Some),
+        Command::Dead(cmd) => gw.dead(cmd).await.map(Some),
+        Command::Keys(_) => Ok(None),
     }
 }
 
@@ -70,6 +76,148 @@ impl Gateway {
             );
         }
         Ok(v)
+    }
+
+    /// `krill logs ID`: the task's SSE stream (from its first chunk for a task
+    /// the gateway submitted, the stored output once finished), then its end
+    /// as over AMQP.
+    async fn logs(&self, args: &LogsArgs) -> anyhow::Result<u8> {
+        use std::io::Write;
+        let id = args.id.as_str();
+        // 404 here (unknown, or not the caller's): the gateway's message.
+        self.call(reqwest::Method::GET, &format!("/v1/tasks/{id}"), None)
+            .await?;
+        let mut resp = self
+            .http
+            .get(format!("{}/v1/tasks/{id}/logs", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!("gateway: the logs of {id} ({})", resp.status());
+        }
+        // Bytes, not text, until a block is whole: a chunk may end inside a character.
+        let mut pending: Vec<u8> = Vec::new();
+        'stream: while let Some(bytes) = resp.chunk().await.context("reading the log stream")? {
+            pending.extend_from_slice(&bytes);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = pending.drain(..end + 2).collect();
+                let (event, data) = sse_event(&String::from_utf8_lossy(&block));
+                match event.as_str() {
+                    "stdout" => {
+                        let _ = std::io::stdout().lock().write_all(data.as_bytes());
+                    }
+                    "stderr" => {
+                        let _ = std::io::stderr().lock().write_all(data.as_bytes());
+                    }
+                    "cut" => eprintln!("krill: {data}"),
+                    "end" => break 'stream,
+                    _ => {}
+                }
+            }
+        }
+        let _ = std::io::stdout().flush();
+        let result = self.wait(id, Some(Duration::from_secs(30))).await?;
+        Ok(print_result(&result, false, false, true))
+    }
+
+    /// `krill status`: the gateway's `/v1/workers` and `/v1/pools` (the same
+    /// report the broker gives), printed the same way.
+    async fn status(&self, args: &StatusArgs) -> anyhow::Result<u8> {
+        let query = format!(
+            "?since={}&pool={}",
+            args.since.as_secs(),
+            args.pool.join(",")
+        );
+        loop {
+            let w = self
+                .call(reqwest::Method::GET, &format!("/v1/workers{query}"), None)
+                .await?;
+            let p = self
+                .call(reqwest::Method::GET, &format!("/v1/pools{query}"), None)
+                .await?;
+            let report = crate::status::Report {
+                generated_at: chrono::Utc::now(),
+                since_secs: args.since.as_secs(),
+                workers: serde_json::from_value(w["workers"].clone())
+                    .context("the gateway's workers do not parse")?,
+                keys: serde_json::from_value(w["keys"].clone())
+                    .context("the gateway's keys do not parse")?,
+                pools: serde_json::from_value(p["pools"].clone())
+                    .context("the gateway's pools do not parse")?,
+            };
+            let Some(every) = args.watch else {
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", super::status::table(&report, args.all));
+                }
+                return Ok(0);
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                let table = super::status::table(&report, args.all).replace('\n', "\x1b[K\n");
+                print!("\x1b[H{table}\x1b[J");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every.max(Duration::from_millis(200))) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(0),
+            }
+        }
+    }
+
+    /// `krill drain|resume WORKER|--all`.
+    async fn control(&self, what: &str, worker: &Option<String>, all: bool) -> anyhow::Result<u8> {
+        let target = super::target(worker.clone(), all)?;
+        let path = target.as_deref().unwrap_or("all");
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/workers/{path}/{what}"),
+            None,
+        )
+        .await?;
+        eprintln!(
+            "krill: {what} sent to {}",
+            target.as_deref().unwrap_or("all workers")
+        );
+        Ok(0)
+    }
+
+    /// `krill dead list|replay`.
+    async fn dead(&self, cmd: &DeadCommand) -> anyhow::Result<u8> {
+        match cmd {
+            DeadCommand::List { json } => {
+                super::print_dead(&self.dead_list().await?, *json)?;
+            }
+            DeadCommand::Replay { id, all } => {
+                let id = super::target(id.clone(), *all)?;
+                // `--all`: every dead letter that has an id, one by one.
+                let ids = match &id {
+                    Some(i) => vec![i.clone()],
+                    None => self
+                        .dead_list()
+                        .await?
+                        .into_iter()
+                        .filter_map(|d| d.id)
+                        .collect(),
+                };
+                let mut done = Vec::new();
+                for i in ids {
+                    self.call(reqwest::Method::POST, &format!("/v1/dead/{i}/replay"), None)
+                        .await?;
+                    done.push(i);
+                }
+                super::print_replayed(&done, &[], id.as_deref())?;
+            }
+        }
+        Ok(0)
+    }
+
+    async fn dead_list(&self) -> anyhow::Result<Vec<crate::dead::DeadLetter>> {
+        let v = self.call(reqwest::Method::GET, "/v1/dead", None).await?;
+        serde_json::from_value(v["dead"].clone()).context("the gateway's dead letters do not parse")
     }
 
     async fn submit(&self, args: &SubmitArgs) -> anyhow::Result<u8> {
@@ -131,5 +279,33 @@ impl Gateway {
             r.worker = v["worker"].as_str().map(str::to_string);
             return Ok(r);
         }
+    }
+}
+
+/// The event name and the data (lines joined by `\n`) of one SSE block.
+fn sse_event(block: &str) -> (String, String) {
+    let mut event = String::from("message");
+    let mut data: Vec<&str> = Vec::new();
+    for line in block.lines() {
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    (event, data.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sse_event;
+
+    #[test]
+    fn sse_blocks_read_back_to_the_chunk() {
+        assert_eq!(
+            sse_event("event: stdout\ndata: first\ndata: \n\n"),
+            ("stdout".to_string(), "first\n".to_string())
+        );
+        assert_eq!(sse_event("event: end\ndata: \n\n").0, "end");
     }
 }

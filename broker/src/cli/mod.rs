@@ -95,49 +95,58 @@ fn target(worker: Option<String>, all: bool) -> anyhow::Result<Option<String>> {
 
 async fn dead(client: Client, cmd: DeadCommand) -> anyhow::Result<u8> {
     match cmd {
-        DeadCommand::List { json } => {
-            let list = client.dead_list().await?;
-            use std::io::Write;
-            // Writes ignore errors: a closed pipe (`| head`) is not a failure.
-            let mut out = std::io::stdout().lock();
-            if json {
-                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&list)?);
-            } else if list.is_empty() {
-                let _ = writeln!(out, "krill.dead is empty");
-            } else {
-                let _ = writeln!(out, "{:<38} {:<16} {:<22} REASON", "TASK", "POOL", "BY");
-                for d in &list {
-                    let _ = writeln!(
-                        out,
-                        "{:<38} {:<16} {:<22} {}",
-                        d.id.as_deref().unwrap_or("-"),
-                        d.pool.as_deref().unwrap_or("-"),
-                        d.by,
-                        match &d.detail {
-                            Some(detail) => format!("{}: {detail}", d.reason),
-                            None => d.reason.clone(),
-                        }
-                    );
-                }
-            }
-        }
+        DeadCommand::List { json } => print_dead(&client.dead_list().await?, json)?,
         DeadCommand::Replay { id, all } => {
             let id = target(id, all)?;
             let (done, skipped) = client.dead_replay(id.as_deref()).await?;
-            for d in &done {
-                println!("replayed {d}");
-            }
-            for s in &skipped {
-                eprintln!("krill: not replayed: {s}");
-            }
-            if done.is_empty() && skipped.is_empty() {
-                anyhow::bail!(
-                    "nothing to replay{}",
-                    id.map(|i| format!(" with id {i}")).unwrap_or_default()
-                );
-            }
+            print_replayed(&done, &skipped, id.as_deref())?;
         }
     }
     client.close().await;
     Ok(0)
+}
+
+/// What `krill dead list` prints (over AMQP or through the gateway).
+fn print_dead(list: &[crate::dead::DeadLetter], json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    // Writes ignore errors: a closed pipe (`| head`) is not a failure.
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&list)?);
+    } else if list.is_empty() {
+        let _ = writeln!(out, "krill.dead is empty");
+    } else {
+        let _ = writeln!(out, "{:<38} {:<16} {:<22} REASON", "TASK", "POOL", "BY");
+        for d in list {
+            let _ = writeln!(
+                out,
+                "{:<38} {:<16} {:<22} {}",
+                d.id.as_deref().unwrap_or("-"),
+                d.pool.as_deref().unwrap_or("-"),
+                d.by,
+                match &d.detail {
+                    Some(detail) => format!("{}: {detail}", d.reason),
+                    None => d.reason.clone(),
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `krill dead replay` prints; an error when nothing was replayed.
+fn print_replayed(done: &[String], skipped: &[String], id: Option<&str>) -> anyhow::Result<()> {
+    for d in done {
+        println!("replayed {d}");
+    }
+    for s in skipped {
+        eprintln!("krill: not replayed: {s}");
+    }
+    if done.is_empty() && skipped.is_empty() {
+        anyhow::bail!(
+            "nothing to replay{}",
+            id.map(|i| format!(" with id {i}")).unwrap_or_default()
+        );
+    }
+    Ok(())
 }

@@ -15,9 +15,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
-        Some(Cmd::Tokens(TokensCmd::Add { name, rights })) => {
-            let token = serve::add_token(&cli.db, &name, &rights).await?;
-            println!("{token}");
+        Some(Cmd::Tokens(TokensCmd::Add {
+            name,
+            rights,
+            expires,
+        })) => {
+            println!(
+                "{}",
+                serve::add_token(&cli.db, &name, &rights, expires).await?
+            );
+            Ok(())
+        }
+        Some(Cmd::Tokens(TokensCmd::List { json })) => {
+            println!("{}", serve::list_tokens(&cli.db, json).await?);
+            Ok(())
+        }
+        Some(Cmd::Tokens(TokensCmd::Remove { name })) => {
+            if !serve::remove_token(&cli.db, &name).await? {
+                anyhow::bail!("no token named `{name}`");
+            }
+            eprintln!("removed token `{name}`: its requests answer 401 from now on");
             Ok(())
         }
         None | Some(Cmd::Serve) => {

@@ -44,11 +44,12 @@ pub async fn create_session(
 }
 
 /// The live session `id` with the rights its token has now (none: unknown,
-/// expired, or its token was replaced or removed).
+/// expired, its token expired, or its token was replaced or removed).
 pub async fn session(store: &Store, id: &str) -> Result<Option<Session>, StoreError> {
     let row = sqlx::query(
         "SELECT t.name, t.rights, s.csrf FROM web_sessions s JOIN tokens t \
-         ON t.hash = s.token_hash WHERE s.id_hash = $1 AND s.expires_at > $2",
+         ON t.hash = s.token_hash WHERE s.id_hash = $1 AND s.expires_at > $2 \
+         AND (t.expires_at IS NULL OR t.expires_at > $2)",
     )
     .bind(hash_token(id))
     .bind(now_ms())

@@ -152,7 +152,15 @@ pub async fn signin(
 ) -> Response {
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
     let caller = match st.store.caller(token).await {
-        Ok(Some(c)) => c,
+        Ok(Some(crate::tokens::Found::Caller(c))) => c,
+        Ok(Some(crate::tokens::Found::Expired { name, .. })) => {
+            return signin_form(
+                Some(&format!(
+                    "token `{name}` has expired: ask the operator for a new one"
+                )),
+                StatusCode::UNAUTHORIZED,
+            );
+        }
         Ok(None) => {
             return signin_form(Some("unknown token"), StatusCode::UNAUTHORIZED);
         }

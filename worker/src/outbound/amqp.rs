@@ -3,8 +3,9 @@
 //!
 //! The connection loop owns the connection and puts its current channels in a
 //! `watch`; every publish takes the channels from there. A confirmed publish
-//! (results, answers, dead letters, the cancel marker) that fails because the
-//! broker went away waits for the next connection and tries again, so a result
+//! (results and their history copies, answers, dead letters, the cancel
+//! marker) that fails because the broker went away waits for the next
+//! connection and tries again, so a result
 //! finished while the broker was down is published once it is back. Log chunks,
 //! events and heartbeats are best effort: dropped while there is no connection
 //! or the broker blocks publishers (a memory or disk alarm), and when they
@@ -25,7 +26,7 @@ use broker::amqp::{publish_confirmed, PublishError as AmqpError};
 use broker::protocol::Control;
 use broker::topology::{
     self, CONTENT_TYPE, CONTROL_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, LOGS_EXCHANGE,
-    POOL_HEADER, REASON_HEADER, WORKER_HEADER,
+    POOL_HEADER, REASON_HEADER, RESULTS_EXCHANGE, WORKER_HEADER,
 };
 use futures_util::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -115,6 +116,18 @@ impl Wire {
                 mandatory: true,
                 confirmed: true,
                 result: true,
+            },
+            Outgoing::History { result, pool } => Wire {
+                exchange: RESULTS_EXCHANGE,
+                key: pool.clone(),
+                body: serde_json::to_vec(&**result)?,
+                props: json_props()
+                    .with_delivery_mode(2)
+                    .with_correlation_id(ShortString::from(result.id.as_str()))
+                    .with_message_id(ShortString::from(format!("{}.history", result.id))),
+                mandatory: false,
+                confirmed: true,
+                result: false,
             },
             Outgoing::Answer { result, reply_to } => Wire {
                 exchange: "",

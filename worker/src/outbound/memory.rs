@@ -65,6 +65,17 @@ impl MemorySink {
             .collect()
     }
 
+    /// The history copies of results sent so far (with their pool).
+    pub fn history(&self) -> Vec<(TaskResult, String)> {
+        self.sent()
+            .into_iter()
+            .filter_map(|m| match m {
+                Outgoing::History { result, pool } => Some(((*result).clone(), pool)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The task events sent so far.
     pub fn events(&self) -> Vec<TaskEvent> {
         self.sent()
@@ -105,6 +116,7 @@ impl Sink for MemorySink {
             let confirmed = matches!(
                 msg,
                 Outgoing::Result { .. }
+                    | Outgoing::History { .. }
                     | Outgoing::Answer { .. }
                     | Outgoing::DeadLetter(_)
                     | Outgoing::CancelMarker(_)

@@ -15,6 +15,11 @@
 //!            └─ MemorySink (memory.rs: records what was sent; tests)
 //! ```
 //!
+//! Every final result also goes, as it left (masked, sealed), to
+//! `krill.results` (routing key = pool) for history recorders such as the
+//! gateway: [`Outbound::history`], confirmed and published side by side with
+//! the reply, cut to [`HISTORY_BUDGET`] so a big output is not kept twice.
+//!
 //! Results, dead letters, answers and the marker are confirmed publishes: a
 //! sink retries them across reconnects until the broker confirms, or the
 //! worker gives up at shutdown. Events, log chunks and heartbeats are best
@@ -61,6 +66,12 @@ pub enum Outgoing {
     Result {
         result: Arc<TaskResult>,
         reply_to: String,
+    },
+    /// The history copy of a final result, to `krill.results` with the pool as
+    /// routing key (confirmed, not mandatory: nothing bound, nothing kept).
+    History {
+        result: Arc<TaskResult>,
+        pool: String,
     },
     /// The result owed for a task RabbitMQ dead-lettered itself (confirmed, mandatory).
     Answer {
@@ -141,6 +152,16 @@ pub trait Sink: Send + Sync + fmt::Debug {
 /// The result budget of an [`Outbound`] made with [`Outbound::new`]: what
 /// RabbitMQ's default `max_message_size` leaves (see `Config::result_budget`).
 pub const DEFAULT_RESULT_BUDGET: usize = 120 << 20;
+
+/// Most serialized bytes of a result's history copy (on `krill.results`):
+/// recorders keep a capped output, so a big result does not travel twice
+/// whole. A result within it is sent as it is (no copy is made).
+pub const HISTORY_BUDGET: usize = 1 << 20;
+
+/// How long the history copy may still take once the result itself is
+/// confirmed (they are published side by side), before the task is acked
+/// without it: the finished event still carries the status to recorders.
+pub const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The worker's handle for sending (cheap to clone).
 #[derive(Clone)]
@@ -225,7 +246,47 @@ impl Outbound {
     /// acked: confirmed, or its reply queue is gone (the result is then only in
     /// the finished event); false when the worker gave up (shutting down with the
     /// broker unreachable): the task must not be acked.
+    /// The history copy ([`Outbound::history`]) goes out at the same time.
     pub async fn result(&self, result: &Arc<TaskResult>, reply_to: &str) -> bool {
+        let reply = self.reply(result, reply_to);
+        let history = self.history(result);
+        tokio::pin!(reply, history);
+        let (ok, recorded) = tokio::select! {
+            ok = &mut reply => (ok, false),
+            () = &mut history => (reply.await, true),
+        };
+        if !recorded && tokio::time::timeout(HISTORY_WAIT, history).await.is_err() {
+            tracing::warn!(task_id = %result.id,
+                "the history copy of the result was not confirmed in time; recorders have only the finished event");
+        }
+        ok
+    }
+
+    /// Publishes the history copy of a final result to `krill.results`
+    /// (routing key = pool), confirmed: the same masked and sealed result that
+    /// goes to the reply queue, cut to [`HISTORY_BUDGET`] when bigger.
+    pub async fn history(&self, result: &Arc<TaskResult>) {
+        let copy = if self.budget <= HISTORY_BUDGET {
+            result.clone()
+        } else {
+            let mut r = (**result).clone();
+            match budget::fit(&mut r, HISTORY_BUDGET) {
+                Ok(None) => result.clone(),
+                Ok(Some(_)) => Arc::new(r),
+                Err(_) => Arc::new(budget::small(result, "its history copy was too large")),
+            }
+        };
+        let msg = Outgoing::History {
+            result: copy,
+            pool: self.pool.clone(),
+        };
+        if let Err(e) = self.sink.send(msg).await {
+            tracing::warn!(task_id = %result.id, error = %e, "history copy of the result not published");
+        }
+    }
+
+    /// Publishes a result to its reply queue (see [`Outbound::result`]).
+    async fn reply(&self, result: &Arc<TaskResult>, reply_to: &str) -> bool {
         let msg = Outgoing::Result {
             result: result.clone(),
             reply_to: reply_to.to_string(),
@@ -264,12 +325,22 @@ impl Outbound {
     }
 
     /// Publishes the result owed for a task RabbitMQ dead-lettered; true once confirmed.
-    pub async fn answer(&self, result: TaskResult, reply_to: &str) -> bool {
+    /// Its history copy goes out beside it, to `pool` (the task's, which
+    /// need not be this worker's).
+    pub async fn answer(&self, result: TaskResult, reply_to: &str, pool: &str) -> bool {
+        let copy = Outgoing::History {
+            result: Arc::new(result.clone()),
+            pool: pool.to_string(),
+        };
         let msg = Outgoing::Answer {
             result: Box::new(result),
             reply_to: reply_to.to_string(),
         };
-        self.sink.send(msg).await.is_ok()
+        let (sent, _) = tokio::join!(
+            self.sink.send(msg),
+            tokio::time::timeout(HISTORY_WAIT, self.sink.send(copy))
+        );
+        sent.is_ok()
     }
 
     /// A task event (best effort: events are for observers). `result` is the
@@ -449,6 +520,29 @@ mod tests {
         assert!(r.truncated);
         assert!(out.result(&r, "q").await);
         assert_eq!(sink.results().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_result_has_a_history_copy_capped_to_its_budget() {
+        let sink = Arc::new(MemorySink::default());
+        let out = outbound(&sink, 8 << 20);
+        let mut r = TaskResult::new("t1", Status::Succeeded);
+        r.stdout = "y".repeat(3 << 20);
+        let r = out.finish_result(r, &Stamp::default());
+        assert!(!r.truncated, "the reply keeps it whole");
+        assert!(out.result(&r, "q").await);
+        let history = sink.history();
+        assert_eq!(history.len(), 1);
+        let (copy, pool) = &history[0];
+        assert_eq!(pool, "p1");
+        assert_eq!(copy.status, Status::Succeeded);
+        assert!(copy.truncated && copy.stdout.len() < HISTORY_BUDGET);
+        assert!(serde_json::to_vec(copy).expect("json").len() <= HISTORY_BUDGET);
+        assert_eq!(sink.results()[0].0.stdout.len(), 3 << 20);
+        // A small one goes as it is.
+        let small = out.finish_result(TaskResult::new("t2", Status::Failed), &Stamp::default());
+        assert!(out.result(&small, "q").await);
+        assert_eq!(sink.history()[1].0, *small);
     }
 
     #[tokio::test]
