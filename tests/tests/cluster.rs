@@ -296,12 +296,19 @@ async fn rolling_restart_under_load() {
     let c = Client::connect(&urls).await.expect("client on the cluster");
     for id in &failed {
         match c.wait(id, Some(Duration::from_secs(2))).await {
-            Ok(r) => eprintln!(
-                "failed submit {id} ran anyway: {} attempt {} {:?}",
-                r.status.as_str(),
-                r.attempt,
-                r.error
-            ),
+            Ok(r) => {
+                eprintln!(
+                    "failed submit {id} ran anyway: {} attempt {} {:?}",
+                    r.status.as_str(),
+                    r.attempt,
+                    r.error
+                );
+                for (name, log) in [("worker 1", w1.log_text()), ("worker 2", w2.log_text())] {
+                    for line in log.lines().filter(|l| l.contains(id.as_str())) {
+                        eprintln!("  {name}: {line}");
+                    }
+                }
+            }
             Err(_) => eprintln!("failed submit {id}: no result"),
         }
     }
