@@ -213,7 +213,7 @@ async fn worker_and_cli_survive_their_node(urls: &str) {
 }
 
 /// When each result of the rolling restart arrived, and what it was.
-type Seen = Arc<Mutex<HashMap<String, (Status, u32, Instant)>>>;
+type Seen = Arc<Mutex<HashMap<String, (Status, u32, Instant, String)>>>;
 
 /// A steady stream of tasks (one every ~100 ms) to two workers while the three
 /// nodes are restarted one by one (`scripts/cluster stop N`, `start N`, the next
@@ -284,8 +284,8 @@ async fn rolling_restart_under_load() {
     let logs = || format!("worker 1:\n{}\nworker 2:\n{}", w1.log_text(), w2.log_text());
     let lost: Vec<&String> = ok.iter().filter(|id| !seen.contains_key(*id)).collect();
     assert!(lost.is_empty(), "{} lost: {lost:?}\n{}", lost.len(), logs());
-    for (id, (status, attempt, _)) in &seen {
-        assert_eq!(*status, Status::Succeeded, "{id}: {status:?}\n{}", logs());
+    for (id, (status, attempt, _, said)) in &seen {
+        assert_eq!(*status, Status::Succeeded, "{id}: {said}\n{}", logs());
         assert_eq!(*attempt, 1, "{id} ran again (attempt {attempt})");
     }
     // A failed submit was reported as failed (counted above and re-submitted
@@ -325,7 +325,7 @@ fn count_between(seen: &Seen, from: Instant, to: Instant) -> usize {
     seen.lock()
         .expect("seen")
         .values()
-        .filter(|(_, _, at)| *at >= from && *at < to)
+        .filter(|(_, _, at, _)| *at >= from && *at < to)
         .count()
 }
 
@@ -365,7 +365,14 @@ async fn submit_stream(
                         Ok(r) => {
                             let mut s = seen.lock().expect("seen");
                             assert!(s.get(&t.id).is_none(), "two results for {}", t.id);
-                            s.insert(t.id.clone(), (r.status, r.attempt, Instant::now()));
+                            let said = format!(
+                                "{} attempt {} by {:?}: {:?}",
+                                r.status.as_str(),
+                                r.attempt,
+                                r.worker,
+                                r.error
+                            );
+                            s.insert(t.id.clone(), (r.status, r.attempt, Instant::now(), said));
                         }
                         Err(e) => eprintln!("wait {}: {e}", t.id),
                     }
