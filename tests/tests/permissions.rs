@@ -1,0 +1,156 @@
+//! The broker permissions of `deploy/rabbitmq/definitions.json`, from the
+//! attacker's side: a client holding the submitters' credentials tries to forge
+//! what workers alone may send (a result copy into the gateway's history on
+//! `krill.results`, a heartbeat or a task event on `krill.events`) and to read
+//! every result copy, on a private node loaded with the file's users and
+//! permissions. A publish it may make (a task) is the control that the client
+//! works at all.
+
+use broker::topology;
+use krill_tests::PrivateBroker;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+const PASSWORD: &str = "krill-permissions-test";
+
+fn ctl_ok(b: &PrivateBroker, args: &[&str]) {
+    let out = b.ctl(args);
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn channel(url: &str) -> Channel {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    // Keep the connection open as long as the channel is used.
+    std::mem::forget(conn);
+    ch
+}
+
+/// Publishes with a confirm; Ok when the broker confirmed, Err with its reason.
+async fn publish(ch: &Channel, exchange: &str, key: &str) -> Result<(), String> {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            br#"{"forged":true}"#,
+            BasicProperties::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match confirm.await {
+        Ok(c) if c.is_ack() => {
+            // A refusal closes the channel asynchronously; make sure it did not.
+            ch.basic_qos(1, Default::default())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Ok(c) => Err(format!("not confirmed: {c:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_can_neither_forge_worker_messages_nor_read_result_copies() {
+    let b = PrivateBroker::start(&[]);
+    let defs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/rabbitmq/definitions.json"
+        ))
+        .expect("definitions.json"),
+    )
+    .expect("json");
+    for p in defs["permissions"].as_array().expect("permissions") {
+        let user = p["user"].as_str().expect("user");
+        ctl_ok(&b, &["add_user", user, PASSWORD]);
+        let perm = |k: &str| p[k].as_str().expect("regex").to_string();
+        ctl_ok(
+            &b,
+            &[
+                "set_permissions",
+                "-p",
+                "/",
+                user,
+                &perm("configure"),
+                &perm("write"),
+                &perm("read"),
+            ],
+        );
+    }
+    // The topology, as workers declare it (the guest user may do anything).
+    let admin = channel(&b.url()).await;
+    topology::declare_common(&admin).await.expect("topology");
+    topology::declare(&admin, "perm")
+        .await
+        .expect("pool topology");
+
+    let url = format!("amqp://krill-submitter:{PASSWORD}@127.0.0.1:{}/%2f", b.port);
+    // The control: a submitter may publish a task.
+    let ch = channel(&url).await;
+    publish(&ch, topology::TASKS_EXCHANGE, "perm")
+        .await
+        .expect("a submitter may publish a task");
+
+    // Forgeries: each refused by the broker (a fresh channel for each, as a
+    // refusal closes the one it happened on).
+    for (exchange, key, what) in [
+        (
+            topology::RESULTS_EXCHANGE,
+            "perm".to_string(),
+            "a result copy into the history",
+        ),
+        (
+            topology::EVENTS_EXCHANGE,
+            topology::heartbeat_key("w-forged"),
+            "a heartbeat (the peers view)",
+        ),
+        (
+            topology::EVENTS_EXCHANGE,
+            topology::task_event_key("perm", "finished"),
+            "a task event",
+        ),
+    ] {
+        let ch = channel(&url).await;
+        let got = publish(&ch, exchange, &key).await;
+        let err = got.expect_err(&format!("a submitter forged {what}"));
+        assert!(err.contains("ACCESS_REFUSED"), "{what}: {err}");
+    }
+
+    // Reading every result copy: a queue of its own bound to krill.results.
+    let ch = channel(&url).await;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a server-named queue of its own");
+    let bind = ch
+        .queue_bind(
+            q.name().clone(),
+            topology::RESULTS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let err = bind.expect_err("a submitter bound a queue to krill.results");
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+}
