@@ -2,6 +2,7 @@
 //! channel of its own, single active consumer), hold its waiting tasks, start
 //! them in order, say why the others wait. See the [module](super) map.
 
+mod rules;
 mod settle;
 mod tell;
 
@@ -329,13 +330,12 @@ impl Line {
     }
 
     fn should_release(&self) -> bool {
-        if self.local_running() > 0 {
-            return false;
-        }
-        if self.shared.is_draining() {
-            return true;
-        }
-        matches!(self.head, Some((BlockReason::NoFreeSlot, since)) if since.elapsed() >= HANDOVER_AFTER)
+        rules::release(
+            self.local_running(),
+            self.shared.is_draining(),
+            self.head,
+            Instant::now(),
+        )
     }
 
     async fn step(&mut self) {
@@ -458,24 +458,27 @@ impl Line {
 
     async fn apply_supersede(&mut self) {
         while let Some(newer) = self.supersede.pop() {
-            let Some(pos) = self.waiting.iter().position(|e| e.task.id == newer) else {
-                continue;
+            let ended = {
+                let waiting: Vec<(&str, Class)> = self
+                    .waiting
+                    .iter()
+                    .map(|e| (e.task.id.as_str(), e.class))
+                    .collect();
+                rules::superseded(&waiting, &newer)
             };
-            let mut i = 0;
-            let mut left = pos;
-            while i < left {
-                if self.waiting[i].class == Class::Fresh {
-                    if let Some(old) = self.waiting.remove(i) {
-                        let why = format!(
-                            "superseded by task {newer} (a newer task of concurrency key `{}` with supersede) before it started",
-                            self.key
-                        );
-                        self.answer(old, Status::Superseded, why).await;
-                    }
-                    left -= 1;
-                } else {
-                    i += 1;
-                }
+            // Taken out from the back (the positions stay true), answered oldest first.
+            let mut old: Vec<Entry> = ended
+                .iter()
+                .rev()
+                .filter_map(|&i| self.waiting.remove(i))
+                .collect();
+            old.reverse();
+            for e in old {
+                let why = format!(
+                    "superseded by task {newer} (a newer task of concurrency key `{}` with supersede) before it started",
+                    self.key
+                );
+                self.answer(e, Status::Superseded, why).await;
             }
         }
     }
@@ -509,15 +512,13 @@ impl Line {
             let Some(head) = self.waiting.front() else {
                 break None;
             };
-            if head.class == Class::Unknown {
-                break Some(BlockReason::Key);
-            }
-            let max = head.task.max_concurrent.unwrap_or(1) as usize;
-            if self.holders.len() >= max {
-                break Some(BlockReason::Key);
-            }
-            if self.shared.is_draining() {
-                break Some(BlockReason::Draining);
+            if let Some(r) = rules::head_blocked(
+                head.class,
+                head.task.max_concurrent,
+                self.holders.len(),
+                self.shared.is_draining(),
+            ) {
+                break Some(r);
             }
             let Some(permit) = self.permit.take().or_else(|| self.permit_now()) else {
                 break Some(BlockReason::NoFreeSlot);
@@ -564,10 +565,6 @@ impl Line {
                 let _ = done.send(id);
             });
         };
-        self.head = match (reason, self.head) {
-            (None, _) => None,
-            (Some(r), Some((was, since))) if r == was => Some((r, since)),
-            (Some(r), _) => Some((r, Instant::now())),
-        };
+        self.head = rules::next_head(reason, self.head, Instant::now());
     }
 }

@@ -7,18 +7,17 @@ use std::time::Instant;
 use broker::protocol::{BlockReason, Blocked, KeyHolder, LineView, WaitedOn};
 use chrono::Utc;
 
-use super::{Class, Entry, Line, BLOCKED_AGAIN};
+use super::{rules, Class, Entry, Line, BLOCKED_AGAIN};
 
 impl Line {
     pub(super) fn waited(&self, entry: &Entry) -> WaitedOn {
-        let since_submit = entry
-            .task
-            .submitted_at
-            .and_then(|s| (Utc::now() - s).to_std().ok());
-        let held = entry.arrived.elapsed();
         WaitedOn {
             key: self.key.clone(),
-            waited_ms: since_submit.unwrap_or(held).max(held).as_millis() as u64,
+            waited_ms: rules::waited_ms(
+                entry.task.submitted_at,
+                Utc::now(),
+                entry.arrived.elapsed(),
+            ),
         }
     }
 
@@ -44,24 +43,20 @@ impl Line {
         }
         let head_reason = self.head.map(|(r, _)| r).unwrap_or(BlockReason::Key);
         let me = self.shared.id.clone();
-        let mut ahead = 0u32;
+        let classes: Vec<Class> = self.waiting.iter().map(|e| e.class).collect();
+        let told = rules::told(&classes, head_reason);
         let mut out = Vec::new();
-        for (i, e) in self.waiting.iter_mut().enumerate() {
-            if e.class == Class::Unknown {
+        for (e, t) in self.waiting.iter_mut().zip(told) {
+            let Some((reason, ahead)) = t else {
                 continue;
-            }
+            };
             let b = Blocked {
                 key: self.key.clone(),
-                reason: if i == 0 {
-                    head_reason
-                } else {
-                    BlockReason::Key
-                },
+                reason,
                 ahead,
                 holders: holders.clone(),
                 line_worker: me.clone(),
             };
-            ahead += 1;
             let said = format!(
                 "{:?}|{}|{:?}",
                 b.reason,
