@@ -223,7 +223,24 @@ pub fn decide(
     if shared.tasks.is_cancelled(id, signer) {
         return answer(Status::Cancelled, "cancelled before it started");
     }
+    // Promised to a peer never to start it (that peer runs it): wait for it.
+    if !shared.tasks.reserve(id) {
+        return Decision::Held;
+    }
     Decision::Run
+}
+
+/// When a task was published (the earlier of its `submitted_at` and the
+/// message's timestamp, not after now), if it says.
+fn published(task: &Task, amqp_timestamp: Option<u64>) -> Option<chrono::DateTime<Utc>> {
+    let stamp = amqp_timestamp
+        .and_then(|s| i64::try_from(s).ok())
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+    let at = match (task.submitted_at, stamp) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }?;
+    Some(at.min(Utc::now()))
 }
 
 /// The answer to a task whose worker was lost mid-run.
@@ -304,8 +321,9 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
     let mut slot = Some(slot);
     if let Decision::Held = decision {
         // A keyed task's line already waited for its holder (lines::line).
+        let at = published(&task, *props.timestamp());
         let outcome = match (&line, slot.take()) {
-            (None, Some(s)) => crate::held::wait(&shared, &id, s).await,
+            (None, Some(s)) => crate::held::wait(&shared, &id, s, at).await,
             (_, s) => {
                 slot = s;
                 crate::held::Outcome::Lost(None)
@@ -323,6 +341,15 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
                     tracing::warn!(task_id = %id, error = %e, "ack failed; the broker will redeliver");
                 }
                 return;
+            }
+            crate::held::Outcome::NeverStarted if shared.tasks.reserve(&id) => {
+                tracing::info!(task_id = %id, attempt,
+                    "redelivered task never started anywhere (every worker that may have had it says so); running it");
+                decision = Decision::Run;
+            }
+            crate::held::Outcome::NeverStarted => {
+                let r = worker_lost(&shared, &id, attempt, None);
+                decision = Decision::Answer(Box::new(r));
             }
             crate::held::Outcome::Stopping => return,
         }
@@ -347,6 +374,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
         Decision::Held => {}
         Decision::Run => {
             if !gate.claim(&shared, d, &task, attempt).await {
+                shared.tasks.release(&id);
                 return;
             }
             let cancel = Cancel::child_of(&shared.root);
@@ -703,6 +731,9 @@ mod tests {
             sent_at: Utc::now(),
             lines: Vec::new(),
             degraded: None,
+            asking: Vec::new(),
+            disowned: Vec::new(),
+            process: None,
         }
     }
 
