@@ -404,3 +404,41 @@ async fn a_delivery_lost_in_flight_is_run_once_not_answered_worker_lost() {
     let again = tokio::time::timeout(Duration::from_secs(2), started_ev.next(T)).await;
     assert!(again.is_err(), "a second start: {again:?}");
 }
+
+/// The task id is the idempotency handle: the same task submitted again (a
+/// caller retrying a submit that failed after its publish left) while it runs
+/// and after it finished is not run again; the copies are answered from the
+/// one run. About 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_task_id_submitted_again_runs_once() {
+    let pool = unique_pool("again");
+    let mut started_ev = Events::bind(&topology::task_event_key(&pool, "started")).await;
+    let w = WorkerBuilder::new(&pool)
+        .env("KRILL_CONCURRENCY", "2")
+        .start()
+        .await;
+    let c = client().await;
+    let t = task("sleep 3; echo ran");
+    c.submit(&pool, &t).await.expect("submit");
+    let v = started_ev.wait_task(&t.id, T).await;
+    assert_eq!(v["worker"], w.id.as_str(), "{v}");
+    // Once its heartbeat lists it (every second), a copy is held, not run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.submit(&pool, &t)
+        .await
+        .expect("submit again while it runs");
+    let r = c.wait(&t.id, Some(T)).await.expect("result");
+    assert_eq!(r.status, Status::Succeeded, "{r:?}\n{}", w.log_text());
+    assert_eq!(r.stdout, "ran\n");
+    // And once it finished: answered from its result.
+    c.submit(&pool, &t).await.expect("submit again after");
+    let r2 = c.wait(&t.id, Some(T)).await.expect("result again");
+    assert_eq!(r2.status, Status::Succeeded, "{r2:?}");
+    assert_eq!(r2.timings.started_at, r.timings.started_at, "the same run");
+    let again = tokio::time::timeout(Duration::from_secs(2), started_ev.next(T)).await;
+    assert!(again.is_err(), "started twice: {again:?}\n{}", w.log_text());
+    assert_eq!(
+        krill_tests::depth(&topology::pool_queue(&pool)).await,
+        Some(0)
+    );
+}

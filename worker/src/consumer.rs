@@ -219,6 +219,16 @@ pub fn decide(
         if !task.retry_on_worker_loss {
             return Decision::Held;
         }
+    } else if !task.retry_on_worker_loss {
+        // Another message with the id of a task that ran or runs (a submit
+        // published again after its confirm was lost): the task id is the
+        // idempotency handle, so it is answered from that run, not run again.
+        if let Some(result) = shared.tasks.recent(id) {
+            return Decision::Resend(result);
+        }
+        if shared.tasks.is_running(id) || shared.peers.knows(id) {
+            return Decision::Held;
+        }
     }
     if shared.tasks.is_cancelled(id, signer) {
         return answer(Status::Cancelled, "cancelled before it started");
@@ -646,6 +656,23 @@ mod tests {
             "{:?}",
             results[0].0
         );
+        assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_second_message_with_the_id_of_a_task_that_ran_is_answered_from_that_run() {
+        let (sink, shared) = setup();
+        let mut earlier = TaskResult::new("t1", Status::Succeeded);
+        earlier.stdout = "ran once\n".into();
+        shared.tasks.remember(&Arc::new(earlier), "krill.reply.t1");
+        // Not a redelivery: the same id published again.
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].0.stdout, "ran once\n");
+        let states: Vec<State> = sink.events().iter().map(|e| e.state).collect();
+        assert_eq!(states, vec![State::Finished], "not started again");
         assert_eq!(settle.counts(), (1, 0));
     }
 

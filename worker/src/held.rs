@@ -64,10 +64,13 @@ pub async fn wait(
                     "redelivered task still runs on a live worker (it lost its broker connection?); waiting for it");
                 said = true;
             }
+            // Not while it runs or ran here (a duplicate message of it).
             Holder::Unknown
-                if published.is_some_and(|at| {
-                    shared.peers.never_started(id, at, &shared.id, &shared.pool)
-                }) =>
+                if !shared.tasks.is_running(id)
+                    && shared.tasks.recent(id).is_none()
+                    && published.is_some_and(|at| {
+                        shared.peers.never_started(id, at, &shared.id, &shared.pool)
+                    }) =>
             {
                 return Outcome::NeverStarted
             }

@@ -266,6 +266,13 @@ impl Peers {
         &self.process
     }
 
+    /// Whether a heartbeat lists task `id`, or did within [`ENDED_KEPT`]
+    /// (some worker runs or ran it).
+    pub fn knows(&self, id: &str) -> bool {
+        let inner = lock(&self.inner);
+        inner.ended.contains_key(id) || inner.seen.values().any(|s| s.running.contains_key(id))
+    }
+
     /// The tasks this worker asks about now.
     pub fn asking(&self) -> Vec<String> {
         let mut v: Vec<String> = lock(&self.inner).asking.keys().cloned().collect();
