@@ -517,8 +517,10 @@ async fn history(peers: &Peers, conn: &Connection, me: &str) -> Result<(), lapin
     let mut c =
         broker::amqp::consume_stream(&ch, HEARTBEATS_STREAM, "", 500, StreamFrom::Since(unix))
             .await?;
+    let (t0, mut read) = (Instant::now(), 0u64);
     while let Some(d) = c.next().await {
         let d = d?;
+        read += 1;
         d.acker.ack(BasicAckOptions::default()).await?;
         let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) else {
             continue;
@@ -529,6 +531,11 @@ async fn history(peers: &Peers, conn: &Connection, me: &str) -> Result<(), lapin
         peers.observe(&hb, now.checked_sub(age).unwrap_or(now));
         if hb.worker == me && hb.sent_at >= began {
             peers.complete(from);
+            tracing::info!(
+                heartbeats = read,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "heartbeat history read (the last 10 min)"
+            );
             let _ = ch.close(200, "history read".into()).await;
             return Ok(());
         }
