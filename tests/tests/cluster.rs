@@ -218,8 +218,8 @@ type Seen = Arc<Mutex<HashMap<String, (Status, u32, Instant, String)>>>;
 /// A steady stream of tasks (one every ~100 ms) to two workers while the three
 /// nodes are restarted one by one (`scripts/cluster stop N`, `start N`, the next
 /// only once N is back): no submitted task is lost, none is run twice, and
-/// results keep arriving while each node is down. A false worker_lost (the
-/// known defect) is counted, printed and bounded, not yet asserted away.
+/// results keep arriving while each node is down, and no task is answered
+/// `worker_lost` (no worker dies here: any would be false).
 /// A submit that fails meanwhile (the client does not reconnect a submit) is
 /// counted and re-submitted under a new id, and must never yield a result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,31 +285,31 @@ async fn rolling_restart_under_load() {
     let logs = || format!("worker 1:\n{}\nworker 2:\n{}", w1.log_text(), w2.log_text());
     let lost: Vec<&String> = ok.iter().filter(|id| !seen.contains_key(*id)).collect();
     assert!(lost.is_empty(), "{} lost: {lost:?}\n{}", lost.len(), logs());
-    // Every confirmed task was answered; each ran at most once (a succeeded
-    // result at attempt 1). A `worker_lost` answer here is a FALSE one (no
-    // worker was killed): issue 18's known, not yet fixed defect, seen for 1
-    // of 2,481 confirmed tasks over five runs (README, "Rolling restart"). It
-    // is counted and printed, and must not be anything else: a task answered
-    // otherwise, or run twice, fails the test.
-    let mut false_lost = Vec::new();
+    // Every confirmed task was answered `succeeded`, and ran once: at attempt
+    // 1, or at a later delivery only when the worker that ran it had found
+    // that no worker ever started it (a delivery lost in flight with its
+    // worker's connection: issue 18's false `worker_lost`, 1 of 2,481 before
+    // the peers were asked). A `worker_lost` here is a false one (no worker
+    // dies): it fails the test.
+    let mut in_flight = 0;
     for (id, (status, attempt, _, said)) in &seen {
-        if *status == Status::WorkerLost {
-            false_lost.push(format!("{id}: {said}"));
-            continue;
-        }
         assert_eq!(*status, Status::Succeeded, "{id}: {said}\n{}", logs());
-        assert_eq!(*attempt, 1, "{id} ran again (attempt {attempt})");
+        if *attempt != 1 {
+            let never = |log: String| {
+                log.lines()
+                    .any(|l| l.contains(id.as_str()) && l.contains("never started anywhere"))
+            };
+            assert!(
+                never(w1.log_text()) || never(w2.log_text()),
+                "{id} ran again (attempt {attempt}) though it had started: {said}\n{}",
+                logs()
+            );
+            in_flight += 1;
+        }
     }
     eprintln!(
-        "rolling restart: {} FALSE worker_lost answers (known defect, issue 18): {false_lost:?}",
-        false_lost.len()
-    );
-    assert!(
-        false_lost.len() * 100 <= seen.len().max(100),
-        "more than 1 % false worker_lost ({} of {}): {false_lost:?}\n{}",
-        false_lost.len(),
-        seen.len(),
-        logs()
+        "rolling restart: {in_flight} deliveries lost in flight, run at a later delivery \
+         (never started before), 0 worker_lost"
     );
     // A failed submit was reported as failed (counted above and re-submitted
     // under a new id). It may still have reached the queue: a publish whose

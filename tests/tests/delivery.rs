@@ -318,3 +318,127 @@ async fn dead_letters_are_listed_with_reasons_and_can_be_replayed() {
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     assert_eq!(r.stdout, "replayed\n");
 }
+
+/// Polls `w`'s log until it contains `what`.
+async fn log_says(w: &krill_tests::WorkerProc, what: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while !w.log_text().contains(what) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never logged `{what}`; log:\n{}",
+            w.id,
+            w.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 18: a delivery lost in flight (its consumer's connection died before
+/// anything started it) is run, not answered `worker_lost`: the worker that
+/// gets it again asks its peers, and once every worker that may have had it
+/// (here A, alive and drained) promised never to start it, it runs it — once.
+/// The lost consumer is a bare AMQP consumer that takes the delivery and
+/// closes its connection; a Krill worker losing its connection in the same
+/// instant is the rolling restart's case (`cluster.rs`). About 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_lost_in_flight_is_run_once_not_answered_worker_lost() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::FieldTable;
+    let pool = unique_pool("inflight");
+    let a = WorkerBuilder::new(&pool).start().await;
+    let c = client().await;
+    c.drain(Some(&a.id)).await.expect("drain A");
+    log_says(&a, "draining: no more claims").await;
+    let mut started_ev = Events::bind(&topology::task_event_key(&pool, "started")).await;
+
+    // The delivery goes to a consumer that never starts it and goes away.
+    let conn = broker::amqp::connect_first(
+        &krill_tests::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut lost = ch
+        .basic_consume(
+            topology::pool_queue(&pool).as_str().into(),
+            "lost-in-flight".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let t = task("echo ran once");
+    c.submit(&pool, &t).await.expect("submit");
+    let d = tokio::time::timeout(T, lost.next())
+        .await
+        .expect("delivered")
+        .expect("a delivery")
+        .expect("ok");
+    assert_eq!(
+        serde_json::from_slice::<Task>(&d.data).expect("task").id,
+        t.id
+    );
+    conn.close(200, "gone".into()).await.expect("close");
+
+    let b = WorkerBuilder::new(&pool).start().await;
+    let r = c.wait(&t.id, Some(T)).await.expect("result");
+    assert_eq!(
+        r.status,
+        Status::Succeeded,
+        "not worker_lost: {r:?}\nA:\n{}\nB:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    assert_eq!(r.stdout, "ran once\n", "{r:?}");
+    assert_eq!(r.worker.as_deref(), Some(b.id.as_str()), "{r:?}");
+    assert_eq!(r.attempt, 2, "the second delivery ran it: {r:?}");
+    log_says(&b, "never started anywhere").await;
+    // Started once (by B): A never did.
+    let v = started_ev.wait_task(&t.id, T).await;
+    assert_eq!(v["worker"], b.id.as_str(), "{v}");
+    let again = tokio::time::timeout(Duration::from_secs(2), started_ev.next(T)).await;
+    assert!(again.is_err(), "a second start: {again:?}");
+}
+
+/// The task id is the idempotency handle: the same task submitted again (a
+/// caller retrying a submit that failed after its publish left) while it runs
+/// and after it finished is not run again; the copies are answered from the
+/// one run. About 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_task_id_submitted_again_runs_once() {
+    let pool = unique_pool("again");
+    let mut started_ev = Events::bind(&topology::task_event_key(&pool, "started")).await;
+    let w = WorkerBuilder::new(&pool)
+        .env("KRILL_CONCURRENCY", "2")
+        .start()
+        .await;
+    let c = client().await;
+    let t = task("sleep 3; echo ran");
+    c.submit(&pool, &t).await.expect("submit");
+    let v = started_ev.wait_task(&t.id, T).await;
+    assert_eq!(v["worker"], w.id.as_str(), "{v}");
+    // Once its heartbeat lists it (every second), a copy is held, not run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.submit(&pool, &t)
+        .await
+        .expect("submit again while it runs");
+    let r = c.wait(&t.id, Some(T)).await.expect("result");
+    assert_eq!(r.status, Status::Succeeded, "{r:?}\n{}", w.log_text());
+    assert_eq!(r.stdout, "ran\n");
+    // And once it finished: answered from its result.
+    c.submit(&pool, &t).await.expect("submit again after");
+    let r2 = c.wait(&t.id, Some(T)).await.expect("result again");
+    assert_eq!(r2.status, Status::Succeeded, "{r2:?}");
+    assert_eq!(r2.timings.started_at, r.timings.started_at, "the same run");
+    let again = tokio::time::timeout(Duration::from_secs(2), started_ev.next(T)).await;
+    assert!(again.is_err(), "started twice: {again:?}\n{}", w.log_text());
+    assert_eq!(
+        krill_tests::depth(&topology::pool_queue(&pool)).await,
+        Some(0)
+    );
+}

@@ -150,7 +150,7 @@ async fn serve(
     let _peers = {
         let (conn, shared) = (conn.clone(), shared.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
-            if let Err(e) = crate::peers::tail(&shared.peers, &conn).await {
+            if let Err(e) = crate::peers::tail(&shared.peers, &conn, &shared.id).await {
                 tracing::warn!(consumer = "heartbeats", error = %e,
                     "side consumer ended; redelivered tasks wait for the next connection to judge their holder");
             }

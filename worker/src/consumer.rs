@@ -219,11 +219,38 @@ pub fn decide(
         if !task.retry_on_worker_loss {
             return Decision::Held;
         }
+    } else if !task.retry_on_worker_loss {
+        // Another message with the id of a task that ran or runs (a submit
+        // published again after its confirm was lost): the task id is the
+        // idempotency handle, so it is answered from that run, not run again.
+        if let Some(result) = shared.tasks.recent(id) {
+            return Decision::Resend(result);
+        }
+        if shared.tasks.is_running(id) || shared.peers.knows(id) {
+            return Decision::Held;
+        }
     }
     if shared.tasks.is_cancelled(id, signer) {
         return answer(Status::Cancelled, "cancelled before it started");
     }
+    // Promised to a peer never to start it (that peer runs it): wait for it.
+    if !shared.tasks.reserve(id) {
+        return Decision::Held;
+    }
     Decision::Run
+}
+
+/// When a task was published (the earlier of its `submitted_at` and the
+/// message's timestamp, not after now), if it says.
+fn published(task: &Task, amqp_timestamp: Option<u64>) -> Option<chrono::DateTime<Utc>> {
+    let stamp = amqp_timestamp
+        .and_then(|s| i64::try_from(s).ok())
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+    let at = match (task.submitted_at, stamp) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }?;
+    Some(at.min(Utc::now()))
 }
 
 /// The answer to a task whose worker was lost mid-run.
@@ -304,8 +331,9 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
     let mut slot = Some(slot);
     if let Decision::Held = decision {
         // A keyed task's line already waited for its holder (lines::line).
+        let at = published(&task, *props.timestamp());
         let outcome = match (&line, slot.take()) {
-            (None, Some(s)) => crate::held::wait(&shared, &id, s).await,
+            (None, Some(s)) => crate::held::wait(&shared, &id, s, at).await,
             (_, s) => {
                 slot = s;
                 crate::held::Outcome::Lost(None)
@@ -323,6 +351,15 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
                     tracing::warn!(task_id = %id, error = %e, "ack failed; the broker will redeliver");
                 }
                 return;
+            }
+            crate::held::Outcome::NeverStarted if shared.tasks.reserve(&id) => {
+                tracing::info!(task_id = %id, attempt,
+                    "redelivered task never started anywhere (every worker that may have had it says so); running it");
+                decision = Decision::Run;
+            }
+            crate::held::Outcome::NeverStarted => {
+                let r = worker_lost(&shared, &id, attempt, None);
+                decision = Decision::Answer(Box::new(r));
             }
             crate::held::Outcome::Stopping => return,
         }
@@ -347,6 +384,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
         Decision::Held => {}
         Decision::Run => {
             if !gate.claim(&shared, d, &task, attempt).await {
+                shared.tasks.release(&id);
                 return;
             }
             let cancel = Cancel::child_of(&shared.root);
@@ -622,6 +660,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_message_with_the_id_of_a_task_that_ran_is_answered_from_that_run() {
+        let (sink, shared) = setup();
+        let mut earlier = TaskResult::new("t1", Status::Succeeded);
+        earlier.stdout = "ran once\n".into();
+        shared.tasks.remember(&Arc::new(earlier), "krill.reply.t1");
+        // Not a redelivery: the same id published again.
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].0.stdout, "ran once\n");
+        let states: Vec<State> = sink.events().iter().map(|e| e.state).collect();
+        assert_eq!(states, vec![State::Finished], "not started again");
+        assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[tokio::test]
     async fn a_task_cancelled_before_it_started_is_answered_cancelled() {
         let (sink, shared) = setup();
         assert!(!shared
@@ -703,6 +758,9 @@ mod tests {
             sent_at: Utc::now(),
             lines: Vec::new(),
             degraded: None,
+            asking: Vec::new(),
+            disowned: Vec::new(),
+            process: None,
         }
     }
 

@@ -345,12 +345,16 @@ async fn build_sandboxes(
     Ok(s)
 }
 
+/// Every `--heartbeat-interval`, and at once when the peers view asks for one
+/// (this worker began asking about a task, or a peer asked something new).
 async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.cfg.heartbeat_interval);
+    let mut poke = shared.peers.pokes();
     loop {
         tokio::select! {
             _ = shared.root.cancelled() => return,
             _ = tick.tick() => shared.send_heartbeat(false).await,
+            Ok(()) = poke.changed() => shared.send_heartbeat(false).await,
         }
     }
 }

@@ -7,9 +7,15 @@
 //! The slot is let go after [`SLOT_AT_MOST`]: a holder that runs a long task
 //! keeps the delivery here, not a slot (the delivery still counts against this
 //! consumer's prefetch).
+//!
+//! Meanwhile it asks the peers whether any of them started it
+//! ([`crate::peers::Peers::ask`]): a task that no worker which may have had its
+//! delivery ever started (a delivery lost in flight) is run after all
+//! ([`Outcome::NeverStarted`]), not answered `worker_lost`.
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::peers::Holder;
@@ -27,14 +33,25 @@ pub enum Outcome {
     Lost(Option<String>),
     /// The holder finished it: its result is the one.
     Finished(String),
+    /// Nobody ever started it (every worker that may have had it promised
+    /// never to): run it.
+    NeverStarted,
     /// This worker stops: the delivery goes back to the queue with its connection.
     Stopping,
 }
 
-/// Waits until task `id`'s holder elsewhere is known gone or done.
-pub async fn wait(shared: &Shared, id: &str, slot: OwnedSemaphorePermit) -> Outcome {
+/// Waits until task `id` (published at `published`, when known) is known
+/// never started, or its holder elsewhere gone or done.
+pub async fn wait(
+    shared: &Shared,
+    id: &str,
+    slot: OwnedSemaphorePermit,
+    published: Option<DateTime<Utc>>,
+) -> Outcome {
     let since = Instant::now();
     let mut changed = shared.peers.subscribe();
+    // Without a publish time, nobody can be shown never to have had it.
+    let _asking = published.map(|_| shared.peers.ask(id));
     let mut slot = Some(slot);
     let mut said = false;
     loop {
@@ -46,6 +63,16 @@ pub async fn wait(shared: &Shared, id: &str, slot: OwnedSemaphorePermit) -> Outc
                 tracing::info!(task_id = %id, holder = %worker,
                     "redelivered task still runs on a live worker (it lost its broker connection?); waiting for it");
                 said = true;
+            }
+            // Not while it runs or ran here (a duplicate message of it).
+            Holder::Unknown
+                if !shared.tasks.is_running(id)
+                    && shared.tasks.recent(id).is_none()
+                    && published.is_some_and(|at| {
+                        shared.peers.never_started(id, at, &shared.id, &shared.pool)
+                    }) =>
+            {
+                return Outcome::NeverStarted
             }
             Holder::Running(_) | Holder::Unknown => {}
         }

@@ -12,15 +12,31 @@
 //!
 //! Both the concurrency-key lines (is a key's holder alive) and the claim
 //! loop (may a redelivered task still run elsewhere) ask it.
+//!
+//! **Never started.** A heartbeat cannot say "I never started X" for a
+//! delivery lost in flight to its worker, so a redelivery no heartbeat lists
+//! *asks*: its worker's heartbeats carry `asking: [X]`, and every peer that has
+//! neither started X nor is about to promises never to start it and says so in
+//! its own heartbeats (`disowned: [X]`, [`crate::state::TaskState::disown`]).
+//! X never started anywhere — and runs — when every worker process of the pool
+//! that was alive since X was published (so may have had the delivery) has
+//! disowned it: known from the heartbeat stream's history (read at each
+//! connect, [`HISTORY`] back) plus the live heartbeats ([`Peers::never_started`]).
+//! A process that may have had X and cannot answer (lost, stopped, replaced by
+//! a restart) keeps the old rule: wait for the bound, then `worker_lost`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
+
+use broker::amqp::StreamFrom;
 use broker::protocol::Heartbeat;
-use broker::topology::{ALL_HEARTBEATS, EVENTS_EXCHANGE};
+use broker::topology::{ALL_HEARTBEATS, EVENTS_EXCHANGE, HEARTBEATS_STREAM};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use lapin::options::BasicAckOptions;
 use lapin::Connection;
 use tokio::sync::watch;
 
@@ -35,6 +51,17 @@ pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 pub const ENDED_KEPT: Duration = Duration::from_secs(600);
 /// A peer whose process began this long after a task started is a new process.
 const CLOCK_SLACK_SECS: i64 = 2;
+/// How far back a (re)connecting worker reads the heartbeat stream (it keeps
+/// an hour): a redelivered task published earlier than this (less
+/// [`PUBLISH_SKEW`]) cannot be proven never started, and keeps the old rule.
+pub const HISTORY: Duration = Duration::from_secs(600);
+/// How long the history read may take before the view stays incomplete (no
+/// "never started" on this connection; everything else works as before).
+pub const HISTORY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Clock difference allowed between a task's publisher and the workers.
+pub const PUBLISH_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+/// How long a peer's question is answered in this worker's heartbeats.
+pub const ASK_KEPT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 struct Seen {
@@ -45,6 +72,15 @@ struct Seen {
     stopping: bool,
     /// The tasks it runs, with when each started.
     running: HashMap<String, DateTime<Utc>>,
+    /// When it sent its latest heartbeat (its clock), and its pool.
+    sent_at: DateTime<Utc>,
+    pool: String,
+    /// The tasks it promised never to start (its latest heartbeat).
+    disowned: HashSet<String>,
+    /// The last heartbeat of the process this id ran before (a restart).
+    replaced: Option<DateTime<Utc>>,
+    /// Its process's random id (None: a worker too old to send one).
+    process: Option<String>,
 }
 
 /// How a task left a peer's running list.
@@ -86,6 +122,13 @@ struct Inner {
     ended: HashMap<String, Ended>,
     /// When this worker began listening on its current connection.
     since: Option<Instant>,
+    /// Every heartbeat stored since then is known (the history read of this
+    /// connection caught up); `None`: not (yet) on this connection.
+    complete_since: Option<DateTime<Utc>>,
+    /// Tasks peers ask about: who asks, its pool, when first heard.
+    asked: HashMap<String, (String, String, Instant)>,
+    /// Tasks this worker asks about (how many waits ask each).
+    asking: HashMap<String, usize>,
 }
 
 /// The heartbeats heard (kept over reconnects; the silence clock restarts).
@@ -94,6 +137,11 @@ pub struct Peers {
     inner: Mutex<Inner>,
     default_interval: Duration,
     changed: watch::Sender<u64>,
+    /// This worker process's random id.
+    process: String,
+    /// Bumped when this worker should send a heartbeat now: it began asking,
+    /// or a peer asked something new.
+    poke: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -106,21 +154,45 @@ impl Peers {
             inner: Mutex::default(),
             default_interval,
             changed: watch::channel(0).0,
+            process: uuid::Uuid::new_v4().simple().to_string(),
+            poke: watch::channel(0).0,
         }
     }
 
-    /// Takes in a heartbeat heard at `now`.
+    /// Takes in a heartbeat heard at `now`. One older than the latest of its
+    /// worker (the history read overlaps the live ones) changes nothing.
     pub fn observe(&self, hb: &Heartbeat, now: Instant) {
         let began = hb.sent_at - chrono::Duration::seconds(hb.uptime_secs as i64);
+        let mut new_ask = false;
         let running: HashMap<String, DateTime<Utc>> = hb
             .running
             .iter()
             .map(|r| (r.id.clone(), r.started_at))
             .collect();
         let mut inner = lock(&self.inner);
-        let Inner { seen, ended, .. } = &mut *inner;
+        let Inner {
+            seen, ended, asked, ..
+        } = &mut *inner;
+        let mut replaced = None;
         if let Some(prev) = seen.get(&hb.worker) {
-            let same = (prev.began - began).num_seconds().abs() <= CLOCK_SLACK_SECS;
+            let same = match (&prev.process, &hb.process) {
+                (Some(a), Some(b)) => a == b,
+                _ => (prev.began - began).num_seconds().abs() <= CLOCK_SLACK_SECS,
+            };
+            if hb.sent_at < prev.sent_at {
+                // Late (from the history): only an earlier process still counts.
+                if !same {
+                    if let Some(p) = seen.get_mut(&hb.worker) {
+                        p.replaced = p.replaced.max(Some(hb.sent_at));
+                    }
+                }
+                return;
+            }
+            replaced = if same {
+                prev.replaced
+            } else {
+                Some(prev.sent_at)
+            };
             for id in prev.running.keys().filter(|id| !running.contains_key(*id)) {
                 let e = Ended {
                     worker: hb.worker.clone(),
@@ -146,6 +218,13 @@ impl Peers {
             }
         }
         ended.retain(|_, e| now.saturating_duration_since(e.at) < ENDED_KEPT);
+        for id in &hb.asking {
+            if !asked.contains_key(id) {
+                asked.insert(id.clone(), (hb.worker.clone(), hb.pool.clone(), now));
+                new_ask = true;
+            }
+        }
+        asked.retain(|_, (_, _, at)| now.saturating_duration_since(*at) < ASK_KEPT);
         seen.insert(
             hb.worker.clone(),
             Seen {
@@ -154,10 +233,117 @@ impl Peers {
                 began,
                 stopping: hb.stopping,
                 running,
+                sent_at: hb.sent_at,
+                pool: hb.pool.clone(),
+                disowned: hb.disowned.iter().cloned().collect(),
+                replaced,
+                process: hb.process.clone(),
             },
         );
         drop(inner);
         self.changed.send_modify(|n| *n += 1);
+        if new_ask {
+            self.poke.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The tasks peers of `pool` other than `me` ask about (to answer in the
+    /// next heartbeat).
+    pub fn asked(&self, me: &str, pool: &str) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let mut v: Vec<String> = inner
+            .asked
+            .iter()
+            .filter(|(_, (w, p, at))| w != me && p == pool && at.elapsed() < ASK_KEPT)
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// This worker process's random id (sent in its heartbeats).
+    pub fn process(&self) -> &str {
+        &self.process
+    }
+
+    /// Whether a heartbeat lists task `id`, or did within [`ENDED_KEPT`]
+    /// (some worker runs or ran it).
+    pub fn knows(&self, id: &str) -> bool {
+        let inner = lock(&self.inner);
+        inner.ended.contains_key(id) || inner.seen.values().any(|s| s.running.contains_key(id))
+    }
+
+    /// The tasks this worker asks about now.
+    pub fn asking(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.inner).asking.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Asks the peers about task `id` until the guard is dropped.
+    pub fn ask(&self, id: &str) -> Asking<'_> {
+        *lock(&self.inner).asking.entry(id.to_string()).or_insert(0) += 1;
+        self.poke.send_modify(|n| *n += 1);
+        Asking {
+            peers: self,
+            id: id.to_string(),
+        }
+    }
+
+    /// Prompts for a heartbeat now ([`Peers::ask`], a new question heard).
+    pub fn pokes(&self) -> watch::Receiver<u64> {
+        self.poke.subscribe()
+    }
+
+    /// The history read caught up: every heartbeat stored since `from` is known.
+    pub fn complete(&self, from: DateTime<Utc>) {
+        let mut inner = lock(&self.inner);
+        if inner.since.is_some() {
+            inner.complete_since = Some(from);
+        }
+        drop(inner);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Whether task `id`, published at `published` (its submitter's clock),
+    /// never started anywhere, asked by `me` of `pool` (which has not started
+    /// it itself): every worker process of the pool that may have had its
+    /// delivery — heard within its interval of the publish, or later — has
+    /// promised never to start it. False when that cannot be known: the view
+    /// is not complete back to then, or such a process did not (cannot) answer.
+    pub fn never_started(&self, id: &str, published: DateTime<Utc>, me: &str, pool: &str) -> bool {
+        let inner = lock(&self.inner);
+        let Some(complete) = inner.complete_since else {
+            return false;
+        };
+        let from = published - PUBLISH_SKEW;
+        let longest = inner
+            .seen
+            .values()
+            .map(|s| s.interval)
+            .chain([self.default_interval])
+            .max()
+            .unwrap_or(self.default_interval);
+        let span = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+        if complete > from - span(longest) {
+            return false;
+        }
+        inner
+            .seen
+            .iter()
+            .filter(|(_, s)| s.pool == pool)
+            .all(|(w, s)| {
+                let window = from - span(s.interval);
+                // An earlier process of this id lived since then: it cannot answer.
+                if s.replaced.is_some_and(|at| at >= window) {
+                    return false;
+                }
+                if w == me {
+                    // Its own latest heartbeat, not an earlier process's.
+                    return s.process.as_deref() == Some(self.process.as_str());
+                }
+                s.sent_at < window || (s.process.is_some() && s.disowned.contains(id))
+            })
     }
 
     /// Starts (or restarts, on a new connection) the silence clock.
@@ -262,22 +448,96 @@ impl Peers {
     }
 }
 
-/// Listens to every heartbeat until the connection breaks; meanwhile and
-/// afterwards nobody is judged lost until the next connection listens again.
-pub async fn tail(peers: &Peers, conn: &Connection) -> Result<(), lapin::Error> {
-    let r = listen(peers, conn).await;
-    lock(&peers.inner).since = None;
+/// Stops asking about a task when dropped.
+#[derive(Debug)]
+pub struct Asking<'a> {
+    peers: &'a Peers,
+    id: String,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.peers.inner);
+        if let Some(n) = inner.asking.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.asking.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Listens to every heartbeat until the connection breaks (and reads the
+/// heartbeat stream's last [`HISTORY`] beside it); meanwhile and afterwards
+/// nobody is judged lost until the next connection listens again.
+pub async fn tail(peers: &Peers, conn: &Connection, me: &str) -> Result<(), lapin::Error> {
+    let r = listen(peers, conn, me).await;
+    let mut inner = lock(&peers.inner);
+    inner.since = None;
+    inner.complete_since = None;
     r
 }
 
-async fn listen(peers: &Peers, conn: &Connection) -> Result<(), lapin::Error> {
+async fn listen(peers: &Peers, conn: &Connection, me: &str) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
     let mut tap = broker::amqp::tap(&ch, "", &[(EVENTS_EXCHANGE, ALL_HEARTBEATS)], "").await?;
     peers.listening(Instant::now());
-    while let Some(d) = tap.consumer.next().await {
+    let history = async {
+        match tokio::time::timeout(HISTORY_TIMEOUT, history(peers, conn, me)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, stream = HEARTBEATS_STREAM,
+                "cannot read the heartbeat history: redelivered tasks no heartbeat lists are answered worker_lost after the bound"),
+            Err(_) => tracing::warn!(stream = HEARTBEATS_STREAM,
+                "the heartbeat history did not catch up in time: redelivered tasks no heartbeat lists are answered worker_lost after the bound"),
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(history);
+    loop {
+        tokio::select! {
+            () = &mut history => {}
+            d = tap.consumer.next() => {
+                let Some(d) = d else { return Ok(()) };
+                let d = d?;
+                if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) {
+                    peers.observe(&hb, Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Reads the heartbeat stream from [`HISTORY`] ago up to this worker's own
+/// latest heartbeat, then marks the view complete from then.
+async fn history(peers: &Peers, conn: &Connection, me: &str) -> Result<(), lapin::Error> {
+    let began = Utc::now();
+    let from = began - chrono::TimeDelta::from_std(HISTORY).unwrap_or(chrono::TimeDelta::MAX);
+    let ch = conn.create_channel().await?;
+    let unix = u64::try_from(from.timestamp()).unwrap_or(0);
+    let mut c =
+        broker::amqp::consume_stream(&ch, HEARTBEATS_STREAM, "", 500, StreamFrom::Since(unix))
+            .await?;
+    let (t0, mut read) = (Instant::now(), 0u64);
+    while let Some(d) = c.next().await {
         let d = d?;
-        if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) {
-            peers.observe(&hb, Instant::now());
+        read += 1;
+        d.acker.ack(BasicAckOptions::default()).await?;
+        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) else {
+            continue;
+        };
+        // Heard as long ago as it was sent (its silence counts from then).
+        let age = (Utc::now() - hb.sent_at).to_std().unwrap_or_default();
+        let now = Instant::now();
+        peers.observe(&hb, now.checked_sub(age).unwrap_or(now));
+        if hb.worker == me && hb.sent_at >= began {
+            peers.complete(from);
+            tracing::info!(
+                heartbeats = read,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "heartbeat history read (the last 10 min)"
+            );
+            let _ = ch.close(200, "history read".into()).await;
+            return Ok(());
         }
     }
     Ok(())
@@ -306,6 +566,9 @@ mod tests {
             sent_at: Utc::now(),
             lines: Vec::new(),
             degraded: None,
+            asking: Vec::new(),
+            disowned: Vec::new(),
+            process: None,
         }
     }
 
@@ -317,6 +580,94 @@ mod tests {
             submitter: None,
         });
         h
+    }
+
+    #[test]
+    fn a_task_never_started_once_every_process_that_may_have_had_it_disowned_it() {
+        let peers = Peers::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let published = Utc::now();
+        // Not before the history caught up on this connection.
+        let with = |mut h: Heartbeat, process: &str| {
+            h.process = Some(process.into());
+            h
+        };
+        peers.listening(t0);
+        peers.observe(&with(hb("me", 100, false), peers.process()), t0);
+        peers.observe(&with(hb("a", 100, false), "pa"), t0);
+        assert!(!peers.never_started("x", published, "me", "p"));
+        peers.complete(published - chrono::TimeDelta::seconds(600));
+        // A peer alive since the publish has not answered yet.
+        assert!(!peers.never_started("x", published, "me", "p"));
+        let _asking = peers.ask("x");
+        assert_eq!(peers.asking(), ["x"]);
+        let mut answer = with(hb("a", 101, false), "pa");
+        answer.disowned = vec!["x".into()];
+        peers.observe(&answer, t0);
+        assert!(peers.never_started("x", published, "me", "p"));
+        // Not for another task; a peer of another pool does not count.
+        assert!(!peers.never_started("y", published, "me", "p"));
+        let mut other = hb("o", 100, false);
+        other.pool = "q".into();
+        peers.observe(&other, t0);
+        assert!(peers.never_started("x", published, "me", "p"));
+        // A peer restarted since the publish: its earlier process cannot answer.
+        let mut b = with(hb("b", 100, false), "pb");
+        b.disowned = vec!["x".into()];
+        peers.observe(&b, t0);
+        assert!(peers.never_started("x", published, "me", "p"));
+        // However quick the restart (the same start second): another process.
+        let mut b2 = with(hb("b", 100, false), "pb2");
+        b2.disowned = vec!["x".into()];
+        peers.observe(&b2, t0);
+        assert!(!peers.never_started("x", published, "me", "p"));
+        // An earlier process of this worker's own id, heard last: not known.
+        let own = Peers::new(Duration::from_secs(1));
+        own.listening(t0);
+        own.complete(published - chrono::TimeDelta::seconds(600));
+        own.observe(&with(hb("me", 100, false), "an-earlier-me"), t0);
+        assert!(!own.never_started("x", published, "me", "p"));
+        own.observe(&with(hb("me", 1, false), own.process()), t0);
+        assert!(
+            !own.never_started("x", published, "me", "p"),
+            "it restarted since"
+        );
+        // A view complete only from after the publish knows too little.
+        let fresh = Peers::new(Duration::from_secs(1));
+        fresh.listening(t0);
+        fresh.complete(published);
+        assert!(!fresh.never_started("x", published, "me", "p"));
+        // A connection lost: not complete any more.
+        let later = Peers::new(Duration::from_secs(1));
+        later.complete(published - chrono::TimeDelta::seconds(600));
+        assert!(
+            !later.never_started("x", published, "me", "p"),
+            "not listening"
+        );
+    }
+
+    #[test]
+    fn a_peer_answers_what_others_ask_and_a_late_heartbeat_changes_nothing() {
+        let peers = Peers::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let pokes = peers.pokes();
+        let mut asks = hb("b", 100, false);
+        asks.asking = vec!["x".into()];
+        peers.observe(&asks, t0);
+        assert!(
+            pokes.has_changed().unwrap_or(false),
+            "a new question: heartbeat now"
+        );
+        assert_eq!(peers.asked("a", "p"), ["x"]);
+        assert!(peers.asked("b", "p").is_empty(), "not its own");
+        assert!(peers.asked("a", "q").is_empty(), "not another pool's");
+        // An older heartbeat (read from the history after a live one) is ignored.
+        let started = Utc::now() - chrono::Duration::seconds(30);
+        let mut old = running(hb("b", 90, false), "z", started);
+        old.sent_at -= chrono::TimeDelta::seconds(10);
+        peers.listening(t0);
+        peers.observe(&old, t0);
+        assert_eq!(peers.holder("z", t0, t0), Holder::Unknown);
     }
 
     #[test]

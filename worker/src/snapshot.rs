@@ -31,4 +31,10 @@ pub struct Snapshot {
     pub lines: Vec<LineView>,
     /// The broker node it is connected to (redacted URL), once it connected.
     pub broker: Option<String>,
+    /// Redelivered tasks it asks its peers about (`crate::peers`).
+    pub asking: Vec<String>,
+    /// Tasks peers asked about that it promised never to start.
+    pub disowned: Vec<String>,
+    /// This process's random id (`Heartbeat::process`).
+    pub process: String,
 }

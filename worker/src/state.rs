@@ -18,6 +18,22 @@ pub const CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
 pub const CANCEL_MEMORY_MAX: usize = 100_000;
 /// How many recent results are kept to answer redeliveries.
 pub const RECENT_RESULTS: usize = 10_000;
+/// How long a promise never to start a task (given to a peer) is kept: far
+/// longer than a delivery takes from its arrival to its start here.
+pub const DISOWN_MEMORY: Duration = Duration::from_secs(3600);
+/// How many such promises are kept at most.
+pub const DISOWN_MEMORY_MAX: usize = 100_000;
+
+/// Tasks about to start here (decided, not yet running) and tasks this worker
+/// promised never to start (asked by a peer holding their redelivery). One
+/// lock, taken before `running`: a task is either reserved (then it starts, or
+/// is released) or disowned, never both.
+#[derive(Debug, Default)]
+struct Promises {
+    starting: HashMap<String, usize>,
+    disowned: HashMap<String, Instant>,
+    order: VecDeque<String>,
+}
 
 /// Recent results by task id (with their reply queue), oldest first in `order`,
 /// bounded in count and in bytes (a result can hold megabytes of output).
@@ -95,6 +111,7 @@ pub struct TaskState {
     delivering: Mutex<HashMap<String, RunningTask>>,
     cancelled: Mutex<Cancelled>,
     recent: Mutex<Recent>,
+    promises: Mutex<Promises>,
 }
 
 fn listed(id: &str, r: &Running) -> RunningTask {
@@ -110,9 +127,69 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn release(p: &mut Promises, id: &str) {
+    if let Some(n) = p.starting.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            p.starting.remove(id);
+        }
+    }
+}
+
 impl TaskState {
+    /// It runs from now on (a reservation of it, if any, is used up).
     pub fn start(&self, id: &str, running: Running) {
+        let mut p = lock(&self.promises);
         lock(&self.running).insert(id.to_string(), running);
+        release(&mut p, id);
+    }
+
+    /// Reserves task `id` to start here; false when this worker promised a
+    /// peer never to start it ([`TaskState::disown`]). Ended by `start` or
+    /// [`TaskState::release`].
+    pub fn reserve(&self, id: &str) -> bool {
+        let mut p = lock(&self.promises);
+        if p.disowned.contains_key(id) {
+            return false;
+        }
+        *p.starting.entry(id.to_string()).or_insert(0) += 1;
+        true
+    }
+
+    /// A reservation that will not start (the task went back to the queue).
+    pub fn release(&self, id: &str) {
+        release(&mut lock(&self.promises), id);
+    }
+
+    /// A peer holds a redelivery of `id` no heartbeat lists and asks whether
+    /// it ever started here: true (and a promise never to start it, kept
+    /// [`DISOWN_MEMORY`]) when it neither started nor is about to; false when it
+    /// runs, is listed, is reserved or finished here.
+    pub fn disown(&self, id: &str) -> bool {
+        let mut p = lock(&self.promises);
+        if p.disowned.contains_key(id) {
+            return true;
+        }
+        if p.starting.contains_key(id)
+            || lock(&self.running).contains_key(id)
+            || lock(&self.delivering).contains_key(id)
+            || lock(&self.recent).map.contains_key(id)
+        {
+            return false;
+        }
+        p.disowned.insert(id.to_string(), Instant::now());
+        p.order.push_back(id.to_string());
+        while p.order.len() > DISOWN_MEMORY_MAX
+            || p.order
+                .front()
+                .and_then(|f| p.disowned.get(f))
+                .is_some_and(|t| t.elapsed() > DISOWN_MEMORY)
+        {
+            if let Some(old) = p.order.pop_front() {
+                p.disowned.remove(&old);
+            }
+        }
+        true
     }
 
     /// The task ended: it no longer runs, but is listed (see `delivering`)
@@ -296,6 +373,28 @@ mod tests {
         assert_eq!(ids(&state), ["t2"]);
         assert!(state.finish("t1").is_none(), "ends once");
         assert_eq!(ids(&state), ["t2"]);
+    }
+
+    #[test]
+    fn a_task_is_either_reserved_to_start_or_disowned_never_both() {
+        let state = TaskState::default();
+        assert!(state.reserve("t1"));
+        assert!(!state.disown("t1"), "about to start here");
+        state.release("t1");
+        assert!(state.disown("t1"), "given back: it never started here");
+        assert!(!state.reserve("t1"), "promised never to start it");
+        assert!(state.disown("t1"), "the promise stands");
+        // Running, or finished here: not disowned.
+        assert!(state.reserve("t2"));
+        state.start(
+            "t2",
+            running(Arc::new(crate::intake::MemorySettle::default())),
+        );
+        assert!(!state.disown("t2"));
+        state.finish("t2");
+        state.delivered("t2");
+        state.remember(&Arc::new(TaskResult::new("t2", Status::Succeeded)), "q");
+        assert!(!state.disown("t2"));
     }
 
     #[test]

@@ -122,6 +122,15 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
+            asking: self.peers.asking(),
+            process: self.peers.process().to_string(),
+            // Answering is promising: each one listed will never start here.
+            disowned: self
+                .peers
+                .asked(&self.id, &self.pool)
+                .into_iter()
+                .filter(|id| self.tasks.disown(id))
+                .collect(),
         }
     }
 

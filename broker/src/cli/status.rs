@@ -314,6 +314,9 @@ mod tests {
             slots_free: 2,
             draining: true,
             degraded: None,
+            asking: Vec::new(),
+            disowned: Vec::new(),
+            process: None,
             running: vec![crate::protocol::RunningTask {
                 id: "t-42".into(),
                 started_at: now,

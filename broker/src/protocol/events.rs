@@ -98,6 +98,18 @@ pub struct Heartbeat {
     /// `KRILL_AMQP_URL` list that answered, password redacted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
+    /// Redelivered tasks this worker holds that no heartbeat lists: "did any
+    /// of you start one of these?" (issue 18). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub asking: Vec<String>,
+    /// Tasks a peer asked about that this worker never started and has
+    /// promised never to start (its answer to `asking`). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disowned: Vec<String>,
+    /// A random id of this worker process, new at each start: tells a
+    /// restart under the same worker id apart however quick it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }
 
 /// Which output stream a log chunk came from.

@@ -443,6 +443,9 @@ impl Outbound {
             sent_at: Utc::now(),
             lines: now.lines.clone(),
             broker: now.broker.clone(),
+            asking: now.asking.clone(),
+            disowned: now.disowned.clone(),
+            process: Some(now.process.clone()),
         };
         self.best_effort(Outgoing::Heartbeat(Box::new(hb))).await;
     }
