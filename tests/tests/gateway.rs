@@ -1185,6 +1185,97 @@ async fn failed_sign_ins_are_throttled_per_address() {
     assert_eq!(st, 200, "the bearer API is not held: {v}");
 }
 
+/// `krill dead replay --all` through the gateway with a real dead letter: an
+/// unsigned task refused by a worker that requires signatures is in
+/// `krill.dead`; with the worker gone, `--all` replays it to the pool queue and
+/// `dead list` is empty. On a private broker node (KRILL_TEST_BROKER_PORT), so
+/// `--all` cannot replay other tests' dead letters. About 10 s (the node's start).
+#[tokio::test]
+async fn dead_replay_all_through_the_gateway_replays_a_real_dead_letter() {
+    let broker = krill_tests::PrivateBroker::start(&[]);
+    let pool = unique_pool("gw-dead");
+    let mut gw = GatewayProc::new(&pool, None).env("KRILL_AMQP_URL", &broker.url());
+    let keys = Keys::new("", &[format!("{} control", gw.key.public_line())]);
+    let mut worker = keys
+        .worker(&pool)
+        .env("KRILL_AMQP_URL", &broker.url())
+        .start()
+        .await;
+    let admin = gw.token("admin", "admin");
+    gw.start().await;
+    let c = broker::client::Client::connect(&broker.url())
+        .await
+        .expect("private broker");
+    let t = krill_tests::task("echo never signed");
+    let body = serde_json::to_vec(&t).expect("json");
+    krill_tests::trust::publish_raw(&c, &pool, &t.id, &body, broker::client::task_properties(&t))
+        .await;
+    let op = |args: &[&str]| {
+        let out = std::process::Command::new(krill_tests::bin("krill"))
+            .env("KRILL_GATEWAY_URL", &gw.url)
+            .env("KRILL_TOKEN", &admin)
+            .env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env_remove("KRILL_KEY")
+            .args(args)
+            .output()
+            .expect("krill");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let listed = |json: &str| -> Vec<String> {
+        serde_json::from_str::<Value>(json)
+            .expect("json")
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, json, err) = op(&["dead", "list", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        if listed(&json) == [t.id.clone()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead-lettered: {json}\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No consumer, so the replayed copy stays in the pool queue to be counted.
+    worker.keep_pool();
+    worker.kill();
+    let (code, out, err) = op(&["dead", "replay", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("replayed {}", t.id), "{err}");
+    let (code, json, err) = op(&["dead", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(listed(&json).is_empty(), "still dead: {json}");
+    let q = c
+        .channel()
+        .queue_declare(
+            broker::topology::pool_queue(&pool).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("the pool queue");
+    assert_eq!(
+        q.message_count(),
+        1,
+        "the replayed task is back on its pool"
+    );
+}
+
 /// A broker that goes away and comes back: submits answer 503 with
 /// `Retry-After` while it is away, 202 again after, and every 202 is a task on
 /// the queue (a private node, KRILL_TEST_BROKER_PORT).
