@@ -11,8 +11,8 @@ use anyhow::Context;
 #[derive(Debug, clap::Parser)]
 #[command(name = "krill-bench")]
 pub struct Args {
-    /// Scenarios to run (1-6), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    /// Scenarios to run (1-7), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
     pub only: Vec<u8>,
     /// Tasks per throughput series (scenario 1).
     #[arg(long, default_value_t = 10_000)]
@@ -122,6 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             4 => scenarios::output(&mut b).await,
             5 => scenarios::memory(&mut b).await,
             6 => scenarios::trust(&mut b).await,
+            7 => scenarios::gateway(&mut b).await,
             other => Err(anyhow::anyhow!("no scenario {other}")),
         };
         if let Err(e) = r {
