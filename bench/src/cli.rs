@@ -66,7 +66,9 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let env = Env {
-        bin_dir: root.join("target/release"),
+        // KRILL_BENCH_BIN_DIR: other binaries (a debug build, another tree's) — say so with the figures.
+        bin_dir: std::env::var_os("KRILL_BENCH_BIN_DIR")
+            .map_or_else(|| root.join("target/release"), std::path::PathBuf::from),
         stub: root.join("target/krill-stub"),
         root: root.clone(),
         amqp_url: args.amqp_url.clone(),
