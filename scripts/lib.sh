@@ -8,6 +8,7 @@
 #   krill_ensure_images     # krill/base:1 and krill/python:1 built (scripts/images)
 #   krill_ensure_postgres   # PostgreSQL up, role krill, database krill_gateway_test (KRILL_TEST_PG_URL)
 #   krill_ensure_chromium   # chromium + chromedriver (apt) for the web view's browser test
+#   krill_ensure_firefox    # firefox-esr (apt) + geckodriver (cargo install) for the same test
 #   krill_own_broker PORT   # a private RabbitMQ node on PORT for this script's run
 #                           # (exports KRILL_AMQP_URL, KRILL_RABBITMQ_NODE)
 #   krill_cluster_up        # a private three-node cluster (scripts/cluster)
@@ -646,6 +647,27 @@ krill_ensure_chromium() {
   krill_apt_install chromium chromium-driver
   command -v chromedriver >/dev/null 2>&1 ||
     krill_die "chromium-driver is installed but chromedriver is not on PATH"
+}
+
+# krill_ensure_firefox: headless Firefox ESR (apt) and geckodriver, its WebDriver,
+# for the same browser test in Firefox. Debian packages no geckodriver: it is
+# built from crates.io (a debug build, ~2 CPU-minutes, once per machine: it
+# goes to cargo's bin directory, ~/.cargo/bin, and is kept there).
+# KRILL_GECKODRIVER_VERSION pins the version (the one the test was run with).
+krill_ensure_firefox() {
+  command -v firefox-esr >/dev/null 2>&1 || command -v firefox >/dev/null 2>&1 ||
+    krill_apt_install firefox-esr
+  command -v geckodriver >/dev/null 2>&1 && return 0
+  local ver="${KRILL_GECKODRIVER_VERSION:-0.37.1}" log=/var/log/krill-geckodriver.log
+  krill_log "building geckodriver $ver from crates.io (debug; log: $log)"
+  if ! CARGO_TARGET_DIR="${TMPDIR:-/tmp}/krill-geckodriver-build" \
+    cargo install --locked --debug --quiet geckodriver --version "$ver" >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    krill_die "cargo install geckodriver failed (see $log)"
+  fi
+  rm -rf "${TMPDIR:-/tmp}/krill-geckodriver-build"
+  command -v geckodriver >/dev/null 2>&1 ||
+    krill_die "geckodriver was installed but is not on PATH (add cargo's bin directory, ~/.cargo/bin)"
 }
 
 # krill_ensure_postgres: PostgreSQL (Debian's `postgresql`) installed, a cluster

@@ -11,8 +11,8 @@ use anyhow::Context;
 #[derive(Debug, clap::Parser)]
 #[command(name = "krill-bench")]
 pub struct Args {
-    /// Scenarios to run (1-6), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    /// Scenarios to run (1-7), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
     pub only: Vec<u8>,
     /// Tasks per throughput series (scenario 1).
     #[arg(long, default_value_t = 10_000)]
@@ -66,7 +66,9 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let env = Env {
-        bin_dir: root.join("target/release"),
+        // KRILL_BENCH_BIN_DIR: other binaries (a debug build, another tree's) — say so with the figures.
+        bin_dir: std::env::var_os("KRILL_BENCH_BIN_DIR")
+            .map_or_else(|| root.join("target/release"), std::path::PathBuf::from),
         stub: root.join("target/krill-stub"),
         root: root.clone(),
         amqp_url: args.amqp_url.clone(),
@@ -122,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             4 => scenarios::output(&mut b).await,
             5 => scenarios::memory(&mut b).await,
             6 => scenarios::trust(&mut b).await,
+            7 => scenarios::gateway(&mut b).await,
             other => Err(anyhow::anyhow!("no scenario {other}")),
         };
         if let Err(e) = r {

@@ -412,10 +412,13 @@ pub struct SearchQuery {
     pub pool: Option<String>,
     /// A result status (`succeeded`, `failed`, …).
     pub status: Option<String>,
-    /// `queued`, `blocked`, `started`, `finished`.
+    /// `queued`, `blocked`, `started` (or `running`), `finished`.
     pub state: Option<String>,
     /// The signing key's name.
     pub submitter: Option<String>,
+    /// A worker's id: only the tasks last seen on it (with `state=started`,
+    /// exactly those it runs; the web view's "N running" link).
+    pub worker: Option<String>,
     /// RFC 3339: only tasks updated since.
     pub since: Option<String>,
     /// Text in the id, the script or the error.
@@ -454,9 +457,12 @@ pub async fn search(
     let s = Search {
         pool: q.pool,
         status: q.status,
-        state: q.state,
+        state: q
+            .state
+            .map(|v| if v == "running" { "started".into() } else { v }),
         caller: (!caller.rights.see_all).then(|| caller.name.clone()),
         submitter: q.submitter,
+        worker: q.worker,
         since,
         q: q.q,
         before: q.before,

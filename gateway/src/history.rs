@@ -91,6 +91,11 @@ pub fn merge_result(mut t: TaskRow, r: &TaskResult) -> Result<TaskRow, StoreErro
     t.sandbox = r.sandbox.map(|s| s.as_str().to_string());
     t.attempt = Some(i64::from(r.attempt));
     t.blocked = None;
+    // A task submitted straight to the queue has no `queued` event: its own
+    // `submitted_at` (the CLI sets it) comes back as the result's `queued_at`.
+    if t.submitted_at.is_none() {
+        t.submitted_at = r.timings.queued_at.map(|q| q.timestamp_millis());
+    }
     if let Some(s) = r.timings.started_at {
         t.started_at = Some(s.timestamp_millis());
     }

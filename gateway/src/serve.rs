@@ -276,6 +276,8 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
     tracing::info!(listen = %listener.local_addr()?, "krill-gateway serving");
     let app = crate::web::app(crate::api::router(st.clone()), st.clone());
     let token = shutdown.clone();
+    // The peer address: the web sign-in's throttle counts failures per address.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await?;

@@ -65,6 +65,8 @@ pub struct Search {
     /// Only this caller's tasks (a caller without `see:all`).
     pub caller: Option<String>,
     pub submitter: Option<String>,
+    /// Only tasks last seen on this worker (its id).
+    pub worker: Option<String>,
     pub since: Option<i64>,
     /// Substring of the id, the script or the error.
     pub q: Option<String>,
@@ -352,6 +354,9 @@ impl Store {
         }
         if let Some(v) = &s.submitter {
             add(" AND submitter = ?", Arg::S(v.clone()), &mut sql);
+        }
+        if let Some(v) = &s.worker {
+            add(" AND worker = ?", Arg::S(v.clone()), &mut sql);
         }
         if let Some(v) = s.since {
             add(" AND updated_at >= ?", Arg::I(v), &mut sql);

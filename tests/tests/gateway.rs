@@ -209,6 +209,7 @@ async fn round_trip(db: Option<String>) -> Trip {
 
     let done = wait_done(&gw, &alice, &id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["exit_code"], 0, "a success says its exit code: {done}");
     assert_eq!(done["worker"], worker.id);
     assert_eq!(done["submitter"], "gateway");
     assert_eq!(done["result"]["stdout"], "hello ***\n", "{done}");
@@ -725,6 +726,31 @@ async fn a_task_submitted_over_amqp_has_its_result_in_history() {
     assert!(v["caller"].is_null(), "{v}");
     assert_eq!(v["result"]["stdout"], "hello ***\n", "{v}");
     assert!(v["timings"]["started_at"].is_string(), "{v}");
+    // No `queued` event: the history takes the task's own `submitted_at` from the result.
+    let submitted = v["timings"]["submitted_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        submitted <= v["timings"]["started_at"].as_str().expect("started"),
+        "{v}"
+    );
+    // `worker=` (the web view's filter): its tasks, and none of another worker's.
+    for (w, n) in [(worker.id.as_str(), 1), ("no-such-worker", 0)] {
+        let (st, _, page) = call(
+            Method::GET,
+            &format!("{}&worker={w}", tasks_url(&gw, &pool)),
+            Some(&ops),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "{page}");
+        assert_eq!(
+            page["tasks"].as_array().map(Vec::len),
+            Some(n),
+            "worker={w}: {page}"
+        );
+    }
     let outputs = v["result"]["outputs"].as_array().expect("outputs");
     let plain = outputs
         .iter()
@@ -1104,6 +1130,150 @@ async fn tokens_are_listed_removed_and_expire() {
     let out = gw.tokens(&["remove", "alice"]);
     assert!(!out.status.success(), "removing it twice fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token named `alice`"));
+}
+
+/// The web sign-in from the attacker's side: an address that keeps guessing
+/// tokens gets 429 with `Retry-After` after 10 failures, and then even the
+/// right token is refused from it (not looked up, so guessing learns nothing);
+/// the bearer API is not held by it. Costs one gateway start (no worker).
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_address() {
+    let pool = unique_pool("gw-throttle");
+    let mut gw = GatewayProc::new(&pool, None);
+    let ops = gw.token("ops", "see:all");
+    gw.start().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let sign_in = |token: String| {
+        let req = http
+            .post(format!("{}/signin", gw.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"));
+        async move {
+            let r = req.send().await.expect("sign in");
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (status, retry, r.text().await.expect("body"))
+        }
+    };
+    for i in 0..10 {
+        let (st, retry, body) = sign_in(format!("krill_guess{i}")).await;
+        assert_eq!(st, 401, "guess {i}: {body}");
+        assert!(retry.is_none());
+    }
+    let (st, retry, body) = sign_in("krill_guess10".into()).await;
+    assert_eq!(st, 429, "the 11th guess: {body}");
+    assert!(retry.is_some_and(|s| (1..=6).contains(&s)), "{retry:?}");
+    assert!(body.contains("too many failed sign-ins"), "{body}");
+    let (st, _, body) = sign_in(ops.clone()).await;
+    assert_eq!(st, 429, "the right token from a held address: {body}");
+    assert!(!body.contains(&ops), "{body}");
+    let (st, _, v) = call(
+        Method::GET,
+        &format!("{}/v1/tasks?pool={pool}", gw.url),
+        Some(&ops),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "the bearer API is not held: {v}");
+}
+
+/// `krill dead replay --all` through the gateway with a real dead letter: an
+/// unsigned task refused by a worker that requires signatures is in
+/// `krill.dead`; with the worker gone, `--all` replays it to the pool queue and
+/// `dead list` is empty. On a private broker node (KRILL_TEST_BROKER_PORT), so
+/// `--all` cannot replay other tests' dead letters. About 10 s (the node's start).
+#[tokio::test]
+async fn dead_replay_all_through_the_gateway_replays_a_real_dead_letter() {
+    let broker = krill_tests::PrivateBroker::start(&[]);
+    let pool = unique_pool("gw-dead");
+    let mut gw = GatewayProc::new(&pool, None).env("KRILL_AMQP_URL", &broker.url());
+    let keys = Keys::new("", &[format!("{} control", gw.key.public_line())]);
+    let mut worker = keys
+        .worker(&pool)
+        .env("KRILL_AMQP_URL", &broker.url())
+        .start()
+        .await;
+    let admin = gw.token("admin", "admin");
+    gw.start().await;
+    let c = broker::client::Client::connect(&broker.url())
+        .await
+        .expect("private broker");
+    let t = krill_tests::task("echo never signed");
+    let body = serde_json::to_vec(&t).expect("json");
+    krill_tests::trust::publish_raw(&c, &pool, &t.id, &body, broker::client::task_properties(&t))
+        .await;
+    let op = |args: &[&str]| {
+        let out = std::process::Command::new(krill_tests::bin("krill"))
+            .env("KRILL_GATEWAY_URL", &gw.url)
+            .env("KRILL_TOKEN", &admin)
+            .env("KRILL_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env_remove("KRILL_KEY")
+            .args(args)
+            .output()
+            .expect("krill");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let listed = |json: &str| -> Vec<String> {
+        serde_json::from_str::<Value>(json)
+            .expect("json")
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, json, err) = op(&["dead", "list", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        if listed(&json) == [t.id.clone()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead-lettered: {json}\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No consumer, so the replayed copy stays in the pool queue to be counted.
+    worker.keep_pool();
+    worker.kill();
+    let (code, out, err) = op(&["dead", "replay", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("replayed {}", t.id), "{err}");
+    let (code, json, err) = op(&["dead", "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(listed(&json).is_empty(), "still dead: {json}");
+    let q = c
+        .channel()
+        .queue_declare(
+            broker::topology::pool_queue(&pool).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("the pool queue");
+    assert_eq!(
+        q.message_count(),
+        1,
+        "the replayed task is back on its pool"
+    );
 }
 
 /// A broker that goes away and comes back: submits answer 503 with

@@ -1,14 +1,16 @@
-//! The web view in a real browser: headless Chromium (Debian's `chromium` and
-//! `chromium-driver`, `scripts/lib.sh: krill_ensure_chromium`) driven over
-//! WebDriver against a real gateway, RabbitMQ and worker. It signs in, follows
-//! a worker's running-tasks link and sees only running tasks, opens a task
+//! The web view in real browsers: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, `scripts/lib.sh: krill_ensure_chromium`) and headless
+//! Firefox ESR (Debian's `firefox-esr`, geckodriver from crates.io:
+//! `krill_ensure_firefox`), each driven over WebDriver through the same walk
+//! against a real gateway, RabbitMQ and worker. It signs in, follows a worker's running-tasks link and sees only running tasks, opens a task
 //! blocked on a concurrency key and follows the link to its holder, watches a
 //! live log grow, cancels a task with the button, and checks from the
 //! attacker's side: a signed-out browser sees only the sign-in page, a POST
 //! without the CSRF token is refused (from the page and with the stolen
 //! cookie), the cookie does not authorise the JSON API's writes, and no secret,
 //! sensitive value, token or session id appears in any page source it visited.
-//! Screenshots go to `target/web-screenshots/` (the README's come from there).
+//! Screenshots go to `target/web-screenshots/` (the README's come from there:
+//! Chromium's; Firefox's are named `firefox-…`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,47 +27,132 @@ const SECRET: &str = "web-secret-XJ7Q-value";
 /// Built by the script from parts, so the literal is in no message.
 const SENSITIVE: &str = "sens-QQ4Z-value";
 
-/// chromedriver on a free port; killed on drop.
+/// The browsers the test drives: Debian's Chromium through chromedriver, and
+/// Debian's Firefox ESR through geckodriver (built from crates.io: see
+/// `scripts/lib.sh: krill_ensure_firefox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Browser {
+    Chromium,
+    Firefox,
+}
+
+impl Browser {
+    fn name(self) -> &'static str {
+        match self {
+            Browser::Chromium => "chromium",
+            Browser::Firefox => "firefox",
+        }
+    }
+
+    /// A screenshot's file name: Chromium's are the README's (no prefix).
+    fn shot_name(self, name: &str) -> String {
+        match self {
+            Browser::Chromium => name.to_string(),
+            Browser::Firefox => format!("firefox-{name}"),
+        }
+    }
+}
+
+/// The WebDriver server (chromedriver or geckodriver) on a free port; killed on drop.
 struct Driver {
     child: Child,
     url: String,
+    browser: Browser,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    fn start(browser: Browser) -> Driver {
         let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
+        let mut cmd = match browser {
+            Browser::Chromium => {
+                let mut c = Command::new("chromedriver");
+                c.arg(format!("--port={port}"));
+                c
+            }
+            Browser::Firefox => {
+                let mut c = Command::new("geckodriver");
+                // Its BiDi port defaults to a fixed 9222: a free one, so two
+                // runs side by side do not collide.
+                c.args(["--port", &port.to_string(), "--websocket-port"])
+                    .arg(free_port().to_string());
+                c
+            }
+        };
+        let (program, install) = match browser {
+            Browser::Chromium => ("chromedriver", "krill_ensure_chromium"),
+            Browser::Firefox => ("geckodriver", "krill_ensure_firefox"),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("chromedriver: {e} (install it: `source scripts/lib.sh; krill_ensure_chromium`)")
+                panic!("{program}: {e} (install it: `source scripts/lib.sh; {install}`)")
             });
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            assert!(Instant::now() < deadline, "{program} did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
         Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            browser,
         }
     }
 
     async fn browser(&self) -> Client {
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", "--window-size=1280,900"]}),
-        );
+        match self.browser {
+            Browser::Chromium => {
+                caps.insert(
+                    "goog:chromeOptions".into(),
+                    json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--window-size=1280,900"]}),
+                );
+            }
+            Browser::Firefox => {
+                caps.insert("browserName".into(), json!("firefox"));
+                // No connection out of the machine (there is no network to
+                // reach): no updates, telemetry, safe-browsing or portal checks.
+                caps.insert(
+                    "moz:firefoxOptions".into(),
+                    json!({"binary": firefox_binary(),
+                    "args": ["-headless", "--width=1280", "--height=900"],
+                    "prefs": {
+                        "app.update.disabledForTesting": true,
+                        "browser.safebrowsing.malware.enabled": false,
+                        "browser.safebrowsing.phishing.enabled": false,
+                        "datareporting.policy.dataSubmissionEnabled": false,
+                        "toolkit.telemetry.enabled": false,
+                        "network.captive-portal-service.enabled": false,
+                        "network.connectivity-service.enabled": false,
+                        "extensions.update.enabled": false,
+                        "browser.shell.checkDefaultBrowser": false
+                    }}),
+                );
+            }
+        }
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await
-            .expect("a Chromium session")
+            .unwrap_or_else(|e| panic!("a {} session: {e}", self.browser.name()))
     }
+}
+
+/// Debian's `firefox-esr` (or a `firefox` on PATH).
+fn firefox_binary() -> String {
+    for name in ["firefox-esr", "firefox"] {
+        if let Some(p) = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        }) {
+            return p.display().to_string();
+        }
+    }
+    panic!("firefox-esr is not installed (`source scripts/lib.sh; krill_ensure_firefox`)")
 }
 
 impl Drop for Driver {
@@ -159,9 +246,13 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-async fn shot(c: &Client, name: &str) {
+async fn shot(c: &Client, b: Browser, name: &str) {
     let png = c.screenshot().await.expect("screenshot");
-    std::fs::write(screenshots().join(format!("{name}.png")), png).expect("write screenshot");
+    std::fs::write(
+        screenshots().join(format!("{}.png", b.shot_name(name))),
+        png,
+    )
+    .expect("write screenshot");
 }
 
 async fn submit(gw: &GatewayProc, pool: &str, token: &str, body: Value) -> String {
@@ -207,6 +298,16 @@ async fn wait_state(gw: &GatewayProc, token: &str, id: &str, want: &str) -> Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_view_in_chromium() {
+    the_web_view_in(Browser::Chromium).await;
+}
+
+/// The same walk in Firefox (#17: "works in a current Chromium and Firefox").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_in_firefox() {
+    the_web_view_in(Browser::Firefox).await;
+}
+
+async fn the_web_view_in(browser: Browser) {
     let started = Instant::now();
     let gates = Gates::new();
     let pool = unique_pool("web");
@@ -249,7 +350,7 @@ async fn the_web_view_in_chromium() {
     wait_state(&gw, &ops, &talker, "started").await;
     eprintln!("set-up: {:?}", started.elapsed());
 
-    let driver = Driver::start();
+    let driver = Driver::start(browser);
     let c = driver.browser().await;
     let mut seen = Seen(Vec::new());
     let base = gw.url.clone();
@@ -301,7 +402,7 @@ async fn the_web_view_in_chromium() {
             .is_some_and(|(_, s)| s.contains("href=\"/v1/workers\"")),
         "JSON twin link"
     );
-    shot(&c, "workers").await;
+    shot(&c, browser, "workers").await;
     click_through(&c, &format!("{row} a.running-link")).await;
     let url = c.current_url().await.expect("url");
     assert_eq!(url.path(), "/tasks");
@@ -354,7 +455,7 @@ async fn the_web_view_in_chromium() {
         !why.contains(&blocked),
         "the task is not its own blocker: {why}"
     );
-    shot(&c, "task-blocked").await;
+    shot(&c, browser, "task-blocked").await;
     click_through(&c, "p.why a.blocker").await;
     wait_path(&c, &format!("/tasks/{holder}")).await;
     let h1 = c
@@ -397,7 +498,7 @@ async fn the_web_view_in_chromium() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    shot(&c, "task-live").await;
+    shot(&c, browser, "task-live").await;
     seen.take(&c).await;
 
     // Attacker's side: a POST without the CSRF token, from the signed-in page itself…
@@ -492,7 +593,7 @@ async fn the_web_view_in_chromium() {
     )
     .await;
     assert!(src.contains("visible"), "{src}");
-    shot(&c, "task-done").await;
+    shot(&c, browser, "task-done").await;
     // The task list, filtered, and the pools page with its chart.
     until(
         &c,
@@ -510,7 +611,7 @@ async fn the_web_view_in_chromium() {
         src.contains("queue depth") && src.contains("Oldest waiting task"),
         "{src}"
     );
-    shot(&c, "pools").await;
+    shot(&c, browser, "pools").await;
     until(
         &c,
         &mut seen,
@@ -566,7 +667,12 @@ async fn the_web_view_in_chromium() {
     let _ = c.close().await;
     gates.open("holder");
     wait_state(&gw, &ops, &blocked, "finished").await;
-    eprintln!("web test: {:?}, {} pages", started.elapsed(), seen.0.len());
+    eprintln!(
+        "web test in {}: {:?}, {} pages",
+        browser.name(),
+        started.elapsed(),
+        seen.0.len()
+    );
 }
 
 /// Measures (never asserts) how fast the pages load with 1,000 tasks in the

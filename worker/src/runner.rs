@@ -257,7 +257,10 @@ fn apply_outcome(
     });
     result.outputs = outputs;
     let (status, error) = match outcome.exit {
-        Exit::Code(0) => (Status::Succeeded, None),
+        Exit::Code(0) => {
+            result.exit_code = Some(0);
+            (Status::Succeeded, None)
+        }
         Exit::Code(c) => {
             result.exit_code = Some(c);
             (Status::Failed, None)

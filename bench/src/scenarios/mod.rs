@@ -1,7 +1,8 @@
-//! Scenarios 1-5 of issue 8, and 6 of issue 13 (signing and sealing). Each measures Krill and its alternative in the
+//! Scenarios 1-5 of issue 8, 6 of issue 13 (signing and sealing) and 7 of issue 16 (the gateway). Each measures Krill and its alternative in the
 //! same run and adds rows and goals to the report.
 
 mod containers;
+mod gateway;
 mod output;
 mod process;
 mod trust;
@@ -18,6 +19,7 @@ use crate::procs::Env;
 use crate::report::Report;
 
 pub use containers::containers;
+pub use gateway::gateway;
 pub use output::{memory, output};
 pub use process::{latency, throughput};
 pub use trust::trust;

@@ -147,38 +147,3 @@ pub async fn queued_before(store: &Store, pool: &str, at: i64) -> Result<i64, St
     .await?;
     Ok(row.try_get(0)?)
 }
-
-/// Ids of the tasks (newest first, at most `limit`) last seen on `worker`, in `state` when given.
-pub async fn on_worker(
-    store: &Store,
-    worker: &str,
-    state: Option<&str>,
-    limit: i64,
-) -> Result<Vec<String>, StoreError> {
-    let rows = match state {
-        Some(s) => {
-            sqlx::query(
-                "SELECT id FROM tasks WHERE worker = $1 AND state = $2 \
-                 ORDER BY updated_at DESC, id LIMIT $3",
-            )
-            .bind(worker)
-            .bind(s)
-            .bind(limit)
-            .fetch_all(store.pool())
-            .await?
-        }
-        None => {
-            sqlx::query(
-                "SELECT id FROM tasks WHERE worker = $1 ORDER BY updated_at DESC, id LIMIT $2",
-            )
-            .bind(worker)
-            .bind(limit)
-            .fetch_all(store.pool())
-            .await?
-        }
-    };
-    rows.iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
-}

@@ -2,6 +2,7 @@
 //!
 //! ## Layout
 //! - [`session`]: sign-in with a token → a cookie-backed session; CSRF tokens on every form.
+//! - [`throttle`]: failed sign-ins per client address (429 past a burst).
 //! - [`db`]: the sessions and pool samples tables.
 //! - [`live`]: the sampler: the heartbeat report every few seconds (what the
 //!   pages show) and pool samples into the database (what the charts draw).
@@ -19,6 +20,7 @@ pub mod db;
 pub mod live;
 pub mod pages;
 pub mod session;
+pub mod throttle;
 pub mod why;
 
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct Web {
     pub session_ttl: Duration,
     /// The latest heartbeat report (the sampler refreshes it).
     pub live: live::Live,
+    /// Failed sign-ins per client address.
+    pub throttle: throttle::Throttle,
 }
 
 impl Web {
@@ -48,6 +52,7 @@ impl Web {
             secure_cookie,
             session_ttl,
             live: live::Live::default(),
+            throttle: throttle::Throttle::default(),
         }
     }
 }

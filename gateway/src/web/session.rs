@@ -6,9 +6,10 @@
 //! cookie for reads only (GET/HEAD): writes there still need the bearer token.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -145,15 +146,33 @@ fn signin_form(error: Option<&str>, status: StatusCode) -> Response {
         .into_response()
 }
 
-/// `POST /signin`: checks the token, starts a session, sets the cookie.
+/// `POST /signin`: checks the token, starts a session, sets the cookie. An
+/// address past its failed sign-ins gets 429 without its token being looked
+/// up ([`super::throttle`]).
 pub async fn signin(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    let ip = peer.ip();
+    if let Err(wait) = st.web.throttle.check(ip) {
+        let secs = wait.as_secs().max(1);
+        tracing::warn!(%ip, "web: sign-in refused, too many failed sign-ins");
+        let mut resp = signin_form(
+            Some(&format!(
+                "too many failed sign-ins from your address: try again in {secs} s"
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
     let caller = match st.store.caller(token).await {
         Ok(Some(crate::tokens::Found::Caller(c))) => c,
         Ok(Some(crate::tokens::Found::Expired { name, .. })) => {
+            st.web.throttle.failed(ip);
             return signin_form(
                 Some(&format!(
                     "token `{name}` has expired: ask the operator for a new one"
@@ -162,6 +181,7 @@ pub async fn signin(
             );
         }
         Ok(None) => {
+            st.web.throttle.failed(ip);
             return signin_form(Some("unknown token"), StatusCode::UNAUTHORIZED);
         }
         Err(e) => {

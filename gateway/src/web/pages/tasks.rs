@@ -55,41 +55,21 @@ pub async fn page_(st: &AppState, headers: &HeaderMap, f: Filters) -> Response {
     let since_text = nonempty(&f.since);
     let since = since_text.and_then(parse_since);
     let bad_since = since_text.is_some() && since.is_none();
-    let rows: Result<Vec<TaskRow>, crate::store::StoreError> = match nonempty(&f.worker) {
-        Some(w) => {
-            async {
-                let mut out = Vec::new();
-                for id in crate::web::db::on_worker(&st.store, w, state, PAGE).await? {
-                    if let Some(t) = st.store.get(&id).await? {
-                        let keep = caller.may_see(t.caller.as_deref())
-                            && nonempty(&f.pool).is_none_or(|p| p == t.pool)
-                            && nonempty(&f.submitter)
-                                .is_none_or(|p| Some(p) == t.submitter.as_deref());
-                        if keep {
-                            out.push(t);
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            .await
-        }
-        None => {
-            st.store
-                .search(&Search {
-                    pool: nonempty(&f.pool).map(str::to_string),
-                    status: None,
-                    state: state.map(str::to_string),
-                    caller: (!caller.rights.see_all).then(|| caller.name.clone()),
-                    submitter: nonempty(&f.submitter).map(str::to_string),
-                    since,
-                    q: None,
-                    before: f.before,
-                    limit: PAGE,
-                })
-                .await
-        }
-    };
+    let rows: Result<Vec<TaskRow>, crate::store::StoreError> = st
+        .store
+        .search(&Search {
+            pool: nonempty(&f.pool).map(str::to_string),
+            status: None,
+            state: state.map(str::to_string),
+            caller: (!caller.rights.see_all).then(|| caller.name.clone()),
+            submitter: nonempty(&f.submitter).map(str::to_string),
+            worker: nonempty(&f.worker).map(str::to_string),
+            since,
+            q: None,
+            before: f.before,
+            limit: PAGE,
+        })
+        .await;
     let rows = match rows {
         Ok(r) => r,
         Err(e) => {
@@ -101,7 +81,7 @@ pub async fn page_(st: &AppState, headers: &HeaderMap, f: Filters) -> Response {
             );
         }
     };
-    let next = (rows.len() as i64 == PAGE && f.worker.is_none())
+    let next = (rows.len() as i64 == PAGE)
         .then(|| rows.last().map(|r| r.updated_at))
         .flatten();
     let since_rfc = since
@@ -113,6 +93,7 @@ pub async fn page_(st: &AppState, headers: &HeaderMap, f: Filters) -> Response {
             ("pool", nonempty(&f.pool)),
             ("state", state),
             ("submitter", nonempty(&f.submitter)),
+            ("worker", nonempty(&f.worker)),
             ("since", since_rfc.as_deref()),
         ])
     );
@@ -170,7 +151,7 @@ pub async fn page_(st: &AppState, headers: &HeaderMap, f: Filters) -> Response {
         @if let Some(n) = next {
             p { a rel="next" href={"/tasks" (query(&[
                 ("pool", nonempty(&f.pool)), ("state", nonempty(&f.state)), ("submitter", nonempty(&f.submitter)),
-                ("since", since_text), ("before", Some(&n.to_string())),
+                ("worker", nonempty(&f.worker)), ("since", since_text), ("before", Some(&n.to_string())),
             ]))} { "Older tasks" } }
         }
     };
