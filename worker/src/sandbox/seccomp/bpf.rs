@@ -102,8 +102,9 @@ const RET_KILL_PROCESS: u32 = 0x8000_0000;
 /// `offsetof(struct seccomp_data, nr)` and `…, arch)`.
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
-/// BPF opcodes (`linux/bpf_common.h`).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+// BPF opcodes (`linux/bpf_common.h`).
+/// `BPF_LD | BPF_W | BPF_ABS` (`BPF_LD` and `BPF_W` are 0).
+const LD_W_ABS: u16 = 0x20;
 const JMP_JA: u16 = 0x05;
 const JMP_JEQ_K: u16 = 0x05 | 0x10;
 const JMP_JGE_K: u16 = 0x05 | 0x30;
