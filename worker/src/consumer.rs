@@ -219,10 +219,12 @@ pub fn decide(
         if !task.retry_on_worker_loss {
             return Decision::Held;
         }
-    } else if !task.retry_on_worker_loss {
+    } else if !task.retry_on_worker_loss && signer.is_none() {
         // Another message with the id of a task that ran or runs (a submit
         // published again after its confirm was lost): the task id is the
         // idempotency handle, so it is answered from that run, not run again.
+        // A signed message's copies are the claims stream's to refuse
+        // (`replayed`, audited and dead-lettered: gate::claim).
         if let Some(result) = shared.tasks.recent(id) {
             return Decision::Resend(result);
         }
