@@ -1257,23 +1257,26 @@ async fn dead_replay_all_through_the_gateway_replays_a_real_dead_letter() {
     let (code, json, err) = op(&["dead", "list", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(listed(&json).is_empty(), "still dead: {json}");
-    let q = c
-        .channel()
-        .queue_declare(
-            broker::topology::pool_queue(&pool).as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .expect("the pool queue");
     assert_eq!(
-        q.message_count(),
+        pool_depth(c.channel(), &pool).await,
         1,
         "the replayed task is back on its pool"
     );
+}
+
+/// How many messages wait on `pool`'s queue (a passive declare).
+async fn pool_depth(ch: &lapin::Channel, pool: &str) -> u32 {
+    ch.queue_declare(
+        broker::topology::pool_queue(pool).as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .expect("the pool queue")
+    .message_count()
 }
 
 /// A broker that goes away and comes back: submits answer 503 with
@@ -1344,19 +1347,8 @@ async fn a_broker_restart_gives_503_never_a_lost_202() {
         .await
         .expect("private broker");
     let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            broker::topology::pool_queue(&pool).as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .expect("pool queue");
     assert_eq!(
-        q.message_count(),
+        pool_depth(&ch, &pool).await,
         accepted,
         "every 202 is a task on the queue"
     );
