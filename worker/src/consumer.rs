@@ -198,6 +198,7 @@ pub fn decide(
     task: &Task,
     attempt: u32,
     redelivered: bool,
+    reply_to: &str,
     signer: Option<&broker::trust::PublicKey>,
     settle: &Arc<dyn Settle>,
 ) -> Decision {
@@ -224,9 +225,17 @@ pub fn decide(
         // published again after its confirm was lost): the task id is the
         // idempotency handle, so it is answered from that run, not run again.
         // A signed message's copies are the claims stream's to refuse
-        // (`replayed`, audited and dead-lettered: gate::claim).
-        if let Some(result) = shared.tasks.recent(id) {
-            return Decision::Resend(result);
+        // (`replayed`, audited and dead-lettered: gate::claim). The result
+        // goes only to the reply queue it went to first: a message that names
+        // another one (anyone who learnt the id) gets no output of that run.
+        if let Some((result, first)) = shared.tasks.recent_with_reply(id) {
+            if first == reply_to {
+                return Decision::Resend(result);
+            }
+            return answer(
+                Status::Rejected,
+                "a task with this id already ran; its result went to the reply queue of its first submission",
+            );
         }
         if shared.tasks.is_running(id) || shared.peers.knows(id) {
             return Decision::Held;
@@ -327,6 +336,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
         &task,
         attempt,
         redelivered,
+        &reply_to,
         signer.as_ref(),
         &settle,
     );
@@ -679,6 +689,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_reusing_an_id_with_another_reply_queue_gets_no_output_of_that_run() {
+        let (sink, shared) = setup();
+        let mut earlier = TaskResult::new("t1", Status::Succeeded);
+        earlier.stdout = "secret output\n".into();
+        shared
+            .tasks
+            .remember(&Arc::new(earlier), "krill.reply.victim");
+        // Someone who learnt the id publishes it again, naming its own queue.
+        let (mut d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        d.props = d.props.with_reply_to(ShortString::from("amq.gen-attacker"));
+        handled(&shared, d).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 1, "{results:?}");
+        let (r, to) = &results[0];
+        assert_eq!(to, "amq.gen-attacker");
+        assert_eq!(r.status, Status::Rejected, "{r:?}");
+        assert!(r.stdout.is_empty() && r.outputs.is_empty(), "{r:?}");
+        let states: Vec<State> = sink.events().iter().map(|e| e.state).collect();
+        assert!(
+            !states.contains(&State::Started),
+            "not started again: {states:?}"
+        );
+        assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[tokio::test]
     async fn a_task_cancelled_before_it_started_is_answered_cancelled() {
         let (sink, shared) = setup();
         assert!(!shared
@@ -821,7 +857,7 @@ mod tests {
         assert_eq!((attempt, redelivered), (2, true));
         let settle: Arc<dyn Settle> = Arc::new(MemorySettle::default());
         assert!(matches!(
-            decide(&shared, &task, attempt, redelivered, None, &settle),
+            decide(&shared, &task, attempt, redelivered, "", None, &settle),
             Decision::Held
         ));
     }

@@ -329,6 +329,14 @@ impl TaskState {
     pub fn recent(&self, id: &str) -> Option<Arc<TaskResult>> {
         lock(&self.recent).map.get(id).map(|(r, _)| Arc::clone(r))
     }
+
+    /// The recent result of `id` with the reply queue it was sent to.
+    pub fn recent_with_reply(&self, id: &str) -> Option<(Arc<TaskResult>, String)> {
+        lock(&self.recent)
+            .map
+            .get(id)
+            .map(|(r, to)| (Arc::clone(r), to.clone()))
+    }
 }
 
 #[cfg(test)]
