@@ -442,3 +442,42 @@ async fn the_same_task_id_submitted_again_runs_once() {
         Some(0)
     );
 }
+
+/// A result whose reply queue is gone (deleted, or expired) comes back
+/// unroutable; the worker looks whether the queue is really gone before it
+/// believes it (a stopping cluster node can return a result for a queue that
+/// is still there: `cluster.rs`'s rolling restart), then lets it go: the task
+/// is acked, not run again, and the worker takes the next one. About 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_for_a_deleted_reply_queue_is_let_go_after_a_look() {
+    let pool = unique_pool("gone");
+    let mut events = Events::bind(&topology::task_event_key(&pool, "*")).await;
+    let w = WorkerBuilder::new(&pool).start().await;
+    let c = client().await;
+
+    let orphan = task("sleep 1; echo late");
+    c.submit(&pool, &orphan).await.expect("submit");
+    started(&mut events, &orphan.id).await;
+    krill_tests::delete_queue(&topology::reply_queue(&orphan.id)).await;
+    log_says(&w, "reply queue is gone").await;
+    assert!(
+        !w.log_text().contains("its reply queue exists"),
+        "a deleted queue was taken for one still there:\n{}",
+        w.log_text()
+    );
+
+    let next = task("echo next");
+    c.submit(&pool, &next).await.expect("submit");
+    let r = c.wait(&next.id, Some(T)).await.expect("result");
+    assert_eq!(r.stdout, "next\n", "{r:?}");
+    let runs = w
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(orphan.id.as_str()) && l.contains("task finished"))
+        .count();
+    assert_eq!(runs, 1, "the orphan ran once:\n{}", w.log_text());
+    assert_eq!(
+        krill_tests::depth(&topology::pool_queue(&pool)).await,
+        Some(0)
+    );
+}

@@ -512,9 +512,16 @@ async fn wait_on(conn: &Connection, id: &str) -> Result<Option<TaskResult>, lapi
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let parsed = serde_json::from_slice::<TaskResult>(&delivery.data);
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        let acked = delivery.acker.ack(BasicAckOptions::default()).await;
         match parsed {
             Ok(result) if result.id == id => {
+                // The result is in hand: an ack that failed because the
+                // connection broke right then must not lose it (the broker may
+                // have taken the ack, and then no copy is left to wait for).
+                if let Err(e) = acked {
+                    tracing::debug!(task_id = id, error = %e, "ack of the result failed; keeping the result");
+                    return Ok(Some(result));
+                }
                 // First terminal result wins; later copies hit a deleted queue.
                 let _ = channel
                     .queue_delete(
@@ -525,9 +532,13 @@ async fn wait_on(conn: &Connection, id: &str) -> Result<Option<TaskResult>, lapi
                 return Ok(Some(result));
             }
             Ok(other) => {
+                acked?;
                 tracing::warn!(expected = id, got = %other.id, "ignoring result for another task")
             }
-            Err(e) => tracing::warn!(error = %e, "ignoring unparsable message on reply queue"),
+            Err(e) => {
+                acked?;
+                tracing::warn!(error = %e, "ignoring unparsable message on reply queue")
+            }
         }
     }
     Ok(None)

@@ -26,7 +26,7 @@ use broker::amqp::{publish_confirmed, PublishError as AmqpError};
 use broker::protocol::Control;
 use broker::topology::{
     self, CONTENT_TYPE, CONTROL_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, LOGS_EXCHANGE,
-    POOL_HEADER, REASON_HEADER, RESULTS_EXCHANGE, WORKER_HEADER,
+    POOL_HEADER, REASON_HEADER, REPLY_QUEUE_PREFIX, RESULTS_EXCHANGE, WORKER_HEADER,
 };
 use futures_util::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -41,6 +41,10 @@ use super::{DeadLetter, Health, Outgoing, PublishError, Published, Sink};
 /// The longest a best-effort message (event, log chunk, heartbeat) may take
 /// to go out before it is dropped.
 pub const BEST_EFFORT_WAIT: Duration = Duration::from_secs(2);
+
+/// How many times a result returned unroutable is sent again while its reply
+/// queue is still there (see [`AmqpSink::still_there`]); then it is believed.
+const UNROUTABLE_CHECKS: u32 = 5;
 
 /// The channels of the current connection.
 #[derive(Debug, Clone)]
@@ -297,6 +301,7 @@ impl AmqpSink {
         let mut pending = w.result.then(|| self.health.begin());
         let mut rx = self.rx.clone();
         let mut backoff = Duration::from_millis(100);
+        let mut unroutable_checks = 0;
         loop {
             let current = rx.borrow_and_update().clone();
             let channel = match &current {
@@ -326,6 +331,14 @@ impl AmqpSink {
                         }
                         return Ok(Published::Confirmed);
                     }
+                    Err(AmqpError::Unroutable(_))
+                        if unroutable_checks < UNROUTABLE_CHECKS
+                            && self.still_there(current.as_ref(), w).await =>
+                    {
+                        unroutable_checks += 1;
+                        tracing::warn!(queue = %w.key,
+                            "the result came back unroutable but its reply queue exists (a node stopping?); will retry");
+                    }
                     Err(AmqpError::Unroutable(_)) => {
                         if let Some(p) = pending.take() {
                             p.published();
@@ -348,6 +361,22 @@ impl AmqpSink {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Whether a result that came back unroutable should be sent again: its
+    /// per-task reply queue (durable, replicated) still exists, or the
+    /// connection broke before that could be told. A node that is stopping
+    /// can return a message for a queue it no longer routes to; believing it
+    /// would drop a result whose submitter is still waiting.
+    async fn still_there(&self, chs: Option<&Channels>, w: &Wire) -> bool {
+        if !w.result || !w.exchange.is_empty() || !w.key.starts_with(REPLY_QUEUE_PREFIX) {
+            return false;
+        }
+        let Some(chs) = chs else { return true };
+        match broker::amqp::peek(&chs.conn, &w.key).await {
+            Ok(found) => found.is_some(),
+            Err(_) => true,
         }
     }
 
