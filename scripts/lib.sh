@@ -466,6 +466,15 @@ krill_cluster_urls() {
   printf '%s' "$out"
 }
 
+# krill_cluster_management_urls: the nodes' management API URLs, comma-separated.
+krill_cluster_management_urls() {
+  local n out=""
+  for n in 1 2 3; do
+    out+="${out:+,}http://127.0.0.1:$(($(krill_cluster_port "$n") + 10000))"
+  done
+  printf '%s' "$out"
+}
+
 # krill_cluster_ctl N SECS ARGS...: `rabbitmqctl ARGS` against node N with the
 # cluster's cookie, killed after SECS with everything it started. Its output
 # goes to stdout (quiet mode).
@@ -489,8 +498,9 @@ krill_cluster_pid() {
 }
 
 # krill_cluster_prepare: the cookie and each node's config (deploy/rabbitmq's
-# rabbitmq.conf with the node's own listener, no management listener, and
-# pause_minority partition handling), written fresh.
+# rabbitmq.conf with the node's own listener, its own management listener on
+# loopback at the AMQP port + 10000, and pause_minority partition handling),
+# written fresh.
 krill_cluster_prepare() {
   local dir n base conf
   krill_apt_install rabbitmq-server
@@ -514,8 +524,11 @@ krill_cluster_prepare() {
 ## The minority side of a partition pauses: a node cut off from the other two
 ## stops serving rather than taking writes the majority never sees.
 cluster_partition_handling = pause_minority
+## The management API (krill status --management) on loopback only.
+management.tcp.port = $(($(krill_cluster_port "$n") + 10000))
+management.tcp.ip = 127.0.0.1
 CONF
-    echo '[].' >"$base/enabled_plugins"
+    echo '[rabbitmq_management].' >"$base/enabled_plugins"
     chown rabbitmq:rabbitmq "$conf" "$base/enabled_plugins"
   done
 }

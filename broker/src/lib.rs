@@ -20,6 +20,7 @@ pub mod amqp;
 pub mod bulk;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod dead;
 pub mod protocol;
 pub mod schema;

@@ -145,6 +145,17 @@ async fn worker_and_cli_survive_their_node(urls: &str) {
         &topology::task_event_key(&pool, "started"),
     )
     .await;
+    // Healthy: three nodes, the pool queue's three members online.
+    let q = topology::pool_queue(&pool);
+    let healthy = |v: &serde_json::Value| {
+        let nodes = v["cluster"]["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|x| x["running"] == true).count());
+        let pq = pool_queue_health(v, &q);
+        nodes == 3 && pq["online"].as_array().map_or(0, Vec::len) == 3
+    };
+    let (v, _) = poll_status(urls, None, healthy).await;
+    assert_eq!(pool_queue_health(&v, &q)["kind"], "quorum", "{v}");
     let t = task("sleep 3; echo survived");
     c.submit(&pool, &t).await.expect("submit");
     let v = events.wait_task(&t.id, T).await;
@@ -209,7 +220,81 @@ async fn worker_and_cli_survive_their_node(urls: &str) {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The cluster's health in `krill status` while node N is down, read
+    // through node N's management URL first (it does not answer; the next does).
+    let (v, table) = poll_status(urls, Some(node), |v| {
+        let pq = pool_queue_health(v, &q);
+        v["cluster"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x["running"] == false))
+            && pq["online"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+    let pq = pool_queue_health(&v, &q);
+    assert_eq!(pq["members"].as_array().map_or(0, Vec::len), 3, "{v}");
+    assert!(
+        pq["leader"].is_string(),
+        "a leader on the two nodes left: {v}"
+    );
+    assert!(
+        table.contains("2/3 nodes running; DOWN: ") && table.contains("SHORT (offline: "),
+        "{table}"
+    );
     cluster(&["start", &node.to_string()]);
+    // Back: every member online again.
+    poll_status(urls, None, healthy).await;
+}
+
+/// The health of `queue` in `krill status --json --management`'s output.
+fn pool_queue_health(v: &serde_json::Value, queue: &str) -> serde_json::Value {
+    v["cluster"]["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|x| x["name"] == queue))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Runs `krill status --management` (JSON and table) until `ok` holds for
+/// the JSON; node `first`'s management URL first in the list when given.
+async fn poll_status(
+    urls: &str,
+    first: Option<usize>,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, String) {
+    let mut mgmt: Vec<String> = cluster(&["management-urls"])
+        .trim()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    if let Some(n) = first {
+        mgmt.swap(0, n - 1);
+    }
+    let run = |json: bool| {
+        let mut cmd = Command::new(bin("krill"));
+        cmd.env("KRILL_AMQP_URL", urls)
+            .env("KRILL_MANAGEMENT_URL", mgmt.join(","))
+            .args(["status", "--since", "1m"]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("running krill status")
+    };
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let out = run(true);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if ok(&v) {
+            let table = String::from_utf8_lossy(&run(false).stdout).into_owned();
+            return (v, table);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "krill status --management never showed what was expected: {}\n{}",
+            v["cluster"],
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// When each result of the rolling restart arrived, and what it was.

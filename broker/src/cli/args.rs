@@ -111,6 +111,12 @@ pub struct StatusArgs {
     /// Also list workers that stopped cleanly.
     #[arg(long)]
     pub all: bool,
+    /// RabbitMQ's management API (comma-separated, one per node; the first
+    /// that answers is read): also show the cluster's health — nodes running,
+    /// and each replicated Krill queue's leader and members online.
+    /// Credentials in the URL, or else the AMQP URL's.
+    #[arg(long, env = "KRILL_MANAGEMENT_URL", value_name = "URL[,URL…]")]
+    pub management: Option<String>,
 }
 
 #[derive(Debug, Args)]

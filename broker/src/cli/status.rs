@@ -1,5 +1,6 @@
 //! `krill status`: workers, their running tasks and each pool's depth, as a table,
-//! as JSON (`--json`), or refreshed in place (`--watch`).
+//! as JSON (`--json`), or refreshed in place (`--watch`); with `--management`
+//! also the broker cluster's health (`crate::cluster`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -7,8 +8,39 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use serde::Serialize;
+
 use super::args::StatusArgs;
+use crate::cluster::{self, ClusterHealth};
 use crate::status::{HeartbeatReader, Report, WorkerState};
+
+/// What `--json` prints: the report, and the cluster's health when asked.
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
+}
+
+/// The cluster's health, or why it could not be read.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ClusterView {
+    Health(ClusterHealth),
+    Unknown { error: String },
+}
+
+async fn cluster_view(url: &str, args: &StatusArgs) -> Option<ClusterView> {
+    let mgmt = args.management.as_deref()?;
+    let (user, pass) = cluster::amqp_credentials(url);
+    Some(match cluster::gather(mgmt, (&user, &pass)).await {
+        Ok(h) => ClusterView::Health(h),
+        Err(e) => ClusterView::Unknown {
+            error: e.to_string(),
+        },
+    })
+}
 
 /// Runs `krill status`; exit code 0.
 pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<u8> {
@@ -18,7 +50,8 @@ pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<u8> {
     match args.watch {
         None => {
             let report = reader.report(&pools).await?;
-            print_once(&report, &args)?;
+            let cluster = cluster_view(url, &args).await;
+            print_once(&report, cluster, &args)?;
             reader.close().await;
             Ok(0)
         }
@@ -26,14 +59,23 @@ pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<u8> {
             let every = every.max(Duration::from_millis(200));
             loop {
                 let report = reader.report(&pools).await?;
+                let cluster = cluster_view(url, &args).await;
                 let mut out = String::new();
                 if args.json {
-                    out.push_str(&serde_json::to_string(&report)?);
+                    let shown = Shown {
+                        report: &report,
+                        cluster,
+                    };
+                    out.push_str(&serde_json::to_string(&shown)?);
                     out.push('\n');
                 } else {
                     // Home, draw, clear what is left of the previous frame.
+                    let mut text = table(&report, args.all);
+                    if let Some(c) = &cluster {
+                        text.push_str(&cluster_table(c));
+                    }
                     out.push_str("\x1b[H");
-                    out.push_str(&table(&report, args.all).replace('\n', "\x1b[K\n"));
+                    out.push_str(&text.replace('\n', "\x1b[K\n"));
                     out.push_str("\x1b[J");
                 }
                 let mut stdout = std::io::stdout().lock();
@@ -52,15 +94,91 @@ pub async fn status(url: &str, args: StatusArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn print_once(report: &Report, args: &StatusArgs) -> anyhow::Result<()> {
+fn print_once(
+    report: &Report,
+    cluster: Option<ClusterView>,
+    args: &StatusArgs,
+) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut stdout, report)?;
+        serde_json::to_writer_pretty(&mut stdout, &Shown { report, cluster })?;
         writeln!(stdout)?;
     } else {
         stdout.write_all(table(report, args.all).as_bytes())?;
+        if let Some(c) = &cluster {
+            stdout.write_all(cluster_table(c).as_bytes())?;
+        }
     }
     Ok(())
+}
+
+/// The cluster section of the human view.
+fn cluster_table(view: &ClusterView) -> String {
+    let mut out = String::from("\n");
+    let h = match view {
+        ClusterView::Unknown { error } => {
+            let _ = writeln!(out, "Cluster: unknown ({error})");
+            return out;
+        }
+        ClusterView::Health(h) => h,
+    };
+    let (up, all) = h.nodes_up();
+    let down: Vec<&str> = h
+        .nodes
+        .iter()
+        .filter(|n| !n.running)
+        .map(|n| n.name.as_str())
+        .collect();
+    let _ = write!(
+        out,
+        "Cluster (management API at {}): {up}/{all} nodes running",
+        h.source
+    );
+    if !down.is_empty() {
+        let _ = write!(out, "; DOWN: {}", down.join(", "));
+    }
+    let _ = writeln!(out);
+    let mut rows = vec![[
+        "QUEUE".to_string(),
+        "TYPE".into(),
+        "LEADER".into(),
+        "MEMBERS ONLINE".into(),
+        "STATE".into(),
+    ]];
+    for q in &h.queues {
+        let state = if !q.has_quorum() {
+            "NO QUORUM (takes no writes)".to_string()
+        } else if q.members.len() < q.target {
+            format!("SHORT ({} members, target {})", q.members.len(), q.target)
+        } else if q.online.len() < q.members.len() {
+            let off: Vec<&str> = q
+                .members
+                .iter()
+                .filter(|m| !q.online.contains(m))
+                .map(String::as_str)
+                .collect();
+            format!("SHORT (offline: {})", off.join(", "))
+        } else {
+            "ok".into()
+        };
+        rows.push([
+            q.name.clone(),
+            q.kind.clone(),
+            q.leader.clone().unwrap_or_else(|| "-".into()),
+            format!("{}/{}", q.online.len(), q.members.len()),
+            state,
+        ]);
+    }
+    let widths = widths(&rows);
+    for row in &rows {
+        let _ = writeln!(out, "  {}", line(row, &widths));
+    }
+    let _ = writeln!(
+        out,
+        "  reply queues: {} ({} short of members)",
+        h.reply_queues, h.reply_queues_short
+    );
+    out
 }
 
 /// The human view: workers (with their running tasks), then pools.
