@@ -186,7 +186,15 @@ impl WorkerProc {
 
     /// Waits until the pool queue has a consumer (the worker is claiming).
     pub async fn wait_consuming(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // On a cluster a worker restarted under its id may wait until the node
+        // that held its last connection lets go of its exclusive control queue
+        // (RESOURCE_LOCKED meanwhile): longer when that node is slow or down.
+        let bound = if broker::amqp::urls(&self.url).len() > 1 {
+            120
+        } else {
+            30
+        };
+        let deadline = Instant::now() + Duration::from_secs(bound);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {

@@ -17,6 +17,7 @@
 //! | `KRILL_CHAOS_CONTAINER_SHARE` | 0 | percentage of tasks run in containers (needs Docker and the images) |
 //! | `KRILL_CHAOS_DEADLINE_SECS` | 900 | the run stops chaos and reports after this long, whatever state it is in |
 //! | `KRILL_CHAOS_SEED` | time | seed of the random choices (printed, to replay a run) |
+//! | `KRILL_CHAOS_CLUSTER` | 0 | 1: on the three-node cluster of `scripts/cluster` (`KRILL_AMQP_URL` its URLs; `scripts/chaos --cluster` sets both): instead of the restart, one node is SIGKILLed at a third of the tasks and started again, then another at two thirds |
 //!
 //! How it counts, and the limits of it:
 //! - results: every message on every task's reply queue (`krill.reply.<id>`),
@@ -64,6 +65,7 @@ struct Settings {
     container_share: u64,
     deadline: Duration,
     seed: u64,
+    cluster: bool,
 }
 
 impl Settings {
@@ -78,6 +80,7 @@ impl Settings {
             concurrency: env_or("KRILL_CHAOS_CONCURRENCY", 4),
             kill_every: Duration::from_millis(env_or("KRILL_CHAOS_KILL_EVERY_MS", 3000)),
             broker_restart: env_or("KRILL_CHAOS_BROKER_RESTART", 1) != 0,
+            cluster: env_or("KRILL_CHAOS_CLUSTER", 0) != 0,
             container_share: env_or("KRILL_CHAOS_CONTAINER_SHARE", 0),
             deadline: Duration::from_secs(env_or("KRILL_CHAOS_DEADLINE_SECS", 900)),
             seed: env_or("KRILL_CHAOS_SEED", now) | 1,
@@ -124,9 +127,10 @@ fn make_tasks(s: &Settings, rng: &mut Rng) -> Vec<Task> {
 }
 
 async fn connect() -> Option<(Connection, Channel)> {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+    let conn = broker::amqp::connect_any(&amqp_url(), 0, ConnectionProperties::default())
         .await
-        .ok()?;
+        .ok()?
+        .conn;
     let ch = conn.create_channel().await.ok()?;
     Some((conn, ch))
 }
@@ -221,6 +225,22 @@ async fn collect(
 
 /// Messages (ready + unacked) in a queue, from `rabbitmqctl list_queues`.
 fn queue_messages(queue: &str) -> Option<u64> {
+    if cluster_mode() {
+        // The cluster's nodes have their own Erlang cookie: ask their management API.
+        let mgmt = cluster(&["management-urls"]);
+        for url in mgmt.trim().split(',') {
+            let out = std::process::Command::new("curl")
+                .args(["-sf", "-m", "5", "-u", "guest:guest"])
+                .arg(format!("{url}/api/queues/%2F/{queue}?columns=messages"))
+                .output()
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(n) = v["messages"].as_u64() {
+                return Some(n);
+            }
+        }
+        return None;
+    }
     let out = rabbitmq::ctl(&["-q", "list_queues", "name", "messages"]);
     out.lines().find_map(|l| {
         let mut f = l.split_whitespace();
@@ -228,10 +248,31 @@ fn queue_messages(queue: &str) -> Option<u64> {
     })
 }
 
+fn cluster_mode() -> bool {
+    env_or("KRILL_CHAOS_CLUSTER", 0) != 0
+}
+
+/// Runs `scripts/cluster ARGS` and returns its stdout.
+fn cluster(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
+    let out = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .expect("running scripts/cluster");
+    assert!(
+        out.status.success(),
+        "scripts/cluster {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The worker processes and how to start each again.
 struct Fleet {
     procs: Vec<(WorkerBuilder, WorkerProc)>,
     kills: usize,
+    /// When each worker id was SIGKILLed.
+    killed: Vec<(String, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Kills a random worker with SIGKILL and starts it again, every `kill_every` on
@@ -256,11 +297,14 @@ async fn chaos_loop(
         let n = fleet.procs.len() as u64;
         let i = rng.below(n) as usize;
         let (b, w) = &mut fleet.procs[i];
+        let id = w.id.clone();
         w.kill();
+        let at = chrono::Utc::now();
         // Down for a moment, like a crashed process before its supervisor restarts it.
         tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
         w.restart(b).await;
         fleet.kills += 1;
+        fleet.killed.push((id, at));
     }
 }
 
@@ -398,10 +442,17 @@ impl EventLog {
     /// Declares and binds the queue (idempotent).
     async fn declare(ch: &Channel, queue: &str, pool: &str) -> Result<(), lapin::Error> {
         topology::declare_common(ch).await?;
+        // Quorum: on a cluster a classic queue lives on one node, and events
+        // published while that node is down would be dropped, hiding runs.
+        let mut args = FieldTable::default();
+        args.insert(
+            ShortString::from("x-queue-type"),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
         ch.queue_declare(
             ShortString::from(queue),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            args,
         )
         .await?;
         ch.queue_bind(
@@ -527,8 +578,10 @@ async fn clean_broker(pool: &str, events_queue: &str, ids: &[String]) {
 async fn chaos() {
     let s = Settings::from_env();
     let mut rng = Rng(s.seed);
-    let _restore = rabbitmq::Restore::default();
-    rabbitmq::wait_accepting(Duration::from_secs(30)).await;
+    let _restore = (!s.cluster).then(rabbitmq::Restore::default);
+    if !s.cluster {
+        rabbitmq::wait_accepting(Duration::from_secs(30)).await;
+    }
     let t0 = Instant::now();
     let hard_stop = t0 + s.deadline;
     let pool = unique_pool("chaos");
@@ -572,7 +625,11 @@ async fn chaos() {
         procs.push((b, w));
     }
     let worker_ids: Vec<String> = procs.iter().map(|(_, w)| w.id.clone()).collect();
-    let fleet = Arc::new(Mutex::new(Fleet { procs, kills: 0 }));
+    let fleet = Arc::new(Mutex::new(Fleet {
+        procs,
+        kills: 0,
+        killed: Vec::new(),
+    }));
     let quiet = Arc::new(Mutex::new(()));
     let stop = Arc::new(AtomicBool::new(false));
     let chaos = tokio::spawn(chaos_loop(
@@ -614,7 +671,36 @@ async fn chaos() {
         })
     };
     let mut broker_restarted = None;
-    if s.broker_restart {
+    let mut node_kills = Vec::new();
+    if s.cluster {
+        // One node SIGKILLed at a third of the tasks and started again, then
+        // another at two thirds: a crash, not a stop, with the fleet whole.
+        let first = 1 + rng.below(3) as usize;
+        let second = 1 + (first + rng.below(2) as usize) % 3;
+        for (node, share) in [(first, 1), (second, 2)] {
+            while log.finished() < ids.len() * share / 3 && Instant::now() < hard_stop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _quiet = quiet.lock().await;
+            let at = t0.elapsed();
+            let done = log.finished();
+            eprintln!("chaos: SIGKILL node {node} at {at:?} ({done} tasks finished)");
+            let n = node.to_string();
+            tokio::task::spawn_blocking(move || cluster(&["kill", &n]))
+                .await
+                .expect("kill");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let n = node.to_string();
+            tokio::task::spawn_blocking(move || cluster(&["start", &n]))
+                .await
+                .expect("start");
+            let back = t0.elapsed();
+            eprintln!(
+                "chaos: node {node} SIGKILLed at {at:?} ({done} tasks finished), back at {back:?}"
+            );
+            node_kills.push((node, at, back, done));
+        }
+    } else if s.broker_restart {
         while log.finished() < ids.len() / 3 && Instant::now() < hard_stop {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -692,6 +778,7 @@ async fn chaos() {
     let (mut answered, mut lost, mut dups) = (0, Vec::new(), 0);
     let (mut twice_retryable, mut twice_not) = (0, Vec::new());
     let (mut attempt_gt1, mut worker_lost_but_ran, mut lost_then_ran) = (0, 0, 0);
+    let (mut worker_lost_unattributed, mut false_worker_lost) = (0, Vec::new());
     for id in &ids {
         match results.first(id) {
             Some(r) => {
@@ -702,6 +789,30 @@ async fn chaos() {
                 }
                 if r.status == Status::WorkerLost && starts.get(id.as_str()).copied() == Some(1) {
                     worker_lost_but_ran += 1;
+                }
+                if r.status == Status::WorkerLost {
+                    // Whose was it? A started event from a worker SIGKILLed
+                    // after it: a true worker_lost. None seen (the event is
+                    // best effort, and a worker killed just after the start
+                    // may never send it): unattributed. Else: false.
+                    let started_by: Vec<(&str, &str)> = events
+                        .iter()
+                        .filter(|e| e["state"] == "started" && e["task_id"] == id.as_str())
+                        .filter_map(|e| Some((e["worker"].as_str()?, e["at"].as_str()?)))
+                        .collect();
+                    let killed_after = |(w, at): &(&str, &str)| {
+                        let at = chrono::DateTime::parse_from_rfc3339(at)
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .ok();
+                        fleet.killed.iter().any(|(k, when)| {
+                            k == w && at.is_none_or(|a| *when >= a - chrono::Duration::seconds(1))
+                        })
+                    };
+                    if started_by.is_empty() {
+                        worker_lost_unattributed += 1;
+                    } else if !started_by.iter().any(killed_after) {
+                        false_worker_lost.push(id.clone());
+                    }
                 }
             }
             None => lost.push(id.clone()),
@@ -736,14 +847,20 @@ async fn chaos() {
 
     println!("\n=== chaos report (seed {}) ===", s.seed);
     println!(
-        "workers: {} × concurrency {} ({sandboxes}); SIGKILLs: {}; RabbitMQ restarts: {}",
+        "workers: {} × concurrency {} ({sandboxes}); SIGKILLs: {}; RabbitMQ restarts: {}; cluster node kills: {}",
         s.workers,
         s.concurrency,
         fleet.kills,
-        usize::from(broker_restarted.is_some())
+        usize::from(broker_restarted.is_some()),
+        node_kills.len()
     );
     if let Some((at, back, done)) = broker_restarted {
         println!("RabbitMQ stopped at {at:.1?} ({done} tasks finished), back at {back:.1?}");
+    }
+    for (node, at, back, done) in &node_kills {
+        println!(
+            "cluster node {node} SIGKILLed at {at:.1?} ({done} tasks finished), back at {back:.1?}"
+        );
     }
     println!(
         "submitted: {} ({} retryable, {} not)",
@@ -774,6 +891,10 @@ async fn chaos() {
         events.len(),
         starts.values().sum::<usize>()
     );
+    println!(
+        "worker_lost: {} false (started by a worker never SIGKILLed after it; must be 0), {worker_lost_unattributed} with no started event seen",
+        false_worker_lost.len()
+    );
     println!("lost (no result): {} (must be 0)", lost.len());
     println!(
         "left over: {} processes, {} work dirs, {} task cgroups, {} containers (must be 0)",
@@ -798,4 +919,8 @@ async fn chaos() {
         "tasks without retry_on_worker_loss ran twice: {twice_not:?}"
     );
     assert_eq!(leftovers.total(), 0, "left over: {leftovers:?}");
+    assert!(
+        false_worker_lost.is_empty(),
+        "worker_lost for tasks whose worker was never killed: {false_worker_lost:?}"
+    );
 }
