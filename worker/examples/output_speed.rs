@@ -51,7 +51,9 @@ fn main() {
         );
     };
     println!(
-        "{mib} MiB of scenario 4's stdout in {READ}-byte reads, cap {} MiB",
+        "{mib} MiB of scenario 4's stdout in {READ}-byte reads, cap {} MiB \
+         (each row per MiB of the whole stream; the pipeline row masks all of it, \
+         as the worker does up to the cap)",
         cap >> 20
     );
 
