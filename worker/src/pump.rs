@@ -181,6 +181,10 @@ impl Pump {
         capture.push(masked);
         let kept = capture.len().saturating_sub(before).min(masked.len());
         let cut = capture.truncated();
+        if cut {
+            // Nothing more of this stream is kept or shown: not masked either.
+            self.pipeline.discard(stream);
+        }
         // Live logs are bounded like the result: the bytes it keeps, then a marker.
         self.live(stream, &masked[..kept]).await;
         if cut {
@@ -232,7 +236,9 @@ impl Pump {
             task_id: self.task_id.clone(),
             seq: self.seq,
             stream,
-            data: String::from_utf8_lossy(&data).into_owned(),
+            // Valid UTF-8 (the pipeline's output, no character cut): moved, not copied.
+            data: String::from_utf8(data)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             first_at,
             last_at: Utc::now(),
             eof,

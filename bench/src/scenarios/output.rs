@@ -83,14 +83,18 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
         .profile_dir
         .as_ref()
         .and_then(|_| crate::profile::start("s4"));
+    let cpu0 = crate::procs::cpu_ms(w.pid());
     let (k_default, kept_default, ok1) =
         output_task(&client, &w.pool, bytes, &secrets, None).await?;
+    let cpu_default = crate::procs::cpu_ms(w.pid()).saturating_sub(cpu0);
     if let (Some(rec), Some(dir)) = (rec, &b.opts.profile_dir) {
         rec.finish(w.pid(), &dir.join("profile-s4-output.txt"));
     }
     let after_large = w.rss();
+    let cpu0 = crate::procs::cpu_ms(w.pid());
     let (k_max, kept_max, ok2) =
         output_task(&client, &w.pool, bytes, &secrets, Some(48 << 20)).await?; // the largest cap a default pool allows
+    let cpu_max = crate::procs::cpu_ms(w.pid()).saturating_sub(cpu0);
     let after_max = w.rss();
     let hostile = hostile_output(&client, &w).await;
     client.close().await;
@@ -147,6 +151,20 @@ pub async fn output(b: &mut Bench) -> anyhow::Result<()> {
         pipe,
         Some(Figure::mib_s(raw)),
     );
+    // The worker's own CPU (its process, every thread; not the task's):
+    // steadier than the rates on a machine others load.
+    for (cap, cpu) in [("default cap", cpu_default), ("cap 48 MiB", cpu_max)] {
+        b.report.row(
+            "4",
+            &format!(
+                "{mib} MiB stdout, 20 secrets, {cap}: worker CPU per task, ms ({:.2} ms per MiB)",
+                cpu as f64 / mib as f64
+            ),
+            Some(Figure::ms(cpu as f64)),
+            "—",
+            None,
+        );
+    }
     b.report.row(
         "4",
         &format!(

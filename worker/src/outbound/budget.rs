@@ -115,6 +115,95 @@ pub fn fit(r: &mut TaskResult, budget: usize) -> Result<Option<String>, usize> {
     if total <= budget {
         return Ok(None);
     }
+    let lens = (r.stdout.len(), r.stderr.len());
+    fit_over(r, budget, total, lens)
+}
+
+/// [`fit`] on a copy of `r`, made without copying what the budget would cut
+/// (a 48 MiB stdout is not copied to keep 1 MiB of it): `None` when `r`
+/// fits as it is. The copy, its `warnings` and its figures are what [`fit`]
+/// on a whole clone would give.
+pub fn fit_copy(r: &TaskResult, budget: usize) -> Result<Option<TaskResult>, usize> {
+    let mut copy = without_streams(r);
+    let total = fixed_len(&mut copy) + big_len(r);
+    if total <= budget {
+        return Ok(None);
+    }
+    // Each stream as far as it could fit at all. Every length beyond the
+    // budget is over each share `fit_over` compares it with, so it decides
+    // and cuts as it would on the whole stream.
+    copy.stdout = r.stdout[..prefix_within(&r.stdout, budget)].to_owned();
+    copy.stderr = r.stderr[..prefix_within(&r.stderr, budget)].to_owned();
+    fit_over(&mut copy, budget, total, (r.stdout.len(), r.stderr.len()))?;
+    Ok(Some(copy))
+}
+
+/// `r` without its stdout and stderr; every other field cloned.
+fn without_streams(r: &TaskResult) -> TaskResult {
+    // Every field named (no `..`): a field added to results is copied here too.
+    let TaskResult {
+        version,
+        id,
+        status,
+        exit_code,
+        signal,
+        stdout: _,
+        stderr: _,
+        truncated,
+        lossy,
+        outputs,
+        output_errors,
+        warnings,
+        error,
+        worker,
+        sandbox,
+        sandbox_id,
+        submitter,
+        attempt,
+        limits,
+        landlock,
+        network,
+        timings,
+        usage,
+        waited_on,
+    } = r;
+    TaskResult {
+        version: *version,
+        id: id.clone(),
+        status: *status,
+        exit_code: *exit_code,
+        signal: *signal,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: *truncated,
+        lossy: *lossy,
+        outputs: outputs.clone(),
+        output_errors: output_errors.clone(),
+        warnings: warnings.clone(),
+        error: error.clone(),
+        worker: worker.clone(),
+        sandbox: *sandbox,
+        sandbox_id: sandbox_id.clone(),
+        submitter: submitter.clone(),
+        attempt: *attempt,
+        limits: *limits,
+        landlock: *landlock,
+        network: network.clone(),
+        timings: timings.clone(),
+        usage: usage.clone(),
+        waited_on: waited_on.clone(),
+    }
+}
+
+/// [`fit`] once `r` is known to be over: `total` is what the result takes
+/// whole and `lens` the byte lengths of its whole stdout and stderr, for the
+/// warning (`r`'s own streams may already be cut to the budget).
+fn fit_over(
+    r: &mut TaskResult,
+    budget: usize,
+    total: usize,
+    lens: (usize, usize),
+) -> Result<Option<String>, usize> {
     let mut fixed = fixed_len(r);
     let mut cut = Vec::new();
     if fixed + WARNING_ROOM > budget {
@@ -173,12 +262,11 @@ pub fn fit(r: &mut TaskResult, budget: usize) -> Result<Option<String>, usize> {
         } else {
             (half, for_streams - half)
         };
-        for (name, text, len, max) in [
-            ("stdout", &mut r.stdout, out_len, out_max),
-            ("stderr", &mut r.stderr, err_len, err_max),
+        for (name, text, len, max, before) in [
+            ("stdout", &mut r.stdout, out_len, out_max, lens.0),
+            ("stderr", &mut r.stderr, err_len, err_max, lens.1),
         ] {
             if len > max {
-                let before = text.len();
                 text.truncate(prefix_within(text, max));
                 cut.push(format!("{name} after {} of {before} bytes", text.len()));
             }
@@ -450,7 +538,16 @@ mod tests {
                 .collect();
             prop_assert_eq!(serialized_len(&mut r), actual(&r));
             let before = r.clone();
-            match fit(&mut r, budget) {
+            // The copy made without copying what is cut is the same result.
+            let copied = fit_copy(&before, budget);
+            let fitted = fit(&mut r, budget);
+            match (&fitted, copied) {
+                (Ok(None), Ok(None)) => {}
+                (Ok(Some(_)), Ok(Some(c))) => prop_assert_eq!(&c, &r),
+                (Err(a), Err(b)) => prop_assert_eq!(*a, b),
+                (f, c) => prop_assert!(false, "fit {:?}, fit_copy {:?}", f, c.map(|c| c.map(|c| c.warnings))),
+            }
+            match fitted {
                 Ok(None) => prop_assert_eq!(&r, &before),
                 Ok(Some(_)) => {
                     prop_assert!(actual(&r) <= budget, "{} > {}", actual(&r), budget);

@@ -269,10 +269,10 @@ impl Outbound {
         let copy = if self.budget <= HISTORY_BUDGET {
             result.clone()
         } else {
-            let mut r = (**result).clone();
-            match budget::fit(&mut r, HISTORY_BUDGET) {
+            // Not a clone of the whole result: at most the budget of each stream is copied.
+            match budget::fit_copy(result, HISTORY_BUDGET) {
                 Ok(None) => result.clone(),
-                Ok(Some(_)) => Arc::new(r),
+                Ok(Some(r)) => Arc::new(r),
                 Err(_) => Arc::new(budget::small(result, "its history copy was too large")),
             }
         };

@@ -20,10 +20,14 @@
 
 use std::fmt;
 
+use memchr::memmem;
+
 use super::mask::{MaskError, MaskSet};
 
 /// The prefix of a line that registers a value to mask.
 pub const ADD_MASK_PREFIX: &[u8] = b"::add-mask::";
+/// A newline and the prefix: where the next `::add-mask::` line begins.
+const NEWLINE_PREFIX: &[u8] = b"\n::add-mask::";
 /// Longest `::add-mask::` line kept (prefix and value, without the newline).
 pub const MAX_ADD_MASK_LINE: usize = 64 * 1024;
 /// Most values one task registers with `::add-mask::`.
@@ -94,6 +98,8 @@ enum State {
 /// Removes `::add-mask::` lines from stdout and registers their values.
 pub struct AddMaskFilter {
     set: MaskSet,
+    /// Finds a newline followed by [`ADD_MASK_PREFIX`] (SIMD, whole chunks).
+    next_prefix: memmem::Finder<'static>,
     state: State,
     buf: Vec<u8>,
     /// Length of the current `::add-mask::` line so far.
@@ -122,6 +128,7 @@ impl AddMaskFilter {
     pub fn new(set: MaskSet) -> Self {
         Self {
             set,
+            next_prefix: memmem::Finder::new(NEWLINE_PREFIX),
             state: State::LineStart,
             buf: Vec::new(),
             line_len: 0,
@@ -169,17 +176,29 @@ impl AddMaskFilter {
                         self.state = State::Pass;
                     }
                 }
-                State::Pass => match newline(rest) {
-                    Some(i) => {
-                        out.extend_from_slice(&rest[..=i]);
-                        rest = &rest[i + 1..];
-                        self.next_line();
+                State::Pass => {
+                    // Everything up to the next line that begins with the
+                    // prefix — or else up to the last newline — streams
+                    // through in one copy; only a line start may be held.
+                    let end = self
+                        .next_prefix
+                        .find(rest)
+                        .or_else(|| memchr::memrchr(b'\n', rest));
+                    match end {
+                        Some(i) => {
+                            let (lines, after) = rest.split_at(i + 1);
+                            out.extend_from_slice(lines);
+                            // `next_line` counts the last of them.
+                            self.line += memchr::memchr_iter(b'\n', lines).count() as u64 - 1;
+                            rest = after;
+                            self.next_line();
+                        }
+                        None => {
+                            out.extend_from_slice(rest);
+                            rest = &[];
+                        }
                     }
-                    None => {
-                        out.extend_from_slice(rest);
-                        rest = &[];
-                    }
-                },
+                }
                 State::Capture => {
                     let (part, end) = match newline(rest) {
                         Some(i) => (&rest[..i], Some(i)),
@@ -279,7 +298,7 @@ impl AddMaskFilter {
 }
 
 fn newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
 
 #[cfg(test)]
@@ -314,6 +333,38 @@ mod tests {
         let (out, _) = run(&set, &[b"a\n::add", b"-mask::sec", b"ret-1", b"\nb\n"]);
         assert_eq!(out, b"a\nb\n");
         assert_eq!(set.values(), vec![b"secret-1".to_vec()]);
+    }
+
+    #[test]
+    fn a_newline_or_the_prefix_split_at_a_chunk_boundary() {
+        assert_eq!(&NEWLINE_PREFIX[1..], ADD_MASK_PREFIX);
+        let text: &[u8] = b"a\nbb\n::add-mask::secret-1\nc secret-1\n";
+        // Every cut: after a newline, inside the prefix, right after it.
+        for cut in 0..=text.len() {
+            let set = MaskSet::new();
+            let (out, warnings) = run(&set, &[&text[..cut], &text[cut..]]);
+            assert_eq!(out, b"a\nbb\nc secret-1\n", "cut at {cut}");
+            assert!(warnings.is_empty());
+            assert_eq!(set.values(), vec![b"secret-1".to_vec()], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn line_numbers_count_every_line_of_a_chunk() {
+        let set = MaskSet::new();
+        let mut text = b"first\n".repeat(999);
+        text.extend(b"::add-mask::ab\nlast\n::add-mask::xy");
+        for chunks in [vec![&text[..]], text.chunks(7).collect::<Vec<_>>()] {
+            let (out, warnings) = run(&set, &chunks);
+            assert!(out.ends_with(b"first\nlast\n"));
+            assert_eq!(
+                warnings,
+                vec![
+                    AddMaskWarning::TooShort { line: 1000 },
+                    AddMaskWarning::TooShort { line: 1002 }
+                ]
+            );
+        }
     }
 
     #[test]

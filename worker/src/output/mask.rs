@@ -364,6 +364,10 @@ struct Compiled {
     /// Whether some value starts with this byte.
     first: Vec<bool>,
     max_len: usize,
+    /// No value contains `*`: what a stream over this matcher emitted holds
+    /// no occurrence of a value (none can span a `***`), see
+    /// [`MaskStream::push_emitted_into`].
+    star_free: bool,
 }
 
 impl Compiled {
@@ -371,13 +375,16 @@ impl Compiled {
         let levels: Vec<Arc<Level>> = levels.iter().flatten().cloned().collect();
         let mut first = vec![false; 256];
         let mut max_len = 0;
+        let mut star_free = true;
         for v in levels.iter().flat_map(|l| &l.sorted) {
             if let Some(&b) = v.first() {
                 first[usize::from(b)] = true;
             }
             max_len = max_len.max(v.len());
+            star_free &= memchr::memchr(b'*', v).is_none();
         }
         Self {
+            star_free,
             generation,
             failed: levels.iter().any(|l| l.ac.is_none()),
             levels,
@@ -537,9 +544,48 @@ impl MaskStream {
             out.extend_from_slice(chunk);
             return;
         }
+        if self.pending.is_empty() {
+            // Scanned where it lies: only the held-back tail is copied.
+            let cut = self.compiled.hold(chunk);
+            self.emit_from(chunk, cut, out);
+            self.pending.extend_from_slice(&chunk[cut..]);
+            return;
+        }
         self.pending.extend_from_slice(chunk);
         let cut = self.compiled.hold(&self.pending);
-        self.emit(cut, out);
+        let pending = std::mem::take(&mut self.pending);
+        self.emit_from(&pending, cut, out);
+        self.pending = pending;
+        self.pending.drain(..cut);
+    }
+
+    /// [`MaskStream::push_into`] for a `chunk` that a stream over the same set
+    /// at `generation` has just emitted, unchanged (the text stage after the
+    /// byte stage, when the UTF-8 conversion changed nothing). It holds no
+    /// occurrence of any value: each was masked, and none can span a `***`
+    /// unless a value contains `*`. So with nothing pending here it is not
+    /// scanned again — only the tail that may begin a value is looked at and
+    /// held back, exactly as [`MaskStream::push_into`] would. Otherwise (the
+    /// set grew since, a value contains `*`, a tail is pending) it is
+    /// [`MaskStream::push_into`].
+    pub fn push_emitted_into(&mut self, chunk: &[u8], generation: u64, out: &mut Vec<u8>) {
+        self.refresh();
+        let c = &self.compiled;
+        if !self.pending.is_empty() || c.generation != generation || !c.star_free || c.failed {
+            self.push_into(chunk, out);
+            return;
+        }
+        let cut = c.hold(chunk);
+        if cut > 0 {
+            out.extend_from_slice(&chunk[..cut]);
+            self.in_run = false;
+        }
+        self.pending.extend_from_slice(&chunk[cut..]);
+    }
+
+    /// The generation of the set this stream masked its last push with.
+    pub fn generation(&self) -> u64 {
+        self.compiled.generation
     }
 
     /// Flushes the held-back tail, masked. The stream can be reused afterwards.
@@ -552,7 +598,9 @@ impl MaskStream {
     /// Like [`MaskStream::finish`], appending to `out`.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
         self.refresh();
-        self.emit(self.pending.len(), out);
+        let pending = std::mem::take(&mut self.pending);
+        self.emit_from(&pending, pending.len(), out);
+        self.pending = pending;
         self.pending.clear();
         self.carry = 0;
         self.in_run = false;
@@ -569,16 +617,16 @@ impl MaskStream {
         }
     }
 
-    fn emit(&mut self, cut: usize, out: &mut Vec<u8>) {
+    /// Emits the masked form of `hay[..cut]` (`hay` is what is pending: the
+    /// held-back tail and what came after it); the caller keeps `hay[cut..]`.
+    fn emit_from(&mut self, hay: &[u8], cut: usize, out: &mut Vec<u8>) {
         if cut == 0 {
             return;
         }
-        self.compiled
-            .spans(&self.pending, self.carry, &mut self.spans);
-        let (in_run, carry) = emit(&self.pending, cut, &self.spans, self.in_run, out);
+        self.compiled.spans(hay, self.carry, &mut self.spans);
+        let (in_run, carry) = emit(hay, cut, &self.spans, self.in_run, out);
         self.in_run = in_run;
         self.carry = carry;
-        self.pending.drain(..cut);
     }
 }
 

@@ -34,6 +34,19 @@ impl Lossy {
         }
     }
 
+    /// [`Lossy::push`] into `buf` itself: valid UTF-8 with nothing held from
+    /// the last chunk (the common case) is left where it is, not copied.
+    /// Returns whether `buf` was left as it was.
+    pub fn push_in_place(&mut self, buf: &mut Vec<u8>) -> bool {
+        if self.held.is_empty() && std::str::from_utf8(buf).is_ok() {
+            return true;
+        }
+        let mut out = Vec::with_capacity(buf.len() + REPLACEMENT.len());
+        self.push(buf, &mut out);
+        *buf = out;
+        false
+    }
+
     /// Ends the stream: a held incomplete character becomes U+FFFD.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.held.is_empty() {
@@ -126,7 +139,18 @@ mod tests {
             }
             let whole = String::from_utf8_lossy(&bytes);
             let (out, lossy) = all(&chunks);
-            prop_assert_eq!(out, whole.as_bytes().to_vec());
+            prop_assert_eq!(&out, &whole.as_bytes().to_vec());
+            // In place, the same.
+            let mut l = Lossy::new();
+            let mut in_place = Vec::new();
+            for c in &chunks {
+                let mut buf = c.to_vec();
+                let kept = l.push_in_place(&mut buf);
+                prop_assert!(!kept || buf == *c);
+                in_place.extend(buf);
+            }
+            l.finish(&mut in_place);
+            prop_assert_eq!(&in_place, &out);
             prop_assert_eq!(lossy, matches!(whole, std::borrow::Cow::Owned(_)));
         }
     }
