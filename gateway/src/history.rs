@@ -2,7 +2,9 @@
 //! (`krill.results`), of every watched pool whoever submitted the task, from a
 //! durable queue of the gateway's own, so what was published while it is down
 //! is recorded when it is back; results of the tasks the gateway submitted
-//! also from their reply queues (the same result twice merges to one row). Merging is pure ([`merge_event`],
+//! also from its one durable reply queue ([`replies_queue`]: every task it
+//! publishes names it as `reply_to`, so no queue is declared per task; the
+//! same result twice merges to one row). Merging is pure ([`merge_event`],
 //! [`merge_result`]); [`run`] is the consuming loop.
 
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use broker::protocol::{TaskEvent, TaskResult, TaskState};
 use broker::topology;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -19,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{now_ms, Store, StoreError, TaskRow};
+use crate::store::{now_ms, Store, StoreError, TaskRow, Tx};
 use crate::Notifier;
 
 /// Folds one event into a task's row (`None`: not seen before). A later state
@@ -107,25 +109,34 @@ pub fn merge_result(mut t: TaskRow, r: &TaskResult) -> Result<TaskRow, StoreErro
     Ok(t)
 }
 
+/// Most messages of the history queues written in one transaction: what
+/// has arrived while the last batch was written, up to the prefetch.
+pub const BATCH: usize = 64;
+
 /// Records one event.
 pub async fn record_event(store: &Store, ev: &TaskEvent) -> Result<(), StoreError> {
     let _merging = store.merge_lock().await;
-    let row = store.get(&ev.task_id).await?;
+    let mut tx = store.begin().await?;
+    event_in(&mut tx, ev).await?;
+    tx.commit().await
+}
+
+async fn event_in(tx: &mut Tx, ev: &TaskEvent) -> Result<(), StoreError> {
+    let row = tx.get(&ev.task_id).await?;
     let detail = ev.error.clone().or_else(|| {
         ev.blocked
             .as_ref()
             .and_then(|b| serde_json::to_string(b).ok())
     });
-    store
-        .add_event(
-            &ev.task_id,
-            ev.state.as_str(),
-            &ev.worker,
-            ev.at.timestamp_millis(),
-            detail.as_deref(),
-        )
-        .await?;
-    store.put(&merge_event(row, ev)).await
+    tx.add_event(
+        &ev.task_id,
+        ev.state.as_str(),
+        &ev.worker,
+        ev.at.timestamp_millis(),
+        detail.as_deref(),
+    )
+    .await?;
+    tx.put(&merge_event(row, ev)).await
 }
 
 /// Records one result; `pool` (when known: the routing key of a worker's
@@ -136,7 +147,13 @@ pub async fn record_result(
     pool: Option<&str>,
 ) -> Result<(), StoreError> {
     let _merging = store.merge_lock().await;
-    let mut row = store.get(&r.id).await?.unwrap_or_else(|| TaskRow {
+    let mut tx = store.begin().await?;
+    result_in(&mut tx, r, pool).await?;
+    tx.commit().await
+}
+
+async fn result_in(tx: &mut Tx, r: &TaskResult, pool: Option<&str>) -> Result<(), StoreError> {
+    let mut row = tx.get(&r.id).await?.unwrap_or_else(|| TaskRow {
         id: r.id.clone(),
         ..TaskRow::default()
     });
@@ -145,14 +162,15 @@ pub async fn record_result(
             row.pool = p.to_string();
         }
     }
-    store.put(&merge_result(row, r)?).await
+    tx.put(&merge_result(row, r)?).await
 }
 
 /// One message of the history queue: a task event, or a worker's copy of a
-/// final result (from `krill.results`).
+/// final result (from `krill.results`: with its pool); or of the reply queue:
+/// a result (no pool: the row has it from the submit).
 enum Recorded {
     Event(TaskEvent),
-    Result(Box<TaskResult>, String),
+    Result(Box<TaskResult>, Option<String>),
 }
 
 impl Recorded {
@@ -163,12 +181,29 @@ impl Recorded {
         }
     }
 
-    async fn save(&self, store: &Store) -> Result<(), StoreError> {
+    async fn save_in(&self, tx: &mut Tx) -> Result<(), StoreError> {
         match self {
-            Recorded::Event(ev) => record_event(store, ev).await,
-            Recorded::Result(r, pool) => record_result(store, r, Some(pool)).await,
+            Recorded::Event(ev) => event_in(tx, ev).await,
+            Recorded::Result(r, pool) => result_in(tx, r, pool.as_deref()).await,
         }
     }
+}
+
+/// Records a batch in one transaction: all of it, or (an error) nothing.
+async fn save_all(store: &Store, recs: &[Recorded]) -> Result<(), StoreError> {
+    let _merging = store.merge_lock().await;
+    let mut tx = store.begin().await?;
+    for rec in recs {
+        rec.save_in(&mut tx).await?;
+    }
+    tx.commit().await
+}
+
+/// The durable reply queue of the gateway whose event queue is `queue`: the
+/// `reply_to` of every task it submits (gateways sharing an event queue share
+/// it too). Not a `krill.reply.*` name: submitters may not read it.
+pub fn replies_queue(queue: &str) -> String {
+    format!("{queue}.replies")
 }
 
 /// What the recorder listens to.
@@ -225,6 +260,12 @@ async fn declare(ch: &lapin::Channel, w: &Watch) -> anyhow::Result<()> {
     ch.queue_declare(
         ShortString::from(w.queue.as_str()),
         QueueDeclareOptions::durable(),
+        args.clone(),
+    )
+    .await?;
+    ch.queue_declare(
+        ShortString::from(replies_queue(&w.queue).as_str()),
+        QueueDeclareOptions::durable(),
         args,
     )
     .await?;
@@ -260,47 +301,154 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
     let ch = conn.create_channel().await?;
     declare(&ch, w).await?;
     ch.basic_qos(64, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(w.queue.as_str()),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %w.queue, "history: recording task events");
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        let parsed = if delivery.exchange.as_str() == topology::RESULTS_EXCHANGE {
-            let pool = delivery.routing_key.to_string();
-            serde_json::from_slice::<TaskResult>(&delivery.data)
-                .map(|r| Recorded::Result(Box::new(r), pool))
-        } else {
-            serde_json::from_slice::<TaskEvent>(&delivery.data).map(Recorded::Event)
-        };
-        match parsed {
-            Ok(rec) => match rec.save(store).await {
-                Ok(()) => {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                    notify.notify(rec.task_id());
+    let replies = replies_queue(&w.queue);
+    let mut consumers = Vec::new();
+    for queue in [w.queue.as_str(), replies.as_str()] {
+        consumers.push(
+            ch.basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?,
+        );
+    }
+    let mut consumer = futures_util::stream::select_all(consumers);
+    tracing::info!(queue = %w.queue, %replies, "history: recording task events and results");
+    while let Some(first) = consumer.next().await {
+        // What else has arrived meanwhile goes into the same transaction.
+        let mut batch = vec![first?];
+        while batch.len() < BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(d?),
+                _ => break,
+            }
+        }
+        let mut recs = Vec::with_capacity(batch.len());
+        let mut taken = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match parse(&delivery, &replies) {
+                Ok(rec) => {
+                    recs.push(rec);
+                    taken.push(delivery);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, task_id = %rec.task_id(), "history: storing a message failed");
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await?;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::warn!(error = %e, "history: dropping a message that does not parse");
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "history: dropping a message that does not parse");
-                delivery.acker.ack(BasicAckOptions::default()).await?;
             }
+        }
+        if recs.is_empty() {
+            continue;
+        }
+        let saved = match save_all(store, &recs).await {
+            Ok(()) => vec![true; recs.len()],
+            // One at a time then, so one message that cannot be stored does
+            // not hold back the others of its batch.
+            Err(_) if recs.len() > 1 => {
+                let mut saved = Vec::with_capacity(recs.len());
+                for rec in &recs {
+                    let one = save_all(store, std::slice::from_ref(rec)).await;
+                    if let Err(e) = &one {
+                        tracing::warn!(error = %e, task_id = %rec.task_id(), "history: storing a message failed");
+                    }
+                    saved.push(one.is_ok());
+                }
+                saved
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, task_id = %recs[0].task_id(), "history: storing a message failed");
+                vec![false]
+            }
+        };
+        for ((delivery, rec), ok) in taken.iter().zip(&recs).zip(&saved) {
+            if *ok {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                notify.notify(rec.task_id());
+            } else {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+        if saved.contains(&false) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     Ok(())
+}
+
+/// A delivery of the history queues as what it records.
+fn parse(delivery: &lapin::message::Delivery, replies: &str) -> serde_json::Result<Recorded> {
+    if delivery.exchange.as_str() == topology::RESULTS_EXCHANGE {
+        let pool = delivery.routing_key.to_string();
+        serde_json::from_slice::<TaskResult>(&delivery.data)
+            .map(|r| Recorded::Result(Box::new(r), Some(pool)))
+    } else if delivery.routing_key.as_str() == replies {
+        serde_json::from_slice::<TaskResult>(&delivery.data)
+            .map(|r| Recorded::Result(Box::new(r), None))
+    } else {
+        serde_json::from_slice::<TaskEvent>(&delivery.data).map(Recorded::Event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::protocol::Status;
+
+    fn event(id: &str, state: TaskState) -> TaskEvent {
+        let status = matches!(state, TaskState::Finished).then_some(Status::Succeeded);
+        TaskEvent {
+            version: 1,
+            task_id: id.into(),
+            pool: "p".into(),
+            state,
+            worker: "w1".into(),
+            submitter: None,
+            status,
+            error: None,
+            attempt: 1,
+            at: chrono::Utc::now(),
+            blocked: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_batch_merges_several_messages_of_a_task_and_an_uncommitted_one_keeps_nothing() {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        let mut r = TaskResult::new("t1", Status::Succeeded);
+        r.stdout = "hi\n".into();
+        let batch = [
+            Recorded::Event(event("t1", TaskState::Started)),
+            Recorded::Result(Box::new(r), None),
+            Recorded::Event(event("t1", TaskState::Finished)),
+            Recorded::Event(event("t2", TaskState::Started)),
+        ];
+        save_all(&store, &batch).await.expect("batch");
+        let t1 = store.get("t1").await.expect("get").expect("t1");
+        assert_eq!(t1.state, "finished");
+        assert_eq!(t1.status.as_deref(), Some("succeeded"));
+        assert_eq!(t1.pool, "p", "the first event named the pool");
+        assert!(t1.result.as_deref().is_some_and(|r| r.contains("hi")));
+        assert_eq!(store.events("t1").await.expect("events").len(), 2);
+        assert_eq!(
+            store.get("t2").await.expect("get").expect("t2").state,
+            "started"
+        );
+
+        // A transaction dropped before its commit leaves nothing.
+        let mut tx = store.begin().await.expect("begin");
+        event_in(&mut tx, &event("t3", TaskState::Started))
+            .await
+            .expect("in tx");
+        assert!(tx.get("t3").await.expect("get").is_some());
+        drop(tx);
+        assert!(store.get("t3").await.expect("get").is_none());
+    }
 }

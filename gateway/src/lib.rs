@@ -4,7 +4,7 @@
 //! - [`rights`]: bearer tokens (hashed) and what each caller may do.
 //! - [`store`]: the history database (SQLite or PostgreSQL, one code path, migrations).
 //! - [`tokens`]: the tokens table: add, look up (expiry), list, remove.
-//! - [`history`]: task events (durable queue of its own) and results into the store.
+//! - [`history`]: task events and results (its own durable queues) into the store, in batches.
 //! - [`submit`]: `POST /v1/tasks`: validate, idempotency key, sign and seal, publish confirmed.
 //! - [`live`]: live output of the tasks submitted here, kept from their first chunk.
 //! - [`ops`]: the operators' routes: workers, pools, drain/resume, dead letters.
@@ -62,6 +62,8 @@ impl Notifier {
 pub struct AppState {
     pub store: store::Store,
     pub amqp_url: String,
+    /// The reply queue of the tasks submitted here ([`history::replies_queue`]).
+    pub replies: String,
     /// The broker connection; dropped after a failure and opened again on demand.
     pub broker: RwLock<Option<Arc<Client>>>,
     /// The gateway's key (signs on behalf of callers) and the pool key secrets are sealed to.

@@ -3,10 +3,10 @@
 //! `tokens add|list|remove` for the operator.
 //!
 //! ```text
-//! run ─┬─ history::run        (events of watched pools → store; durable queue)
+//! run ─┬─ history::run        (events of watched pools and replies → store; durable queues)
 //!      ├─ retention           (every RETENTION_EVERY: age, then size)
 //!      ├─ web::live::run      (heartbeat report for the pages; pool samples for the charts)
-//!      ├─ collect_result × n  (one per task submitted here: reply queue → store)
+//!      ├─ collect_result × n  (per task an earlier version submitted: its reply queue → store)
 //!      └─ axum::serve         (until the shutdown token)
 //! ```
 
@@ -236,6 +236,7 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
     let st = Arc::new(AppState {
         store: store.clone(),
         amqp_url: a.amqp_url.clone(),
+        replies: crate::history::replies_queue(&a.queue),
         broker: tokio::sync::RwLock::new(None),
         creds: Credentials::new(Some(identity), pool_key),
         notify: notify.clone(),
@@ -267,6 +268,8 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         a.watch.clone(),
         shutdown.clone(),
     ));
+    // Tasks an earlier gateway version submitted with a reply queue of their
+    // own (the rest answer on the replies queue the recorder consumes).
     for id in store.unfinished_of_gateway().await? {
         collect_result(&st, id);
     }
@@ -304,12 +307,15 @@ async fn retention(store: Store, age: Duration, max: u64, shutdown: Cancellation
     }
 }
 
-/// Takes the result of task `id` (submitted here) from its reply queue into
-/// the store, until the shutdown token (then it stays in its durable queue and
-/// is collected after the restart).
+/// Takes the result of task `id` from its own reply queue `krill.reply.<id>`
+/// into the store, when there is one (a task an earlier gateway version
+/// submitted; else its result comes on the gateway's replies queue), until
+/// the shutdown token (then it stays in its durable queue and is collected
+/// after the restart).
 pub fn collect_result(st: &Arc<AppState>, id: String) {
     let st2 = st.clone();
     st.tasks.spawn(async move {
+        let mut looked = false;
         loop {
             let client = match st2.client().await {
                 Ok(c) => c,
@@ -320,6 +326,18 @@ pub fn collect_result(st: &Arc<AppState>, id: String) {
                     }
                 }
             };
+            if !looked {
+                match client.peek(&id).await {
+                    Ok(broker::client::Peek::Missing) => return,
+                    Ok(_) => looked = true,
+                    Err(e) => {
+                        tracing::warn!(task_id = %id, error = %e, "looking for a reply queue failed; again");
+                        st2.broker_failed().await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
             let got = tokio::select! {
                 _ = st2.shutdown.cancelled() => return,
                 r = client.wait(&id, None) => r,

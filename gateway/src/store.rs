@@ -213,11 +213,13 @@ impl Store {
 
     /// One task.
     pub async fn get(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| task_row(&r)).transpose()
+        get_on(&self.pool, id).await
+    }
+
+    /// A transaction for writing several changes with one commit (the
+    /// recorder's batches: one disk flush for many messages).
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx(self.pool.begin().await?))
     }
 
     /// Writes a task back (after merging an event or a result into it). The
@@ -225,56 +227,7 @@ impl Store {
     /// result collector) stored: a `finished` state stays, a stored result,
     /// caller and task stay, and a field is only replaced by a value.
     pub async fn put(&self, t: &TaskRow) -> Result<(), StoreError> {
-        let size = [&t.spec, &t.result, &t.error, &t.blocked]
-            .iter()
-            .map(|s| s.as_ref().map_or(0, |s| s.len()))
-            .sum::<usize>() as i64;
-        sqlx::query(
-            "INSERT INTO tasks (id, pool, state, status, caller, submitter, worker, sandbox, \
-             attempt, exit_code, error, blocked, spec, result, submitted_at, started_at, \
-             finished_at, updated_at, size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (id) DO UPDATE SET \
-             pool = excluded.pool, \
-             state = CASE WHEN tasks.state = 'finished' THEN tasks.state ELSE excluded.state END, \
-             status = COALESCE(excluded.status, tasks.status), \
-             caller = COALESCE(tasks.caller, excluded.caller), \
-             submitter = COALESCE(excluded.submitter, tasks.submitter), \
-             worker = COALESCE(excluded.worker, tasks.worker), \
-             sandbox = COALESCE(excluded.sandbox, tasks.sandbox), \
-             attempt = COALESCE(excluded.attempt, tasks.attempt), \
-             exit_code = COALESCE(excluded.exit_code, tasks.exit_code), \
-             error = COALESCE(excluded.error, tasks.error), \
-             blocked = CASE WHEN tasks.state = 'finished' THEN NULL ELSE excluded.blocked END, \
-             spec = COALESCE(tasks.spec, excluded.spec), \
-             result = COALESCE(excluded.result, tasks.result), \
-             submitted_at = COALESCE(tasks.submitted_at, excluded.submitted_at), \
-             started_at = COALESCE(excluded.started_at, tasks.started_at), \
-             finished_at = COALESCE(excluded.finished_at, tasks.finished_at), \
-             updated_at = excluded.updated_at, \
-             size = CASE WHEN excluded.size > tasks.size THEN excluded.size ELSE tasks.size END",
-        )
-        .bind(&t.id)
-        .bind(&t.pool)
-        .bind(&t.state)
-        .bind(&t.status)
-        .bind(&t.caller)
-        .bind(&t.submitter)
-        .bind(&t.worker)
-        .bind(&t.sandbox)
-        .bind(t.attempt)
-        .bind(t.exit_code)
-        .bind(&t.error)
-        .bind(&t.blocked)
-        .bind(&t.spec)
-        .bind(&t.result)
-        .bind(t.submitted_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(t.updated_at)
-        .bind(size)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        put_on(&self.pool, t).await
     }
 
     /// Appends one event to a task's timeline (a duplicate is ignored).
@@ -286,18 +239,7 @@ impl Store {
         at: i64,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO task_events (task_id, state, worker, at, detail) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(task_id)
-        .bind(state)
-        .bind(worker)
-        .bind(at)
-        .bind(detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        add_event_on(&self.pool, task_id, state, worker, at, detail).await
     }
 
     /// A task's timeline, oldest first: (state, worker, at, detail).
@@ -515,6 +457,136 @@ impl Store {
 enum Arg {
     S(String),
     I(i64),
+}
+
+/// Several writes committed together ([`Store::begin`]); dropped without
+/// [`Tx::commit`], nothing of it is kept.
+pub struct Tx(sqlx::Transaction<'static, sqlx::Any>);
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tx")
+    }
+}
+
+impl Tx {
+    /// One task, as this transaction sees it.
+    pub async fn get(&mut self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        get_on(&mut *self.0, id).await
+    }
+
+    /// [`Store::put`] inside the transaction.
+    pub async fn put(&mut self, t: &TaskRow) -> Result<(), StoreError> {
+        put_on(&mut *self.0, t).await
+    }
+
+    /// [`Store::add_event`] inside the transaction.
+    pub async fn add_event(
+        &mut self,
+        task_id: &str,
+        state: &str,
+        worker: &str,
+        at: i64,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        add_event_on(&mut *self.0, task_id, state, worker, at, detail).await
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+async fn get_on<'e, E>(e: E, id: &str) -> Result<Option<TaskRow>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(e)
+        .await?;
+    row.map(|r| task_row(&r)).transpose()
+}
+
+async fn put_on<'e, E>(e: E, t: &TaskRow) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let size = [&t.spec, &t.result, &t.error, &t.blocked]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.len()))
+        .sum::<usize>() as i64;
+    sqlx::query(
+        "INSERT INTO tasks (id, pool, state, status, caller, submitter, worker, sandbox, \
+         attempt, exit_code, error, blocked, spec, result, submitted_at, started_at, \
+         finished_at, updated_at, size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT (id) DO UPDATE SET \
+         pool = excluded.pool, \
+         state = CASE WHEN tasks.state = 'finished' THEN tasks.state ELSE excluded.state END, \
+         status = COALESCE(excluded.status, tasks.status), \
+         caller = COALESCE(tasks.caller, excluded.caller), \
+         submitter = COALESCE(excluded.submitter, tasks.submitter), \
+         worker = COALESCE(excluded.worker, tasks.worker), \
+         sandbox = COALESCE(excluded.sandbox, tasks.sandbox), \
+         attempt = COALESCE(excluded.attempt, tasks.attempt), \
+         exit_code = COALESCE(excluded.exit_code, tasks.exit_code), \
+         error = COALESCE(excluded.error, tasks.error), \
+         blocked = CASE WHEN tasks.state = 'finished' THEN NULL ELSE excluded.blocked END, \
+         spec = COALESCE(tasks.spec, excluded.spec), \
+         result = COALESCE(excluded.result, tasks.result), \
+         submitted_at = COALESCE(tasks.submitted_at, excluded.submitted_at), \
+         started_at = COALESCE(excluded.started_at, tasks.started_at), \
+         finished_at = COALESCE(excluded.finished_at, tasks.finished_at), \
+         updated_at = excluded.updated_at, \
+         size = CASE WHEN excluded.size > tasks.size THEN excluded.size ELSE tasks.size END",
+    )
+    .bind(&t.id)
+    .bind(&t.pool)
+    .bind(&t.state)
+    .bind(&t.status)
+    .bind(&t.caller)
+    .bind(&t.submitter)
+    .bind(&t.worker)
+    .bind(&t.sandbox)
+    .bind(t.attempt)
+    .bind(t.exit_code)
+    .bind(&t.error)
+    .bind(&t.blocked)
+    .bind(&t.spec)
+    .bind(&t.result)
+    .bind(t.submitted_at)
+    .bind(t.started_at)
+    .bind(t.finished_at)
+    .bind(t.updated_at)
+    .bind(size)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+async fn add_event_on<'e, E>(
+    e: E,
+    task_id: &str,
+    state: &str,
+    worker: &str,
+    at: i64,
+    detail: Option<&str>,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO task_events (task_id, state, worker, at, detail) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(task_id)
+    .bind(state)
+    .bind(worker)
+    .bind(at)
+    .bind(detail)
+    .execute(e)
+    .await?;
+    Ok(())
 }
 
 fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {

@@ -2,7 +2,8 @@
 //! when absent), checked as the worker would, the caller's right to the pool,
 //! the `Idempotency-Key` claimed in the database (its primary key decides
 //! between parallel repeats), then signed and sealed by the broker crate's
-//! client and published with a confirm. 202 only after the confirm.
+//! client and published with a confirm, its result to come on the gateway's
+//! one reply queue. 202 only after the confirm.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,37 +215,50 @@ async fn claim(
     }
 }
 
-/// Records the task, publishes it (confirmed) and starts collecting its
-/// result; on failure the record is removed again.
+/// Records the task and publishes it (confirmed) with the gateway's replies
+/// queue as `reply_to` (the recorder stores its result); on failure the
+/// record is removed again.
 async fn publish(
     st: &Arc<AppState>,
     caller: &Caller,
     pool: &str,
     task: &Task,
 ) -> Result<(), ApiError> {
-    st.store
-        .insert_submitted(&task.id, pool, &caller.name, &spec_json(task)?)
-        .await?;
-    let mut follower = None;
-    let outcome = match st.client().await {
-        Ok(client) => {
+    let spec = spec_json(task)?;
+    // The row and the binding to the task's log chunks do not depend on each
+    // other: both are done, side by side, before the task is published.
+    let (inserted, connected) = tokio::join!(
+        st.store
+            .insert_submitted(&task.id, pool, &caller.name, &spec),
+        async {
+            let client = st.client().await?;
             // Bound before the task is published: no chunk of it can be missed.
-            match client.follow(&task.id).await {
-                Ok(f) => follower = Some(f),
+            let follower = match client.follow(&task.id).await {
+                Ok(f) => Some(f),
                 Err(e) => {
-                    tracing::warn!(task_id = %task.id, error = %e, "cannot follow the task's output from its start")
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot follow the task's output from its start");
+                    None
                 }
-            }
-            client.submit(pool, task).await.map_err(map_client_error)
+            };
+            Ok::<_, ApiError>((client, follower))
         }
-        Err(e) => Err(e),
+    );
+    inserted?;
+    let (outcome, follower) = match connected {
+        Ok((client, follower)) => (
+            client
+                .submit_replying_to(pool, task, &st.replies)
+                .await
+                .map_err(map_client_error),
+            follower,
+        ),
+        Err(e) => (Err(e), None),
     };
     match outcome {
         Ok(()) => {
             if let Some(f) = follower {
                 crate::live::start(st, task.id.clone(), f);
             }
-            crate::serve::collect_result(st, task.id.clone());
             Ok(())
         }
         Err(e) => {

@@ -662,6 +662,89 @@ async fn history_on_postgres_survives_a_restart() {
     history_survives_a_restart(Some(url)).await;
 }
 
+/// A task submitted over HTTP names the gateway's one durable reply queue as
+/// `reply_to`: no queue `krill.reply.<id>` is declared for it, and its result
+/// is recorded from that queue, also one that came while the gateway was down.
+/// The gateway watches another pool here, so neither the task's events nor
+/// the result's `krill.results` copy reach it: the reply queue is the only way
+/// the result can come, and the long poll answers from it.
+#[tokio::test]
+async fn results_come_on_the_gateways_reply_queue_also_across_a_restart() {
+    let gates = krill_tests::Gates::new();
+    let (_keys, worker, gw) = setup_with("gw-replies", None, Some(&gates)).await;
+    let pool = worker.pool.clone();
+    let mut gw = gw.env("KRILL_GATEWAY_WATCH", &unique_pool("gw-elsewhere"));
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let conn = lapin::Connection::connect(
+        &krill_tests::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("broker");
+    let post = |script: String| {
+        let (url, token) = (tasks_url(&gw, &pool), alice.clone());
+        async move {
+            let body = json!({"script": script, "sandbox": "process"}).to_string();
+            let (st, _, v) = call(
+                Method::POST,
+                &url,
+                Some(&token),
+                &[],
+                Some(body.into_bytes()),
+            )
+            .await;
+            assert_eq!(st, 202, "{v}");
+            v["id"].as_str().expect("id").to_string()
+        }
+    };
+    // Finished while the gateway waits: the long poll answers with the result.
+    let id = post("echo replied".into()).await;
+    let (st, _, v) = call(
+        Method::GET,
+        &format!("{}/v1/tasks/{id}/wait?timeout=60", gw.url),
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(v["result"]["stdout"], "replied\n", "{v}");
+    assert!(
+        v["events"].as_array().is_some_and(Vec::is_empty),
+        "no event of this pool reaches the gateway: {v}"
+    );
+    let own = broker::topology::reply_queue(&id);
+    assert!(
+        broker::amqp::peek(&conn, &own)
+            .await
+            .expect("peek")
+            .is_none(),
+        "{own} was declared"
+    );
+
+    // Finished while the gateway is down: recorded when it is back.
+    let id = post(format!("{}; echo later", gates.wait("go"))).await;
+    gw.kill();
+    std::fs::write(gates.path("go"), b"").expect("open the gate");
+    let replies = format!("{}.replies", gw.queue);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = broker::amqp::peek(&conn, &replies).await.expect("peek");
+        if q.expect("the replies queue").message_count() > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reply came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.start().await;
+    let v = wait_done(&gw, &alice, &id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["result"]["stdout"], "later\n", "{v}");
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 /// A task submitted with the CLI straight over AMQP (not through the
 /// gateway) is in the history with its result: status, exit, masked output,
 /// outputs (the sensitive one only as ciphertext), and the secret nowhere in

@@ -186,17 +186,36 @@ impl Client {
         }
         task.validate()?;
         topology::declare_reply_queue(&self.channel, &task.id).await?;
-        let reply_to = topology::reply_queue(&task.id);
-        let (body, headers) = self.creds.prepare_task(pool, &reply_to, task)?;
+        self.submit_replying_to(pool, task, &topology::reply_queue(&task.id))
+            .await
+    }
+
+    /// [`Client::submit`] with the result sent to `reply_to`, a durable queue
+    /// the caller declared and consumes (the gateway's one reply queue for all
+    /// its tasks): no queue is declared per task.
+    pub async fn submit_replying_to(
+        &self,
+        pool: &str,
+        task: &Task,
+        reply_to: &str,
+    ) -> Result<(), ClientError> {
+        if !topology::valid_pool(pool) {
+            return Err(ClientError::Pool(pool.to_string()));
+        }
+        task.validate()?;
+        let (body, headers) = self.creds.prepare_task(pool, reply_to, task)?;
+        let props = task_properties(task)
+            .with_reply_to(ShortString::from(reply_to))
+            .with_headers(headers);
         if let Some(key) = &task.concurrency_key {
-            return self.submit_keyed(pool, key, task, &body, headers).await;
+            return self.submit_keyed(pool, key, &body, props).await;
         }
         publish_confirmed(
             &self.channel,
             topology::TASKS_EXCHANGE,
             pool,
             &body,
-            task_properties(task).with_headers(headers),
+            props,
             true,
         )
         .await
@@ -214,9 +233,8 @@ impl Client {
         &self,
         pool: &str,
         key: &str,
-        task: &Task,
         body: &[u8],
-        headers: FieldTable,
+        task_props: BasicProperties,
     ) -> Result<(), ClientError> {
         let ch = self.conn.create_channel().await?;
         topology::declare_lines(&ch).await?;
@@ -240,8 +258,7 @@ impl Client {
         )
         .await?;
         let line = topology::line_queue(pool, key);
-        let props = task_properties(task).with_headers(headers);
-        publish_confirmed(&self.channel, "", &line, body, props, true)
+        publish_confirmed(&self.channel, "", &line, body, task_props, true)
             .await
             .map_err(ClientError::from)
     }
