@@ -356,7 +356,12 @@ impl Ready {
                     ready.pending.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 };
-                match ready.launcher.launch(false, uid) {
+                let launching = std::time::Instant::now();
+                let at_unix_us = crate::phases::unix_us();
+                let launched = ready.launcher.launch(false, uid);
+                tracing::debug!(target: crate::phases::TARGET, at_unix_us,
+                    launch_us = crate::phases::us(launching), "helper launched ahead");
+                match launched {
                     Ok(p) => ready.lock().push(p),
                     Err(e) => tracing::warn!(error = %e, "could not start a sandbox helper ahead"),
                 }
