@@ -71,6 +71,8 @@ pub fn curve(path: &Path, series: &[Series]) -> anyhow::Result<()> {
             .x_desc("N = slots in all (workers × slots)")
             .y_desc(y_desc)
             .x_label_formatter(&|x| format!("{x:.0}"))
+            // The log scale's minor lines would crowd the panel: major lines only.
+            .light_line_style(WHITE)
             .draw()
             .map_err(draw)?;
         for (i, s) in lines.iter().enumerate() {
