@@ -77,6 +77,43 @@ pub async fn spawn_rate(how: Spawn, cmd: &str, n: usize, spawners: usize) -> Dur
     .unwrap_or_default()
 }
 
+/// [`spawn_rate`], also timing each spawn: (elapsed, each spawn's duration),
+/// the floor at `spawners` parallelism (scenario 8).
+pub async fn spawn_floor(
+    how: Spawn,
+    cmd: &str,
+    n: usize,
+    spawners: usize,
+) -> (Duration, Vec<Duration>) {
+    let cmd = cmd.to_string();
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let each = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..spawners)
+                .map(|i| {
+                    let share = n / spawners + usize::from(i < n % spawners);
+                    let cmd = &cmd;
+                    s.spawn(move || {
+                        (0..share)
+                            .map(|_| {
+                                let t = Instant::now();
+                                spawn_once(how, cmd);
+                                t.elapsed()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        (t0.elapsed(), each)
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// One spawn at a time, `n` times: each one's duration.
 pub async fn spawn_latency(how: Spawn, cmd: &str, n: usize) -> Vec<Duration> {
     let cmd = cmd.to_string();

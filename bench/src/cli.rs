@@ -11,15 +11,19 @@ use anyhow::Context;
 #[derive(Debug, clap::Parser)]
 #[command(name = "krill-bench")]
 pub struct Args {
-    /// Scenarios to run (1-7), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    /// Scenarios to run (1-9), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9")]
     pub only: Vec<u8>,
     /// Tasks per throughput series (scenario 1).
     #[arg(long, default_value_t = 10_000)]
     pub tasks: usize,
-    /// Tasks per latency series (scenario 2).
+    /// Tasks per latency series (scenarios 2 and 9).
     #[arg(long, default_value_t = 1_000)]
     pub latency_tasks: usize,
+    /// Tasks per point of the curve (scenario 8): a burst of this many, then
+    /// half as many in a closed loop, and as many spawns of the floor.
+    #[arg(long, default_value_t = 1_000)]
+    pub curve_tasks: usize,
     /// Tasks per container series (scenario 3).
     #[arg(long, default_value_t = 200)]
     pub container_tasks: usize,
@@ -101,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         opts: Opts {
             tasks: args.tasks,
             latency_tasks: args.latency_tasks,
+            curve_tasks: args.curve_tasks,
             container_tasks: args.container_tasks,
             prestart: args.prestart.clone(),
             tag: match (args.tag.is_empty(), &args.runtime) {
@@ -112,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             output_mib: args.output_mib,
             secrets: args.secrets,
             containers: args.only.contains(&3),
+            out: args.out.clone(),
             profile_dir,
         },
         report,
@@ -125,6 +131,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             5 => scenarios::memory(&mut b).await,
             6 => scenarios::trust(&mut b).await,
             7 => scenarios::gateway(&mut b).await,
+            8 => scenarios::curve(&mut b).await,
+            9 => scenarios::tail(&mut b).await,
             other => Err(anyhow::anyhow!("no scenario {other}")),
         };
         if let Err(e) = r {

@@ -11,13 +11,15 @@
 //! - [`procs`]: starting `krill-worker` processes, reading their RSS, waiting on queues.
 //! - [`alt`]: the alternatives: raw spawn, a bare RabbitMQ round trip, `docker run`.
 //! - [`celery`]: Celery 5 on the same RabbitMQ (a Python worker and client under `bench/celery`).
-//! - [`scenarios`]: scenarios 1-5, each filling rows of the [`report`].
+//! - [`scenarios`]: scenarios 1-8, each filling rows of the [`report`].
+//! - [`chart`]: the SVG chart of scenario 8's curve (`plotters`).
 //! - [`stats`]: percentiles and rates.
 //! - [`report`]: the table, the goals (met or not) and the markdown/JSON output.
 //! - [`profile`]: `perf record` around a scenario, when asked.
 
 pub mod alt;
 pub mod celery;
+pub mod chart;
 pub mod cli;
 pub mod procs;
 pub mod profile;

@@ -31,6 +31,8 @@ pub struct WorkerOpts {
     /// Pre-started containers per image (`KRILL_PRESTART`); `None`: the worker's default.
     pub prestart: Option<u32>,
     pub env: Vec<(String, String)>,
+    /// Join this pool (another worker's) instead of a fresh one.
+    pub pool: Option<String>,
 }
 
 impl WorkerOpts {
@@ -40,6 +42,7 @@ impl WorkerOpts {
             sandbox: "process".into(),
             prestart: None,
             env: Vec::new(),
+            pool: None,
         }
     }
 
@@ -49,6 +52,7 @@ impl WorkerOpts {
             sandbox: "container".into(),
             prestart: Some(prestart),
             env: vec![("KRILL_IMAGES".into(), "krill/base:1".into())],
+            pool: None,
         }
     }
 }
@@ -135,11 +139,16 @@ pub fn tree(pid: u32) -> Vec<u32> {
 }
 
 impl Env {
-    /// Starts a worker on a fresh pool and waits until it consumes.
+    /// Starts a worker on a fresh pool (or on `opts.pool`) and waits until it consumes.
     pub async fn worker(&self, opts: &WorkerOpts) -> anyhow::Result<Worker> {
         let short = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let id = format!("bench-{short}");
-        let pool = format!("bench-{short}");
+        let pool = opts
+            .pool
+            .clone()
+            .unwrap_or_else(|| format!("bench-{short}"));
+        let queue = broker::topology::pool_queue(&pool);
+        let before = consumers(&self.amqp_url, &queue).await.unwrap_or(0);
         let work_dir = std::env::temp_dir().join(format!("krill-bench-{id}"));
         let log = std::env::temp_dir().join(format!("krill-bench-{id}.log"));
         let log_file = std::fs::File::create(&log).context("worker log file")?;
@@ -176,8 +185,7 @@ impl Env {
                     std::fs::read_to_string(&w.log).unwrap_or_default()
                 );
             }
-            let queue = broker::topology::pool_queue(&w.pool);
-            if consumers(&self.amqp_url, &queue).await.unwrap_or(0) > 0 {
+            if consumers(&self.amqp_url, &queue).await.unwrap_or(0) > before {
                 return Ok(w);
             }
             if Instant::now() > deadline {

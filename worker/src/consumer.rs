@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::Cancel;
 use crate::gate::{Delivery, Gate};
 use crate::intake::{decode, Incoming, Intake, Settle};
+use crate::phases;
 use crate::runner;
 use crate::state::Running;
 use crate::worker::Shared;
@@ -280,6 +281,8 @@ pub fn worker_lost(shared: &Shared, id: &str, attempt: u32, holder: Option<&str>
 /// Handles one delivery to the end. `slot` is held until the ack (a redelivery
 /// waiting for its holder elsewhere lets it go: [`crate::held`]).
 pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphorePermit) {
+    let began = std::time::Instant::now();
+    let began_unix = phases::unix_us();
     let Incoming {
         data,
         props,
@@ -419,6 +422,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
                 metrics.queued(waited);
             }
             let ran = std::time::Instant::now();
+            let intake_us = phases::us(began);
             let out = &shared.run.outbound;
             // The started event goes out while the task starts (joined, not
             // spawned: it is sent before the finished event can be).
@@ -428,8 +432,10 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
             );
             let mut result = result;
             result.waited_on = line;
+            let run_us = phases::us(ran);
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
+            let sealing = std::time::Instant::now();
             // Before it is remembered or sent anywhere: only ciphertext leaves.
             let result = out.finish_result(result, &stamp);
             gate.finished(&shared, &result);
@@ -441,9 +447,26 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            finish(&shared, &result, &reply_to, &settle).await;
+            let seal_us = phases::us(sealing);
+            let f = finish(&shared, &result, &reply_to, &settle).await;
+            tracing::debug!(target: phases::TARGET, task_id = %id, start_unix_us = began_unix,
+                intake_us, run_us, seal_us, published_unix_us = f.published_unix_us,
+                publish_us = f.publish_us, event_us = f.event_us, ack_us = f.ack_us, "task phases");
         }
     }
+}
+
+/// How long each step of [`finish`] took (µs), for [`phases`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Finished {
+    /// When the result's publish began (wall clock).
+    published_unix_us: u64,
+    /// The result's publish, until its confirm.
+    publish_us: u64,
+    /// The finished event.
+    event_us: u64,
+    /// The ack (0 when the result was given up).
+    ack_us: u64,
 }
 
 /// Publishes the result (confirmed), the finished event, then acks (unless the
@@ -453,19 +476,31 @@ async fn finish(
     result: &Arc<TaskResult>,
     reply_to: &str,
     settle: &Arc<dyn Settle>,
-) {
+) -> Finished {
     let out = &shared.run.outbound;
+    let mut f = Finished {
+        published_unix_us: phases::unix_us(),
+        ..Finished::default()
+    };
+    let t = std::time::Instant::now();
     let published = out.result(result, reply_to).await;
+    f.publish_us = phases::us(t);
+    let t = std::time::Instant::now();
     out.event(&result.id, State::Finished, Some(result), result.attempt)
         .await;
+    f.event_us = phases::us(t);
     if published {
         shared.tasks.delivered(&result.id);
-        if let Err(e) = settle.ack().await {
+        let t = std::time::Instant::now();
+        let acked = settle.ack().await;
+        f.ack_us = phases::us(t);
+        if let Err(e) = acked {
             // The channel died: the broker requeues the task and whoever gets it
             // answers from the result (here) or as worker_lost (elsewhere).
             tracing::warn!(task_id = %result.id, error = %e, "ack failed; the broker will redeliver");
         }
     }
+    f
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@
 //! - [`health`]: whether results still go out (degraded when they cannot).
 //! - [`metrics`]: the Prometheus figures, and the same as JSON lines (`--metrics-file`).
 //! - [`error`]: an error printed with its causes.
+//! - [`phases`]: per-task phase timings as debug events (where the latency tail comes from).
 //! - [`held`]: a redelivered task that ran elsewhere waits until its holder is known gone or done.
 //! - [`peers`]: who in the pool is alive and runs which task, from the heartbeats (for redeliveries and key holders).
 //! - [`liveness`]: the host-wide lock every worker holds; what a dead worker left is swept.
@@ -66,6 +67,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod output;
 pub mod peers;
+pub mod phases;
 pub mod pump;
 pub mod runner;
 pub mod sandbox;

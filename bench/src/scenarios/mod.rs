@@ -1,10 +1,12 @@
-//! Scenarios 1-5 of issue 8, 6 of issue 13 (signing and sealing) and 7 of issue 16 (the gateway). Each measures Krill and its alternative in the
+//! Scenarios 1-5 of issue 8, 6 of issue 13 (signing and sealing), 7 of issue 16 (the gateway) 8 and 9 of issue 19 (the curve, the tail). Each measures Krill and its alternative in the
 //! same run and adds rows and goals to the report.
 
 mod containers;
+mod curve;
 mod gateway;
 mod output;
 mod process;
+mod tail;
 mod trust;
 
 use std::path::PathBuf;
@@ -19,9 +21,11 @@ use crate::procs::Env;
 use crate::report::Report;
 
 pub use containers::containers;
+pub use curve::curve;
 pub use gateway::gateway;
 pub use output::{memory, output};
 pub use process::{latency, throughput};
+pub use tail::tail;
 pub use trust::trust;
 
 /// Sizes and switches of a run.
@@ -29,8 +33,10 @@ pub use trust::trust;
 pub struct Opts {
     /// Tasks per throughput series (scenario 1).
     pub tasks: usize,
-    /// Tasks per latency series (scenario 2).
+    /// Tasks per latency series (scenarios 2 and 9).
     pub latency_tasks: usize,
+    /// Tasks per point of the curve (scenario 8).
+    pub curve_tasks: usize,
     /// Tasks per container series (scenario 3).
     pub container_tasks: usize,
     /// Pre-start sizes to measure in scenario 3 (0 = a fresh container per task).
@@ -45,6 +51,8 @@ pub struct Opts {
     pub secrets: usize,
     /// Whether Docker is in use this run (scenario 3, container rows of 5).
     pub containers: bool,
+    /// Where the results go (scenario 8 writes its table and chart there).
+    pub out: PathBuf,
     /// Where `perf` profiles go (`None`: no profiling).
     pub profile_dir: Option<PathBuf>,
 }

@@ -65,6 +65,7 @@ use super::uids::UidPool;
 use super::{Effective, Event, Exit, Outcome, Sandbox, SandboxError, Spec};
 use crate::liveness::Liveness;
 use crate::output::read_capped;
+use crate::phases;
 use broker::protocol::DEFAULT_INTERPRETER;
 
 /// Time between SIGTERM and SIGKILL when a task is stopped.
@@ -234,6 +235,8 @@ impl ProcessSandbox {
         events: mpsc::Sender<Event>,
         cancel: CancellationToken,
     ) -> Result<Outcome, SandboxError> {
+        let taking = std::time::Instant::now();
+        let waiting = self.ready.waiting();
         let ready::Prepared {
             mut child,
             mut dir,
@@ -244,6 +247,8 @@ impl ProcessSandbox {
             landlock,
             ..
         } = self.ready.take(spec.limits.network).await?;
+        let take_us = phases::us(taking);
+        let setting_up = std::time::Instant::now();
         dir.claim(&spec.task_id, &spec.script)?;
         let helper = child.id().unwrap_or(0);
         // Joined to the worker bridge before the task is known to the helper:
@@ -272,6 +277,8 @@ impl ProcessSandbox {
         let config = message::frame(&Self::task_config(&spec))
             .map_err(|e| SandboxError::Setup(format!("encoding the task config: {e}")))?;
         let helper = helper as i32;
+        let setup_us = phases::us(setting_up);
+        let running = std::time::Instant::now();
         // Dropping the write half afterwards shuts it down.
         tokio::spawn(async move {
             let _ = config_w.write_all(&config).await;
@@ -292,6 +299,8 @@ impl ProcessSandbox {
             _ = tokio::time::sleep_until(deadline) => (Some(Exit::TimedOut), None),
             _ = cancel.cancelled() => (Some(Exit::Cancelled), None),
         };
+        let report_us = phases::us(running);
+        let draining = std::time::Instant::now();
         if stopped.is_some() {
             stop(&mut child, helper).await;
             report = tokio::time::timeout(DRAIN_AFTER_EXIT, read_report(&mut status_r))
@@ -305,6 +314,8 @@ impl ProcessSandbox {
         {
             reader.abort();
         }
+        let drain_us = phases::us(draining);
+        let collecting = std::time::Instant::now();
         // What the task used; the namespaces' teardown, the cgroup and the
         // task dir are left to the clean-up, off the path to the result.
         let (usage, oom_kills) = match &cg {
@@ -320,7 +331,11 @@ impl ProcessSandbox {
         let sensitive = read_capped(&krill.join(SENSITIVE_FILE), cap, "KRILL_SENSITIVE_OUTPUT")
             .map(bytes::Bytes::from)
             .map_err(|e| e.to_string());
+        tracing::debug!(target: phases::TARGET, task_id = %spec.task_id, waiting, take_us,
+            setup_us, report_us, drain_us, collect_us = phases::us(collecting), "sandbox phases");
+        let task_id = spec.task_id.clone();
         self.cleanup.spawn(async move {
+            let reaping = std::time::Instant::now();
             if tokio::time::timeout(KILL_GRACE, child.wait())
                 .await
                 .is_err()
@@ -328,11 +343,15 @@ impl ProcessSandbox {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
             }
+            let reap_us = phases::us(reaping);
+            let removing = std::time::Instant::now();
             let _ = tokio::task::spawn_blocking(move || {
                 drop(cg);
                 drop(dir);
             })
             .await;
+            tracing::debug!(target: phases::TARGET, %task_id, reap_us,
+                remove_us = phases::us(removing), end_unix_us = phases::unix_us(), "sandbox cleanup");
             // Every process of the task is gone (its pid namespace and cgroup
             // are): its uid and its address may serve another sandbox.
             drop(uid);

@@ -289,6 +289,13 @@ impl Launcher {
     }
 }
 
+/// The helper that has waited longest: the one started at the previous take
+/// is still joining its cgroup and building its root (issue 19: taking the
+/// newest made most tasks wait for it, 3 ms at p50 and 20 ms above p95).
+fn oldest<T>(waiting: &mut Vec<T>) -> Option<T> {
+    (!waiting.is_empty()).then(|| waiting.remove(0))
+}
+
 /// Helpers ready for tasks without network, refilled in the background.
 #[derive(Debug)]
 pub struct Ready {
@@ -315,7 +322,7 @@ impl Ready {
         let mut found = None;
         if !network {
             loop {
-                let Some(mut p) = self.lock().pop() else {
+                let Some(mut p) = oldest(&mut self.lock()) else {
                     break;
                 };
                 // One that died or failed waiting (killed from outside) is dropped.
@@ -356,7 +363,12 @@ impl Ready {
                     ready.pending.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 };
-                match ready.launcher.launch(false, uid) {
+                let launching = std::time::Instant::now();
+                let at_unix_us = crate::phases::unix_us();
+                let launched = ready.launcher.launch(false, uid);
+                tracing::debug!(target: crate::phases::TARGET, at_unix_us,
+                    launch_us = crate::phases::us(launching), "helper launched ahead");
+                match launched {
                     Ok(p) => ready.lock().push(p),
                     Err(e) => tracing::warn!(error = %e, "could not start a sandbox helper ahead"),
                 }
@@ -378,5 +390,25 @@ impl Ready {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Prepared>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oldest;
+
+    #[test]
+    fn a_task_takes_the_helper_that_waited_longest_and_each_once() {
+        // Refills push at the back: [started first, started at the last take].
+        let mut waiting = vec!["first", "second"];
+        assert_eq!(oldest(&mut waiting), Some("first"));
+        waiting.push("third");
+        assert_eq!(oldest(&mut waiting), Some("second"));
+        assert_eq!(oldest(&mut waiting), Some("third"));
+        assert_eq!(
+            oldest(&mut waiting),
+            None,
+            "single use: none is handed out twice"
+        );
     }
 }
