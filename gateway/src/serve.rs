@@ -251,6 +251,13 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         queue: a.queue.clone(),
         pools: a.watch.clone(),
     };
+    // The event queue and the replies queue exist before the first task is
+    // accepted: a result sent to a replies queue not yet declared would come
+    // back unroutable and be lost to the history. With no broker yet, the
+    // recorder declares them when it connects (a submit fails meanwhile).
+    if let Err(e) = crate::history::declare_queue(&watch).await {
+        tracing::warn!(error = %e, "history: cannot declare the gateway's queues yet; the recorder will");
+    }
     st.tasks.spawn(crate::history::run(
         watch,
         store.clone(),

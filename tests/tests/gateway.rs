@@ -682,6 +682,16 @@ async fn results_come_on_the_gateways_reply_queue_also_across_a_restart() {
     )
     .await
     .expect("broker");
+    // Declared before the gateway serves: a result sent to it before the
+    // recorder connects is not returned unroutable (and lost).
+    let replies = format!("{}.replies", gw.queue);
+    assert!(
+        broker::amqp::peek(&conn, &replies)
+            .await
+            .expect("peek")
+            .is_some(),
+        "{replies} does not exist once the gateway serves"
+    );
     let post = |script: String| {
         let (url, token) = (tasks_url(&gw, &pool), alice.clone());
         async move {
@@ -728,7 +738,6 @@ async fn results_come_on_the_gateways_reply_queue_also_across_a_restart() {
     let id = post(format!("{}; echo later", gates.wait("go"))).await;
     gw.kill();
     std::fs::write(gates.path("go"), b"").expect("open the gate");
-    let replies = format!("{}.replies", gw.queue);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let q = broker::amqp::peek(&conn, &replies).await.expect("peek");
