@@ -340,9 +340,11 @@ async fn rolling_restart_under_load() {
         let stopped = Instant::now();
         // Down for a while: long enough for clients and workers to move.
         tokio::time::sleep(Duration::from_secs(8)).await;
-        let during = count_between(&seen, stopped, Instant::now());
         cluster(&["start", &n.to_string()]);
         let up_at = Instant::now();
+        // From the stop's return to the start's: the node serves nothing in
+        // between (8 s down, then its boot).
+        let during = count_between(&seen, stopped, up_at);
         downs.push((n, (up_at - down_at).as_secs_f64(), during));
         eprintln!(
             "node {n}: stop {:.1} s, down {:.1} s in all, {during} results while it was down \
