@@ -9,7 +9,8 @@
 use broker::topology;
 use krill_tests::PrivateBroker;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -152,5 +153,46 @@ async fn a_submitter_can_neither_forge_worker_messages_nor_read_result_copies() 
         )
         .await;
     let err = bind.expect_err("a submitter bound a queue to krill.results");
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+
+    // The gateway's one replies queue (the results of every task submitted
+    // over HTTP): a submitter may not read it, while it may read a per-task
+    // reply queue (the control).
+    let replies = "krill.gateway.history.replies";
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    for q in [replies.to_string(), topology::reply_queue("perm-control")] {
+        admin
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args.clone(),
+            )
+            .await
+            .expect("declared as the gateway / the client does");
+    }
+    let consume = |q: String| {
+        let url = url.clone();
+        async move {
+            channel(&url)
+                .await
+                .basic_consume(
+                    q.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    };
+    consume(topology::reply_queue("perm-control"))
+        .await
+        .expect("a submitter may read a per-task reply queue");
+    let err = consume(replies.to_string())
+        .await
+        .expect_err("a submitter read the gateway's replies queue");
     assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
 }
