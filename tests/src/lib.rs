@@ -665,3 +665,19 @@ impl Drop for PrivateBroker {
         self.stop();
     }
 }
+
+/// Runs `scripts/cluster ARGS` (the local three-node cluster) and returns its
+/// stdout, or panics with its stderr.
+pub fn cluster(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
+    let out = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .expect("running scripts/cluster");
+    assert!(
+        out.status.success(),
+        "scripts/cluster {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use broker::protocol::{SandboxKind, Status, Task, TaskResult};
 use broker::topology;
-use krill_tests::{amqp_url, client, unique_pool, WorkerBuilder, WorkerProc};
+use krill_tests::{amqp_url, client, cluster, unique_pool, WorkerBuilder, WorkerProc};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -250,21 +250,6 @@ fn queue_messages(queue: &str) -> Option<u64> {
 
 fn cluster_mode() -> bool {
     env_or("KRILL_CHAOS_CLUSTER", 0) != 0
-}
-
-/// Runs `scripts/cluster ARGS` and returns its stdout.
-fn cluster(args: &[&str]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
-    let out = std::process::Command::new(script)
-        .args(args)
-        .output()
-        .expect("running scripts/cluster");
-    assert!(
-        out.status.success(),
-        "scripts/cluster {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The worker processes and how to start each again.

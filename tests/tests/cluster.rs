@@ -10,7 +10,6 @@
 //! after another.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,26 +17,9 @@ use std::time::{Duration, Instant};
 use broker::client::Client;
 use broker::protocol::Status;
 use broker::topology;
-use krill_tests::{bin, task, unique_pool, Events, WorkerBuilder};
+use krill_tests::{bin, cluster, task, unique_pool, Events, WorkerBuilder};
 
 const T: Duration = Duration::from_secs(120);
-
-fn cluster_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster")
-}
-
-fn cluster(args: &[&str]) -> String {
-    let out = Command::new(cluster_script())
-        .args(args)
-        .output()
-        .expect("running scripts/cluster");
-    assert!(
-        out.status.success(),
-        "scripts/cluster {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The cluster's URLs, starting it when a node is not running.
 fn cluster_urls() -> String {
