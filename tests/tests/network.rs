@@ -39,7 +39,14 @@ struct Outside {
 
 impl Outside {
     fn start() -> Outside {
-        let n = 2 * (1 + (uuid::Uuid::new_v4().as_u128() % 120) as u8);
+        // Tests of this binary run side by side: each outside host takes the
+        // next pair of addresses (from a random start, so that two runs one
+        // after the other do not meet each other's leftovers either).
+        static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+        let next = NEXT.get_or_init(|| {
+            std::sync::atomic::AtomicU32::new((uuid::Uuid::new_v4().as_u128() % 120) as u32)
+        });
+        let n = 2 * (1 + (next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 120) as u8);
         let (near, addr) = (
             Ipv4Addr::new(198, 51, 100, n),
             Ipv4Addr::new(198, 51, 100, n + 1),
@@ -420,9 +427,7 @@ async fn only_a_granted_task_reaches_the_outside_host() {
             .output()
             .expect("nft");
         let text = String::from_utf8_lossy(&chains.stdout).into_owned();
-        if !text.contains(&format!("{}/32", outside.addr))
-            && !text.contains(&outside.addr.to_string())
-        {
+        if !names_outside_refused(&text, outside.addr) {
             break;
         }
         assert!(
@@ -433,6 +438,33 @@ async fn only_a_granted_task_reaches_the_outside_host() {
     }
     drop(w);
     drop(outside);
+}
+
+/// Whether nft's listing names `addr` anywhere but in the always-refused set
+/// (which other tests of this binary grow with addresses of 198.51.100.0/24 of
+/// their own, and which is never shrunk): as a whole address, not a prefix of
+/// another (198.51.100.5 is not 198.51.100.51).
+fn names_outside_refused(listing: &str, addr: Ipv4Addr) -> bool {
+    let mut rest = listing.to_string();
+    if let Some(start) = rest.find("set refused4 {") {
+        let end = rest[start..]
+            .find("\n\t}")
+            .map_or(rest.len(), |e| start + e + 3);
+        rest.replace_range(start..end, "");
+    }
+    let addr = addr.to_string();
+    rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|word| word == addr)
+}
+
+#[test]
+fn an_address_is_found_whole_and_outside_the_refused_set() {
+    let listing = "table inet krill {\n\tset refused4 {\n\t\telements = { 198.51.100.7, 198.51.100.51 }\n\t}\n\tchain g {\n\t\tip daddr 198.51.100.9/32 tcp dport 80 accept\n\t}\n}\n";
+    let a = |s: &str| s.parse::<Ipv4Addr>().expect("addr");
+    assert!(names_outside_refused(listing, a("198.51.100.9")));
+    assert!(!names_outside_refused(listing, a("198.51.100.7")));
+    assert!(!names_outside_refused(listing, a("198.51.100.5")));
+    assert!(!names_outside_refused(listing, a("198.51.100.90")));
 }
 
 /// What a task's network is made of on the host: a veth on the bridge whose

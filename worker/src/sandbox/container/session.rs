@@ -369,7 +369,8 @@ impl Run<'_> {
         }
 
         // The container still runs unless it died: read its cgroup before it goes.
-        let reading = usage::read_cgroup(&self.tuning.cgroup_root, self.id);
+        let accounting = usage::Accounting::of_runtime(self.tuning.runtime.as_deref());
+        let reading = usage::read_cgroup(&self.tuning.cgroup_root, self.id, accounting);
         let usage = match &reading {
             Some(r) => r.usage.clone(),
             None => self.stats_usage().await.unwrap_or_default(),

@@ -309,15 +309,21 @@ async fn ensure_network(docker: &Docker, cfg: &NetConfig) -> Result<(), NetError
         labels: Some([("krill.managed".to_string(), "true".to_string())].into()),
         ..Default::default()
     };
-    match docker.create_network(req).await {
-        Ok(_) => Ok(()),
-        // Another worker made it meanwhile.
-        Err(e) if docker.inspect_network(&name, None).await.is_ok() => {
+    let Err(e) = docker.create_network(req).await else {
+        return Ok(());
+    };
+    // Another worker is making it meanwhile: the engine refuses the second
+    // create ("Pool overlaps") as soon as the first has taken the address
+    // pool, a moment before the network answers by name (seen when several
+    // workers start together).
+    for _ in 0..20 {
+        if docker.inspect_network(&name, None).await.is_ok() {
             tracing::debug!(error = %e, "the docker network was made by another worker");
-            Ok(())
+            return Ok(());
         }
-        Err(e) => Err(err(e)),
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    Err(err(e))
 }
 
 /// Task-to-task traffic is bridged, not routed: br_netfilter hands it to the
