@@ -182,23 +182,27 @@ fn sorted(v: Vec<String>) -> Vec<String> {
     v.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// Splits `http://user:pass@host:port/` into the URL without credentials and
-/// the credentials (the fallback's when the URL names none).
+/// Splits `http://user:pass@host:port/` into the URL without credentials (and
+/// without a trailing `/`) and the credentials, percent-decoded (the
+/// fallback's when the URL names no user).
 fn credentials(url: &str, fallback: (&str, &str)) -> (String, String, String) {
-    let trimmed = url.trim().trim_end_matches('/');
-    if let (Some(scheme), Some(at)) = (trimmed.find("://"), trimmed.rfind('@')) {
-        if at > scheme {
-            let creds = &trimmed[scheme + 3..at];
-            let (user, pass) = creds.split_once(':').unwrap_or((creds, ""));
-            let bare = format!("{}{}", &trimmed[..scheme + 3], &trimmed[at + 1..]);
-            return (bare, user.to_string(), pass.to_string());
+    let bare = |u: &reqwest::Url| u.as_str().trim_end_matches('/').to_string();
+    match reqwest::Url::parse(url.trim()) {
+        Ok(mut u) if !u.username().is_empty() => {
+            let user = percent_decode(u.username());
+            let pass = percent_decode(u.password().unwrap_or(""));
+            // Both succeed on a URL that has a host, as one with a user has.
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            (bare(&u), user, pass)
         }
+        Ok(u) => (bare(&u), fallback.0.to_string(), fallback.1.to_string()),
+        Err(_) => (
+            url.trim().trim_end_matches('/').to_string(),
+            fallback.0.to_string(),
+            fallback.1.to_string(),
+        ),
     }
-    (
-        trimmed.to_string(),
-        fallback.0.to_string(),
-        fallback.1.to_string(),
-    )
 }
 
 /// The user and password of the first AMQP URL (`guest`/`guest`, RabbitMQ's
@@ -208,7 +212,7 @@ pub fn amqp_credentials(amqp_urls: &str) -> (String, String) {
     if let Some(u) = first {
         let (_, user, pass) = credentials(u, ("", ""));
         if !user.is_empty() {
-            return (percent_decode(&user), percent_decode(&pass));
+            return (user, pass);
         }
     }
     ("guest".into(), "guest".into())
@@ -352,6 +356,10 @@ mod tests {
                 "ops".into(),
                 "s3cret".into()
             )
+        );
+        assert_eq!(
+            credentials("http://ops:p%40ss@h:15672/api/", ("guest", "guest")),
+            ("http://h:15672/api".into(), "ops".into(), "p@ss".into())
         );
         assert_eq!(
             credentials("http://127.0.0.1:15672", ("krill", "pw")),

@@ -223,25 +223,32 @@ async fn collect(
     }
 }
 
-/// Messages (ready + unacked) in a queue, from `rabbitmqctl list_queues`.
-fn queue_messages(queue: &str) -> Option<u64> {
+/// Messages (ready + unacked) in a queue, from `rabbitmqctl list_queues` (or
+/// the cluster's management API: its nodes have an Erlang cookie of their own).
+async fn queue_messages(queue: &str) -> Option<u64> {
     if cluster_mode() {
-        // The cluster's nodes have their own Erlang cookie: ask their management API.
-        let mgmt = cluster(&["management-urls"]);
+        let mgmt = tokio::task::block_in_place(|| cluster(&["management-urls"]));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?;
         for url in mgmt.trim().split(',') {
-            let out = std::process::Command::new("curl")
-                .args(["-sf", "-m", "5", "-u", "guest:guest"])
-                .arg(format!("{url}/api/queues/%2F/{queue}?columns=messages"))
-                .output()
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let answer = http
+                .get(format!("{url}/api/queues/%2F/{queue}?columns=messages"))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status);
+            let Ok(answer) = answer else { continue };
+            let v: serde_json::Value = answer.json().await.unwrap_or_default();
             if let Some(n) = v["messages"].as_u64() {
                 return Some(n);
             }
         }
         return None;
     }
-    let out = rabbitmq::ctl(&["-q", "list_queues", "name", "messages"]);
+    let out =
+        tokio::task::block_in_place(|| rabbitmq::ctl(&["-q", "list_queues", "name", "messages"]));
     out.lines().find_map(|l| {
         let mut f = l.split_whitespace();
         (f.next() == Some(queue)).then(|| f.next()?.parse().ok())?
@@ -719,7 +726,7 @@ async fn chaos() {
     let settle = Instant::now() + Duration::from_secs(60);
     let mut left_in_queue = None;
     while Instant::now() < settle {
-        left_in_queue = tokio::task::block_in_place(|| queue_messages(&queue));
+        left_in_queue = queue_messages(&queue).await;
         if left_in_queue == Some(0) {
             break;
         }
