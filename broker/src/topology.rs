@@ -84,6 +84,11 @@ pub const CONTENT_TYPE: &str = "application/json";
 
 /// Prefix of concurrency-key line queues.
 pub const LINE_QUEUE_PREFIX: &str = "krill.line.";
+/// Exchange (direct) of keyed tasks and key announcements: each line queue is
+/// bound by its own name, the keys stream by [`KEYS_STREAM`]. Submitters publish
+/// there, so they need no write on the default exchange (which would let them
+/// put a forged result into anyone's reply queue).
+pub const LINES_EXCHANGE: &str = "krill.lines";
 /// Stream of key announcements ([`crate::protocol::KeyAnnounce`]).
 pub const KEYS_STREAM: &str = "krill.keys";
 /// How long key announcements are kept: a line whose last submit is older is
@@ -121,8 +126,18 @@ fn stream_arguments(max_age: &str) -> FieldTable {
     args
 }
 
-/// Declares the two line streams (idempotent). A failure closes `channel`.
+/// Declares the lines' exchange and two streams, the keys stream bound to the
+/// exchange (idempotent; workers do at start, and submitters allowed to). A
+/// failure closes `channel`.
 pub async fn declare_lines(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            short(LINES_EXCHANGE),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
     for (name, age) in [
         (KEYS_STREAM, KEYS_RETENTION),
         (LINES_LOG_STREAM, LINES_LOG_RETENTION),
@@ -135,16 +150,36 @@ pub async fn declare_lines(channel: &Channel) -> Result<(), lapin::Error> {
             )
             .await?;
     }
+    channel
+        .queue_bind(
+            short(KEYS_STREAM),
+            short(LINES_EXCHANGE),
+            short(KEYS_STREAM),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 
-/// Declares a key's line queue (idempotent: every submitter and worker may).
+/// Declares a key's line queue and binds it to [`LINES_EXCHANGE`] by its name
+/// (idempotent: every submitter and worker may). The exchange must exist.
 pub async fn declare_line(channel: &Channel, pool: &str, key: &str) -> Result<(), lapin::Error> {
+    let line = line_queue(pool, key);
     channel
         .queue_declare(
-            short(&line_queue(pool, key)),
+            short(&line),
             QueueDeclareOptions::durable(),
             line_queue_arguments(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            short(&line),
+            short(LINES_EXCHANGE),
+            short(&line),
+            QueueBindOptions::default(),
+            FieldTable::default(),
         )
         .await?;
     Ok(())

@@ -1,10 +1,12 @@
 //! The broker permissions of `deploy/rabbitmq/definitions.json`, from the
 //! attacker's side: a client holding the submitters' credentials tries to forge
 //! what workers alone may send (a result copy into the gateway's history on
-//! `krill.results`, a heartbeat or a task event on `krill.events`) and to read
-//! every result copy, on a private node loaded with the file's users and
+//! `krill.results`, a heartbeat or a task event on `krill.events`, a result
+//! through the default exchange), to read every result copy and to take a
+//! key's queued tasks, on a private node loaded with the file's users and
 //! permissions. A publish it may make (a task) is the control that the client
-//! works at all.
+//! works at all; and a pool deployed with those users serves signed, sealed,
+//! keyed and cancelled tasks end to end.
 
 use broker::topology;
 use krill_tests::PrivateBroker;
@@ -109,6 +111,11 @@ async fn a_submitter_can_neither_forge_worker_messages_nor_read_result_copies() 
     // refusal closes the one it happened on).
     for (exchange, key, what) in [
         (
+            "",
+            topology::reply_queue("perm-control"),
+            "a result into a reply queue (through the default exchange)",
+        ),
+        (
             topology::RESULTS_EXCHANGE,
             "perm".to_string(),
             "a result copy into the history",
@@ -191,8 +198,134 @@ async fn a_submitter_can_neither_forge_worker_messages_nor_read_result_copies() 
     consume(topology::reply_queue("perm-control"))
         .await
         .expect("a submitter may read a per-task reply queue");
+    // A key's line queue, which a submitter declares and binds to submit a
+    // keyed task: it may not consume it (taking other people's deploys).
+    topology::declare_lines(&admin).await.expect("lines");
+    topology::declare_line(&admin, "perm", "prod-db")
+        .await
+        .expect("a line");
+    let err = consume(topology::line_queue("perm", "prod-db"))
+        .await
+        .expect_err("a submitter consumed a line queue");
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
     let err = consume(replies.to_string())
         .await
         .expect_err("a submitter read the gateway's replies queue");
     assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+}
+
+/// Loads the file's users and permissions into `b`.
+fn load_definitions(b: &PrivateBroker) {
+    let defs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/rabbitmq/definitions.json"
+        ))
+        .expect("definitions.json"),
+    )
+    .expect("json");
+    for p in defs["permissions"].as_array().expect("permissions") {
+        let user = p["user"].as_str().expect("user");
+        ctl_ok(b, &["add_user", user, PASSWORD]);
+        let perm = |k: &str| p[k].as_str().expect("regex").to_string();
+        ctl_ok(
+            b,
+            &[
+                "set_permissions",
+                "-p",
+                "/",
+                user,
+                &perm("configure"),
+                &perm("write"),
+                &perm("read"),
+            ],
+        );
+    }
+}
+
+/// The same file from the other side: a pool deployed as it says — the worker
+/// as `krill-worker` on a fresh node (so it declares every queue, exchange and
+/// stream itself), submitters as `krill-submitter` — serves what a deployment
+/// team does every day: a signed task with a sealed secret and a sealed
+/// sensitive output, a task with a concurrency key, a cancel signed by an
+/// operator's key, and `krill status` read from the submitter's account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_deployed_with_the_files_permissions_serves_every_kind_of_task() {
+    use broker::protocol::{Secret, Status};
+    use krill_tests::trust::Keys;
+    use std::time::Duration;
+    const T: Duration = Duration::from_secs(60);
+
+    let b = PrivateBroker::start(&[]);
+    load_definitions(&b);
+    let as_user = |user: &str| format!("amqp://{user}:{PASSWORD}@127.0.0.1:{}/%2f", b.port);
+    let keys = Keys::new("", &[]);
+    let pool = krill_tests::unique_pool("perm-e2e");
+    let _w = keys
+        .worker(&pool)
+        .env("KRILL_AMQP_URL", &as_user("krill-worker"))
+        .start()
+        .await;
+    let submitter = broker::client::Client::connect(&as_user("krill-submitter"))
+        .await
+        .expect("the submitter connects")
+        .with_credentials(keys.creds(&keys.alice));
+
+    // Signed, with a sealed secret and a sensitive output.
+    let secret = format!("sk-live-{}", uuid::Uuid::new_v4().simple());
+    let mut t = krill_tests::task(
+        r#"echo "key is $API_KEY"; echo "TOKEN=$API_KEY-out" >> "$KRILL_SENSITIVE_OUTPUT""#,
+    );
+    t.secrets
+        .insert("API_KEY".into(), Secret(secret.clone()).into());
+    submitter.submit(&pool, &t).await.expect("a signed submit");
+    let mut r = submitter.wait(&t.id, Some(T)).await.expect("its result");
+    assert_eq!(r.status, Status::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "key is ***\n");
+    assert!(broker::trust::open_result_outputs(&mut r, &keys.alice).is_empty());
+    assert_eq!(r.output("TOKEN"), Some(format!("{secret}-out").as_str()));
+
+    // With a concurrency key (its line queue and the keys stream).
+    for _ in 0..2 {
+        let mut t = krill_tests::task("echo keyed");
+        t.concurrency_key = Some("perm-db".into());
+        submitter.submit(&pool, &t).await.expect("a keyed submit");
+        let r = submitter.wait(&t.id, Some(T)).await.expect("its result");
+        assert_eq!(r.status, Status::Succeeded, "{r:?}");
+        assert_eq!(r.stdout, "keyed\n");
+    }
+
+    // A cancel signed by the operator's key, sent from a submitter's account.
+    let t = krill_tests::task("echo started; sleep 60");
+    let mut progress = submitter
+        .watch_progress(&t.id)
+        .await
+        .expect("watching a task's progress");
+    submitter.submit(&pool, &t).await.expect("submit");
+    let started = tokio::time::timeout(T, progress.next())
+        .await
+        .expect("the task started in time")
+        .expect("its started event");
+    assert_eq!(started.task_id, t.id);
+    let ops = broker::client::Client::connect(&as_user("krill-submitter"))
+        .await
+        .expect("connect")
+        .with_credentials(keys.creds(&keys.ops));
+    ops.cancel(&t.id).await.expect("a signed cancel");
+    let r = submitter.wait(&t.id, Some(T)).await.expect("its result");
+    assert_eq!(r.status, Status::Cancelled, "{r:?}");
+
+    // `krill status` from the submitter's account sees the worker.
+    let report = broker::status::gather(
+        &as_user("krill-submitter"),
+        Duration::from_secs(60),
+        std::slice::from_ref(&pool),
+    )
+    .await
+    .expect("status as the submitter");
+    assert!(
+        report.workers.iter().any(|w| w.pool == pool),
+        "{:?}",
+        report.workers
+    );
 }

@@ -304,7 +304,7 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
             intake = Intake::Bad {
                 reason: format!(
                     "a task with concurrency_key `{key}` must be published to its line queue \
-                     `{}` (the default exchange, routing key = that name), not to the pool queue",
+                     `{}` (exchange `krill.lines`, routing key = that name), not to the pool queue",
                     topology::line_queue(&shared.pool, key)
                 ),
                 id: Some(task.id.clone()),

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicRejectOptions,
-    ConfirmSelectOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -236,8 +236,30 @@ impl Client {
         body: &[u8],
         task_props: BasicProperties,
     ) -> Result<(), ClientError> {
+        // Workers declare the lines' exchange and streams; a submitter with
+        // the least rights (deploy/rabbitmq) may not, and need not once they
+        // are there (a passive declare needs no right). A refusal or a
+        // NOT_FOUND closes only the channel it happened on.
         let ch = self.conn.create_channel().await?;
-        topology::declare_lines(&ch).await?;
+        let there = ch
+            .exchange_declare(
+                ShortString::from(topology::LINES_EXCHANGE),
+                lapin::ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let ch = if there {
+            ch
+        } else {
+            let ch = self.conn.create_channel().await?;
+            topology::declare_lines(&ch).await?;
+            ch
+        };
         topology::declare_line(&ch, pool, key).await?;
         let _ = ch.close(200, ShortString::from("declared")).await;
         let announce = serde_json::to_vec(&KeyAnnounce {
@@ -250,7 +272,7 @@ impl Client {
             .with_delivery_mode(2);
         publish_confirmed(
             &self.channel,
-            "",
+            topology::LINES_EXCHANGE,
             topology::KEYS_STREAM,
             &announce,
             props,
@@ -258,9 +280,16 @@ impl Client {
         )
         .await?;
         let line = topology::line_queue(pool, key);
-        publish_confirmed(&self.channel, "", &line, body, task_props, true)
-            .await
-            .map_err(ClientError::from)
+        publish_confirmed(
+            &self.channel,
+            topology::LINES_EXCHANGE,
+            &line,
+            body,
+            task_props,
+            true,
+        )
+        .await
+        .map_err(ClientError::from)
     }
 
     /// Waits for the first result of task `id` on its reply queue, reconnecting
