@@ -537,3 +537,52 @@ async fn a_killed_workers_task_networks_are_gone_after_a_successor_starts() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Workers started together on a host where their Docker network does not
+/// exist yet all start: one makes it, the others find it (the engine refuses
+/// their creates with "Pool overlaps" a moment before it answers by name).
+/// A network of the test's own (name, bridge, subnet); the default one is
+/// made first by an ordinary worker, so that Krill's nft table is the usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_started_together_make_their_docker_network_once() {
+    /// Removes the test's networks (an earlier run's too: one left behind
+    /// holds the subnet, and every create would then overlap it).
+    struct Sweep;
+    impl Drop for Sweep {
+        fn drop(&mut self) {
+            let names = Command::new("docker")
+                .args(["network", "ls", "--format", "{{.Name}}"])
+                .output()
+                .expect("docker network ls");
+            for n in String::from_utf8_lossy(&names.stdout).lines() {
+                if n.starts_with("krill-race-") {
+                    let _ = Command::new("docker").args(["network", "rm", n]).output();
+                }
+            }
+        }
+    }
+    drop(Sweep);
+    let _sweep = Sweep;
+    let _usual = worker("net-race-usual", "198.51.100.0/24").await;
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (name, bridge) = (format!("krill-race-{tag}"), format!("krr{tag}"));
+    let starts = (0..3).map(|_| {
+        builder("net-race", "198.51.100.0/24")
+            .arg("--docker-network")
+            .arg(&name)
+            .arg("--network-bridge")
+            .arg(&bridge)
+            .arg("--network-subnet")
+            .arg("10.215.0.0/16")
+            .start()
+    });
+    // `start` panics with the worker's log if one exits early.
+    let workers = futures_util::future::join_all(starts).await;
+    let listed = Command::new("docker")
+        .args(["network", "ls", "--filter", &format!("name=^{name}$"), "-q"])
+        .output()
+        .expect("docker network ls");
+    let ids = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(ids.lines().count(), 1, "networks named {name}: {ids:?}");
+    drop(workers);
+}
