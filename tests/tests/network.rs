@@ -584,5 +584,30 @@ async fn workers_started_together_make_their_docker_network_once() {
         .expect("docker network ls");
     let ids = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert_eq!(ids.lines().count(), 1, "networks named {name}: {ids:?}");
+    // A host with two worker bridges filters both: from a task on the second
+    // bridge, the host (its own address, its gateway on that bridge, the
+    // broker's port) is refused as from the first.
+    let c = client().await;
+    let listener = TcpListener::bind("0.0.0.0:0").expect("listen");
+    let port = listener.local_addr().expect("port").port();
+    let targets = [
+        ("host-address", host_addr().to_string(), port),
+        ("host-broker", host_addr().to_string(), 5672),
+        ("own-gateway", "10.215.0.1".to_string(), port),
+    ];
+    for kind in [SandboxKind::Process, SandboxKind::Container] {
+        let mut t = sandboxed(task(&probe(&targets)), kind);
+        t.limits.network = true.into();
+        let r = krill_tests::run_task(&c, &workers[0].pool, &t).await;
+        assert_eq!(r.status, Status::Succeeded, "{kind}: {r:?}");
+        for (target, _, _) in &targets {
+            assert!(
+                r.stdout.contains(&format!("{target} refused")),
+                "{kind}: {target} not refused from the second bridge:\n{}",
+                r.stdout
+            );
+        }
+    }
+    drop(listener);
     drop(workers);
 }

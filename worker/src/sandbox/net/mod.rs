@@ -86,8 +86,9 @@ pub struct Net {
 }
 
 impl Net {
-    /// Makes the Docker network if missing and Krill's nft tables if missing
-    /// (then adds this worker's refused addresses), and sweeps stale grants.
+    /// Makes the Docker network if missing, writes Krill's nft table (adding
+    /// this worker's bridge and refused addresses to the host's), and sweeps
+    /// stale grants.
     pub async fn setup(cfg: NetConfig) -> Result<Arc<Net>, NetError> {
         let docker_err = |source| NetError::Docker {
             name: cfg.docker_network.clone(),
@@ -108,12 +109,7 @@ impl Net {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
         bridged_through_nft()?;
-        let exists = nft(&["list", "table", "inet", nft::TABLE]).await.is_ok();
-        if !exists {
-            nft_script(&nft::base(&cfg.bridge, cfg.subnet, &cfg.refused)).await?;
-        } else {
-            nft_script(&nft::add_refused(cfg.subnet, &cfg.refused)).await?;
-        }
+        nft_script(&nft::ensure(&cfg.bridge, cfg.subnet, &cfg.refused)).await?;
         let net = Arc::new(Net {
             gateway: nft::gateway(cfg.subnet),
             cfg,

@@ -23,45 +23,45 @@ use super::policy::{Allowance, ALWAYS_REFUSED, NON_PUBLIC};
 /// Table name in both families.
 pub const TABLE: &str = "krill";
 
-/// The base ruleset (created once per host, by the first worker).
-pub fn base(bridge: &str, subnet: Ipv4Net, refused: &[IpNet]) -> String {
+/// The base ruleset, as one `nft -f` transaction every worker runs at start
+/// (so atomic, and the same whether the table exists or not): the sets and the
+/// map are added to (a union over every worker of the host: refused addresses,
+/// worker bridges), the chains' rules written afresh. Task grants (their
+/// chains and map entries) are untouched. Several bridges (worker
+/// configurations) on one host are each filtered: a rule names the set of
+/// bridges, never one (a table that named only the first worker's bridge let
+/// the tasks of a worker on another bridge through unfiltered).
+pub fn ensure(bridge: &str, subnet: Ipv4Net, refused: &[IpNet]) -> String {
     let refused4 = refused_set(subnet, refused);
     let non_public = NON_PUBLIC.join(", ");
+    let t = format!("inet {TABLE}");
     format!(
-        r#"table inet {TABLE} {{
-  set refused4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {refused4} }} }}
-  set nonpublic4 {{ type ipv4_addr; flags interval; elements = {{ {non_public} }} }}
-  map tasks4 {{ type ipv4_addr : verdict; }}
-  chain refuse {{
-    meta l4proto tcp reject with tcp reset
-    reject with icmpx type admin-prohibited
-  }}
-  chain input {{
-    type filter hook input priority -10; policy accept;
-    iifname "{bridge}" ct state established,related accept
-    iifname "{bridge}" goto refuse
-  }}
-  chain forward {{
-    type filter hook forward priority -10; policy accept;
-    iifname != "{bridge}" accept
-    ct state established,related accept
-    meta nfproto ipv6 goto refuse
-    ip daddr @refused4 goto refuse
-    ip saddr vmap @tasks4
-    ip daddr @nonpublic4 goto refuse
-    accept
-  }}
-}}
+        r#"add table {t}
+add set {t} refused4 {{ type ipv4_addr; flags interval; auto-merge; }}
+add element {t} refused4 {{ {refused4} }}
+add set {t} nonpublic4 {{ type ipv4_addr; flags interval; }}
+add element {t} nonpublic4 {{ {non_public} }}
+add map {t} tasks4 {{ type ipv4_addr : verdict; }}
+add set {t} bridges {{ type ifname; }}
+add element {t} bridges {{ "{bridge}" }}
+add chain {t} refuse
+flush chain {t} refuse
+add rule {t} refuse meta l4proto tcp reject with tcp reset
+add rule {t} refuse reject with icmpx type admin-prohibited
+add chain {t} input {{ type filter hook input priority -10; policy accept; }}
+flush chain {t} input
+add rule {t} input iifname @bridges ct state established,related accept
+add rule {t} input iifname @bridges goto refuse
+add chain {t} forward {{ type filter hook forward priority -10; policy accept; }}
+flush chain {t} forward
+add rule {t} forward iifname != @bridges accept
+add rule {t} forward ct state established,related accept
+add rule {t} forward meta nfproto ipv6 goto refuse
+add rule {t} forward ip daddr @refused4 goto refuse
+add rule {t} forward ip saddr vmap @tasks4
+add rule {t} forward ip daddr @nonpublic4 goto refuse
+add rule {t} forward accept
 "#
-    )
-}
-
-/// Adds addresses to the always-refused set (every worker adds its own
-/// broker's; the set is a union).
-pub fn add_refused(subnet: Ipv4Net, refused: &[IpNet]) -> String {
-    format!(
-        "add element inet {TABLE} refused4 {{ {} }}\n",
-        refused_set(subnet, refused)
     )
 }
 
@@ -141,8 +141,17 @@ mod tests {
     #[test]
     fn the_base_refuses_the_bridge_and_loopback() {
         let subnet: Ipv4Net = "10.213.0.0/16".parse().expect("net");
-        let s = base("krill0", subnet, &["192.0.2.9/32".parse().expect("net")]);
+        let s = ensure("krill0", subnet, &["192.0.2.9/32".parse().expect("net")]);
         assert!(s.contains("127.0.0.0/8, 169.254.0.0/16"), "{s}");
         assert!(s.contains("10.213.0.0/16, 192.0.2.9/32"), "{s}");
+        assert!(
+            s.contains(r#"add element inet krill bridges { "krill0" }"#),
+            "{s}"
+        );
+        assert!(s.contains("forward iifname != @bridges accept"), "{s}");
+        assert!(
+            !s.contains(r#"iifname "krill0""#),
+            "no rule names one bridge: {s}"
+        );
     }
 }
