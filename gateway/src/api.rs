@@ -196,10 +196,18 @@ impl TaskView {
     }
 }
 
-/// The row of a task the caller may see (404 otherwise: not even its existence shows).
+/// The row of a task the caller may see (404 otherwise: not even its
+/// existence shows), with its result when the recorder has taken it but not
+/// committed it yet.
 async fn visible(st: &AppState, caller: &Caller, id: &str) -> Result<TaskRow, ApiError> {
     match st.store.get(id).await? {
-        Some(t) if caller.may_see(t.caller.as_deref()) => Ok(t),
+        Some(t) if caller.may_see(t.caller.as_deref()) => match st.notify.fresh(id) {
+            // Taken by the recorder, its batch not committed yet: the row as
+            // the store will have it (so every view here agrees with a wait
+            // that answered from it).
+            Some(r) if !done(&t) => Ok(crate::history::merge_result(t, &r)?),
+            _ => Ok(t),
+        },
         _ => Err(ApiError::NotFound(format!(
             "no task {id} (or not yours to see)"
         ))),
@@ -267,14 +275,7 @@ pub async fn wait(
     let mut changes = st.notify.subscribe();
     let mut woken_unix_us = 0;
     loop {
-        let mut t = visible(&st, &caller, &id).await?;
-        if !done(&t) {
-            // Taken by the recorder, its batch not committed yet: the
-            // result as the store will have it.
-            if let Some(r) = st.notify.fresh(&id) {
-                t = crate::history::merge_result(t, &r)?;
-            }
-        }
+        let t = visible(&st, &caller, &id).await?;
         if done(&t) || tokio::time::Instant::now() >= deadline {
             let v = view(&st, &caller, t).await?;
             if let Some(received_unix_us) = received_unix_us {
