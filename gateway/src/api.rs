@@ -196,10 +196,18 @@ impl TaskView {
     }
 }
 
-/// The row of a task the caller may see (404 otherwise: not even its existence shows).
+/// The row of a task the caller may see (404 otherwise: not even its
+/// existence shows), with its result when the recorder has taken it but not
+/// committed it yet.
 async fn visible(st: &AppState, caller: &Caller, id: &str) -> Result<TaskRow, ApiError> {
     match st.store.get(id).await? {
-        Some(t) if caller.may_see(t.caller.as_deref()) => Ok(t),
+        Some(t) if caller.may_see(t.caller.as_deref()) => match st.notify.fresh(id) {
+            // Taken by the recorder, its batch not committed yet: the row as
+            // the store will have it (so every view here agrees with a wait
+            // that answered from it).
+            Some(r) if !done(&t) => Ok(crate::history::merge_result(t, &r)?),
+            _ => Ok(t),
+        },
         _ => Err(ApiError::NotFound(format!(
             "no task {id} (or not yours to see)"
         ))),
@@ -248,7 +256,10 @@ fn done(t: &TaskRow) -> bool {
     t.state == "finished" && (t.caller.is_none() || t.result.is_some())
 }
 
-/// Long poll: the task once it has finished, or as it is when the timeout passes.
+/// Long poll: the task once it has finished, or as it is when the timeout
+/// passes. Answered from the result as soon as the recorder takes it from the
+/// broker (not after its batch is committed); `events` lists what the store
+/// had recorded by then.
 #[utoipa::path(get, path = "/v1/tasks/{id}/wait", params(("id" = String, Path), WaitQuery),
     responses((status = 200, body = TaskView, description = "finished, or the timeout passed (see `state`)"), (status = 404, body = ErrorBody)))]
 pub async fn wait(
@@ -257,14 +268,21 @@ pub async fn wait(
     Query(q): Query<WaitQuery>,
     headers: HeaderMap,
 ) -> Result<Json<TaskView>, ApiError> {
+    let received_unix_us = crate::phases::on().then(crate::phases::unix_us);
     let caller = authenticate(&st, &headers).await?;
     let timeout = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECS));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut changes = st.notify.subscribe();
+    let mut woken_unix_us = 0;
     loop {
         let t = visible(&st, &caller, &id).await?;
         if done(&t) || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(view(&st, &caller, t).await?));
+            let v = view(&st, &caller, t).await?;
+            if let Some(received_unix_us) = received_unix_us {
+                tracing::debug!(target: crate::phases::TARGET, task_id = %id, received_unix_us,
+                    woken_unix_us, answered_unix_us = crate::phases::unix_us(), "wait phases");
+            }
+            return Ok(Json(v));
         }
         // Woken by this task's change; a poll of the database now and then
         // catches what another gateway of the same database recorded.
@@ -280,6 +298,9 @@ pub async fn wait(
                     Err(_) => break,
                 },
             }
+        }
+        if received_unix_us.is_some() {
+            woken_unix_us = crate::phases::unix_us();
         }
     }
 }
@@ -301,49 +322,28 @@ pub async fn logs(
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
-    // Followed here from its submission: every chunk from the first one
-    // (once finished, the stored output serves: it is whole, the live copy capped).
-    if let Some(buf) = st.live.get(&id).filter(|_| !done(&t)) {
+    // Still running: its buffer (from the first chunk when it was submitted
+    // here, else from now on). Once finished, the stored output serves: it is
+    // whole, the live copy capped.
+    if !done(&t) {
+        let buf = crate::live::open(&st, &id);
         st.tasks
             .spawn(crate::live::send(buf, tx, st.shutdown.clone()));
         return Ok(Sse::new(stream).into_response());
     }
-    let mut follower =
-        if done(&t) {
-            None
-        } else {
-            Some(st.client().await?.follow(&id).await.map_err(|e| {
-                ApiError::Unavailable(format!("cannot follow the live output: {e}"))
-            })?)
-        };
-    let st2 = st.clone();
     st.tasks.spawn(async move {
-        let mut changes = st2.notify.subscribe();
-        if let Some(f) = follower.as_mut() {
-            loop {
-                let row = st2.store.get(&id).await.ok().flatten();
-                if row.as_ref().is_none_or(done) {
-                    break;
-                }
-                tokio::select! {
-                    chunk = f.next() => match chunk {
-                        Some(c) => {
-                            let name = match c.stream { broker::protocol::Stream::Stdout => "stdout", broker::protocol::Stream::Stderr => "stderr" };
-                            if tx.send(Event::default().event(name).data(c.data)).await.is_err() { return; }
-                            if c.eof { break; }
-                        }
-                        None => break,
-                    },
-                    _ = changes.recv() => {}
-                    _ = st2.shutdown.cancelled() => return,
-                }
-            }
-            let _ = tx.send(Event::default().event("end").data("")).await;
-            return;
-        }
-        if let Some(r) = t.result.as_deref().and_then(|r| serde_json::from_str::<TaskResult>(r).ok()) {
+        if let Some(r) = t
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<TaskResult>(r).ok())
+        {
             for (name, text) in [("stdout", r.stdout), ("stderr", r.stderr)] {
-                if !text.is_empty() && tx.send(Event::default().event(name).data(text)).await.is_err() {
+                if !text.is_empty()
+                    && tx
+                        .send(Event::default().event(name).data(text))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }

@@ -319,6 +319,7 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
     while let Some(first) = consumer.next().await {
         // What else has arrived meanwhile goes into the same transaction.
         let mut batch = vec![first?];
+        let took_unix_us = crate::phases::on().then(crate::phases::unix_us);
         while batch.len() < BATCH {
             match consumer.next().now_or_never() {
                 Some(Some(d)) => batch.push(d?),
@@ -342,7 +343,15 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
         if recs.is_empty() {
             continue;
         }
-        let saved = match save_all(store, &recs).await {
+        // Waiters answer from the result now; the store has it once committed.
+        for rec in &recs {
+            if let Recorded::Result(r, _) = rec {
+                notify.taken(Arc::new((**r).clone()));
+            }
+        }
+        let saved = save_all(store, &recs).await;
+        let committed_unix_us = took_unix_us.map(|_| crate::phases::unix_us());
+        let saved = match saved {
             Ok(()) => vec![true; recs.len()],
             // One at a time then, so one message that cannot be stored does
             // not hold back the others of its batch.
@@ -363,9 +372,11 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
             }
         };
         for ((delivery, rec), ok) in taken.iter().zip(&recs).zip(&saved) {
+            // Settled either way: stored, or to come again (the store or
+            // the redelivery answers the waiters then).
+            notify.stored(rec.task_id());
             if *ok {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
-                notify.notify(rec.task_id());
             } else {
                 delivery
                     .acker
@@ -374,6 +385,17 @@ async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<
                         ..Default::default()
                     })
                     .await?;
+            }
+        }
+        if let (Some(took_unix_us), Some(committed_unix_us)) = (took_unix_us, committed_unix_us) {
+            let notified_unix_us = crate::phases::unix_us();
+            for rec in &recs {
+                if let Recorded::Result(r, pool) = rec {
+                    tracing::debug!(target: crate::phases::TARGET, task_id = %r.id,
+                        from = if pool.is_some() { "results" } else { "replies" },
+                        batch = recs.len(), took_unix_us, committed_unix_us, notified_unix_us,
+                        "result recorded");
+                }
             }
         }
         if saved.contains(&false) {

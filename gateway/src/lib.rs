@@ -6,6 +6,7 @@
 //! - [`tokens`]: the tokens table: add, look up (expiry), list, remove.
 //! - [`history`]: task events and results (its own durable queues) into the store, in batches.
 //! - [`submit`]: `POST /v1/tasks`: validate, idempotency key, sign and seal, publish confirmed.
+//! - [`phases`]: per-task phase timings of the HTTP path (`krill::phases=debug`).
 //! - [`live`]: live output of the tasks submitted here, kept from their first chunk.
 //! - [`ops`]: the operators' routes: workers, pools, drain/resume, dead letters.
 //! - [`api`]: the router, the other handlers and the OpenAPI document.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod history;
 pub mod live;
 pub mod ops;
+pub mod phases;
 pub mod rights;
 pub mod serve;
 pub mod store;
@@ -28,32 +30,67 @@ pub mod submit;
 pub mod tokens;
 pub mod web;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use broker::client::Client;
+use broker::protocol::TaskResult;
 use broker::trust::Credentials;
 use tokio::sync::{broadcast, RwLock};
 
 /// How long an `Idempotency-Key` holds its first task.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Tells waiters a task's row changed (ids on a broadcast channel).
+/// Tells waiters a task's row changed (ids on a broadcast channel), and hands
+/// them a result the moment the recorder takes it, before its batch is
+/// committed ([`Notifier::fresh`]): a long poll answers from the reply itself
+/// while the history still records it (the message is acked only after).
 #[derive(Debug)]
-pub struct Notifier(broadcast::Sender<String>);
+pub struct Notifier {
+    changed: broadcast::Sender<String>,
+    fresh: Mutex<HashMap<String, Arc<TaskResult>>>,
+}
 
 impl Default for Notifier {
     fn default() -> Self {
-        Notifier(broadcast::channel(4096).0)
+        Notifier {
+            changed: broadcast::channel(4096).0,
+            fresh: Mutex::default(),
+        }
     }
 }
 
 impl Notifier {
     pub fn notify(&self, id: &str) {
-        let _ = self.0.send(id.to_string());
+        let _ = self.changed.send(id.to_string());
     }
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.0.subscribe()
+        self.changed.subscribe()
+    }
+
+    fn results(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskResult>>> {
+        self.fresh.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A result taken from the broker, not stored yet: kept until
+    /// [`Notifier::stored`], and its waiters told.
+    pub fn taken(&self, r: Arc<TaskResult>) {
+        let id = r.id.clone();
+        self.results().insert(id.clone(), r);
+        self.notify(&id);
+    }
+
+    /// Task `id`'s result if it was taken and its batch is not settled yet.
+    pub fn fresh(&self, id: &str) -> Option<Arc<TaskResult>> {
+        self.results().get(id).cloned()
+    }
+
+    /// The batch holding task `id`'s result is settled (stored, or put back to
+    /// come again): the store answers from now on; its waiters told.
+    pub fn stored(&self, id: &str) {
+        self.results().remove(id);
+        self.notify(id);
     }
 }
 

@@ -1,11 +1,15 @@
-//! Live output of the tasks submitted here, kept from their first chunk: a
-//! follower is bound to the task's log chunks before the task is published,
-//! and what it receives is buffered until the task ends, so
-//! `GET /v1/tasks/{id}/logs` gives every chunk from the start, however late a
-//! client connects; after the end (and [`LINGER`]), the stored output serves.
+//! Live output of the tasks followed here, from one shared consumer per
+//! gateway: a transient queue bound once to every log chunk (`krill.logs`,
+//! `#`) whose chunks go to the buffer of their task, if it is followed; no
+//! queue or binding is declared per task. A task submitted here is followed
+//! (its buffer opened) before it is published, so `GET /v1/tasks/{id}/logs`
+//! gives every chunk from the first one, however late a client connects; a
+//! task submitted elsewhere is followed from the first request for its logs
+//! on. After the end (and [`LINGER`]), the stored output serves.
 //!
 //! ```text
-//! submit ── client.follow(id) (bound) ── publish ── start(): pump ──▶ Buffer ──▶ readers (SSE)
+//! krill.logs ──#──▶ run(): one queue, one consumer ──route(task_id)──▶ Buffer ──▶ send(): SSE
+//!                                            (chunks of tasks not followed are dropped)
 //! ```
 
 use std::collections::HashMap;
@@ -13,8 +17,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::sse::Event;
-use broker::client::LogFollower;
 use broker::protocol::{LogChunk, Stream};
+use broker::topology;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +34,25 @@ pub const MAX_BYTES: usize = 16 << 20;
 /// How long a finished task's buffer stays after its last chunk, for clients
 /// that connect just then (the stored output serves them afterwards too).
 pub const LINGER: Duration = Duration::from_secs(30);
+/// How long the gateway waits at its start for the shared consumer to be
+/// bound before it serves anyway (tasks accepted meanwhile miss live chunks).
+pub const BIND_WAIT: Duration = Duration::from_secs(10);
 
-/// The buffers of the tasks being followed.
-#[derive(Debug, Default)]
+/// The buffers of the tasks being followed, and whether the shared consumer
+/// is bound (chunks published from then on reach it).
+#[derive(Debug)]
 pub struct Live {
     tasks: Mutex<HashMap<String, Arc<Buffer>>>,
+    bound: watch::Sender<bool>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            tasks: Mutex::default(),
+            bound: watch::channel(false).0,
+        }
+    }
 }
 
 impl Live {
@@ -41,6 +63,37 @@ impl Live {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Buffer>>> {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a chunk to its task's buffer; dropped when the task is not followed.
+    pub fn route(&self, c: LogChunk) {
+        if let Some(buf) = self.get(&c.task_id) {
+            let eof = c.eof;
+            buf.push(c);
+            if eof {
+                buf.end();
+            }
+        }
+    }
+
+    /// How many tasks are followed now.
+    pub fn followed(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Waits (at most `limit`) until the shared consumer is bound; whether it is.
+    pub async fn bound(&self, limit: Duration) -> bool {
+        let mut rx = self.bound.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|b| *b))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops following task `id` now (its submit failed: no chunk will come).
+    pub fn forget(&self, id: &str) {
+        if let Some(buf) = self.lock().remove(id) {
+            buf.end();
+        }
     }
 }
 
@@ -59,6 +112,8 @@ struct Inner {
     ended: bool,
     /// More than [`MAX_BYTES`] came: later chunks were not kept.
     cut: bool,
+    /// The `seq` the next chunk should have (a repeat below it is dropped).
+    next_seq: u64,
 }
 
 /// What a reader gets from [`Buffer::since`].
@@ -84,10 +139,14 @@ impl Buffer {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps a chunk (unless over [`MAX_BYTES`]).
+    /// Keeps a chunk (unless a repeat, after the end, or over [`MAX_BYTES`]).
     pub fn push(&self, c: LogChunk) {
         {
             let mut i = self.lock();
+            if i.ended || c.seq < i.next_seq {
+                return;
+            }
+            i.next_seq = c.seq + 1;
             if i.cut || i.bytes + c.data.len() > MAX_BYTES {
                 i.cut = true;
             } else {
@@ -120,26 +179,31 @@ impl Buffer {
     }
 }
 
-/// Keeps the chunks `f` receives for task `id` until its last one, its row
-/// finishes, or the gateway stops; the buffer goes [`LINGER`] later.
-pub fn start(st: &Arc<AppState>, id: String, mut f: LogFollower) {
-    let buf = Arc::new(Buffer::default());
-    st.live.lock().insert(id.clone(), buf.clone());
-    let st2 = st.clone();
+/// Follows task `id` (its buffer, opened unless it is followed already) until
+/// its last chunk, its row finishes, or the gateway stops; the buffer goes
+/// [`LINGER`] later.
+pub fn open(st: &Arc<AppState>, id: &str) -> Arc<Buffer> {
+    let buf = {
+        let mut tasks = st.live.lock();
+        if let Some(b) = tasks.get(id) {
+            return b.clone();
+        }
+        let b = Arc::new(Buffer::default());
+        tasks.insert(id.to_string(), b.clone());
+        b
+    };
+    let (st2, id, buf2) = (st.clone(), id.to_string(), buf.clone());
     st.tasks.spawn(async move {
-        let mut changes = st2.notify.subscribe();
+        let mut notes = st2.notify.subscribe();
+        let mut changes = buf2.subscribe();
         loop {
+            if buf2.since(usize::MAX).ended {
+                break;
+            }
             tokio::select! {
                 _ = st2.shutdown.cancelled() => break,
-                c = f.next() => match c {
-                    Some(c) => {
-                        let eof = c.eof;
-                        buf.push(c);
-                        if eof { break; }
-                    }
-                    None => break,
-                },
-                m = changes.recv() => {
+                r = changes.changed() => if r.is_err() { break },
+                m = notes.recv() => {
                     let mine = match m {
                         Ok(changed) => changed == id,
                         Err(_) => true,
@@ -152,13 +216,92 @@ pub fn start(st: &Arc<AppState>, id: String, mut f: LogFollower) {
                 }
             }
         }
-        buf.end();
+        buf2.end();
         tokio::select! {
             _ = st2.shutdown.cancelled() => {}
             _ = tokio::time::sleep(LINGER) => {}
         }
-        st2.live.lock().remove(&id);
+        let mut tasks = st2.live.lock();
+        if tasks.get(&id).is_some_and(|b| Arc::ptr_eq(b, &buf2)) {
+            tasks.remove(&id);
+        }
     });
+    buf
+}
+
+/// The shared consumer: every log chunk of the broker to [`Live::route`],
+/// until `shutdown`, reconnecting when the broker goes away (chunks published
+/// while it is away are not seen: the stored output has them).
+pub async fn run(st: Arc<AppState>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let outcome = tokio::select! {
+            _ = st.shutdown.cancelled() => return,
+            r = consume(&st) => r,
+        };
+        st.live.bound.send_replace(false);
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "live logs: consumer stopped; reconnecting");
+        }
+        tokio::select! {
+            _ = st.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn consume(st: &AppState) -> anyhow::Result<()> {
+    let conn = Connection::connect(
+        &st.amqp_url,
+        ConnectionProperties::default().with_connection_name("krill-gateway-logs".into()),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    topology::declare_common(&ch).await?;
+    // Transient, this connection's alone: chunks are live-only.
+    let q = ch
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        ShortString::from(topology::LOGS_EXCHANGE),
+        ShortString::from("#"),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            ShortString::from("krill-gateway-logs"),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    st.live.bound.send_replace(true);
+    tracing::info!(queue = %q.name(), "live logs: one consumer for every followed task");
+    while let Some(d) = consumer.next().await {
+        let d = d?;
+        match serde_json::from_slice::<LogChunk>(&d.data) {
+            Ok(c) => st.live.route(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "live logs: dropping a chunk that does not parse")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sends the buffer's chunks as SSE events from the first one, then the live
@@ -209,10 +352,10 @@ async fn finished(st: &AppState, id: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn chunk(seq: u64, data: &str) -> LogChunk {
+    fn chunk(task: &str, seq: u64, data: &str) -> LogChunk {
         LogChunk {
             version: 1,
-            task_id: "t".into(),
+            task_id: task.into(),
             seq,
             stream: Stream::Stdout,
             data: data.into(),
@@ -225,16 +368,41 @@ mod tests {
     #[test]
     fn a_reader_gets_everything_from_the_first_chunk_and_the_cap_is_said() {
         let b = Buffer::default();
-        b.push(chunk(0, "first\n"));
-        b.push(chunk(1, "second\n"));
+        b.push(chunk("t", 0, "first\n"));
+        b.push(chunk("t", 1, "second\n"));
+        b.push(chunk("t", 1, "second\n"));
         let r = b.since(0);
-        assert_eq!(r.chunks.len(), 2);
+        assert_eq!(r.chunks.len(), 2, "the repeat is dropped");
         assert!(!r.ended && !r.cut);
         assert_eq!(b.since(1).chunks[0].data, "second\n");
         assert!(b.since(5).chunks.is_empty());
-        b.push(chunk(2, &"x".repeat(MAX_BYTES)));
+        b.push(chunk("t", 2, &"x".repeat(MAX_BYTES)));
         b.end();
         let r = b.since(2);
         assert!(r.chunks.is_empty() && r.ended && r.cut);
+    }
+
+    #[test]
+    fn chunks_go_to_their_own_tasks_buffer_and_others_are_dropped() {
+        let live = Live::default();
+        let (a, b) = (Arc::new(Buffer::default()), Arc::new(Buffer::default()));
+        live.lock().insert("a".into(), a.clone());
+        live.lock().insert("b".into(), b.clone());
+        live.route(chunk("a", 0, "for a\n"));
+        live.route(chunk("c", 0, "for nobody\n"));
+        let mut last = chunk("b", 0, "for b\n");
+        last.eof = true;
+        live.route(last);
+        let data = |buf: &Buffer| {
+            buf.since(0)
+                .chunks
+                .into_iter()
+                .map(|c| c.data)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(data(&a), ["for a\n"]);
+        assert_eq!(data(&b), ["for b\n"]);
+        assert!(!a.since(0).ended && b.since(0).ended, "eof ends b alone");
+        assert!(live.get("c").is_none());
     }
 }

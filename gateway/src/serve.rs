@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! run ─┬─ history::run        (events of watched pools and replies → store; durable queues)
+//!      ├─ live::run           (every live log chunk, one queue and consumer → the followed tasks' buffers)
 //!      ├─ retention           (every RETENTION_EVERY: age, then size)
 //!      ├─ web::live::run      (heartbeat report for the pages; pool samples for the charts)
 //!      ├─ collect_result × n  (per task an earlier version submitted: its reply queue → store)
@@ -264,6 +265,14 @@ pub async fn run(db: &DbArgs, a: ServeArgs, shutdown: CancellationToken) -> anyh
         notify,
         shutdown.clone(),
     ));
+    // The one consumer of every live log chunk, bound before the first task
+    // is accepted (so a task is followed from its first chunk).
+    st.tasks.spawn(crate::live::run(st.clone()));
+    if !st.live.bound(crate::live::BIND_WAIT).await {
+        tracing::warn!(
+            "live logs: not bound yet; tasks accepted meanwhile miss their first chunks"
+        );
+    }
     st.tasks.spawn(retention(
         store.clone(),
         a.retention,

@@ -93,6 +93,10 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    /// Where reads go: on a SQLite file, connections of their own (WAL lets
+    /// them read while the one writer commits, so a wait or a token lookup
+    /// never queues behind the recorder's batch); else `pool` itself.
+    pub(crate) read: AnyPool,
     /// Serialises this process's read-merge-write of a task (events and results
     /// arrive on different tasks).
     merging: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -100,6 +104,9 @@ pub struct Store {
 
 const COLUMNS: &str = "id, pool, state, status, caller, submitter, worker, sandbox, attempt, \
     exit_code, error, blocked, spec, result, submitted_at, started_at, finished_at, updated_at";
+
+/// Reading connections of a SQLite file (beside its one writer).
+pub const READERS: u32 = 4;
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -130,6 +137,20 @@ impl Store {
             });
         }
         let pool = opts.connect(&url).await?;
+        let read = if is_sqlite && !url.contains(":memory:") {
+            AnyPoolOptions::new()
+                .max_connections(READERS)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        Ok(())
+                    })
+                })
+                .connect_lazy(&url)?
+        } else {
+            pool.clone()
+        };
         let migrator = Migrator {
             migrations: Cow::Owned(
                 MIGRATIONS
@@ -152,6 +173,7 @@ impl Store {
         migrator.run(&pool).await?;
         Ok(Store {
             pool,
+            read,
             merging: Default::default(),
         })
     }
@@ -213,7 +235,7 @@ impl Store {
 
     /// One task.
     pub async fn get(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
-        get_on(&self.pool, id).await
+        get_on(&self.read, id).await
     }
 
     /// A transaction for writing several changes with one commit (the
@@ -251,7 +273,7 @@ impl Store {
             "SELECT state, worker, at, detail FROM task_events WHERE task_id = $1 ORDER BY at",
         )
         .bind(task_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
@@ -327,7 +349,7 @@ impl Store {
                 Arg::I(v) => query.bind(*v),
             };
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.read).await?;
         rows.iter().map(task_row).collect()
     }
 

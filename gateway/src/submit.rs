@@ -83,7 +83,10 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
+    let received_unix_us = crate::phases::on().then(crate::phases::unix_us);
+    let t0 = std::time::Instant::now();
     let caller = authenticate(&st, &headers).await?;
+    let auth_us = t0.elapsed().as_micros() as u64;
     let bytes = axum::body::to_bytes(body, st.max_body)
         .await
         .map_err(|_| ApiError::TooLarge(st.max_body))?;
@@ -122,6 +125,7 @@ pub async fn submit(
             task.id
         )));
     }
+    let checks_us = t0.elapsed().as_micros() as u64;
     let published = publish(&st, &caller, &pool, &task).await;
     if let Err(e) = published {
         if let Some(key) = &key {
@@ -129,8 +133,14 @@ pub async fn submit(
         }
         return Err(e);
     }
+    let published_us = t0.elapsed().as_micros() as u64;
     if let Some(key) = &key {
         st.store.confirm_key(&caller.name, key).await?;
+    }
+    if let Some(received_unix_us) = received_unix_us {
+        tracing::debug!(target: crate::phases::TARGET, task_id = %task.id, received_unix_us,
+            auth_us, checks_us, published_us, answered_unix_us = crate::phases::unix_us(),
+            "submit phases");
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -225,50 +235,39 @@ async fn publish(
     task: &Task,
 ) -> Result<(), ApiError> {
     let spec = spec_json(task)?;
-    // The row and the binding to the task's log chunks do not depend on each
-    // other: both are done, side by side, before the task is published.
-    let (inserted, connected) = tokio::join!(
+    // Followed before it is published (the gateway's one log consumer is
+    // bound already): no chunk of it can be missed.
+    crate::live::open(st, &task.id);
+    // The row and the broker connection do not depend on each other.
+    let (inserted, client) = tokio::join!(
         st.store
             .insert_submitted(&task.id, pool, &caller.name, &spec),
-        async {
-            let client = st.client().await?;
-            // Bound before the task is published: no chunk of it can be missed.
-            let follower = match client.follow(&task.id).await {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!(task_id = %task.id, error = %e, "cannot follow the task's output from its start");
-                    None
-                }
-            };
-            Ok::<_, ApiError>((client, follower))
-        }
+        st.client()
     );
-    inserted?;
-    let (outcome, follower) = match connected {
-        Ok((client, follower)) => (
-            client
-                .submit_replying_to(pool, task, &st.replies)
-                .await
-                .map_err(map_client_error),
-            follower,
-        ),
-        Err(e) => (Err(e), None),
-    };
-    match outcome {
-        Ok(()) => {
-            if let Some(f) = follower {
-                crate::live::start(st, task.id.clone(), f);
-            }
-            Ok(())
-        }
-        Err(e) => {
-            if matches!(e, ApiError::Unavailable(_)) {
-                st.broker_failed().await;
-            }
-            st.store.forget(&task.id).await?;
-            Err(e)
-        }
+    if let Err(e) = inserted {
+        st.live.forget(&task.id);
+        return Err(e.into());
     }
+    if crate::phases::on() {
+        tracing::debug!(target: crate::phases::TARGET, task_id = %task.id,
+            prepared_unix_us = crate::phases::unix_us(), "submit prepared");
+    }
+    let outcome = match client {
+        Ok(client) => client
+            .submit_replying_to(pool, task, &st.replies)
+            .await
+            .map_err(map_client_error),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = outcome {
+        st.live.forget(&task.id);
+        if matches!(e, ApiError::Unavailable(_)) {
+            st.broker_failed().await;
+        }
+        st.store.forget(&task.id).await?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn map_client_error(e: ClientError) -> ApiError {

@@ -55,7 +55,7 @@ impl Store {
     pub async fn caller(&self, token: &str) -> Result<Option<Found>, StoreError> {
         let row = sqlx::query("SELECT name, rights, expires_at FROM tokens WHERE hash = $1")
             .bind(hash_token(token))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         let Some(r) = row else {
             return Ok(None);

@@ -1102,6 +1102,94 @@ async fn logs_stream_live_then_stored() {
     assert!(text.ends_with("event: end\n\n"), "{text:?}");
 }
 
+/// Two tasks followed at once through the gateway's one log consumer: each
+/// SSE follower gets exactly its own task's chunks, in order, masked, and
+/// nothing of the other's.
+#[tokio::test]
+async fn two_followers_get_their_own_tasks_chunks_masked_and_nothing_else() {
+    let gates = krill_tests::Gates::new();
+    let (_keys, worker, mut gw) = setup_with("gw-fan", None, Some(&gates)).await;
+    let pool = worker.pool.clone();
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let secret = format!(
+            "sk-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let script = format!(
+            "echo \"{name}-first $K\"; while [ ! -e {} ]; do sleep 0.05; done; echo {name}-second; echo \"{name}-err $K\" >&2",
+            gates.path(name).display()
+        );
+        let body = json!({"script": script, "sandbox": "process", "secrets": {"K": secret}});
+        let (st, _, v) = call(
+            Method::POST,
+            &tasks_url(&gw, &pool),
+            Some(&alice),
+            &[],
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        let id = v["id"].as_str().expect("id").to_string();
+        runs.push((name, id, secret));
+    }
+    for (_, id, _) in &runs {
+        wait_started(&gw, &alice, id).await;
+    }
+    let mut streams = Vec::new();
+    for (_, id, _) in &runs {
+        let (url, token) = (format!("{}/v1/tasks/{id}/logs", gw.url), alice.clone());
+        streams.push(tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("logs");
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            resp.text().await.expect("stream")
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gates.open("a");
+    gates.open("b");
+    let mut texts = Vec::new();
+    for s in streams {
+        let text = tokio::time::timeout(Duration::from_secs(60), s)
+            .await
+            .expect("ends")
+            .expect("join");
+        texts.push(text);
+    }
+    for (i, (name, _, secret)) in runs.iter().enumerate() {
+        let (text, other) = (&texts[i], runs[1 - i].0);
+        assert!(
+            text.contains(&format!("event: stdout\ndata: {name}-first ***")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("data: {name}-second")), "{text}");
+        assert!(
+            text.contains(&format!("event: stderr\ndata: {name}-err ***")),
+            "{text}"
+        );
+        assert!(
+            text.find(&format!("{name}-first")) < text.find(&format!("{name}-second")),
+            "{text}"
+        );
+        assert!(text.contains("event: end"), "{text}");
+        assert!(
+            !text.contains(&format!("{other}-")),
+            "the other task's chunks: {text}"
+        );
+        for (_, _, s) in &runs {
+            assert!(!text.contains(s.as_str()), "a secret in clear: {text}");
+        }
+        assert!(!text.contains(secret.as_str()));
+    }
+}
+
 /// Tokens: `list` shows names, rights, created, expires and never a hash or a
 /// token; `remove` makes the token's next request 401; an expired token gets
 /// 401 saying it expired.

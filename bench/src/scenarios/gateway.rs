@@ -16,6 +16,7 @@ use broker::bulk::BulkClient;
 use broker::trust::Identity;
 use serde_json::{json, Value};
 
+use super::gw_phases::{analyse, events, unix_us, Seen};
 use super::{burst, burst_ids, one, task, Bench};
 use crate::procs::WorkerOpts;
 use crate::report::Figure;
@@ -69,7 +70,9 @@ impl Gateway {
                 .env("KRILL_GATEWAY_QUEUE", &queue)
                 .env("KRILL_GATEWAY_WATCH", pool)
                 .env("KRILL_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-                .env("RUST_LOG", "warn")
+                // Its phase events, for the table of where the time goes.
+                .env("RUST_LOG", "warn,krill::phases=debug")
+                .env("KRILL_LOG_FORMAT", "json")
                 .stdin(Stdio::null());
         };
         let bin = b.env.bin_dir.join("krill-gateway");
@@ -140,7 +143,8 @@ impl Api {
     }
 
     /// One task over HTTP: submit, then the long poll until its result.
-    async fn one(&self, pool: &str, script: &str) -> anyhow::Result<(Duration, bool)> {
+    async fn one(&self, pool: &str, script: &str) -> anyhow::Result<(Duration, bool, Seen)> {
+        let submit = unix_us();
         let t0 = Instant::now();
         let r = self
             .http
@@ -154,11 +158,18 @@ impl Api {
         if st.as_u16() != 202 {
             bail!("POST /v1/tasks: {st} {v}");
         }
+        let accepted = Some(unix_us());
         let id = v["id"].as_str().context("no id")?.to_string();
         let done = self
             .get(&format!("/v1/tasks/{id}/wait?timeout=120"))
             .await?;
-        Ok((t0.elapsed(), done["status"] == "succeeded"))
+        let seen = Seen {
+            id,
+            submit,
+            accepted,
+            done: unix_us(),
+        };
+        Ok((t0.elapsed(), done["status"] == "succeeded", seen))
     }
 
     /// Finished rows of `pool` in the history (pages of 100).
@@ -195,8 +206,14 @@ pub async fn gateway(b: &mut Bench) -> anyhow::Result<()> {
     std::fs::write(&trusted, format!("{} control\n", me.public_line()))?;
     let mut opts = WorkerOpts::process(2);
     // The gateway's tasks are signed; the AMQP client's are not (allowed).
-    opts.env
-        .push(("KRILL_TRUSTED_KEYS".into(), trusted.display().to_string()));
+    opts.env.extend([
+        ("KRILL_TRUSTED_KEYS".into(), trusted.display().to_string()),
+        (
+            "RUST_LOG".into(),
+            "info,lapin=warn,krill::phases=debug".into(),
+        ),
+        ("KRILL_LOG_FORMAT".into(), "json".into()),
+    ]);
     let w = b.env.worker(&opts).await?;
     let client = BulkClient::connect(&b.env.amqp_url).await?;
 
@@ -217,7 +234,16 @@ pub async fn gateway(b: &mut Bench) -> anyhow::Result<()> {
             }
         };
         if i == 0 {
-            latency(b, &gw.api, &client, &w.pool, cmd, n).await?;
+            let (http, amqp) = latency(b, &gw.api, &client, &w.pool, cmd, n).await?;
+            let mut ev = events(&std::fs::read_to_string(dir.join("gateway.log"))?);
+            ev.extend(events(&std::fs::read_to_string(&w.log)?));
+            let md = analyse(&http, &amqp, &ev);
+            std::fs::write(b.opts.out.join("gateway-phases.md"), &md)?;
+            println!("{md}");
+            b.report.note(format!(
+                "scenario 7: where the HTTP path's time goes in {}",
+                b.opts.out.join("gateway-phases.md").display()
+            ));
         }
         history(b, &gw, &client, &w.pool, db, m).await?;
     }
@@ -234,19 +260,29 @@ async fn latency(
     pool: &str,
     cmd: &str,
     n: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Vec<Seen>, Vec<Seen>)> {
     burst(client, pool, 10, || task(cmd)).await?;
     for _ in 0..10 {
         gw.one(pool, cmd).await?;
     }
     let (mut http, mut amqp) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut http_seen, mut amqp_seen) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut failed = 0;
     for _ in 0..n {
-        let (d, ok) = one(client, pool, &task(cmd)).await?;
+        let t = task(cmd);
+        let submit = unix_us();
+        let (d, ok) = one(client, pool, &t).await?;
+        amqp_seen.push(Seen {
+            id: t.id,
+            submit,
+            accepted: None,
+            done: unix_us(),
+        });
         amqp.push(d);
         failed += usize::from(!ok);
-        let (d, ok) = gw.one(pool, cmd).await?;
+        let (d, ok, seen) = gw.one(pool, cmd).await?;
         http.push(d);
+        http_seen.push(seen);
         failed += usize::from(!ok);
     }
     if failed > 0 {
@@ -276,7 +312,7 @@ async fn latency(
         Some(more < 2.0),
         format!("+{more:.2} ms ({:.2} vs {:.2} ms)", h.p50_ms, a.p50_ms),
     );
-    Ok(())
+    Ok((http_seen, amqp_seen))
 }
 
 async fn history(

@@ -4,6 +4,7 @@
 mod containers;
 mod curve;
 mod gateway;
+mod gw_phases;
 mod output;
 mod process;
 mod tail;
