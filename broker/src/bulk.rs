@@ -71,6 +71,9 @@ pub const DEFAULT_WINDOW: usize = 1024;
 /// A replicated reply queue is deleted by the broker this long after it was
 /// last used (its client died without [`BulkClient::close`]).
 pub const REPLICATED_REPLY_EXPIRES_MS: i64 = 3600 * 1000;
+/// A nacked task (on a client with a replicated reply queue) is published
+/// again this many times, backing off from 100 ms.
+const NACK_RETRIES: u32 = 5;
 /// Results a replicated reply queue's consumer holds unacked at most.
 const REPLY_PREFETCH: u16 = 512;
 
@@ -329,19 +332,29 @@ impl Again {
         self.inner
             .links
             .failover("bulk submit", |link, _| async move {
-                publish_confirmed(
-                    &link.channel,
-                    topology::TASKS_EXCHANGE,
-                    pool,
-                    &self.body,
-                    self.props.clone(),
-                    true,
-                )
-                .await
-                .map_err(|e| match e {
-                    PublishError::Unroutable(_) => ClientError::Unroutable(pool.to_string()),
-                    e => e.into(),
-                })
+                let mut backoff = Duration::from_millis(100);
+                for nacks in 0.. {
+                    let sent = publish_confirmed(
+                        &link.channel,
+                        topology::TASKS_EXCHANGE,
+                        pool,
+                        &self.body,
+                        self.props.clone(),
+                        true,
+                    )
+                    .await;
+                    match sent {
+                        Err(PublishError::Nacked) if nacks < NACK_RETRIES => {
+                            tokio::time::sleep(backoff).await;
+                            backoff *= 2;
+                        }
+                        Err(PublishError::Unroutable(_)) => {
+                            return Err(ClientError::Unroutable(pool.to_string()))
+                        }
+                        other => return other.map_err(ClientError::from),
+                    }
+                }
+                unreachable!("the loop returns")
             })
             .await
     }
@@ -368,7 +381,12 @@ impl Ticket {
         match confirm.await {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err(ClientError::Unroutable(self.pool.clone())),
-            Ok(Confirmation::Nack(_)) => Err(ClientError::Nacked),
+            Ok(Confirmation::Nack(_)) => match again {
+                // Seen while a quorum queue elects a leader after its node
+                // was lost: published again (as a marked copy), a few times.
+                Some(again) => again.publish(None).await,
+                None => Err(ClientError::Nacked),
+            },
             Err(e) => match again {
                 Some(again) if lost(&ClientError::Amqp(e.clone())) => {
                     tracing::warn!(task_id = %self.id, error = %e,

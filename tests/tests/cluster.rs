@@ -17,18 +17,9 @@ use std::time::{Duration, Instant};
 use broker::client::Client;
 use broker::protocol::Status;
 use broker::topology;
-use krill_tests::{bin, cluster, task, unique_pool, Events, WorkerBuilder};
+use krill_tests::{bin, cluster, cluster_urls, task, unique_pool, Events, WorkerBuilder};
 
 const T: Duration = Duration::from_secs(120);
-
-/// The cluster's URLs, starting it when a node is not running.
-fn cluster_urls() -> String {
-    let status = cluster(&["status"]);
-    if status.lines().take(3).any(|l| l.ends_with(": down")) {
-        cluster(&["up"]);
-    }
-    cluster(&["urls"]).trim().to_string()
-}
 
 /// Which node (1..3) a worker log says it reached last.
 fn node_of(log: &str, urls: &str) -> usize {

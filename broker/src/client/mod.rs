@@ -241,29 +241,48 @@ impl Client {
         let body = &body;
         self.links
             .failover("submit", |link, tries| {
-                let props = if tries == 0 { &props } else { &resent };
+                let (props, resent) = (&props, &resent);
                 async move {
                     if declare {
                         topology::declare_reply_queue(&link.channel, &task.id).await?;
-                    }
-                    if let Some(key) = &task.concurrency_key {
-                        return submit_keyed(&link, pool, key, body, props.clone()).await;
-                    }
-                    publish_confirmed(
-                        &link.channel,
-                        topology::TASKS_EXCHANGE,
-                        pool,
-                        body,
-                        props.clone(),
-                        true,
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        amqp::PublishError::Unroutable(_) => {
-                            ClientError::Unroutable(pool.to_string())
+                        if tries > 0 {
+                            usable_reply_queue(&link, &task.id).await?;
                         }
-                        e => e.into(),
-                    })
+                    }
+                    // A nack (seen while a quorum queue elects a leader after
+                    // its node was lost) is tried again too, as a marked copy.
+                    let mut backoff = Duration::from_millis(100);
+                    let mut nacks = 0;
+                    loop {
+                        let props = if tries == 0 && nacks == 0 { props } else { resent };
+                        let sent = match &task.concurrency_key {
+                            Some(key) => submit_keyed(&link, pool, key, body, props.clone()).await,
+                            None => publish_confirmed(
+                                &link.channel,
+                                topology::TASKS_EXCHANGE,
+                                pool,
+                                body,
+                                props.clone(),
+                                true,
+                            )
+                            .await
+                            .map_err(|e| match e {
+                                amqp::PublishError::Unroutable(_) => {
+                                    ClientError::Unroutable(pool.to_string())
+                                }
+                                e => e.into(),
+                            }),
+                        };
+                        match sent {
+                            Err(ClientError::Nacked) if nacks < SUBMIT_NACK_RETRIES => {
+                                nacks += 1;
+                                tracing::debug!(task_id = %task.id, nacks, "the task was nacked; publishing it again");
+                                tokio::time::sleep(backoff).await;
+                                backoff *= 2;
+                            }
+                            other => return other,
+                        }
+                    }
                 }
             })
             .await
@@ -559,6 +578,45 @@ pub(crate) fn resent_properties(props: &BasicProperties, signed: bool) -> BasicP
     props.clone().with_headers(headers)
 }
 
+/// The `type` of a probe message ([`usable_reply_queue`]); `wait` skips it.
+const PROBE_TYPE: &str = "krill.probe";
+
+/// Makes sure task `id`'s reply queue, declared again after a failover, takes
+/// messages. Found on the cluster (RabbitMQ 3.10): a quorum queue declared on
+/// a node that is SIGKILLed right then can be left with no leader at all (its
+/// members on the other nodes followers in term 0, for as long as that node
+/// is down), so the worker's result to it is nacked again and again. A probe
+/// (expiring at once) is published to it with confirms; when it is nacked the
+/// queue is deleted and declared anew on this node (it cannot hold a result:
+/// it never had a leader, and this task is not confirmed yet).
+async fn usable_reply_queue(link: &Link, id: &str) -> Result<(), ClientError> {
+    let queue = topology::reply_queue(id);
+    let probe = || {
+        BasicProperties::default()
+            .with_type(ShortString::from(PROBE_TYPE))
+            .with_expiration(ShortString::from("1"))
+    };
+    match publish_confirmed(&link.channel, "", &queue, b"", probe(), true).await {
+        Err(amqp::PublishError::Nacked) => {}
+        other => return other.map_err(ClientError::from),
+    }
+    tracing::warn!(queue = %queue, "the reply queue takes no messages (no leader?): declaring it anew");
+    link.channel
+        .queue_delete(
+            ShortString::from(queue.as_str()),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+    topology::declare_reply_queue(&link.channel, id).await?;
+    publish_confirmed(&link.channel, "", &queue, b"", probe(), true)
+        .await
+        .map_err(ClientError::from)
+}
+
+/// A nacked task is published again this many times (backing off from 100 ms,
+/// about 3 s in all) before the nack is returned.
+const SUBMIT_NACK_RETRIES: u32 = 5;
+
 /// Nacked control messages are published again this many times (backing off
 /// from 100 ms) before the nack is returned.
 const CONTROL_NACK_RETRIES: usize = 5;
@@ -595,6 +653,10 @@ async fn wait_on(conn: &Connection, id: &str) -> Result<Option<TaskResult>, lapi
         .await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
+        if delivery.properties.kind().as_ref().map(ShortString::as_str) == Some(PROBE_TYPE) {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            continue;
+        }
         let parsed = serde_json::from_slice::<TaskResult>(&delivery.data);
         let acked = delivery.acker.ack(BasicAckOptions::default()).await;
         match parsed {
