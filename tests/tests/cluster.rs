@@ -278,8 +278,8 @@ type Seen = Arc<Mutex<HashMap<String, (Status, u32, Instant, String)>>>;
 /// only once N is back): no submitted task is lost, none is run twice, and
 /// results keep arriving while each node is down, and no task is answered
 /// `worker_lost` (no worker dies here: any would be false).
-/// A submit that fails meanwhile (the client does not reconnect a submit) is
-/// counted and re-submitted under a new id, and must never yield a result.
+/// A submit that fails meanwhile (the client fails over to another node, but
+/// a stop can outlast its retries) is counted and re-submitted under a new id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load() {
     let _turn = SERIAL.lock().await;
