@@ -93,7 +93,7 @@ async fn stream_through_a_kill(urls: &str, who: Submitter, signed: bool) -> Stri
     let client_urls = starting_at(urls, 1);
     let label = format!("{who:?} {}", if signed { "signed" } else { "unsigned" });
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Flags::default());
     let started = Instant::now();
     let stream = {
         let (pool, stop, client_urls, creds) = (
@@ -112,9 +112,10 @@ async fn stream_through_a_kill(urls: &str, who: Submitter, signed: bool) -> Stri
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = started.elapsed();
     cluster(&["kill", "1"]);
+    stop.killed.store(true, Ordering::SeqCst);
     let restart = StartOnDrop("1");
     tokio::time::sleep(AFTER_KILL).await;
-    stop.store(true, Ordering::SeqCst);
+    stop.stop.store(true, Ordering::SeqCst);
     let out = stream.await.expect("the submit stream");
     let logs = || format!("worker 1:\n{}\nworker 2:\n{}", w1.log_text(), w2.log_text());
 
@@ -200,6 +201,30 @@ async fn stream_through_a_kill(urls: &str, who: Submitter, signed: bool) -> Stri
     )
 }
 
+/// Set by the test: the node was killed; the stream may end. A stream ends
+/// only once [`AFTER_KILL_AT_LEAST`] submissions began after the kill (a
+/// failover can take longer than [`AFTER_KILL`]: deleting a leaderless reply
+/// queue takes 10 s).
+#[derive(Default)]
+struct Flags {
+    killed: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// Submissions begun after the kill before a stream may end.
+const AFTER_KILL_AT_LEAST: usize = 5;
+
+impl Flags {
+    /// Whether a stream that began `after` submissions since the kill ends now.
+    fn done(&self, after: usize) -> bool {
+        self.stop.load(Ordering::SeqCst) && after >= AFTER_KILL_AT_LEAST
+    }
+
+    fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+}
+
 /// What a stream gave: each confirmed submission (id, when it was submitted
 /// since the start, its result), the submits that failed, and the node the
 /// submitter was on at the start and at the end (positions in its list).
@@ -212,12 +237,7 @@ struct Stream {
 
 /// `echo ID` tasks one after another through one `Client` until `stop`; each
 /// confirmed one is waited for (in the background) on the same client.
-async fn client_stream(
-    urls: &str,
-    pool: &str,
-    creds: Credentials,
-    stop: Arc<AtomicBool>,
-) -> Stream {
+async fn client_stream(urls: &str, pool: &str, creds: Credentials, stop: Arc<Flags>) -> Stream {
     let c = Arc::new(
         Client::connect(urls)
             .await
@@ -227,7 +247,9 @@ async fn client_stream(
     let node_before = c.node();
     let t0 = Instant::now();
     let (mut waits, mut failed) = (Vec::new(), Vec::new());
-    while !stop.load(Ordering::SeqCst) {
+    let mut after = 0;
+    while !stop.done(after) {
+        after += usize::from(stop.killed());
         let mut t = task("");
         t.script = format!("echo {}", t.id);
         let at = t0.elapsed();
@@ -260,7 +282,7 @@ async fn client_stream(
 
 /// `echo ID` tasks through one `BulkClient` (replicated reply queue: its URL
 /// list names three nodes), pipelined in bursts of 10 until `stop`.
-async fn bulk_stream(urls: &str, pool: &str, creds: Credentials, stop: Arc<AtomicBool>) -> Stream {
+async fn bulk_stream(urls: &str, pool: &str, creds: Credentials, stop: Arc<Flags>) -> Stream {
     let c = BulkClient::connect(urls)
         .await
         .expect("bulk client on the cluster")
@@ -269,7 +291,9 @@ async fn bulk_stream(urls: &str, pool: &str, creds: Credentials, stop: Arc<Atomi
     let node_before = c.node();
     let t0 = Instant::now();
     let (mut tickets, mut failed) = (Vec::new(), Vec::new());
-    while !stop.load(Ordering::SeqCst) {
+    let mut after = 0;
+    while !stop.done(after) {
+        after += usize::from(stop.killed());
         for _ in 0..10 {
             let mut t = task("");
             t.script = format!("echo {}", t.id);

@@ -586,9 +586,10 @@ const PROBE_TYPE: &str = "krill.probe";
 /// a node that is SIGKILLed right then can be left with no leader at all (its
 /// members on the other nodes followers in term 0, for as long as that node
 /// is down), so the worker's result to it is nacked again and again. A probe
-/// (expiring at once) is published to it with confirms; when it is nacked the
-/// queue is deleted and declared anew on this node (it cannot hold a result:
-/// it never had a leader, and this task is not confirmed yet).
+/// (expiring at once) is published to it with confirms, on a fresh channel;
+/// when it is nacked the queue is deleted and declared anew on this node (it
+/// cannot hold a result: it never had a leader, and this task is not
+/// confirmed yet), [`REPLY_QUEUE_REMAKES`] times at most.
 async fn usable_reply_queue(link: &Link, id: &str) -> Result<(), ClientError> {
     let queue = topology::reply_queue(id);
     let probe = || {
@@ -596,22 +597,38 @@ async fn usable_reply_queue(link: &Link, id: &str) -> Result<(), ClientError> {
             .with_type(ShortString::from(PROBE_TYPE))
             .with_expiration(ShortString::from("1"))
     };
-    match publish_confirmed(&link.channel, "", &queue, b"", probe(), true).await {
-        Err(amqp::PublishError::Nacked) => {}
-        other => return other.map_err(ClientError::from),
+    // Each probe on a channel of its own: a channel that published to the
+    // leaderless queue keeps nacking for the queue declared anew in its place.
+    let probe_once = || async {
+        let ch = link.conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let sent = publish_confirmed(&ch, "", &queue, b"", probe(), true).await;
+        let _ = ch.close(200, ShortString::from("probed")).await;
+        Ok::<_, ClientError>(sent)
+    };
+    let mut pause = Duration::from_millis(250);
+    for round in 0..REPLY_QUEUE_REMAKES {
+        match probe_once().await? {
+            Err(amqp::PublishError::Nacked) => {}
+            other => return other.map_err(ClientError::from),
+        }
+        tracing::warn!(queue = %queue, round, "the reply queue takes no messages (no leader?): declaring it anew");
+        link.channel
+            .queue_delete(
+                ShortString::from(queue.as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await?;
+        topology::declare_reply_queue(&link.channel, id).await?;
+        tokio::time::sleep(amqp::jittered(pause)).await;
+        pause *= 2;
     }
-    tracing::warn!(queue = %queue, "the reply queue takes no messages (no leader?): declaring it anew");
-    link.channel
-        .queue_delete(
-            ShortString::from(queue.as_str()),
-            QueueDeleteOptions::default(),
-        )
-        .await?;
-    topology::declare_reply_queue(&link.channel, id).await?;
-    publish_confirmed(&link.channel, "", &queue, b"", probe(), true)
-        .await
-        .map_err(ClientError::from)
+    probe_once().await?.map_err(ClientError::from)
 }
+
+/// How many times a reply queue that takes no messages is deleted and
+/// declared anew before the nack is returned.
+const REPLY_QUEUE_REMAKES: u32 = 3;
 
 /// A nacked task is published again this many times (backing off from 100 ms,
 /// about 3 s in all) before the nack is returned.
