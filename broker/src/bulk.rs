@@ -552,6 +552,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_url_list_gets_a_replicated_reply_queue() {
+        assert_eq!(Replies::for_urls("amqp://a/%2f"), Replies::Exclusive);
+        assert_eq!(
+            Replies::for_urls("amqp://a/%2f,amqp://b/%2f"),
+            Replies::Replicated
+        );
+        assert_eq!(Replies::for_urls(" amqp://a/%2f, "), Replies::Exclusive);
+    }
+
+    #[test]
     fn reply_queue_names_are_in_the_topology() {
         let name = format!("{CLIENT_REPLY_PREFIX}{}", uuid::Uuid::new_v4().simple());
         assert!(name.starts_with(topology::REPLY_QUEUE_PREFIX));

@@ -178,3 +178,24 @@ impl Links {
         let _ = self.current().conn.close(200, "bye".into()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lost_connection_fails_over() {
+        let io = lapin::Error::from(ErrorKind::IOError(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        ))));
+        assert!(lost(&ClientError::Amqp(io)));
+        let closed = lapin::Error::from(ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Closed,
+        ));
+        assert!(lost(&ClientError::Amqp(closed)));
+        // What the broker refused is returned as it is.
+        assert!(!lost(&ClientError::Nacked));
+        assert!(!lost(&ClientError::Unroutable("p".into())));
+        assert!(!lost(&ClientError::Pool("A".into())));
+    }
+}
