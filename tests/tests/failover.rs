@@ -53,6 +53,7 @@ async fn submitters_fail_over_when_their_node_is_killed() {
     ] {
         report.push(stream_through_a_kill(&urls, who, signed).await);
     }
+    report.push(control_through_a_kill(&urls).await);
     for line in report {
         eprintln!("failover: {line}");
     }
@@ -333,4 +334,44 @@ impl Drop for StartOnDrop {
             .args(["start", self.0])
             .status();
     }
+}
+
+/// A control message from a client whose node was killed under it: the
+/// client fails over and the cancel reaches the worker (on another node),
+/// whose running task ends `cancelled`.
+async fn control_through_a_kill(urls: &str) -> String {
+    let pool = unique_pool("fo-control");
+    let mut w = WorkerBuilder::new(&pool)
+        .env("KRILL_AMQP_URL", &starting_at(urls, 2))
+        .start()
+        .await;
+    w.keep_pool();
+    let c = Client::connect(&starting_at(urls, 1))
+        .await
+        .expect("client on the cluster");
+    assert_eq!(c.node(), 0, "the client is on node 1");
+    let mut events = krill_tests::Events::at(
+        &starting_at(urls, 2),
+        &broker::topology::task_event_key(&pool, "started"),
+    )
+    .await;
+    let t = task("sleep 60; echo not cancelled");
+    c.submit(&pool, &t).await.expect("submit");
+    events.wait_task(&t.id, T).await;
+    cluster(&["kill", "1"]);
+    let restart = StartOnDrop("1");
+    let t0 = Instant::now();
+    c.cancel(&t.id)
+        .await
+        .expect("the cancel fails over to another node");
+    let sent = t0.elapsed();
+    let r = c.wait(&t.id, Some(T)).await.expect("the result");
+    assert_eq!(r.status, Status::Cancelled, "{r:?}\n{}", w.log_text());
+    assert_ne!(c.node(), 0, "the client moved off the killed node");
+    drop(restart);
+    format!(
+        "control: a cancel sent through a killed node went out in {:.2} s on node {}; the task ended cancelled",
+        sent.as_secs_f64(),
+        c.node() + 1
+    )
 }
