@@ -11,7 +11,7 @@ use anyhow::Context;
 #[derive(Debug, clap::Parser)]
 #[command(name = "krill-bench")]
 pub struct Args {
-    /// Scenarios to run (1-9), comma-separated.
+    /// Scenarios to run (1-10), comma-separated (10 needs --cluster-url).
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9")]
     pub only: Vec<u8>,
     /// Tasks per throughput series (scenario 1).
@@ -58,6 +58,14 @@ pub struct Args {
     pub celery_broker: String,
     #[arg(long, env = "KRILL_AMQP_URL", default_value = broker::amqp::DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
+    /// The URL list of a three-node cluster (`scripts/cluster urls`; `bench/run
+    /// --cluster` starts it and passes it): scenario 10 runs scenarios 1 and 2
+    /// on it beside the single node (`--amqp-url`), in the same run.
+    #[arg(long, env = "KRILL_BENCH_CLUSTER_URL", hide_env_values = true)]
+    pub cluster_url: Option<String>,
+    /// Rounds of scenario 10 (each measures every target once, alternating).
+    #[arg(long, default_value_t = 2)]
+    pub cluster_rounds: usize,
     /// Where the markdown and JSON results go.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -133,6 +141,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             7 => scenarios::gateway(&mut b).await,
             8 => scenarios::curve(&mut b).await,
             9 => scenarios::tail(&mut b).await,
+            10 => match &args.cluster_url {
+                Some(url) => scenarios::cluster(&mut b, url, args.cluster_rounds).await,
+                None => Err(anyhow::anyhow!(
+                    "scenario 10 needs --cluster-url (bench/run --cluster passes it)"
+                )),
+            },
             other => Err(anyhow::anyhow!("no scenario {other}")),
         };
         if let Err(e) = r {

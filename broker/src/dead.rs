@@ -159,7 +159,7 @@ impl Client {
                 .properties
                 .clone()
                 .with_headers(self.replay_headers(d.properties.headers().as_ref(), &pool));
-            match publish_confirmed(ch, TASKS_EXCHANGE, &pool, &d.data, props, true)
+            match publish_confirmed(&ch, TASKS_EXCHANGE, &pool, &d.data, props, true)
                 .await
                 .map_err(ClientError::from)
             {

@@ -63,6 +63,11 @@ pub const DELIVERY_LIMIT: i64 = 5;
 pub const REPLY_QUEUE_EXPIRES_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Header carrying why a message was dead-lettered by a worker.
 pub const REASON_HEADER: &str = "x-krill-reason";
+/// Set (true) on an unsigned task a client published again after its
+/// connection was lost before the confirm: the first copy may be queued too,
+/// so a worker handles this one as a redelivery (it runs it only once no
+/// worker started the task).
+pub const RESENT_HEADER: &str = "x-krill-resent";
 /// Header carrying the worker that dead-lettered a message.
 pub const WORKER_HEADER: &str = "x-krill-worker";
 /// Header carrying the pool of a message a worker dead-lettered.

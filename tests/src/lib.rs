@@ -681,3 +681,13 @@ pub fn cluster(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The local cluster's URLs (`scripts/cluster urls`), starting it first
+/// (`scripts/cluster up`, ~75 s on a loaded machine) when a node is not running.
+pub fn cluster_urls() -> String {
+    let status = cluster(&["status"]);
+    if status.lines().take(3).any(|l| l.ends_with(": down")) {
+        cluster(&["up"]);
+    }
+    cluster(&["urls"]).trim().to_string()
+}

@@ -123,7 +123,7 @@ pub fn prepared(creds: &Credentials, pool: &str, task: &Task) -> (Vec<u8>, Basic
 /// Publishes exactly `body` with `props` to `pool` (confirmed), declaring the
 /// task's reply queue first.
 pub async fn publish_raw(c: &Client, pool: &str, id: &str, body: &[u8], props: BasicProperties) {
-    topology::declare_reply_queue(c.channel(), id)
+    topology::declare_reply_queue(&c.channel(), id)
         .await
         .expect("reply queue");
     c.channel()

@@ -17,18 +17,9 @@ use std::time::{Duration, Instant};
 use broker::client::Client;
 use broker::protocol::Status;
 use broker::topology;
-use krill_tests::{bin, cluster, task, unique_pool, Events, WorkerBuilder};
+use krill_tests::{bin, cluster, cluster_urls, task, unique_pool, Events, WorkerBuilder};
 
 const T: Duration = Duration::from_secs(120);
-
-/// The cluster's URLs, starting it when a node is not running.
-fn cluster_urls() -> String {
-    let status = cluster(&["status"]);
-    if status.lines().take(3).any(|l| l.ends_with(": down")) {
-        cluster(&["up"]);
-    }
-    cluster(&["urls"]).trim().to_string()
-}
 
 /// Which node (1..3) a worker log says it reached last.
 fn node_of(log: &str, urls: &str) -> usize {
@@ -287,8 +278,8 @@ type Seen = Arc<Mutex<HashMap<String, (Status, u32, Instant, String)>>>;
 /// only once N is back): no submitted task is lost, none is run twice, and
 /// results keep arriving while each node is down, and no task is answered
 /// `worker_lost` (no worker dies here: any would be false).
-/// A submit that fails meanwhile (the client does not reconnect a submit) is
-/// counted and re-submitted under a new id, and must never yield a result.
+/// A submit that fails meanwhile (the client fails over to another node, but
+/// a stop can outlast its retries) is counted and re-submitted under a new id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load() {
     let _turn = SERIAL.lock().await;

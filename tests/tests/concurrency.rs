@@ -407,11 +407,11 @@ async fn bad_keys_and_limits_are_rejected_with_the_reason() {
     // A raw client that sends a keyed task to the pool queue is told where it goes.
     let mut t = task("true");
     t.concurrency_key = Some("ok".into());
-    topology::declare_reply_queue(c.channel(), &t.id)
+    topology::declare_reply_queue(&c.channel(), &t.id)
         .await
         .expect("reply queue");
     broker::amqp::publish_confirmed(
-        c.channel(),
+        &c.channel(),
         topology::TASKS_EXCHANGE,
         &pool,
         &serde_json::to_vec(&t).expect("json"),

@@ -139,7 +139,7 @@ async fn invalid_tasks_are_rejected_and_the_worker_keeps_serving() {
     ] {
         let id = krill_tests::new_id();
         let body = body.replace("ID", &id);
-        broker::topology::declare_reply_queue(c.channel(), &id)
+        broker::topology::declare_reply_queue(&c.channel(), &id)
             .await
             .expect("reply queue");
         let props = broker::client::task_properties(&Task::new(id.clone(), "x"));

@@ -260,7 +260,7 @@ async fn dead_letters_are_listed_with_reasons_and_can_be_replayed() {
     let c = client().await;
     // A malformed message the worker dead-letters with its reason.
     let bad_id = krill_tests::new_id();
-    broker::topology::declare_reply_queue(c.channel(), &bad_id)
+    broker::topology::declare_reply_queue(&c.channel(), &bad_id)
         .await
         .expect("reply queue");
     let props = broker::client::task_properties(&Task::new(bad_id.clone(), "x"));
@@ -289,7 +289,7 @@ async fn dead_letters_are_listed_with_reasons_and_can_be_replayed() {
 
     // A good task sitting in krill.dead is replayed to its pool and runs.
     let t = task("echo replayed");
-    broker::topology::declare_reply_queue(c.channel(), &t.id)
+    broker::topology::declare_reply_queue(&c.channel(), &t.id)
         .await
         .expect("reply queue");
     let mut headers = FieldTable::default();
@@ -303,7 +303,7 @@ async fn dead_letters_are_listed_with_reasons_and_can_be_replayed() {
     );
     let props = broker::client::task_properties(&t).with_headers(headers);
     broker::amqp::publish_confirmed(
-        c.channel(),
+        &c.channel(),
         topology::DEAD_EXCHANGE,
         "",
         &serde_json::to_vec(&t).expect("json"),

@@ -1438,7 +1438,7 @@ async fn dead_replay_all_through_the_gateway_replays_a_real_dead_letter() {
     assert_eq!(code, Some(0), "{err}");
     assert!(listed(&json).is_empty(), "still dead: {json}");
     assert_eq!(
-        pool_depth(c.channel(), &pool).await,
+        pool_depth(&c.channel(), &pool).await,
         1,
         "the replayed task is back on its pool"
     );

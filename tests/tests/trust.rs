@@ -83,7 +83,7 @@ async fn every_refused_task_gets_its_reason_runs_nothing_and_the_worker_keeps_se
     let t = task("echo reply");
     let (b, p) = prepared(&alice, &pool, &t);
     let other = new_id();
-    broker::topology::declare_reply_queue(c.channel(), &other)
+    broker::topology::declare_reply_queue(&c.channel(), &other)
         .await
         .expect("queue");
     let p = p.with_reply_to(ShortString::from(broker::topology::reply_queue(&other)));
@@ -442,7 +442,7 @@ async fn unsigned_or_unauthorised_control_changes_nothing() {
             .control_headers(&key, &body, broker::trust::CONTROL_VALIDITY);
     let publish_drain = || async {
         broker::amqp::publish_confirmed(
-            ops.channel(),
+            &ops.channel(),
             broker::topology::CONTROL_EXCHANGE,
             &key,
             &body,
@@ -556,7 +556,7 @@ async fn an_expired_task_replayed_by_a_control_key_runs_and_by_others_does_not()
     // Alice (no control right) replays it: refused, and back in krill.dead.
     // (`wait` deleted the reply queue: declare it again for each answer.)
     let alice = client().await.with_credentials(keys.creds(&keys.alice));
-    broker::topology::declare_reply_queue(c.channel(), &t.id)
+    broker::topology::declare_reply_queue(&c.channel(), &t.id)
         .await
         .expect("queue");
     replay_dead(&alice, &t.id).await;
@@ -571,7 +571,7 @@ async fn an_expired_task_replayed_by_a_control_key_runs_and_by_others_does_not()
     assert_eq!(d.reason, "not_allowed:control");
     // Ops replays it: it runs, still as alice's task.
     let ops = client().await.with_credentials(keys.creds(&keys.ops));
-    broker::topology::declare_reply_queue(c.channel(), &t.id)
+    broker::topology::declare_reply_queue(&c.channel(), &t.id)
         .await
         .expect("queue");
     replay_dead(&ops, &t.id).await;

@@ -265,6 +265,16 @@ fn published(task: &Task, amqp_timestamp: Option<u64>) -> Option<chrono::DateTim
     Some(at.min(Utc::now()))
 }
 
+/// Whether the message is a copy its submitter published again
+/// ([`topology::RESENT_HEADER`]).
+fn resent(props: &lapin::BasicProperties) -> bool {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(topology::RESENT_HEADER))
+        .is_some_and(|v| matches!(v, lapin::types::AMQPValue::Boolean(true)))
+}
+
 /// The answer to a task whose worker was lost mid-run.
 pub fn worker_lost(shared: &Shared, id: &str, attempt: u32, holder: Option<&str>) -> TaskResult {
     let mut result = TaskResult::new(id.to_string(), Status::WorkerLost);
@@ -343,6 +353,23 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
         signer.as_ref(),
         &settle,
     );
+    // A copy its submitter published again after losing the connection
+    // before the confirm (`RESENT_HEADER`, unsigned tasks only: signed copies
+    // are the claims stream's): the first copy may be queued too, and may
+    // run or have run elsewhere, so it is handled as a redelivery — it waits
+    // for a holder, or runs once every worker that may have had the first
+    // copy says it never started it. A copy of a task that ran here was
+    // answered from that run above (the same reply queue only).
+    if matches!(decision, Decision::Run)
+        && signer.is_none()
+        && !task.retry_on_worker_loss
+        && line.is_none()
+        && resent(&props)
+    {
+        tracing::info!(task_id = %id, "a copy its submitter published again after a lost connection: making sure no other copy ran");
+        shared.tasks.release(&id);
+        decision = Decision::Held;
+    }
     let mut slot = Some(slot);
     if let Decision::Held = decision {
         // A keyed task's line already waited for its holder (lines::line).
@@ -867,6 +894,60 @@ mod tests {
             sink.results().is_empty(),
             "no second result: the holder's is the one"
         );
+    }
+
+    /// `d` marked as published again by its submitter (`RESENT_HEADER`).
+    fn resent_copy(mut d: Incoming) -> Incoming {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(topology::RESENT_HEADER),
+            AMQPValue::Boolean(true),
+        );
+        d.props = d.props.with_headers(headers);
+        d
+    }
+
+    #[tokio::test]
+    async fn a_copy_published_again_does_not_run_while_its_first_copy_runs_elsewhere() {
+        let (sink, shared) = setup();
+        let now = std::time::Instant::now();
+        shared.peers.listening(now);
+        let mut hb = peer_heartbeat("w-other", "t1");
+        shared.peers.observe(&hb, now);
+        // Not a redelivery for the broker: a new message, marked as a copy.
+        let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { handled(&shared, resent_copy(d)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!waiting.is_finished(), "it waits while the first copy runs");
+        assert!(sink.events().is_empty(), "not started: {:?}", sink.events());
+        hb.running.clear();
+        hb.uptime_secs += 1;
+        hb.sent_at = Utc::now();
+        shared.peers.observe(&hb, std::time::Instant::now());
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("done once the first copy finished")
+            .expect("join");
+        assert_eq!(settle.counts(), (1, 0), "acked");
+        assert!(sink.results().is_empty(), "no second result, no second run");
+
+        // Without the mark the same message is a new task and runs at once
+        // (here no sandbox is enabled, so it fails on the sandbox's side).
+        let (sink, shared) = setup();
+        let (d, settle) = delivery(&task_json("t2", ""), "t2", false);
+        handled(&shared, d).await;
+        assert_eq!(sink.results().len(), 1);
+        assert_eq!(settle.counts(), (1, 0));
+        // A marked copy of a task that ran here is answered from that run.
+        let (d, settle) = delivery(&task_json("t2", ""), "t2", false);
+        handled(&shared, resent_copy(d)).await;
+        let results = sink.results();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[1].0.status, results[0].0.status);
+        assert_eq!(settle.counts(), (1, 0));
     }
 
     #[test]

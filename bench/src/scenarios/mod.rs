@@ -1,6 +1,7 @@
 //! Scenarios 1-5 of issue 8, 6 of issue 13 (signing and sealing), 7 of issue 16 (the gateway) 8 and 9 of issue 19 (the curve, the tail). Each measures Krill and its alternative in the
 //! same run and adds rows and goals to the report.
 
+mod cluster;
 mod containers;
 mod curve;
 mod gateway;
@@ -21,6 +22,7 @@ use crate::celery::Celery;
 use crate::procs::Env;
 use crate::report::Report;
 
+pub use cluster::cluster;
 pub use containers::containers;
 pub use curve::curve;
 pub use gateway::gateway;

@@ -9,9 +9,12 @@
 //! copies are dropped by the broker.
 
 mod follow;
+pub mod link;
 
 pub use follow::{FinishWatch, LogFollower, ProgressWatch};
+pub use link::{Link, Links};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -72,11 +75,13 @@ impl From<amqp::PublishError> for ClientError {
 /// A connection to the broker for submitters. With [`Credentials`] (see
 /// [`Client::with_credentials`]) it seals secrets to the pool key and signs
 /// every task and control message it sends.
+///
+/// Given a list of URLs (a cluster's nodes) it fails over: `submit`, the
+/// control messages and `wait` reconnect to the next node when theirs is lost
+/// ([`link`]).
 #[derive(Debug)]
 pub struct Client {
-    url: String,
-    conn: Connection,
-    channel: Channel,
+    links: Links,
     creds: Credentials,
 }
 
@@ -92,31 +97,29 @@ pub fn task_properties(task: &Task) -> BasicProperties {
         .with_type(ShortString::from("krill.task.v1"))
 }
 
-async fn open(url: &str) -> Result<(Connection, Channel), ClientError> {
-    open_named(url, "krill").await
-}
-
-/// Connects as `name`, opens a channel with publisher confirms and checks the
-/// exchanges exist (shared by every client kind).
-pub(crate) async fn open_named(
+/// Connects as `name` to the first node of the list that answers, from the
+/// one at `start`, opens a channel with publisher confirms and checks the
+/// exchanges exist (shared by every client kind). Also says which node.
+pub(crate) async fn open_at(
     url: &str,
     name: &str,
-) -> Result<(Connection, Channel), ClientError> {
+    start: usize,
+) -> Result<(Connection, Channel, usize), ClientError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     // Any node of a cluster will do: every queue Krill uses is replicated.
-    let conn = amqp::connect_any(url, 0, props)
+    let connected = amqp::connect_any(url, start, props)
         .await
         .map_err(|source| ClientError::Connect {
             url: amqp::redact_urls(url),
             source,
-        })?
-        .conn;
+        })?;
+    let conn = connected.conn;
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     ensure_topology(&conn).await?;
-    Ok((conn, channel))
+    Ok((conn, channel, connected.index))
 }
 
 /// Checks that the exchanges exist with a passive declare, which needs no
@@ -151,11 +154,8 @@ async fn ensure_topology(conn: &Connection) -> Result<(), ClientError> {
 impl Client {
     /// Connects and declares the common exchanges.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let (conn, channel) = open(url).await?;
         Ok(Client {
-            url: url.to_string(),
-            conn,
-            channel,
+            links: Links::connect(url, "krill").await?,
             creds: Credentials::default(),
         })
     }
@@ -171,9 +171,21 @@ impl Client {
         &self.creds
     }
 
-    /// The channel (publisher confirms on), for callers that need more.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// The channel (publisher confirms on) of the current connection, for
+    /// callers that need more (no failover: after a node is lost, the next
+    /// `submit` or control message reconnects).
+    pub fn channel(&self) -> Channel {
+        self.links.current().channel
+    }
+
+    /// The current connection.
+    fn conn(&self) -> Arc<Connection> {
+        self.links.current().conn
+    }
+
+    /// Which URL of the list this client is connected to now (its position).
+    pub fn node(&self) -> usize {
+        self.links.current().index
     }
 
     /// Validates and publishes a task to `pool` (persistent, mandatory, confirmed).
@@ -185,8 +197,7 @@ impl Client {
             return Err(ClientError::Pool(pool.to_string()));
         }
         task.validate()?;
-        topology::declare_reply_queue(&self.channel, &task.id).await?;
-        self.submit_replying_to(pool, task, &topology::reply_queue(&task.id))
+        self.publish_task(pool, task, &topology::reply_queue(&task.id), true)
             .await
     }
 
@@ -199,97 +210,82 @@ impl Client {
         task: &Task,
         reply_to: &str,
     ) -> Result<(), ClientError> {
+        self.publish_task(pool, task, reply_to, false).await
+    }
+
+    /// Signs (and seals) `task` once, then publishes it, again on another node
+    /// when the connection is lost before the confirm ([`Links::failover`]):
+    /// the same bytes, the same signature. A copy the broker had taken after
+    /// all is caught by the workers: an unsigned one carries
+    /// [`topology::RESENT_HEADER`] and is handled as a redelivery (it waits
+    /// for its first copy's run, or runs once nobody started it), a signed
+    /// one is refused `replayed` by the claims stream (dead-lettered, no
+    /// result). With `declare`, the per-task reply queue is declared first.
+    async fn publish_task(
+        &self,
+        pool: &str,
+        task: &Task,
+        reply_to: &str,
+        declare: bool,
+    ) -> Result<(), ClientError> {
         if !topology::valid_pool(pool) {
             return Err(ClientError::Pool(pool.to_string()));
         }
         task.validate()?;
         let (body, headers) = self.creds.prepare_task(pool, reply_to, task)?;
+        let signed = !headers.inner().is_empty();
         let props = task_properties(task)
             .with_reply_to(ShortString::from(reply_to))
-            .with_headers(headers);
-        if let Some(key) = &task.concurrency_key {
-            return self.submit_keyed(pool, key, &body, props).await;
-        }
-        publish_confirmed(
-            &self.channel,
-            topology::TASKS_EXCHANGE,
-            pool,
-            &body,
-            props,
-            true,
-        )
-        .await
-        .map_err(|e| match e {
-            amqp::PublishError::Unroutable(_) => ClientError::Unroutable(pool.to_string()),
-            e => e.into(),
-        })
-    }
-
-    /// A keyed task: declare its line queue (idempotent), announce the key on the
-    /// keys stream (so every worker consumes the line), then publish the task to
-    /// the line through the default exchange. Each step is confirmed, in this
-    /// order: the announcement may come twice, the task once.
-    async fn submit_keyed(
-        &self,
-        pool: &str,
-        key: &str,
-        body: &[u8],
-        task_props: BasicProperties,
-    ) -> Result<(), ClientError> {
-        // Workers declare the lines' exchange and streams; a submitter with
-        // the least rights (deploy/rabbitmq) may not, and need not once they
-        // are there (a passive declare needs no right). A refusal or a
-        // NOT_FOUND closes only the channel it happened on.
-        let ch = self.conn.create_channel().await?;
-        let there = ch
-            .exchange_declare(
-                ShortString::from(topology::LINES_EXCHANGE),
-                lapin::ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .with_headers(headers.clone());
+        let resent = resent_properties(&props, signed);
+        let body = &body;
+        self.links
+            .failover("submit", |link, tries| {
+                let (props, resent) = (&props, &resent);
+                async move {
+                    if declare {
+                        topology::declare_reply_queue(&link.channel, &task.id).await?;
+                        if tries > 0 {
+                            usable_reply_queue(&link, &task.id).await?;
+                        }
+                    }
+                    // A nack (seen while a quorum queue elects a leader after
+                    // its node was lost) is tried again too, as a marked copy.
+                    let mut backoff = Duration::from_millis(100);
+                    let mut nacks = 0;
+                    loop {
+                        let props = if tries == 0 && nacks == 0 { props } else { resent };
+                        let sent = match &task.concurrency_key {
+                            Some(key) => submit_keyed(&link, pool, key, body, props.clone()).await,
+                            None => publish_confirmed(
+                                &link.channel,
+                                topology::TASKS_EXCHANGE,
+                                pool,
+                                body,
+                                props.clone(),
+                                true,
+                            )
+                            .await
+                            .map_err(|e| match e {
+                                amqp::PublishError::Unroutable(_) => {
+                                    ClientError::Unroutable(pool.to_string())
+                                }
+                                e => e.into(),
+                            }),
+                        };
+                        match sent {
+                            Err(ClientError::Nacked) if nacks < SUBMIT_NACK_RETRIES => {
+                                nacks += 1;
+                                tracing::debug!(task_id = %task.id, nacks, "the task was nacked; publishing it again");
+                                tokio::time::sleep(backoff).await;
+                                backoff *= 2;
+                            }
+                            other => return other,
+                        }
+                    }
+                }
+            })
             .await
-            .is_ok();
-        let ch = if there {
-            ch
-        } else {
-            let ch = self.conn.create_channel().await?;
-            topology::declare_lines(&ch).await?;
-            ch
-        };
-        topology::declare_line(&ch, pool, key).await?;
-        let _ = ch.close(200, ShortString::from("declared")).await;
-        let announce = serde_json::to_vec(&KeyAnnounce {
-            version: crate::protocol::PROTOCOL_VERSION,
-            pool: pool.to_string(),
-            key: key.to_string(),
-        })?;
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from(CONTENT_TYPE))
-            .with_delivery_mode(2);
-        publish_confirmed(
-            &self.channel,
-            topology::LINES_EXCHANGE,
-            topology::KEYS_STREAM,
-            &announce,
-            props,
-            true,
-        )
-        .await?;
-        let line = topology::line_queue(pool, key);
-        publish_confirmed(
-            &self.channel,
-            topology::LINES_EXCHANGE,
-            &line,
-            body,
-            task_props,
-            true,
-        )
-        .await
-        .map_err(ClientError::from)
     }
 
     /// Waits for the first result of task `id` on its reply queue, reconnecting
@@ -309,23 +305,20 @@ impl Client {
     }
 
     async fn wait_inner(&self, id: &str) -> Result<TaskResult, ClientError> {
-        let mut fresh: Option<(Connection, Channel)> = None;
+        let mut link = self.links.current();
         let mut backoff = Duration::from_millis(200);
         let mut down_since: Option<tokio::time::Instant> = None;
         loop {
-            let conn = match &fresh {
-                Some((c, _)) => c,
-                None => &self.conn,
-            };
-            match wait_on(conn, id).await {
+            match wait_on(&link.conn, id).await {
                 Ok(Some(result)) => return Ok(result),
                 Ok(None) | Err(_) => {
-                    // The consumer ended or the connection broke: reconnect and resume.
+                    // The consumer ended or the connection broke: reconnect
+                    // (to the next node, when this one is lost) and resume.
                     let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
                     loop {
                         if since.elapsed() > RECONNECT_FOR {
                             return Err(ClientError::Connect {
-                                url: amqp::redact_urls(&self.url),
+                                url: amqp::redact_urls(self.links.url()),
                                 source: amqp::ConnectAnyError::Refused(lapin::Error::from(
                                     lapin::ErrorKind::InvalidConnectionState(
                                         lapin::ConnectionState::Closed,
@@ -335,8 +328,12 @@ impl Client {
                         }
                         tokio::time::sleep(amqp::jittered(backoff)).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if let Ok(pair) = open(&self.url).await {
-                            fresh = Some(pair);
+                        let next = match link.conn.status().connected() {
+                            true => Ok(link.clone()),
+                            false => self.links.relink(&link).await,
+                        };
+                        if let Ok(l) = next {
+                            link = l;
                             down_since = None;
                             backoff = Duration::from_millis(200);
                             break;
@@ -374,7 +371,7 @@ impl Client {
     /// Binds a transient queue to the `blocked` and `started` events of task `id`
     /// (every pool): what `krill wait` and `submit --follow` tell about a wait.
     pub async fn watch_progress(&self, id: &str) -> Result<ProgressWatch, ClientError> {
-        let channel = self.conn.create_channel().await?;
+        let channel = self.conn().create_channel().await?;
         let blocked = topology::task_event_key("*", TaskState::Blocked.as_str());
         let started = topology::task_event_key("*", TaskState::Started.as_str());
         let tap = amqp::tap(
@@ -398,10 +395,10 @@ impl Client {
     /// reply queue and put back, so whoever waits for it still gets it.
     pub async fn peek(&self, id: &str) -> Result<Peek, ClientError> {
         let queue = topology::reply_queue(id);
-        if amqp::peek(&self.conn, &queue).await?.is_none() {
+        if amqp::peek(&self.conn(), &queue).await?.is_none() {
             return Ok(Peek::Missing);
         }
-        let channel = self.conn.create_channel().await?;
+        let channel = self.conn().create_channel().await?;
         let got = channel
             .basic_get(
                 ShortString::from(queue.as_str()),
@@ -432,7 +429,7 @@ impl Client {
         exchange: &str,
         key: &str,
     ) -> Result<(Channel, lapin::Consumer), ClientError> {
-        let channel = self.conn.create_channel().await?;
+        let channel = self.conn().create_channel().await?;
         let tap = amqp::tap(&channel, "", &[(exchange, key)], "").await?;
         Ok((channel, tap.consumer))
     }
@@ -482,44 +479,189 @@ impl Client {
             .with_headers(self.creds.control_headers(key, &body, validity));
         // A nack means the broker did not take the message: a stream member
         // of `krill.cancellations` that is not up yet (a broker just started)
-        // nacks. Control messages are idempotent, so publishing again is safe.
-        let mut backoff = std::time::Duration::from_millis(100);
-        for _ in 0..CONTROL_NACK_RETRIES {
-            match publish_confirmed(
-                &self.channel,
-                topology::CONTROL_EXCHANGE,
-                key,
-                &body,
-                props.clone(),
-                false,
-            )
-            .await
-            {
-                Err(amqp::PublishError::Nacked) => {
-                    tracing::debug!(key, "control message nacked; publishing it again");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+        // nacks. Control messages are idempotent, so publishing again is safe,
+        // after a nack as on another node after a lost connection.
+        let (body, props) = (&body, &props);
+        self.links
+            .failover("control message", |link, _| async move {
+                let mut backoff = std::time::Duration::from_millis(100);
+                for _ in 0..CONTROL_NACK_RETRIES {
+                    match publish_confirmed(
+                        &link.channel,
+                        topology::CONTROL_EXCHANGE,
+                        key,
+                        body,
+                        props.clone(),
+                        false,
+                    )
+                    .await
+                    {
+                        Err(amqp::PublishError::Nacked) => {
+                            tracing::debug!(key, "control message nacked; publishing it again");
+                            tokio::time::sleep(backoff).await;
+                            backoff *= 2;
+                        }
+                        other => return other.map_err(ClientError::from),
+                    }
                 }
-                other => return other.map_err(ClientError::from),
-            }
-        }
-        publish_confirmed(
-            &self.channel,
-            topology::CONTROL_EXCHANGE,
-            key,
-            &body,
-            props,
-            false,
-        )
-        .await
-        .map_err(ClientError::from)
+                publish_confirmed(
+                    &link.channel,
+                    topology::CONTROL_EXCHANGE,
+                    key,
+                    body,
+                    props.clone(),
+                    false,
+                )
+                .await
+                .map_err(ClientError::from)
+            })
+            .await
     }
 
     /// Closes the connection.
     pub async fn close(self) {
-        let _ = self.conn.close(200, ShortString::from("bye")).await;
+        self.links.close().await;
     }
 }
+
+/// A keyed task: declare its line queue and bind it (idempotent), announce the
+/// key on the keys stream (so every worker consumes the line), then publish the
+/// task to the line, both through [`topology::LINES_EXCHANGE`]. Each step is
+/// confirmed, in this order: the announcement may come twice, the task once.
+async fn submit_keyed(
+    link: &Link,
+    pool: &str,
+    key: &str,
+    body: &[u8],
+    task_props: BasicProperties,
+) -> Result<(), ClientError> {
+    // Workers declare the lines' exchange and streams; a submitter with the
+    // least rights (deploy/rabbitmq) may not, and need not once they are there
+    // (a passive declare needs no right). A refusal or a NOT_FOUND closes only
+    // the channel it happened on.
+    let ch = link.conn.create_channel().await?;
+    let there = ch
+        .exchange_declare(
+            ShortString::from(topology::LINES_EXCHANGE),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let ch = if there {
+        ch
+    } else {
+        let ch = link.conn.create_channel().await?;
+        topology::declare_lines(&ch).await?;
+        ch
+    };
+    topology::declare_line(&ch, pool, key).await?;
+    let _ = ch.close(200, ShortString::from("declared")).await;
+    let announce = serde_json::to_vec(&KeyAnnounce {
+        version: crate::protocol::PROTOCOL_VERSION,
+        pool: pool.to_string(),
+        key: key.to_string(),
+    })?;
+    let props = BasicProperties::default()
+        .with_content_type(ShortString::from(CONTENT_TYPE))
+        .with_delivery_mode(2);
+    publish_confirmed(
+        &link.channel,
+        topology::LINES_EXCHANGE,
+        topology::KEYS_STREAM,
+        &announce,
+        props,
+        true,
+    )
+    .await?;
+    let line = topology::line_queue(pool, key);
+    publish_confirmed(
+        &link.channel,
+        topology::LINES_EXCHANGE,
+        &line,
+        body,
+        task_props,
+        true,
+    )
+    .await
+    .map_err(ClientError::from)
+}
+
+/// The properties of a task published again after a lost connection: an
+/// unsigned one is marked [`topology::RESENT_HEADER`] (its worker then makes
+/// sure no copy of it ran or runs before it runs it); a signed one is left as
+/// it is (its copies are the claims stream's to refuse).
+pub(crate) fn resent_properties(props: &BasicProperties, signed: bool) -> BasicProperties {
+    if signed {
+        return props.clone();
+    }
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(topology::RESENT_HEADER),
+        lapin::types::AMQPValue::Boolean(true),
+    );
+    props.clone().with_headers(headers)
+}
+
+/// The `type` of a probe message ([`usable_reply_queue`]); `wait` skips it.
+const PROBE_TYPE: &str = "krill.probe";
+
+/// Makes sure task `id`'s reply queue, declared again after a failover, takes
+/// messages. Found on the cluster (RabbitMQ 3.10): a quorum queue declared on
+/// a node that is SIGKILLed right then can be left with no leader at all (its
+/// members on the other nodes followers in term 0, for as long as that node
+/// is down), so the worker's result to it is nacked again and again. A probe
+/// (expiring at once) is published to it with confirms, on a fresh channel;
+/// when it is nacked the queue is deleted and declared anew on this node (it
+/// cannot hold a result: it never had a leader, and this task is not
+/// confirmed yet), [`REPLY_QUEUE_REMAKES`] times at most.
+async fn usable_reply_queue(link: &Link, id: &str) -> Result<(), ClientError> {
+    let queue = topology::reply_queue(id);
+    let probe = || {
+        BasicProperties::default()
+            .with_type(ShortString::from(PROBE_TYPE))
+            .with_expiration(ShortString::from("1"))
+    };
+    // Each probe on a channel of its own: a channel that published to the
+    // leaderless queue keeps nacking for the queue declared anew in its place.
+    let probe_once = || async {
+        let ch = link.conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let sent = publish_confirmed(&ch, "", &queue, b"", probe(), true).await;
+        let _ = ch.close(200, ShortString::from("probed")).await;
+        Ok::<_, ClientError>(sent)
+    };
+    let mut pause = Duration::from_millis(250);
+    for round in 0..REPLY_QUEUE_REMAKES {
+        match probe_once().await? {
+            Err(amqp::PublishError::Nacked) => {}
+            other => return other.map_err(ClientError::from),
+        }
+        tracing::warn!(queue = %queue, round, "the reply queue takes no messages (no leader?): declaring it anew");
+        link.channel
+            .queue_delete(
+                ShortString::from(queue.as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await?;
+        topology::declare_reply_queue(&link.channel, id).await?;
+        tokio::time::sleep(amqp::jittered(pause)).await;
+        pause *= 2;
+    }
+    probe_once().await?.map_err(ClientError::from)
+}
+
+/// How many times a reply queue that takes no messages is deleted and
+/// declared anew before the nack is returned.
+const REPLY_QUEUE_REMAKES: u32 = 3;
+
+/// A nacked task is published again this many times (backing off from 100 ms,
+/// about 3 s in all) before the nack is returned.
+const SUBMIT_NACK_RETRIES: u32 = 5;
 
 /// Nacked control messages are published again this many times (backing off
 /// from 100 ms) before the nack is returned.
@@ -557,6 +699,10 @@ async fn wait_on(conn: &Connection, id: &str) -> Result<Option<TaskResult>, lapi
         .await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
+        if delivery.properties.kind().as_ref().map(ShortString::as_str) == Some(PROBE_TYPE) {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            continue;
+        }
         let parsed = serde_json::from_slice::<TaskResult>(&delivery.data);
         let acked = delivery.acker.ack(BasicAckOptions::default()).await;
         match parsed {

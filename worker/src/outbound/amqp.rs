@@ -42,6 +42,9 @@ use super::{DeadLetter, Health, Outgoing, PublishError, Published, Sink};
 /// to go out before it is dropped.
 pub const BEST_EFFORT_WAIT: Duration = Duration::from_secs(2);
 
+/// Nacks in a row for a result before its publishing channel is closed (the
+/// next try opens another on the same connection).
+const NACKS_BEFORE_NEW_CHANNEL: u32 = 3;
 /// How many times a result returned unroutable is sent again while its reply
 /// queue is still there (see [`AmqpSink::still_there`]); then it is believed.
 const UNROUTABLE_CHECKS: u32 = 5;
@@ -302,6 +305,7 @@ impl AmqpSink {
         let mut rx = self.rx.clone();
         let mut backoff = Duration::from_millis(100);
         let mut unroutable_checks = 0;
+        let mut nacks = 0;
         loop {
             let current = rx.borrow_and_update().clone();
             let channel = match &current {
@@ -347,6 +351,21 @@ impl AmqpSink {
                     }
                     Err(AmqpError::Amqp(e)) if refused_for_good(&e) => {
                         return Err(PublishError::Refused(e.to_string()));
+                    }
+                    Err(AmqpError::Nacked) if w.result => {
+                        // Seen on a cluster (RabbitMQ 3.10): after the node that
+                        // led a quorum reply queue was killed, a channel that had
+                        // not published to it before nacked every publish to it
+                        // for minutes, while a new channel's were confirmed at
+                        // once (the queue had a new leader). A few nacks in a
+                        // row: close the channel, the next try opens another.
+                        nacks += 1;
+                        tracing::warn!(queue = %w.key, nacks, "the result was nacked; will retry");
+                        if nacks >= NACKS_BEFORE_NEW_CHANNEL {
+                            nacks = 0;
+                            tracing::warn!(queue = %w.key, "results keep being nacked: publishing on a new channel");
+                            let _ = ch.close(200, ShortString::from("nacked")).await;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, exchange = w.exchange, "publish failed; will retry");
