@@ -339,7 +339,7 @@ impl Ready {
             None => {
                 // A uid comes back when a finished task's processes are gone.
                 let uid = self.launcher.uids.lease(LEASE_WAIT).await?;
-                let mut p = self.launcher.launch(network, uid)?;
+                let mut p = self.launch_off_runtime(network, uid).await?;
                 p.until_ready().await?;
                 Ok(p)
             }
@@ -365,7 +365,7 @@ impl Ready {
                 };
                 let launching = std::time::Instant::now();
                 let at_unix_us = crate::phases::unix_us();
-                let launched = ready.launcher.launch(false, uid);
+                let launched = ready.launch_off_runtime(false, uid).await;
                 tracing::debug!(target: crate::phases::TARGET, at_unix_us,
                     launch_us = crate::phases::us(launching), "helper launched ahead");
                 match launched {
@@ -375,6 +375,26 @@ impl Ready {
                 ready.pending.fetch_sub(1, Ordering::SeqCst);
             }
         });
+    }
+
+    /// [`Launcher::launch`] on the blocking pool: its task directory, its
+    /// cgroup's mkdir and the helper's spawn (posix_spawn waits for the
+    /// child's exec) are synchronous, and would hold a runtime thread that
+    /// another task's output or result is waiting for. The blocking pool's
+    /// threads are inside the runtime, which the helper's pipes register with.
+    async fn launch_off_runtime(
+        self: &Arc<Self>,
+        network: bool,
+        uid: UidLease,
+    ) -> Result<Prepared, SandboxError> {
+        let ready = self.clone();
+        tokio::task::spawn_blocking(move || ready.launcher.launch(network, uid))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SandboxError::Setup(format!(
+                    "starting the sandbox helper failed: {e}"
+                )))
+            })
     }
 
     /// How many helpers wait.
