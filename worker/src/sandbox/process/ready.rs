@@ -227,6 +227,13 @@ impl Launcher {
     /// namespaces (a fresh net namespace too; `network`: for a task with
     /// network), then waits for its config. Must run inside the runtime (the
     /// helper's pipes register with it).
+    ///
+    /// It runs on a runtime thread, synchronous as it is (the dir, the
+    /// cgroup's mkdir, posix_spawn), and not on the blocking pool: the
+    /// helper's `PR_SET_PDEATHSIG` fires when the *thread* that spawned it
+    /// ends (prctl(2)), and a blocking-pool thread ends after 10 s idle —
+    /// tried in issue 19, the helpers started ahead were killed
+    /// ("the sandbox init ended without reporting the script's exit").
     pub fn launch(&self, network: bool, uid: UidLease) -> Result<Prepared, SandboxError> {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let (task_uid, task_gid) = (Uid::from_raw(uid.uid()), Gid::from_raw(uid.gid()));
@@ -339,7 +346,7 @@ impl Ready {
             None => {
                 // A uid comes back when a finished task's processes are gone.
                 let uid = self.launcher.uids.lease(LEASE_WAIT).await?;
-                let mut p = self.launch_off_runtime(network, uid).await?;
+                let mut p = self.launcher.launch(network, uid)?;
                 p.until_ready().await?;
                 Ok(p)
             }
@@ -365,7 +372,7 @@ impl Ready {
                 };
                 let launching = std::time::Instant::now();
                 let at_unix_us = crate::phases::unix_us();
-                let launched = ready.launch_off_runtime(false, uid).await;
+                let launched = ready.launcher.launch(false, uid);
                 tracing::debug!(target: crate::phases::TARGET, at_unix_us,
                     launch_us = crate::phases::us(launching), "helper launched ahead");
                 match launched {
@@ -375,26 +382,6 @@ impl Ready {
                 ready.pending.fetch_sub(1, Ordering::SeqCst);
             }
         });
-    }
-
-    /// [`Launcher::launch`] on the blocking pool: its task directory, its
-    /// cgroup's mkdir and the helper's spawn (posix_spawn waits for the
-    /// child's exec) are synchronous, and would hold a runtime thread that
-    /// another task's output or result is waiting for. The blocking pool's
-    /// threads are inside the runtime, which the helper's pipes register with.
-    async fn launch_off_runtime(
-        self: &Arc<Self>,
-        network: bool,
-        uid: UidLease,
-    ) -> Result<Prepared, SandboxError> {
-        let ready = self.clone();
-        tokio::task::spawn_blocking(move || ready.launcher.launch(network, uid))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SandboxError::Setup(format!(
-                    "starting the sandbox helper failed: {e}"
-                )))
-            })
     }
 
     /// How many helpers wait.
