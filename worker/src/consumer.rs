@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::Cancel;
 use crate::gate::{Delivery, Gate};
 use crate::intake::{decode, Incoming, Intake, Settle};
+use crate::outbound::Ready;
 use crate::phases;
 use crate::runner;
 use crate::state::Running;
@@ -180,7 +181,7 @@ async fn next(
 #[derive(Debug)]
 pub enum Decision {
     /// A redelivery of a task that finished here: its result, sent again.
-    Resend(Arc<TaskResult>),
+    Resend(Arc<Ready>),
     /// A redelivery of a task still running here: it now settles this delivery.
     Adopted,
     /// Answered without running (`worker_lost`, or cancelled before it started).
@@ -463,6 +464,11 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
             metrics.ran(result.sandbox, ran.elapsed());
             metrics.finished(result.status, result.sandbox);
             let sealing = std::time::Instant::now();
+            // The older results the cache would drop for this one go before
+            // it is encoded, not after (the output is held twice meanwhile).
+            shared
+                .tasks
+                .make_room(result.stdout.len() + result.stderr.len());
             // Before it is remembered or sent anywhere: only ciphertext leaves.
             let result = out.finish_result(result, &stamp);
             gate.finished(&shared, &result);
@@ -500,7 +506,7 @@ struct Finished {
 /// result was given up: the task then goes back to the queue).
 async fn finish(
     shared: &Shared,
-    result: &Arc<TaskResult>,
+    result: &Arc<Ready>,
     reply_to: &str,
     settle: &Arc<dyn Settle>,
 ) -> Finished {
@@ -513,7 +519,7 @@ async fn finish(
     let published = out.result(result, reply_to).await;
     f.publish_us = phases::us(t);
     let t = std::time::Instant::now();
-    out.event(&result.id, State::Finished, Some(result), result.attempt)
+    out.event(&result.id, State::Finished, Some(&**result), result.attempt)
         .await;
     f.event_us = phases::us(t);
     if published {
@@ -533,6 +539,11 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A result as the worker keeps it once it is finished.
+    fn ready(r: TaskResult) -> Arc<Ready> {
+        Arc::new(Ready::encode(r, crate::outbound::HISTORY_BUDGET))
+    }
     use crate::intake::MemorySettle;
     use crate::outbound::{MemorySink, Outgoing};
     use lapin::types::{AMQPValue, FieldTable};
@@ -640,7 +651,7 @@ mod tests {
         let (sink, shared) = setup();
         let mut earlier = TaskResult::new("t1", Status::Succeeded);
         earlier.stdout = "ran once\n".into();
-        shared.tasks.remember(&Arc::new(earlier), "krill.reply.t1");
+        shared.tasks.remember(&ready(earlier), "krill.reply.t1");
         let (d, settle) = delivery(&task_json("t1", ""), "t1", true);
         handled(&shared, d).await;
         let results = sink.results();
@@ -738,7 +749,7 @@ mod tests {
         let (sink, shared) = setup();
         let mut earlier = TaskResult::new("t1", Status::Succeeded);
         earlier.stdout = "ran once\n".into();
-        shared.tasks.remember(&Arc::new(earlier), "krill.reply.t1");
+        shared.tasks.remember(&ready(earlier), "krill.reply.t1");
         // Not a redelivery: the same id published again.
         let (d, settle) = delivery(&task_json("t1", ""), "t1", false);
         handled(&shared, d).await;
@@ -755,9 +766,7 @@ mod tests {
         let (sink, shared) = setup();
         let mut earlier = TaskResult::new("t1", Status::Succeeded);
         earlier.stdout = "secret output\n".into();
-        shared
-            .tasks
-            .remember(&Arc::new(earlier), "krill.reply.victim");
+        shared.tasks.remember(&ready(earlier), "krill.reply.victim");
         // Someone who learnt the id publishes it again, naming its own queue.
         let (mut d, settle) = delivery(&task_json("t1", ""), "t1", false);
         d.props = d.props.with_reply_to(ShortString::from("amq.gen-attacker"));

@@ -541,7 +541,7 @@ mod tests {
             panic!("one answer and its history copy: {sent:?}");
         };
         assert_eq!(pool, "p", "the pool it was dead-lettered from");
-        assert_eq!(**copy, **result);
+        assert_eq!(copy.decode_history(), result.decode());
         assert_eq!(reply_to, "krill.reply.t1");
         assert_eq!(result.status, Status::WorkerLost);
         let error = result.error.as_deref().unwrap_or("");

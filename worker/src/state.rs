@@ -5,12 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker::protocol::{RunningTask, SandboxKind, TaskResult};
+use broker::protocol::{RunningTask, SandboxKind};
 use broker::trust::PublicKey;
 use chrono::{DateTime, Utc};
 
 use crate::cancel::Cancel;
 use crate::intake::Settle;
+use crate::outbound::Ready;
 
 /// How long a cancellation of a task not (yet) seen is remembered.
 pub const CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
@@ -39,7 +40,7 @@ struct Promises {
 /// bounded in count and in bytes (a result can hold megabytes of output).
 #[derive(Debug, Default)]
 struct Recent {
-    map: HashMap<String, (Arc<TaskResult>, String)>,
+    map: HashMap<String, (Arc<Ready>, String)>,
     order: VecDeque<String>,
     bytes: usize,
 }
@@ -50,14 +51,14 @@ pub const RECENT_BYTES: usize = 64 << 20;
 /// What a kept result costs: every string it holds, each list entry's own
 /// overhead, and the fixed part (ids, timings, usage), so that no field (a
 /// long `output_errors` or `warnings` list, a large `error`) escapes the bound.
-fn result_bytes(r: &TaskResult) -> usize {
+fn result_bytes(r: &Ready) -> usize {
     const ENTRY: usize = std::mem::size_of::<String>();
     let list = |v: &[String]| v.iter().map(|s| s.len() + ENTRY).sum::<usize>();
     let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    std::mem::size_of::<TaskResult>()
+    std::mem::size_of::<Ready>()
+        // The encoded bodies hold the output text (`stdout` and `stderr` are empty).
+        + r.held_bytes()
         + r.id.len()
-        + r.stdout.len()
-        + r.stderr.len()
         + r.outputs
             .iter()
             .map(|o| {
@@ -305,7 +306,7 @@ impl TaskState {
 
     /// Remembers a result (and where it goes) for redeliveries. A result already
     /// remembered is not kept twice.
-    pub fn remember(&self, result: &Arc<TaskResult>, reply_to: &str) {
+    pub fn remember(&self, result: &Arc<Ready>, reply_to: &str) {
         let mut r = lock(&self.recent);
         if r.map.contains_key(&result.id) {
             return;
@@ -326,12 +327,27 @@ impl TaskState {
         }
     }
 
-    pub fn recent(&self, id: &str) -> Option<Arc<TaskResult>> {
+    /// Drops the oldest recent results until `bytes` more fit the bound:
+    /// called before a big result is encoded, so that what [`Self::remember`]
+    /// would drop for it is not held while it is built and published.
+    pub fn make_room(&self, bytes: usize) {
+        let mut r = lock(&self.recent);
+        while r.bytes.saturating_add(bytes) > RECENT_BYTES {
+            let Some(old) = r.order.pop_front() else {
+                break;
+            };
+            if let Some((gone, _)) = r.map.remove(&old) {
+                r.bytes = r.bytes.saturating_sub(result_bytes(&gone));
+            }
+        }
+    }
+
+    pub fn recent(&self, id: &str) -> Option<Arc<Ready>> {
         lock(&self.recent).map.get(id).map(|(r, _)| Arc::clone(r))
     }
 
     /// The recent result of `id` with the reply queue it was sent to.
-    pub fn recent_with_reply(&self, id: &str) -> Option<(Arc<TaskResult>, String)> {
+    pub fn recent_with_reply(&self, id: &str) -> Option<(Arc<Ready>, String)> {
         lock(&self.recent)
             .map
             .get(id)
@@ -342,6 +358,12 @@ impl TaskState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use broker::protocol::TaskResult;
+
+    /// A result as the worker keeps it once it is finished.
+    fn ready(r: TaskResult) -> Arc<Ready> {
+        Arc::new(Ready::encode(r, crate::outbound::HISTORY_BUDGET))
+    }
     use broker::protocol::Status;
 
     fn running(settle: Arc<dyn Settle>) -> Running {
@@ -401,7 +423,7 @@ mod tests {
         assert!(!state.disown("t2"));
         state.finish("t2");
         state.delivered("t2");
-        state.remember(&Arc::new(TaskResult::new("t2", Status::Succeeded)), "q");
+        state.remember(&ready(TaskResult::new("t2", Status::Succeeded)), "q");
         assert!(!state.disown("t2"));
     }
 
@@ -412,7 +434,7 @@ mod tests {
         for i in 0..10 {
             let mut r = TaskResult::new(format!("t{i}"), Status::Succeeded);
             r.stdout = big.clone();
-            state.remember(&Arc::new(r), "q");
+            state.remember(&ready(r), "q");
         }
         assert!(state.recent("t9").is_some(), "the newest is kept");
         assert!(
@@ -420,6 +442,24 @@ mod tests {
             "the oldest went to stay under the bound"
         );
         assert!(lock(&state.recent).bytes <= RECENT_BYTES + big.len());
+    }
+
+    #[test]
+    fn room_is_made_before_a_big_result_is_built() {
+        let state = TaskState::default();
+        let big = "x".repeat(RECENT_BYTES / 4);
+        for i in 0..3 {
+            let mut r = TaskResult::new(format!("t{i}"), Status::Succeeded);
+            r.stdout = big.clone();
+            state.remember(&ready(r), "q");
+        }
+        state.make_room(RECENT_BYTES / 2);
+        assert!(state.recent("t0").is_none() && state.recent("t1").is_none());
+        assert!(
+            state.recent("t2").is_some(),
+            "only what the bound needs goes"
+        );
+        assert!(lock(&state.recent).bytes + RECENT_BYTES / 2 <= RECENT_BYTES);
     }
 
     #[test]
@@ -431,11 +471,12 @@ mod tests {
             r.output_errors = vec!["e".repeat(1 << 20); 8];
             r.warnings = vec!["w".repeat(1 << 20); 4];
             r.error = Some("x".repeat(4 << 20));
-            state.remember(&Arc::new(r), "q");
+            state.remember(&ready(r), "q");
         }
         let bytes = lock(&state.recent).bytes;
-        assert!(bytes <= RECENT_BYTES + (17 << 20), "{bytes}");
+        // One entry over: its lists and error are kept and in its body (34 MiB).
+        assert!(bytes <= RECENT_BYTES + (35 << 20), "{bytes}");
         assert!(state.recent("t0").is_none(), "the oldest went");
-        assert!(result_bytes(&TaskResult::new("t", Status::Succeeded)) > 128);
+        assert!(result_bytes(&ready(TaskResult::new("t", Status::Succeeded))) > 128);
     }
 }

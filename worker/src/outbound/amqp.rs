@@ -84,7 +84,8 @@ pub struct AmqpSink {
 struct Wire {
     exchange: &'static str,
     key: String,
-    body: Vec<u8>,
+    /// A result's body is shared with the result ([`super::Ready`]): not copied here.
+    body: Arc<Vec<u8>>,
     props: BasicProperties,
     mandatory: bool,
     confirmed: bool,
@@ -105,7 +106,7 @@ impl Wire {
         let best_effort = |exchange, key, body| Wire {
             exchange,
             key,
-            body,
+            body: Arc::new(body),
             props: json_props(),
             mandatory: false,
             confirmed: false,
@@ -115,7 +116,7 @@ impl Wire {
             Outgoing::Result { result, reply_to } => Wire {
                 exchange: "",
                 key: reply_to.clone(),
-                body: serde_json::to_vec(&**result)?,
+                body: result.body().clone(),
                 props: json_props()
                     .with_delivery_mode(2)
                     .with_correlation_id(ShortString::from(result.id.as_str()))
@@ -127,7 +128,7 @@ impl Wire {
             Outgoing::History { result, pool } => Wire {
                 exchange: RESULTS_EXCHANGE,
                 key: pool.clone(),
-                body: serde_json::to_vec(&**result)?,
+                body: result.history_body().clone(),
                 props: json_props()
                     .with_delivery_mode(2)
                     .with_correlation_id(ShortString::from(result.id.as_str()))
@@ -139,7 +140,7 @@ impl Wire {
             Outgoing::Answer { result, reply_to } => Wire {
                 exchange: "",
                 key: reply_to.clone(),
-                body: serde_json::to_vec(&**result)?,
+                body: result.body().clone(),
                 props: json_props()
                     .with_delivery_mode(2)
                     .with_correlation_id(ShortString::from(result.id.as_str())),
@@ -165,7 +166,7 @@ impl Wire {
             Outgoing::DeadLetter(dead) => Wire {
                 exchange: DEAD_EXCHANGE,
                 key: String::new(),
-                body: dead.data.clone(),
+                body: Arc::new(dead.data.clone()),
                 props: dead_props(dead),
                 mandatory: false,
                 confirmed: true,
@@ -174,7 +175,7 @@ impl Wire {
             Outgoing::Claim { stream, body } => Wire {
                 exchange: "",
                 key: stream.clone(),
-                body: body.clone(),
+                body: Arc::new(body.clone()),
                 props: json_props(),
                 mandatory: true,
                 confirmed: true,
@@ -183,9 +184,9 @@ impl Wire {
             Outgoing::CancelMarker(marker) => Wire {
                 exchange: CONTROL_EXCHANGE,
                 key: topology::control_key("cancel", marker),
-                body: serde_json::to_vec(&Control::Cancel {
+                body: Arc::new(serde_json::to_vec(&Control::Cancel {
                     task_id: marker.clone(),
-                })?,
+                })?),
                 props: json_props(),
                 mandatory: false,
                 confirmed: true,
@@ -194,7 +195,7 @@ impl Wire {
             Outgoing::Line(rec) => Wire {
                 exchange: "",
                 key: topology::LINES_LOG_STREAM.to_string(),
-                body: serde_json::to_vec(rec)?,
+                body: Arc::new(serde_json::to_vec(rec)?),
                 props: json_props().with_delivery_mode(2),
                 mandatory: true,
                 confirmed: true,

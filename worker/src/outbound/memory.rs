@@ -59,7 +59,7 @@ impl MemorySink {
         self.sent()
             .into_iter()
             .filter_map(|m| match m {
-                Outgoing::Result { result, reply_to } => Some(((*result).clone(), reply_to)),
+                Outgoing::Result { result, reply_to } => Some((result.decode(), reply_to)),
                 _ => None,
             })
             .collect()
@@ -70,7 +70,7 @@ impl MemorySink {
         self.sent()
             .into_iter()
             .filter_map(|m| match m {
-                Outgoing::History { result, pool } => Some(((*result).clone(), pool)),
+                Outgoing::History { result, pool } => Some((result.decode_history(), pool)),
                 _ => None,
             })
             .collect()
@@ -124,7 +124,7 @@ impl Sink for MemorySink {
                     | Outgoing::Line(_)
             );
             if let Outgoing::Result { result, .. } = &msg {
-                let len = serde_json::to_vec(&**result).map_or(usize::MAX, |v| v.len());
+                let len = result.body().len();
                 let max = self.max_result.load(Ordering::Relaxed);
                 if len > max {
                     return Err(PublishError::Refused(format!(

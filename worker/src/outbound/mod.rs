@@ -20,6 +20,11 @@
 //! gateway: [`Outbound::history`], confirmed and published side by side with
 //! the reply, cut to [`HISTORY_BUDGET`] so a big output is not kept twice.
 //!
+//! A final result is encoded once, by [`Outbound::finish_result`]: a
+//! [`Ready`] holds its JSON (and its history copy's), and no longer its
+//! output text; the publish, its retries and the recent-results cache share
+//! those bytes.
+//!
 //! Results, dead letters, answers and the marker are confirmed publishes: a
 //! sink retries them across reconnects until the broker confirms, or the
 //! worker gives up at shutdown. Events, log chunks and heartbeats are best
@@ -35,6 +40,7 @@
 pub mod amqp;
 pub mod budget;
 pub mod memory;
+pub mod ready;
 pub mod stamp;
 
 use std::fmt;
@@ -53,6 +59,7 @@ use crate::snapshot::Snapshot;
 
 pub use amqp::{AmqpSink, Channels};
 pub use memory::MemorySink;
+pub use ready::Ready;
 pub use stamp::Stamp;
 
 /// How long a dead letter may take to be confirmed before the message is
@@ -64,18 +71,16 @@ pub const DEAD_LETTER_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub enum Outgoing {
     /// A task's result, to the queue named in its `reply_to` (confirmed, mandatory).
     Result {
-        result: Arc<TaskResult>,
+        result: Arc<Ready>,
         reply_to: String,
     },
-    /// The history copy of a final result, to `krill.results` with the pool as
-    /// routing key (confirmed, not mandatory: nothing bound, nothing kept).
-    History {
-        result: Arc<TaskResult>,
-        pool: String,
-    },
+    /// The history copy of a final result ([`Ready::history_body`]), to
+    /// `krill.results` with the pool as routing key (confirmed, not
+    /// mandatory: nothing bound, nothing kept).
+    History { result: Arc<Ready>, pool: String },
     /// The result owed for a task RabbitMQ dead-lettered itself (confirmed, mandatory).
     Answer {
-        result: Box<TaskResult>,
+        result: Arc<Ready>,
         reply_to: String,
     },
     /// A task event (best effort).
@@ -220,7 +225,7 @@ impl Outbound {
     /// the order [`budget`] states, counting the sealed values as they leave
     /// (sealing makes a value larger, so cutting first could leave a result
     /// over the budget; sealed values are dropped whole, never cut).
-    pub fn finish_result(&self, mut result: TaskResult, stamp: &Stamp) -> Arc<TaskResult> {
+    pub fn finish_result(&self, mut result: TaskResult, stamp: &Stamp) -> Arc<Ready> {
         stamp.apply(&mut result);
         match budget::fit(&mut result, self.budget) {
             Ok(None) => {}
@@ -239,7 +244,8 @@ impl Outbound {
                 stamp.apply(&mut result);
             }
         }
-        Arc::new(result)
+        // Encoded once, here: the output text is in the bodies only from now on.
+        Arc::new(Ready::encode(result, HISTORY_BUDGET))
     }
 
     /// Publishes a result to `reply_to`, confirmed. True when the task may be
@@ -247,7 +253,7 @@ impl Outbound {
     /// the finished event); false when the worker gave up (shutting down with the
     /// broker unreachable): the task must not be acked.
     /// The history copy ([`Outbound::history`]) goes out at the same time.
-    pub async fn result(&self, result: &Arc<TaskResult>, reply_to: &str) -> bool {
+    pub async fn result(&self, result: &Arc<Ready>, reply_to: &str) -> bool {
         let reply = self.reply(result, reply_to);
         let history = self.history(result);
         tokio::pin!(reply, history);
@@ -264,20 +270,11 @@ impl Outbound {
 
     /// Publishes the history copy of a final result to `krill.results`
     /// (routing key = pool), confirmed: the same masked and sealed result that
-    /// goes to the reply queue, cut to [`HISTORY_BUDGET`] when bigger.
-    pub async fn history(&self, result: &Arc<TaskResult>) {
-        let copy = if self.budget <= HISTORY_BUDGET {
-            result.clone()
-        } else {
-            // Not a clone of the whole result: at most the budget of each stream is copied.
-            match budget::fit_copy(result, HISTORY_BUDGET) {
-                Ok(None) => result.clone(),
-                Ok(Some(r)) => Arc::new(r),
-                Err(_) => Arc::new(budget::small(result, "its history copy was too large")),
-            }
-        };
+    /// goes to the reply queue, cut to [`HISTORY_BUDGET`] when bigger (cut and
+    /// encoded with the result, [`Ready::encode`]).
+    pub async fn history(&self, result: &Arc<Ready>) {
         let msg = Outgoing::History {
-            result: copy,
+            result: result.clone(),
             pool: self.pool.clone(),
         };
         if let Err(e) = self.sink.send(msg).await {
@@ -286,7 +283,7 @@ impl Outbound {
     }
 
     /// Publishes a result to its reply queue (see [`Outbound::result`]).
-    async fn reply(&self, result: &Arc<TaskResult>, reply_to: &str) -> bool {
+    async fn reply(&self, result: &Arc<Ready>, reply_to: &str) -> bool {
         let msg = Outgoing::Result {
             result: result.clone(),
             reply_to: reply_to.to_string(),
@@ -299,7 +296,7 @@ impl Outbound {
                 "the broker refused the result for good; sending a small one instead");
             let small = budget::small(result, &format!("the broker refused it ({why})"));
             let msg = Outgoing::Result {
-                result: Arc::new(small),
+                result: Arc::new(Ready::encode(small, HISTORY_BUDGET)),
                 reply_to: reply_to.to_string(),
             };
             sent = self.sink.send(msg).await;
@@ -328,12 +325,13 @@ impl Outbound {
     /// Its history copy goes out beside it, to `pool` (the task's, which
     /// need not be this worker's).
     pub async fn answer(&self, result: TaskResult, reply_to: &str, pool: &str) -> bool {
+        let result = Arc::new(Ready::encode(result, HISTORY_BUDGET));
         let copy = Outgoing::History {
-            result: Arc::new(result.clone()),
+            result: result.clone(),
             pool: pool.to_string(),
         };
         let msg = Outgoing::Answer {
-            result: Box::new(result),
+            result,
             reply_to: reply_to.to_string(),
         };
         let (sent, _) = tokio::join!(
@@ -519,7 +517,7 @@ mod tests {
         let mut r = TaskResult::new("t1", Status::Succeeded);
         r.stdout = "\u{0}".repeat(1 << 20);
         let r = out.finish_result(r, &Stamp::default());
-        assert!(serde_json::to_vec(&*r).expect("json").len() <= 256 << 10);
+        assert!(r.body().len() <= 256 << 10);
         assert!(r.truncated);
         assert!(out.result(&r, "q").await);
         assert_eq!(sink.results().len(), 1);
@@ -545,7 +543,7 @@ mod tests {
         // A small one goes as it is.
         let small = out.finish_result(TaskResult::new("t2", Status::Failed), &Stamp::default());
         assert!(out.result(&small, "q").await);
-        assert_eq!(sink.history()[1].0, *small);
+        assert_eq!(sink.history()[1].0, small.decode());
     }
 
     #[tokio::test]
@@ -585,7 +583,7 @@ mod tests {
         };
         let r = out.finish_result(r, &stamp);
         assert_eq!(r.status, Status::SandboxError);
-        assert!(serde_json::to_vec(&*r).expect("json").len() <= 16 << 10);
+        assert!(r.body().len() <= 16 << 10);
         assert_eq!(
             r.submitter.as_deref(),
             Some("alice"),
@@ -621,10 +619,10 @@ mod tests {
             "it fits in clear"
         );
         let r = out.finish_result(r, &stamp);
-        assert!(serde_json::to_vec(&*r).expect("json").len() <= budget as usize);
+        assert!(r.body().len() <= budget as usize);
         assert!(r.outputs.is_empty(), "dropped whole: {:?}", r.outputs.len());
         let warning = r.warnings.last().expect("the budget's warning");
         assert!(warning.contains("`token`"), "{warning}");
-        assert!(!serde_json::to_string(&*r).expect("json").contains("vvvv"));
+        assert!(!String::from_utf8_lossy(r.body()).contains("vvvv"));
     }
 }

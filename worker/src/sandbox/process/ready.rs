@@ -227,6 +227,13 @@ impl Launcher {
     /// namespaces (a fresh net namespace too; `network`: for a task with
     /// network), then waits for its config. Must run inside the runtime (the
     /// helper's pipes register with it).
+    ///
+    /// It runs on a runtime thread, synchronous as it is (the dir, the
+    /// cgroup's mkdir, posix_spawn), and not on the blocking pool: the
+    /// helper's `PR_SET_PDEATHSIG` fires when the *thread* that spawned it
+    /// ends (prctl(2)), and a blocking-pool thread ends after 10 s idle —
+    /// tried in issue 19, the helpers started ahead were killed
+    /// ("the sandbox init ended without reporting the script's exit").
     pub fn launch(&self, network: bool, uid: UidLease) -> Result<Prepared, SandboxError> {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let (task_uid, task_gid) = (Uid::from_raw(uid.uid()), Gid::from_raw(uid.gid()));
