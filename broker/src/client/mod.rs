@@ -639,6 +639,13 @@ async fn usable_reply_queue(link: &Link, id: &str) -> Result<(), ClientError> {
     for round in 0..REPLY_QUEUE_REMAKES {
         match probe_once().await? {
             Err(amqp::PublishError::Nacked) => {}
+            // A submitter with the least rights (deploy/rabbitmq) may not
+            // write the default exchange: it cannot probe, and goes on as
+            // before probes existed.
+            Err(amqp::PublishError::Amqp(e)) if access_refused(&e) => {
+                tracing::debug!(queue = %queue, "no right to probe the reply queue");
+                return Ok(());
+            }
             other => return other.map_err(ClientError::from),
         }
         tracing::warn!(queue = %queue, round, "the reply queue takes no messages (no leader?): declaring it anew");
@@ -653,6 +660,17 @@ async fn usable_reply_queue(link: &Link, id: &str) -> Result<(), ClientError> {
         pause *= 2;
     }
     probe_once().await?.map_err(ClientError::from)
+}
+
+/// The broker refused the operation for want of a permission (a soft error:
+/// only the channel it happened on is closed).
+fn access_refused(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p)
+            if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))
+    )
 }
 
 /// How many times a reply queue that takes no messages is deleted and
