@@ -68,31 +68,7 @@ async fn publish(ch: &Channel, exchange: &str, key: &str) -> Result<(), String> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitter_can_neither_forge_worker_messages_nor_read_result_copies() {
     let b = PrivateBroker::start(&[]);
-    let defs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/rabbitmq/definitions.json"
-        ))
-        .expect("definitions.json"),
-    )
-    .expect("json");
-    for p in defs["permissions"].as_array().expect("permissions") {
-        let user = p["user"].as_str().expect("user");
-        ctl_ok(&b, &["add_user", user, PASSWORD]);
-        let perm = |k: &str| p[k].as_str().expect("regex").to_string();
-        ctl_ok(
-            &b,
-            &[
-                "set_permissions",
-                "-p",
-                "/",
-                user,
-                &perm("configure"),
-                &perm("write"),
-                &perm("read"),
-            ],
-        );
-    }
+    load_definitions(&b);
     // The topology, as workers declare it (the guest user may do anything).
     let admin = channel(&b.url()).await;
     topology::declare_common(&admin).await.expect("topology");
