@@ -373,7 +373,24 @@ async fn metrics_move_as_tasks_run() {
     let r = krill_tests::run_task(&c, &pool_name, &task("exit 2")).await;
     assert_eq!(r.status, Status::Failed);
 
-    let (_, after) = http_get(&addr, "/metrics").await;
+    // A task counts as running (and holds its slot) until its result is
+    // confirmed and its delivery acked, a moment after the result reaches
+    // the submitter.
+    let after = eventually(
+        "krill_tasks_running back to 0 and both slots free",
+        Duration::from_secs(15),
+        || async {
+            let (_, body) = http_get(&addr, "/metrics").await;
+            if sample(&body, "krill_tasks_running") == 0.0
+                && sample(&body, "krill_slots_free") == 2.0
+            {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
     assert_eq!(sample(&after, ok), 1.0, "{after}");
     assert_eq!(sample(&after, failed), 1.0, "{after}");
     assert_eq!(sample(&after, "krill_tasks_running"), 0.0);

@@ -361,7 +361,7 @@ impl AmqpSink {
                         // once (the queue had a new leader). A few nacks in a
                         // row: close the channel, the next try opens another.
                         nacks += 1;
-                        tracing::warn!(queue = %w.key, nacks, "the result was nacked; will retry");
+                        tracing::warn!(queue = %w.key, nacks, "the result was nacked: publish failed; will retry");
                         if nacks >= NACKS_BEFORE_NEW_CHANNEL {
                             nacks = 0;
                             tracing::warn!(queue = %w.key, "results keep being nacked: publishing on a new channel");
@@ -458,6 +458,9 @@ impl Sink for AmqpSink {
         self.rx
             .borrow()
             .as_ref()
-            .is_some_and(|c| c.confirm.status().connected())
+            // The connection, not its first confirm channel: that one may have
+            // been closed (by the broker for a refused message, or after
+            // nacks in a row) and another opened in its place.
+            .is_some_and(|c| c.conn.status().connected())
     }
 }
