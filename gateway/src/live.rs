@@ -20,8 +20,6 @@ use axum::response::sse::Event;
 use broker::protocol::{LogChunk, Stream};
 use broker::topology;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -260,38 +258,18 @@ async fn consume(st: &AppState) -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     topology::declare_common(&ch).await?;
     // Transient, this connection's alone: chunks are live-only.
-    let q = ch
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        ShortString::from(topology::LOGS_EXCHANGE),
-        ShortString::from("#"),
-        QueueBindOptions::default(),
-        FieldTable::default(),
+    let broker::amqp::Tap {
+        queue,
+        mut consumer,
+    } = broker::amqp::tap(
+        &ch,
+        "",
+        &[(topology::LOGS_EXCHANGE, "#")],
+        "krill-gateway-logs",
     )
     .await?;
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            ShortString::from("krill-gateway-logs"),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
     st.live.bound.send_replace(true);
-    tracing::info!(queue = %q.name(), "live logs: one consumer for every followed task");
+    tracing::info!(%queue, "live logs: one consumer for every followed task");
     while let Some(d) = consumer.next().await {
         let d = d?;
         match serde_json::from_slice::<LogChunk>(&d.data) {

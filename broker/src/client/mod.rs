@@ -485,7 +485,8 @@ impl Client {
         self.links
             .failover("control message", |link, _| async move {
                 let mut backoff = std::time::Duration::from_millis(100);
-                for _ in 0..CONTROL_NACK_RETRIES {
+                let mut nacks = 0;
+                loop {
                     match publish_confirmed(
                         &link.channel,
                         topology::CONTROL_EXCHANGE,
@@ -496,7 +497,8 @@ impl Client {
                     )
                     .await
                     {
-                        Err(amqp::PublishError::Nacked) => {
+                        Err(amqp::PublishError::Nacked) if nacks < CONTROL_NACK_RETRIES => {
+                            nacks += 1;
                             tracing::debug!(key, "control message nacked; publishing it again");
                             tokio::time::sleep(backoff).await;
                             backoff *= 2;
@@ -504,16 +506,6 @@ impl Client {
                         other => return other.map_err(ClientError::from),
                     }
                 }
-                publish_confirmed(
-                    &link.channel,
-                    topology::CONTROL_EXCHANGE,
-                    key,
-                    body,
-                    props.clone(),
-                    false,
-                )
-                .await
-                .map_err(ClientError::from)
             })
             .await
     }
