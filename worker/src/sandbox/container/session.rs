@@ -8,7 +8,8 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    KillContainerOptionsBuilder, StatsOptionsBuilder, WaitContainerOptionsBuilder,
+    EventsOptionsBuilder, KillContainerOptionsBuilder, StatsOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use broker::protocol::{Enforcement, Stream, Usage};
@@ -32,6 +33,8 @@ const STUB_CHUNK: u64 = 64 * 1024;
 const STUB_STDERR_KEEP: usize = 4096;
 /// Bound on small control calls to the engine at the end of a run.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a container's SIGKILL the engine's `oom` event may still come.
+const LATE_OOM_WAIT: Duration = Duration::from_secs(1);
 
 type Output = Pin<Box<dyn FutStream<Item = Result<LogOutput, DockerError>> + Send>>;
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
@@ -407,7 +410,15 @@ impl Run<'_> {
                 exit_code = exit_code.or(state.exit_code.filter(|_| state.running == Some(false)));
             }
         }
-        let oom = oom.unwrap_or(false) || (hit_limit && killed_by_sigkill(&end, exit_code));
+        let mut oom = oom.unwrap_or(false) || (hit_limit && killed_by_sigkill(&end, exit_code));
+        if !oom && matches!(end, End::StreamEnded) && exit_code == Some(137) {
+            // The whole container was SIGKILLed (under gVisor the host kernel's
+            // OOM kill takes the sentry, so the stub goes with the script) and
+            // its cgroup is gone. The engine reports the OOM as an event that
+            // may come after the exit (measured: `oom` 28 ms after `die`, 1 run
+            // in 10, with `OOMKilled` still false at the inspect above).
+            oom = self.oom_event_since(handed).await;
+        }
 
         let exit = decide(stopped, oom, &end, exit_code).map_err(|text| {
             SandboxError::Docker(match &end {
@@ -476,6 +487,35 @@ impl Run<'_> {
             .map_err(self.docker_err("reading stats"))
             .map(|s| usage::from_stats(&s))
             .ok()
+    }
+
+    /// Whether the engine reported an OOM kill of the container since `since`,
+    /// waiting up to [`LATE_OOM_WAIT`] for an event that lags the container's exit.
+    async fn oom_event_since(&self, since: Instant) -> bool {
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+                .unwrap_or_default()
+        };
+        let now = std::time::SystemTime::now();
+        let started = now - since.elapsed() - Duration::from_secs(1);
+        let filters = std::collections::HashMap::from([
+            ("container", vec![self.id]),
+            ("type", vec!["container"]),
+            ("event", vec!["oom"]),
+        ]);
+        let options = EventsOptionsBuilder::default()
+            .since(&unix(started))
+            .until(&unix(now + LATE_OOM_WAIT))
+            .filters(&filters)
+            .build();
+        let mut events = self.docker.events(Some(options));
+        let seen = matches!(
+            timeout(LATE_OOM_WAIT + CONTROL_TIMEOUT, events.next()).await,
+            Ok(Some(Ok(_)))
+        );
+        debug!(container_id = %short(self.id), seen, "looked for a late oom event");
+        seen
     }
 
     /// The container's exit code once it stopped (it may lag the end of the stream).
