@@ -18,7 +18,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{now_ms, Store, StoreError, TaskRow, Tx};
@@ -220,10 +220,12 @@ pub struct Watch {
 /// the broker goes away. An event is acked once it is stored.
 pub async fn run(w: Watch, store: Store, notify: Arc<Notifier>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
+    // The node of the URL list to try first: after the one lost, the next.
+    let mut next = 0;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = consume(&w, &store, &notify) => r,
+            r = consume(&w, &store, &notify, &mut next) => r,
         };
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "history: event consumer stopped; reconnecting");
@@ -239,7 +241,7 @@ pub async fn run(w: Watch, store: Store, notify: Arc<Notifier>, shutdown: Cancel
 /// Declares the gateway's event queue and its bindings (idempotent). Done once
 /// before the gateway serves, so no event of a task it accepts is missed.
 pub async fn declare_queue(w: &Watch) -> anyhow::Result<()> {
-    let conn = Connection::connect(
+    let conn = broker::amqp::connect_first(
         &w.amqp_url,
         ConnectionProperties::default().with_connection_name("krill-gateway-setup".into()),
     )
@@ -292,12 +294,21 @@ async fn declare(ch: &lapin::Channel, w: &Watch) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn consume(w: &Watch, store: &Store, notify: &Notifier) -> anyhow::Result<()> {
-    let conn = Connection::connect(
+async fn consume(
+    w: &Watch,
+    store: &Store,
+    notify: &Notifier,
+    next: &mut usize,
+) -> anyhow::Result<()> {
+    let c = broker::amqp::connect_any(
         &w.amqp_url,
+        *next,
         ConnectionProperties::default().with_connection_name("krill-gateway-history".into()),
     )
     .await?;
+    *next = c.index + 1;
+    tracing::info!(url = %c.url, "history: broker node reached");
+    let conn = c.conn;
     let ch = conn.create_channel().await?;
     declare(&ch, w).await?;
     ch.basic_qos(64, BasicQosOptions::default()).await?;

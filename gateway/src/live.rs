@@ -20,7 +20,7 @@ use axum::response::sse::Event;
 use broker::protocol::{LogChunk, Stream};
 use broker::topology;
 use futures_util::StreamExt;
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -232,10 +232,12 @@ pub fn open(st: &Arc<AppState>, id: &str) -> Arc<Buffer> {
 /// while it is away are not seen: the stored output has them).
 pub async fn run(st: Arc<AppState>) {
     let mut backoff = Duration::from_millis(200);
+    // The node of the URL list to try first: after the one lost, the next.
+    let mut next = 0;
     loop {
         let outcome = tokio::select! {
             _ = st.shutdown.cancelled() => return,
-            r = consume(&st) => r,
+            r = consume(&st, &mut next) => r,
         };
         st.live.bound.send_replace(false);
         if let Err(e) = outcome {
@@ -249,12 +251,16 @@ pub async fn run(st: Arc<AppState>) {
     }
 }
 
-async fn consume(st: &AppState) -> anyhow::Result<()> {
-    let conn = Connection::connect(
+async fn consume(st: &AppState, next: &mut usize) -> anyhow::Result<()> {
+    let c = broker::amqp::connect_any(
         &st.amqp_url,
+        *next,
         ConnectionProperties::default().with_connection_name("krill-gateway-logs".into()),
     )
     .await?;
+    *next = c.index + 1;
+    tracing::info!(url = %c.url, "live logs: broker node reached");
+    let conn = c.conn;
     let ch = conn.create_channel().await?;
     topology::declare_common(&ch).await?;
     // Transient, this connection's alone: chunks are live-only.

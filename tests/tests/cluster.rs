@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use broker::client::Client;
 use broker::protocol::Status;
 use broker::topology;
+use krill_tests::gateway::{call, GatewayProc};
+use krill_tests::trust::Keys;
 use krill_tests::{bin, cluster, cluster_urls, task, unique_pool, Events, WorkerBuilder};
+use reqwest::Method;
+use serde_json::json;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -44,6 +48,112 @@ async fn cluster_failover() {
     let urls = cluster_urls();
     worker_and_cli_survive_their_node(&urls).await;
     quorum_loss_fails_submits_and_keeps_running_tasks(&urls).await;
+}
+
+/// A gateway given all three URLs: its history and live-log consumers and its
+/// submits move to another node when theirs is SIGKILLed, and a task submitted
+/// over HTTP after the kill runs and reaches the history with its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_keeps_serving_when_its_node_dies() {
+    let _turn = SERIAL.lock().await;
+    let urls = cluster_urls();
+    let pool = unique_pool("cluster-gw");
+    let gw = GatewayProc::new(&pool, None);
+    let keys = Keys::new("", &[format!("{} control", gw.key.public_line())]);
+    let mut w = keys
+        .worker(&pool)
+        .env("KRILL_AMQP_URL", &urls)
+        .start()
+        .await;
+    w.keep_pool();
+    let mut gw = gw
+        .env("KRILL_POOL_PUBLIC_KEY", &keys.pool.public().to_b64())
+        .env("KRILL_AMQP_URL", &urls);
+    let token = gw.token("ci", &format!("submit:{pool}"));
+    gw.start().await;
+    // Which node (1..3) the gateway's `what` consumer ("history", "live logs") reached last.
+    let node_of_gateway = |log: &str, what: &str| {
+        let said = format!("{what}: broker node reached");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(&said))
+            .unwrap_or_else(|| panic!("the gateway never said `{said}`; log:\n{log}"))
+            .to_string();
+        broker::amqp::urls(&urls)
+            .iter()
+            .position(|u| line.contains(u))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("no URL of the list in `{line}`"))
+    };
+    let submit = |script: &'static str| {
+        let url = format!("{}/v1/tasks?pool={pool}", gw.url);
+        let token = token.clone();
+        async move {
+            let body = json!({"script": script, "sandbox": "process"});
+            let (st, _, v) = call(
+                Method::POST,
+                &url,
+                Some(&token),
+                &[],
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+            assert_eq!(st, 202, "{v}");
+            v["id"].as_str().expect("id").to_string()
+        }
+    };
+    let finished = |id: String| {
+        let url = format!("{}/v1/tasks/{id}/wait?timeout=20", gw.url);
+        let token = token.clone();
+        async move {
+            let deadline = Instant::now() + T;
+            while Instant::now() < deadline {
+                let (st, _, v) = call(Method::GET, &url, Some(&token), &[], None).await;
+                if st == 200 && v["state"] == "finished" && !v["result"].is_null() {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("task {id} did not reach the history as finished within {T:?}");
+        }
+    };
+    let before = submit("echo before").await;
+    let v = finished(before).await;
+    assert_eq!(v["result"]["stdout"], "before\n", "{v}");
+
+    let node = node_of_gateway(&gw.log_text(), "history");
+    cluster(&["kill", &node.to_string()]);
+    let after = submit("echo after").await;
+    let v = finished(after).await;
+    assert_eq!(
+        v["status"],
+        "succeeded",
+        "{v}\ngateway log:\n{}",
+        gw.log_text()
+    );
+    assert_eq!(v["result"]["stdout"], "after\n", "{v}");
+    assert_ne!(node_of_gateway(&gw.log_text(), "history"), node);
+    // The live-log consumer (on the same first node when the gateway started)
+    // is on another node too, within its reconnect backoff.
+    let deadline = Instant::now() + T;
+    while node_of_gateway(&gw.log_text(), "live logs") == node {
+        assert!(
+            Instant::now() < deadline,
+            "the live-log consumer stayed on the dead node {node}; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster(&["start", &node.to_string()]);
+    let q = topology::pool_queue(&pool);
+    poll_status(&urls, None, |v| {
+        pool_queue_health(v, &q)["online"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 3
+    })
+    .await;
 }
 
 /// Two of three nodes SIGKILLed: the last one pauses (pause_minority), so a
