@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use super::layout::{self, button, frame};
-use super::{encode, signed_in};
-use crate::web::session::{csrf_ok, csrf_refused, fields, PostForm};
+use super::{encode, signed_in, signed_in_post};
+use crate::web::session::PostForm;
 use crate::AppState;
 
 /// `GET /dead`.
@@ -69,13 +69,10 @@ pub async fn replay(
     headers: HeaderMap,
     form: PostForm,
 ) -> Response {
-    let s = match signed_in(&st, &headers).await {
+    let s = match signed_in_post(&st, &headers, form).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&s, &fields(form)) {
-        return csrf_refused();
-    }
     if !s.caller.rights.replay {
         return layout::forbidden(&s, "replay dead letters", "replay");
     }

@@ -16,13 +16,27 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::db::Session;
-use super::session::{current, to_signin};
+use super::session::{csrf_ok, csrf_refused, current, fields, to_signin, PostForm};
 use crate::rights::Caller;
 use crate::AppState;
 
 /// The session of the request, or the redirect to the sign-in page.
 pub async fn signed_in(st: &AppState, headers: &HeaderMap) -> Result<Session, Response> {
     current(st, headers).await.ok_or_else(to_signin)
+}
+
+/// The session of a POST whose form carries its CSRF token; else the redirect
+/// to the sign-in page, or the refusal.
+pub async fn signed_in_post(
+    st: &AppState,
+    headers: &HeaderMap,
+    form: PostForm,
+) -> Result<Session, Response> {
+    let s = signed_in(st, headers).await?;
+    if !csrf_ok(&s, &fields(form)) {
+        return Err(csrf_refused());
+    }
+    Ok(s)
 }
 
 /// The first page of a caller: the workers for one who sees all, else its tasks.

@@ -12,10 +12,10 @@ use broker::protocol::{Blocked, TaskResult};
 use maud::html;
 
 use super::layout::{self, button, frame};
-use super::signed_in;
+use super::{signed_in, signed_in_post};
 use crate::rights::Caller;
 use crate::store::TaskRow;
-use crate::web::session::{csrf_ok, csrf_refused, fields, PostForm};
+use crate::web::session::PostForm;
 use crate::web::why;
 use crate::AppState;
 
@@ -186,13 +186,10 @@ pub async fn cancel(
     headers: HeaderMap,
     form: PostForm,
 ) -> Response {
-    let s = match signed_in(&st, &headers).await {
+    let s = match signed_in_post(&st, &headers, form).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&s, &fields(form)) {
-        return csrf_refused();
-    }
     let t = match st.store.get(&id).await {
         Ok(Some(t)) if s.caller.may_see(t.caller.as_deref()) => t,
         _ => {

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use super::layout::{self, button, frame};
-use super::{encode, signed_in};
-use crate::web::session::{csrf_ok, csrf_refused, fields, PostForm};
+use super::{encode, signed_in, signed_in_post};
+use crate::web::session::PostForm;
 use crate::AppState;
 
 /// `GET /workers`.
@@ -114,13 +114,10 @@ async fn act(
     form: PostForm,
     drain: bool,
 ) -> Response {
-    let s = match signed_in(st, headers).await {
+    let s = match signed_in_post(st, headers, form).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !csrf_ok(&s, &fields(form)) {
-        return csrf_refused();
-    }
     if !s.caller.rights.drain {
         return layout::forbidden(&s, "drain or resume workers", "drain");
     }
