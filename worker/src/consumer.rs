@@ -13,7 +13,8 @@
 //!  ├─ gate::Gate::open: the signature (refused → rejected + dead letter, nothing made)
 //!  ├─ intake::decode → Bad → Gate::malformed: `rejected` result (where it can be answered) + dead letter
 //!  └─ Task → Gate::admit (key's restrictions, sealed secrets opened) → decide():
-//!       Resend (finished here) | Adopted (running here) | Answer (worker_lost, cancelled)
+//!       Reused (finished here, another reply_to: rejected there, nothing of the run)
+//!       | Resend (finished here) | Adopted (running here) | Answer (worker_lost, cancelled)
 //!       Run → Gate::claim → runner::run → Outbound::finish_result → remember → finish()
 //! finish(): Outbound::result (confirmed) → finished event → ack (not when the result was given up)
 //! ```
