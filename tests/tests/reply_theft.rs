@@ -306,6 +306,7 @@ async fn unsigned_copies_of_a_finished_task_naming_another_reply_queue_get_nothi
         1,
         "the task started once, and no copy of its id started"
     );
+    krill_tests::delete_queue(&line).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,6 +418,7 @@ async fn signed_copies_of_a_finished_task_naming_another_reply_queue_get_nothing
         1,
         "the task started once, and no copy of its id started"
     );
+    krill_tests::delete_queue(&line).await;
 }
 
 /// The results a BulkClient with a replicated reply queue waits for, read by

@@ -211,10 +211,10 @@ pub fn decode(props: &BasicProperties, data: &[u8], redelivered: bool) -> Intake
     // RabbitMQ's count, read only on what the broker itself says it delivers
     // again (`redelivered`, which no publisher can set): on a first delivery
     // the header is whatever the publisher put there — a classic queue (a
-    // line) passes it on as sent, and through RabbitMQ 3.10's quorum queues a
-    // forged one reached the worker too (`tests/tests/reply_theft.rs`) — and
-    // would make a copy look like a redelivery (answered from the run, or run
-    // again under a new claim).
+    // line) passes it on as sent, and so does a RabbitMQ 3.10 quorum queue to
+    // a consumer (only basic.get shows its own 0) — and would make a copy look
+    // like a redelivery (answered from the run, or run again under a new
+    // claim: `tests/tests/reply_theft.rs`).
     let count = if redelivered {
         delivery_count(props)
     } else {
