@@ -439,6 +439,14 @@ async fn consume_replies(
         ShortString::from("x-expires"),
         AMQPValue::LongLongInt(REPLICATED_REPLY_EXPIRES_MS),
     );
+    // Only one consumer at a time gets its results: a second connection of the
+    // same account that learnt the name (not exclusive: it must outlive its
+    // node) registers, but gets nothing while this client consumes, and
+    // RabbitMQ refuses a basic.get on it (RESOURCE_LOCKED).
+    args.insert(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    );
     ch.queue_declare(
         ShortString::from(queue),
         QueueDeclareOptions::durable(),

@@ -15,6 +15,9 @@ use crate::sandbox::Effective;
 
 /// Default number of tasks run at once.
 pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Concurrency-key lines a worker serves at most by default (`--max-lines`):
+/// well under RabbitMQ's 2,047 channels per connection, each line taking one.
+pub const DEFAULT_MAX_LINES: usize = 1000;
 /// Default deadline of a task that names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest deadline a task may ask for. RabbitMQ's `consumer_timeout`
@@ -75,6 +78,12 @@ pub struct Config {
     /// The largest `max_concurrent` a keyed task may ask for in this pool.
     #[arg(long, env = "KRILL_MAX_CONCURRENT_LIMIT", default_value_t = 16)]
     pub max_concurrent_limit: u32,
+    /// Concurrency-key lines this worker serves at most (each is a channel and
+    /// a consumer; key announcements are unsigned, so any submitter can make
+    /// up keys). Keys announced past it are not served here: their tasks wait
+    /// in their lines, and the worker says so once.
+    #[arg(long, env = "KRILL_MAX_LINES", default_value_t = DEFAULT_MAX_LINES)]
+    pub max_lines: usize,
     /// Sandbox kinds this worker runs, comma-separated; the first is the default
     /// for tasks that name none.
     #[arg(

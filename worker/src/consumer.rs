@@ -13,7 +13,8 @@
 //!  ├─ gate::Gate::open: the signature (refused → rejected + dead letter, nothing made)
 //!  ├─ intake::decode → Bad → Gate::malformed: `rejected` result (where it can be answered) + dead letter
 //!  └─ Task → Gate::admit (key's restrictions, sealed secrets opened) → decide():
-//!       Resend (finished here) | Adopted (running here) | Answer (worker_lost, cancelled)
+//!       Reused (finished here, another reply_to: rejected there, nothing of the run)
+//!       | Resend (finished here) | Adopted (running here) | Answer (worker_lost, cancelled)
 //!       Run → Gate::claim → runner::run → Outbound::finish_result → remember → finish()
 //! finish(): Outbound::result (confirmed) → finished event → ack (not when the result was given up)
 //! ```
@@ -44,6 +45,7 @@ use crate::outbound::Ready;
 use crate::phases;
 use crate::runner;
 use crate::state::Running;
+use crate::trust::AuditEvent;
 use crate::worker::Shared;
 
 /// How often the claim loop checks that its connection is still up.
@@ -186,6 +188,11 @@ pub enum Decision {
     Adopted,
     /// Answered without running (`worker_lost`, or cancelled before it started).
     Answer(Box<TaskResult>),
+    /// The id of a task that finished here, in a message naming another reply
+    /// queue than its first: answered `rejected` there ([`REUSED`]), with
+    /// nothing of that run, and not remembered, copied to the history or
+    /// announced as the task's end (it is not that task's result).
+    Reused,
     /// A redelivery that must not run again and may still run elsewhere: wait
     /// for its holder ([`crate::held`]), then `worker_lost` or nothing.
     Held,
@@ -212,8 +219,20 @@ pub fn decide(
         result.error = Some(error.to_string());
         Decision::Answer(Box::new(result))
     };
+    // A result remembered here goes only to the reply queue it went to first,
+    // whatever the message says of itself: a redelivery is the same message
+    // (the same reply_to), and a message naming another queue is someone who
+    // learnt the id — signed by any trusted key or not, "redelivered" by a
+    // forged `x-delivery-count` (the classic line queues pass one on) or not.
+    // It gets no output of that run, and nothing runs for it.
+    let remembered = shared.tasks.recent_with_reply(id);
+    if let Some((_, first)) = &remembered {
+        if first != reply_to {
+            return Decision::Reused;
+        }
+    }
     if redelivered {
-        if let Some(result) = shared.tasks.recent(id) {
+        if let Some((result, _)) = remembered {
             return Decision::Resend(result);
         }
         if shared.tasks.adopt(id, settle) {
@@ -228,16 +247,9 @@ pub fn decide(
         // idempotency handle, so it is answered from that run, not run again.
         // A signed message's copies are the claims stream's to refuse
         // (`replayed`, audited and dead-lettered: gate::claim). The result
-        // goes only to the reply queue it went to first: a message that names
-        // another one (anyone who learnt the id) gets no output of that run.
-        if let Some((result, first)) = shared.tasks.recent_with_reply(id) {
-            if first == reply_to {
-                return Decision::Resend(result);
-            }
-            return answer(
-                Status::Rejected,
-                "a task with this id already ran; its result went to the reply queue of its first submission",
-            );
+        // goes only to the reply queue it went to first (above).
+        if let Some((result, _)) = remembered {
+            return Decision::Resend(result);
         }
         if shared.tasks.is_running(id) || shared.peers.knows(id) {
             return Decision::Held;
@@ -252,6 +264,10 @@ pub fn decide(
     }
     Decision::Run
 }
+
+/// The error of a [`Decision::Reused`] answer.
+pub const REUSED: &str =
+    "a task with this id already ran; its result went to the reply queue of its first submission";
 
 /// When a task was published (the earlier of its `submitted_at` and the
 /// message's timestamp, not after now), if it says.
@@ -412,6 +428,29 @@ pub async fn handle(shared: Arc<Shared>, incoming: Incoming, slot: OwnedSemaphor
         Decision::Resend(result) => {
             tracing::info!(task_id = %id, "redelivered task already finished here; sending its result again");
             finish(&shared, &result, &reply_to, &settle).await;
+        }
+        Decision::Reused => {
+            tracing::warn!(task_id = %id, reply_to = %reply_to, key = ?stamp.submitter,
+                "a message reused the id of a task that ran here, naming another reply queue: rejected, nothing of that run sent");
+            shared.run.metrics.finished(Status::Rejected, None);
+            let mut result = TaskResult::rejected(id.clone(), REUSED);
+            result.attempt = attempt;
+            result.worker = Some(shared.id.clone());
+            let result = shared.run.outbound.finish_result(result, &stamp);
+            let trust = &shared.trust;
+            let mut line = trust.task_line(
+                AuditEvent::TaskRejected,
+                Some(&id),
+                Some(&gate.env),
+                Some(&task),
+            );
+            line.reason = Some("reused_id".into());
+            line.detail = Some(REUSED.into());
+            trust.audit.record(line);
+            shared.run.outbound.refusal(&result, &reply_to).await;
+            if let Err(e) = settle.ack().await {
+                tracing::warn!(task_id = %id, error = %e, "ack failed; the broker will redeliver");
+            }
         }
         Decision::Adopted => {
             tracing::info!(task_id = %id, "redelivered task still running here; adopted the new delivery");
@@ -777,12 +816,52 @@ mod tests {
         assert_eq!(to, "amq.gen-attacker");
         assert_eq!(r.status, Status::Rejected, "{r:?}");
         assert!(r.stdout.is_empty() && r.outputs.is_empty(), "{r:?}");
-        let states: Vec<State> = sink.events().iter().map(|e| e.state).collect();
         assert!(
-            !states.contains(&State::Started),
-            "not started again: {states:?}"
+            sink.history().is_empty() && sink.events().is_empty(),
+            "not the task's result: no history copy, no event"
         );
         assert_eq!(settle.counts(), (1, 0));
+    }
+
+    #[test]
+    fn a_result_remembered_here_goes_only_to_its_first_reply_queue_whatever_the_copy_says() {
+        let (_, shared) = setup();
+        let mut earlier = TaskResult::new("t1", Status::Succeeded);
+        earlier.stdout = "secret output\n".into();
+        shared.tasks.remember(&ready(earlier), "krill.reply.victim");
+        let task = Task::new("t1", "true");
+        let mut retry = task.clone();
+        retry.retry_on_worker_loss = true;
+        let key = broker::trust::Identity::generate("mallory")
+            .expect("key")
+            .public();
+        let settle: Arc<dyn Settle> = Arc::new(MemorySettle::default());
+        // Redelivered (a forged count makes any message so), signed by some
+        // trusted key, or a task that may run again: none gets the result
+        // elsewhere, none runs.
+        for (t, redelivered, signer) in [
+            (&task, true, None),
+            (&task, false, Some(&key)),
+            (&task, true, Some(&key)),
+            (&retry, false, None),
+        ] {
+            let d = decide(
+                &shared,
+                t,
+                1,
+                redelivered,
+                "amq.gen-attacker",
+                signer,
+                &settle,
+            );
+            assert!(
+                matches!(d, Decision::Reused),
+                "{redelivered} {signer:?}: {d:?}"
+            );
+        }
+        // A real redelivery (its first reply queue) is answered from the run.
+        let d = decide(&shared, &task, 2, true, "krill.reply.victim", None, &settle);
+        assert!(matches!(d, Decision::Resend(_)), "{d:?}");
     }
 
     #[tokio::test]
@@ -960,7 +1039,7 @@ mod tests {
     }
 
     #[test]
-    fn the_delivery_count_header_makes_a_delivery_redelivered() {
+    fn the_delivery_count_header_counts_only_on_a_delivery_the_broker_says_is_again() {
         let (_, shared) = setup();
         let mut headers = FieldTable::default();
         headers.insert(
@@ -970,15 +1049,21 @@ mod tests {
         let props = BasicProperties::default()
             .with_reply_to(ShortString::from("r"))
             .with_headers(headers);
-        let Intake::Task {
-            task,
-            attempt,
-            redelivered,
-            ..
-        } = decode(&props, task_json("t1", "").as_bytes(), false)
-        else {
-            panic!("a task");
-        };
+        let decoded =
+            |redelivered| match decode(&props, task_json("t1", "").as_bytes(), redelivered) {
+                Intake::Task {
+                    task,
+                    attempt,
+                    redelivered,
+                    ..
+                } => (task, attempt, redelivered),
+                Intake::Bad { reason, .. } => panic!("a task: {reason}"),
+            };
+        // A first delivery: the header is the publisher's, a forgery.
+        let (_, attempt, redelivered) = decoded(false);
+        assert_eq!((attempt, redelivered), (1, false));
+        // Delivered again by the broker: its count is the attempt.
+        let (task, attempt, redelivered) = decoded(true);
         assert_eq!((attempt, redelivered), (2, true));
         let settle: Arc<dyn Settle> = Arc::new(MemorySettle::default());
         assert!(matches!(

@@ -23,7 +23,7 @@ use broker::trust::{PublicKey, Reason};
 use lapin::BasicProperties;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::intake::{dead_letter, delivery_count, id_of, Settle};
+use crate::intake::{dead_letter, id_of, Settle};
 use crate::outbound::Stamp;
 use crate::trust::{AuditEvent, ClaimError, Envelope, Rejection};
 use crate::worker::Shared;
@@ -60,7 +60,8 @@ impl Gate {
                 return None;
             }
         };
-        let first = !redelivered && delivery_count(d.props) == 0;
+        // The broker's flag alone: a count header on a first delivery is the publisher's.
+        let first = !redelivered;
         let early = (first && env.claim.is_some() && shared.trust.claims.is_some()).then(|| {
             let (shared, env) = (shared.clone(), env.clone());
             AbortOnDropHandle::new(tokio::spawn(async move {

@@ -11,7 +11,7 @@ use broker::protocol::{Task, MAX_TASK_BYTES, PROTOCOL_VERSION};
 use broker::topology::{CONTENT_TYPE, DELIVERY_COUNT_HEADER};
 use futures_util::future::BoxFuture;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
 use crate::outbound::Outbound;
@@ -208,12 +208,23 @@ pub fn decode(props: &BasicProperties, data: &[u8], redelivered: bool) -> Intake
             Some(task.id),
         );
     };
-    let count = delivery_count(props);
+    // RabbitMQ's count, read only on what the broker itself says it delivers
+    // again (`redelivered`, which no publisher can set): on a first delivery
+    // the header is whatever the publisher put there — a classic queue (a
+    // line) passes it on as sent, and so does a RabbitMQ 3.10 quorum queue to
+    // a consumer (only basic.get shows its own 0) — and would make a copy look
+    // like a redelivery (answered from the run, or run again under a new
+    // claim: `tests/tests/reply_theft.rs`).
+    let count = if redelivered {
+        delivery_count(props)
+    } else {
+        0
+    };
     Intake::Task {
         task: Box::new(task),
         reply_to,
         attempt: count.saturating_add(1),
-        redelivered: redelivered || count > 0,
+        redelivered,
     }
 }
 
@@ -254,6 +265,23 @@ pub async fn dead_letter(
     }
 }
 
+/// `props` without a delivery count header (for queues where RabbitMQ sets none).
+pub fn without_delivery_count(props: BasicProperties) -> BasicProperties {
+    let Some(headers) = props.headers() else {
+        return props;
+    };
+    if !headers.inner().contains_key(DELIVERY_COUNT_HEADER) {
+        return props;
+    }
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != DELIVERY_COUNT_HEADER {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    props.with_headers(kept)
+}
+
 /// How many times RabbitMQ delivered the message before (quorum queues say so).
 pub fn delivery_count(props: &BasicProperties) -> u32 {
     let Some(headers) = props.headers() else {
@@ -285,6 +313,20 @@ mod tests {
             Intake::Bad { reason, id, .. } => (reason, id),
             Intake::Task { .. } => panic!("expected a bad message"),
         }
+    }
+
+    #[test]
+    fn a_delivery_count_header_can_be_taken_off() {
+        let mut h = FieldTable::default();
+        h.insert(
+            ShortString::from(DELIVERY_COUNT_HEADER),
+            AMQPValue::LongLongInt(3),
+        );
+        h.insert(ShortString::from("x-krill-key"), AMQPValue::Boolean(true));
+        let p = without_delivery_count(props().with_headers(h));
+        assert_eq!(delivery_count(&p), 0);
+        let h = p.headers().clone().expect("headers");
+        assert!(h.inner().contains_key("x-krill-key"), "the others stay");
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub struct Metrics {
     connected: Gauge,
     reconnects: Counter,
     swept: Counter,
+    lines_refused: Counter,
     was_connected: AtomicBool,
     /// Rejections, ignored control messages, claim times.
     pub trust: crate::trust::TrustMetrics,
@@ -174,6 +175,12 @@ impl Metrics {
             "Containers, cgroups and work dirs left by crashed workers and removed",
             swept.clone(),
         );
+        let lines_refused = Counter::default();
+        registry.register(
+            "krill_lines_refused",
+            "Announcements of concurrency keys not served: the cap of lines (--max-lines) was reached",
+            lines_refused.clone(),
+        );
         registry.register(
             "krill_worker",
             "This worker",
@@ -199,6 +206,7 @@ impl Metrics {
             connected,
             reconnects,
             swept,
+            lines_refused,
             was_connected: AtomicBool::new(false),
             trust,
         }
@@ -247,6 +255,11 @@ impl Metrics {
     /// `n` leftovers of earlier workers were removed.
     pub fn swept(&self, n: usize) {
         self.swept.inc_by(n as u64);
+    }
+
+    /// An announced key was not served: the cap of lines is reached.
+    pub fn line_refused(&self) {
+        self.lines_refused.inc();
     }
 
     /// Sets the gauges from the worker's state as `now` describes it.

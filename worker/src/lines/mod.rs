@@ -77,6 +77,8 @@ async fn keys(
     )
     .await?;
     let mut known = HashSet::new();
+    // Announcements of new keys refused at the cap (counted, said once).
+    let mut refused = 0u64;
     let mut lines = JoinSet::new();
     loop {
         tokio::select! {
@@ -84,9 +86,22 @@ async fn keys(
                 let Some(d) = d else { return Err(LinesError::Ended("keys stream")) };
                 let d = d?;
                 if let Ok(a) = serde_json::from_slice::<KeyAnnounce>(&d.data) {
-                    if a.pool == shared.pool && valid_key(&a.key) && known.insert(a.key.clone()) {
-                        tracing::info!(key = %a.key, "serving the line of a concurrency key");
-                        lines.spawn(line::keep(shared.clone(), conn.clone(), a.key, handlers.clone()));
+                    if a.pool == shared.pool && valid_key(&a.key) && !known.contains(&a.key) {
+                        if known.len() >= shared.cfg.max_lines {
+                            refused += 1;
+                            if refused == 1 {
+                                tracing::error!(key = %a.key, max_lines = shared.cfg.max_lines,
+                                    "the cap of concurrency-key lines is reached (--max-lines): this key \
+                                     and any further one are not served by this worker; their tasks wait \
+                                     in their lines (key announcements are unsigned: a flood of made-up \
+                                     keys fills the cap)");
+                            }
+                            shared.run.metrics.line_refused();
+                        } else {
+                            known.insert(a.key.clone());
+                            tracing::info!(key = %a.key, "serving the line of a concurrency key");
+                            lines.spawn(line::keep(shared.clone(), conn.clone(), a.key, handlers.clone()));
+                        }
                     }
                 }
                 d.acker.ack(BasicAckOptions::default()).await?;

@@ -268,6 +268,13 @@ impl Outbound {
         ok
     }
 
+    /// Publishes an answer to a message that is not the task whose id it
+    /// names (`rejected`) to `reply_to` only: no history copy, which would
+    /// stand in for that task's own result. True as [`Outbound::result`].
+    pub async fn refusal(&self, result: &Arc<Ready>, reply_to: &str) -> bool {
+        self.reply(result, reply_to).await
+    }
+
     /// Publishes the history copy of a final result to `krill.results`
     /// (routing key = pool), confirmed: the same masked and sealed result that
     /// goes to the reply queue, cut to [`HISTORY_BUDGET`] when bigger (cut and

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::task::TaskTracker;
 
 use crate::consumer;
-use crate::intake::{decode, Incoming, Intake, Settle};
+use crate::intake::{decode, without_delivery_count, Incoming, Intake, Settle};
 use crate::keyed::log::Start;
 use crate::keyed::LinesError;
 use crate::outbound::Stamp;
@@ -229,7 +229,10 @@ struct Line {
 }
 
 impl Line {
-    async fn arrive(&mut self, incoming: Incoming) {
+    async fn arrive(&mut self, mut incoming: Incoming) {
+        // A line is a classic queue: RabbitMQ never sets a delivery count
+        // there, so one in the message is its publisher's (a forged redelivery).
+        incoming.props = without_delivery_count(incoming.props);
         // The signature first: nothing unsigned (on a pool that trusts keys) or
         // forged may wait in a line, let alone supersede a task there. A refused
         // one goes through the consumer, which refuses and dead-letters it.
