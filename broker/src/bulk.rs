@@ -44,6 +44,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -113,15 +114,28 @@ struct Inner {
     replies: Replies,
     waiters: Waiters,
     window: Arc<Semaphore>,
+    /// Set by [`BulkClient::close`]: a confirm lost after it is not made good.
+    closed: AtomicBool,
 }
 
 /// One submitted task: its publish confirm and, later, its result.
+///
+/// The confirm is settled in the background from the moment of the publish
+/// (its window slot is free again once the broker confirms), not when the
+/// ticket is asked: a confirm lost with its node is made good at once, side by
+/// side with every other one, whether or not anybody awaits this ticket.
 #[derive(Debug)]
 pub struct Ticket {
     id: String,
-    pool: String,
-    confirm: Option<(Pending, OwnedSemaphorePermit)>,
+    confirm: Option<Settling>,
     result: oneshot::Receiver<TaskResult>,
+}
+
+/// A ticket's confirm: known already, or being settled by a task of its own.
+#[derive(Debug)]
+enum Settling {
+    Done(Result<(), ClientError>),
+    Spawned(tokio::task::JoinHandle<Result<(), ClientError>>),
 }
 
 /// A publish whose confirm is awaited, and what to publish again if the
@@ -174,6 +188,7 @@ impl BulkClient {
             replies,
             waiters: Arc::default(),
             window: Arc::new(Semaphore::new(window.max(1))),
+            closed: AtomicBool::new(false),
         });
         let reader = tokio::spawn(read_results(inner.clone(), consumer));
         Ok(BulkClient {
@@ -274,10 +289,19 @@ impl BulkClient {
                 )));
             }
         };
+        let confirm = match pending {
+            Pending::Done(r) => Settling::Done(r),
+            sent => Settling::Spawned(tokio::spawn(settle(
+                self.inner.clone(),
+                task.id.clone(),
+                pool.to_string(),
+                sent,
+                permit,
+            ))),
+        };
         Ok(Ticket {
             id: task.id.clone(),
-            pool: pool.to_string(),
-            confirm: Some((pending, permit)),
+            confirm: Some(confirm),
             result: rx,
         })
     }
@@ -297,6 +321,7 @@ impl BulkClient {
     /// Closes the connection (an exclusive reply queue goes with it; a
     /// replicated one is deleted first).
     pub async fn close(self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         self.reader.abort();
         if self.inner.replies == Replies::Replicated {
             let link = self.inner.links.current();
@@ -368,34 +393,21 @@ impl Ticket {
 
     /// Waits for the broker's confirm: `Ok` once the task is safely queued.
     /// Calling it again after it returned is a no-op. On a client with a
-    /// replicated reply queue, a confirm lost with its node is made good by
-    /// publishing the task again on the next node.
+    /// replicated reply queue, a confirm lost with its node was made good (in
+    /// the background, as soon as the loss was seen) by publishing the task
+    /// again on the next node, unless its result had come already.
     pub async fn confirmed(&mut self) -> Result<(), ClientError> {
-        let Some((pending, _permit)) = self.confirm.take() else {
-            return Ok(());
-        };
-        let (confirm, again) = match pending {
-            Pending::Done(r) => return r,
-            Pending::Sent { confirm, again } => (confirm, again),
-        };
-        match confirm.await {
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
-            Ok(Confirmation::Ack(Some(_))) => Err(ClientError::Unroutable(self.pool.clone())),
-            Ok(Confirmation::Nack(_)) => match again {
-                // Seen while a quorum queue elects a leader after its node
-                // was lost: published again (as a marked copy), a few times.
-                Some(again) => again.publish(None).await,
-                None => Err(ClientError::Nacked),
-            },
-            Err(e) => match again {
-                Some(again) if lost(&ClientError::Amqp(e.clone())) => {
-                    tracing::warn!(task_id = %self.id, error = %e,
-                        "the confirm was lost with the broker node; publishing the task again");
-                    let link = again.inner.links.current();
-                    again.publish(Some(link)).await
-                }
-                _ => Err(e.into()),
-            },
+        match self.confirm.take() {
+            None => Ok(()),
+            Some(Settling::Done(r)) => r,
+            Some(Settling::Spawned(h)) => h.await.unwrap_or_else(|e| {
+                Err(ClientError::Amqp(lapin::Error::from(
+                    lapin::ErrorKind::InvalidConnectionState(match e.is_cancelled() {
+                        true => lapin::ConnectionState::Closed,
+                        false => lapin::ConnectionState::Error,
+                    }),
+                )))
+            }),
         }
     }
 
@@ -416,6 +428,61 @@ impl Ticket {
                 .map_err(|_| ClientError::Timeout(id, t))?,
             None => wait.await,
         }
+    }
+}
+
+/// Settles one publish: waits for its confirm (holding its window slot until
+/// then) and, on a client with a replicated reply queue, publishes the task
+/// again when it was nacked or its confirm was lost with the node — unless
+/// its result came meanwhile (the first copy was taken and ran: a second one
+/// would only keep a worker busy making sure it ran), or the client was closed.
+async fn settle(
+    inner: Arc<Inner>,
+    id: String,
+    pool: String,
+    pending: Pending,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), ClientError> {
+    let (confirm, again) = match pending {
+        Pending::Done(r) => return r,
+        Pending::Sent { confirm, again } => (confirm, again),
+    };
+    match confirm.await {
+        Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+        Ok(Confirmation::Ack(Some(_))) => Err(ClientError::Unroutable(pool)),
+        Ok(Confirmation::Nack(_)) => match again {
+            // Seen while a quorum queue elects a leader after its node
+            // was lost: published again (as a marked copy), a few times.
+            Some(again) => again.publish(None).await,
+            None => Err(ClientError::Nacked),
+        },
+        Err(e) => match again {
+            Some(again) if lost(&ClientError::Amqp(e.clone())) => {
+                if inner.closed.load(Ordering::SeqCst) {
+                    return Err(e.into());
+                }
+                if !inner.awaits(&id) {
+                    tracing::debug!(task_id = %id,
+                        "the confirm was lost with the broker node but the result came: not publishing the task again");
+                    return Ok(());
+                }
+                tracing::warn!(task_id = %id, error = %e,
+                    "the confirm was lost with the broker node; publishing the task again");
+                let link = inner.links.current();
+                again.publish(Some(link)).await
+            }
+            _ => Err(e.into()),
+        },
+    }
+}
+
+impl Inner {
+    /// Whether task `id` still waits for its result here.
+    fn awaits(&self, id: &str) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(id)
     }
 }
 

@@ -308,3 +308,40 @@ async fn a_process_rootfs_shows_the_images_tools() {
     }
     assert_eq!(seen[0], seen[1], "the two sandboxes show different tools");
 }
+
+/// A `BulkClient` caller that submits more tasks than its window before it
+/// awaits any ticket (what `failover.rs`'s bulk stream does, and the
+/// `BulkClient` docs' example near the default window of 1024) is not held up
+/// forever: each window slot is free again once the broker confirms its
+/// publish, not only once the caller asks its ticket (before, the fifth
+/// submit here never returned: in the fresh-clone run of 2026-12-04 a bulk
+/// stream of ~1,000 submissions would have waited 60 s per submit from there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_window_frees_itself_when_nobody_awaits_the_tickets() {
+    use broker::bulk::BulkClient;
+    let pool = unique_pool("window");
+    let _w = WorkerBuilder::new(&pool).start().await;
+    let c = BulkClient::connect_with_window(&krill_tests::amqp_url(), 4)
+        .await
+        .expect("bulk client");
+    let mut tickets = Vec::new();
+    for i in 0..12 {
+        let t = task(&format!("echo {i}"));
+        let ticket = tokio::time::timeout(Duration::from_secs(30), c.submit(&pool, &t))
+            .await
+            .unwrap_or_else(|_| panic!("submit {i} waited 30 s for a window slot of 4"))
+            .expect("submit");
+        tickets.push(ticket);
+    }
+    for (i, t) in tickets.into_iter().enumerate() {
+        let r = t
+            .result(Some(Duration::from_secs(60)))
+            .await
+            .unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!(
+            (r.status, r.stdout.as_str()),
+            (Status::Succeeded, format!("{i}\n").as_str())
+        );
+    }
+    c.close().await;
+}
