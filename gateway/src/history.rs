@@ -62,8 +62,9 @@ pub fn merge_event(row: Option<TaskRow>, ev: &TaskEvent) -> TaskRow {
         }
         TaskState::Finished => {
             t.blocked = None;
-            t.worker = Some(ev.worker.clone());
+            // The first end stays (a refused copy of the id ends too).
             if t.status.is_none() {
+                t.worker = Some(ev.worker.clone());
                 t.status = ev.status.map(|s| s.as_str().to_string());
                 t.error = ev.error.clone();
             }
@@ -162,7 +163,43 @@ async fn result_in(tx: &mut Tx, r: &TaskResult, pool: Option<&str>) -> Result<()
             row.pool = p.to_string();
         }
     }
+    if let Some(first) = row
+        .result
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<TaskResult>(s).ok())
+    {
+        if !same_answer(&first, r) {
+            // The first final result of an id stays: a later, different one is
+            // a refusal of someone's copy of the id (a forged or replayed task
+            // is answered `rejected`, `bad_signature`, …) or a late
+            // `worker_lost` of a held copy; it goes in the timeline only.
+            let detail = format!(
+                "a later result for this id was not recorded ({} from {}); the first stays",
+                r.status.as_str(),
+                r.worker.as_deref().unwrap_or("an unnamed worker")
+            );
+            return tx
+                .add_event(
+                    &r.id,
+                    "result_ignored",
+                    r.worker.as_deref().unwrap_or(""),
+                    now_ms(),
+                    Some(&detail),
+                )
+                .await;
+        }
+    }
     tx.put(&merge_result(row, r)?).await
+}
+
+/// Whether two results are copies of one answer (the worker's copy to
+/// `krill.results` and the reply queue's): the same worker, attempt, status and
+/// sandbox.
+fn same_answer(a: &TaskResult, b: &TaskResult) -> bool {
+    a.worker == b.worker
+        && a.attempt == b.attempt
+        && a.status == b.status
+        && a.sandbox_id == b.sandbox_id
 }
 
 /// One message of the history queue: a task event, or a worker's copy of a

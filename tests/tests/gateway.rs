@@ -758,6 +758,84 @@ async fn results_come_on_the_gateways_reply_queue_also_across_a_restart() {
 /// gateway) is in the history with its result: status, exit, masked output,
 /// outputs (the sensitive one only as ciphertext), and the secret nowhere in
 /// the database.
+/// Attacker's side: the id of a finished task is no secret. A trusted key
+/// that may not use the network (alice) publishes a copy of that id asking for
+/// it; the worker refuses it `not_allowed:network` and answers, with a copy of
+/// the refusal to `krill.results`. That refusal must not overwrite the task's
+/// history: the first result stays, the refusal is only in the timeline. (The
+/// worker is restarted first, so it does not remember the id: a worker that
+/// does answers `rejected` on the copy's queue only, with no history copy.)
+#[tokio::test]
+async fn a_refused_copy_of_a_finished_id_leaves_its_history_alone() {
+    let pool = unique_pool("gw-copy");
+    let gw = GatewayProc::new(&pool, None);
+    let keys = Keys::new("network=no", &[format!("{} control", gw.key.public_line())]);
+    let b = keys.worker(&pool);
+    let mut worker = b.clone().start().await;
+    let mut gw = gw.env("KRILL_POOL_PUBLIC_KEY", &keys.pool.public().to_b64());
+    let alice = gw.token("alice", &format!("submit:{pool}"));
+    gw.start().await;
+    let body = json!({"script": "echo first", "sandbox": "process"});
+    let (st, _, v) = call(
+        Method::POST,
+        &tasks_url(&gw, &pool),
+        Some(&alice),
+        &[],
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let done = wait_done(&gw, &alice, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    worker.restart(&b).await;
+
+    let mut copy = krill_tests::task("echo forged");
+    copy.id = id.clone();
+    copy.limits.network = true.into();
+    let c = client().await.with_credentials(keys.creds(&keys.alice));
+    c.submit(&pool, &copy).await.expect("the copy is published");
+    let refusal = c
+        .wait(&id, Some(Duration::from_secs(60)))
+        .await
+        .expect("the copy's refusal");
+    assert_eq!(
+        refusal.status,
+        broker::protocol::Status::Rejected,
+        "{refusal:?}"
+    );
+    // The refusal reaches the gateway's history queue too; wait for its mark.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let t = loop {
+        let (_, _, t) = call(
+            Method::GET,
+            &format!("{}/v1/tasks/{id}", gw.url),
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await;
+        let ignored = t["events"]
+            .as_array()
+            .is_some_and(|es| es.iter().any(|e| e["state"] == "result_ignored"));
+        if ignored || t["status"] != "succeeded" {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal never reached the history: {t}\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        t["status"], "succeeded",
+        "the refusal overwrote the row: {t}"
+    );
+    assert_eq!(t["result"]["stdout"], "first\n", "{t}");
+    assert_eq!(t["worker"], worker.id, "{t}");
+}
+
 #[tokio::test]
 async fn a_task_submitted_over_amqp_has_its_result_in_history() {
     let (keys, worker, mut gw) = setup("gw-amqp", None).await;
